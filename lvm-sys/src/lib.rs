@@ -22,15 +22,15 @@ mod tests {
     #[test]
     fn symbols_link() {
         // Taking the addresses forces the linker to resolve them.
-        let f: [usize; 7] = [
-            lvm2_init as usize,
-            lvm2_init_threaded as usize,
-            lvm2_run as usize,
-            lvm2_log_fn as usize,
-            lvm2_log_level as usize,
-            lvm2_disable_dmeventd_monitoring as usize,
-            lvm2_exit as usize,
+        let f: [*const (); 7] = [
+            lvm2_init as *const (),
+            lvm2_init_threaded as *const (),
+            lvm2_run as *const (),
+            lvm2_log_fn as *const (),
+            lvm2_log_level as *const (),
+            lvm2_disable_dmeventd_monitoring as *const (),
+            lvm2_exit as *const (),
         ];
-        assert!(f.iter().all(|&p| p != 0));
+        assert!(f.iter().all(|p| !p.is_null()));
     }
 }
