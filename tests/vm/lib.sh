@@ -1,0 +1,111 @@
+# Host-side helpers to boot test VMs (bash; source it). run.sh sets VM_KERNEL and VM_INITRD;
+# by default they are the ones setup.sh and run.sh leave in vm-work/.
+#
+#   vm_boot LOG TEST DISK...      boot, run /tests/TEST.sh, wait for power-off; 124 after VM_TIMEOUT
+#   vm_start LOG TEST DISK...     same in the background (VM_PID); then:
+#     vm_wait_for LOG REGEX [S]   poll the console log for a line (default 300 s)
+#     vm_kill                     SIGKILL the VM (a power cut for its disks), reap it
+#     vm_wait [S]                 wait for it to power off by itself
+#   vm_disks DIR SIZE...          fresh sparse images DIR/vda.img, DIR/vdb.img...; prints paths
+#   vm_passed LOG                 true iff the guest printed RESULT: PASS and exited 0
+#   check NAME CMD... / result    like the guest's, for host-driven tests
+#
+# VM_APPEND adds kernel command line arguments (e.g. VM_APPEND="pvfault=after-header").
+# Disks are guest /dev/vda, /dev/vdb... in order.
+
+VM_ROOT=${VM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+VM_WORK=${VM_WORK:-$VM_ROOT/vm-work}
+VM_KERNEL=${VM_KERNEL:-$(ls "$VM_WORK"/kernel/boot/vmlinuz-* 2>/dev/null | head -1)}
+VM_INITRD=${VM_INITRD:-$VM_WORK/initramfs.cpio.gz}
+VM_TIMEOUT=${VM_TIMEOUT:-600}
+VM_APPEND=${VM_APPEND:-}
+# Killing qemu loses nothing it already wrote (the host page cache survives), so the cache
+# mode does not change crash semantics. "none" (O_DIRECT; not on tmpfs) makes a guest flush
+# a host flush, so the writer's stalls are realistic; "unsafe" is ~3% faster.
+VM_CACHE=${VM_CACHE:-none}
+
+_vm_cmd() {   # TEST DISK... -> VM_CMD array
+  local test=$1 d; shift
+  VM_CMD=(qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot -nic none
+          -kernel "$VM_KERNEL" -initrd "$VM_INITRD"
+          -append "console=ttyS0 panic=-1 quiet pvtest=$test $VM_APPEND")
+  for d in "$@"; do VM_CMD+=(-drive "file=$d,format=raw,if=virtio,cache=$VM_CACHE"); done
+}
+
+vm_boot() {
+  local log=$1; shift
+  _vm_cmd "$@"
+  timeout -k 10 "$VM_TIMEOUT" "${VM_CMD[@]}" < /dev/null > "$log" 2>&1
+  local rc=$?
+  [ $rc -ne 124 ] || echo "VM-TIMEOUT: killed after ${VM_TIMEOUT}s" >> "$log"
+  return $rc
+}
+
+VM_PID=
+vm_start() {
+  local log=$1; shift
+  _vm_cmd "$@"
+  "${VM_CMD[@]}" < /dev/null > "$log" 2>&1 &
+  VM_PID=$!
+}
+
+# vm_wait_for LOG REGEX [TIMEOUT_S]: 0 when a console line matches; 1 if the VM exited first
+# or time ran out.
+vm_wait_for() {
+  local log=$1 re=$2 end=$((SECONDS + ${3:-300}))
+  while [ $SECONDS -lt $end ]; do
+    grep -aqE "$re" "$log" 2>/dev/null && return 0
+    if [ -n "$VM_PID" ] && ! kill -0 "$VM_PID" 2>/dev/null; then
+      grep -aqE "$re" "$log" 2>/dev/null; return
+    fi
+    sleep 0.05
+  done
+  echo "vm_wait_for: no /$re/ in $log after ${3:-300}s" >&2
+  return 1
+}
+
+vm_kill() {
+  [ -n "$VM_PID" ] || return 0
+  kill -KILL "$VM_PID" 2>/dev/null
+  wait "$VM_PID" 2>/dev/null
+  VM_PID=
+}
+
+# vm_wait [TIMEOUT_S]: wait for the background VM to power off; kills it on timeout (rc 137).
+vm_wait() {
+  local end=$((SECONDS + ${1:-$VM_TIMEOUT}))
+  while kill -0 "$VM_PID" 2>/dev/null; do
+    [ $SECONDS -lt $end ] || { vm_kill; return 137; }
+    sleep 0.1
+  done
+  wait "$VM_PID"; local rc=$?; VM_PID=; return $rc
+}
+
+# Never leave a VM running behind a test that exits early.
+trap vm_kill EXIT
+
+vm_disks() {
+  local dir=$1 i=0 n; shift
+  mkdir -p "$dir"
+  for s in "$@"; do
+    n=$(printf "vd\\x$(printf %x $((97 + i)))")
+    rm -f "$dir/$n.img"; truncate -s "$s" "$dir/$n.img"
+    echo "$dir/$n.img"; i=$((i + 1))
+  done
+}
+
+vm_passed() {
+  grep -aq '^RESULT: PASS' "$1" && grep -aqE '^VM-EXIT: 0[^0-9]*$' "$1"
+}
+
+CHECKS=0 FAILS=0
+check() {
+  local name=$1; shift
+  CHECKS=$((CHECKS + 1))
+  if if [ $# -eq 1 ]; then eval "$1"; else "$@"; fi; then echo "CHECK-OK: $name"
+  else echo "CHECK-FAIL: $name: $*"; FAILS=$((FAILS + 1)); fi
+}
+result() {
+  if [ "$FAILS" -eq 0 ] && [ "$CHECKS" -gt 0 ]; then echo "RESULT: PASS ($CHECKS checks)"; exit 0; fi
+  echo "RESULT: FAIL ($FAILS of $CHECKS checks failed)"; exit 1
+}

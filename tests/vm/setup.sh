@@ -1,0 +1,38 @@
+#!/bin/bash
+# Installs what the VM rig needs and caches a Debian kernel in vm-work/kernel/.
+# Idempotent: a second run installs and downloads nothing.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+work=${VM_WORK:-$root/vm-work}
+
+# The rig itself (kmod: depmod/modprobe resolve module dependencies for the initramfs).
+pkgs="qemu-system-x86 busybox-static lvm2 cryptsetup-bin e2fsprogs util-linux cpio gzip xz-utils
+  kmod thin-provisioning-tools gcc libc6-dev"
+# run.sh builds pvencrypt: its build dependencies (bindgen needs libclang).
+pkgs+=" pkg-config clang libclang-dev libcryptsetup-dev liblvm2-dev libdevmapper-dev"
+
+missing=$(for p in $pkgs; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || echo "$p"
+done)
+updated=
+if [ -n "$missing" ]; then
+  echo "setup: installing" $missing
+  apt-get update -qq; updated=1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if ! ls "$work"/kernel/boot/vmlinuz-* >/dev/null 2>&1; then
+  kpkg() { apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+  pkg=$(kpkg)
+  if [ -z "$pkg" ] && [ -z "$updated" ]; then apt-get update -qq; pkg=$(kpkg); fi
+  [ -n "$pkg" ] || { echo "setup: cannot resolve the kernel package from linux-image-amd64" >&2; exit 1; }
+  echo "setup: fetching $pkg"
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root "$pkg")
+  rm -rf "$work/kernel.tmp"; mkdir -p "$work"
+  dpkg-deb -x "$tmp"/*.deb "$work/kernel.tmp"
+  # The package's postinst normally runs depmod; build-initramfs.sh needs modules.dep.
+  depmod -b "$work/kernel.tmp" "$(ls "$work/kernel.tmp/lib/modules")"
+  mv "$work/kernel.tmp" "$work/kernel"
+fi
+echo "setup: ok, kernel $(ls "$work/kernel/lib/modules")"
