@@ -1,0 +1,175 @@
+// The command line. build.rs includes this file to render the man page and the
+// shell completions, so it must depend on nothing but clap and std.
+
+use std::path::PathBuf;
+
+use clap::{builder::TypedValueParser, ArgAction, Parser, ValueEnum};
+
+const EXIT_CODES: &str = "\
+EXIT STATUS:
+  0  the conversion finished (or, with --test, --abort or --status, the request succeeded)
+  1  interrupted (--abort, SIGINT, SIGTERM): stopped at a checkpoint; the data is in use
+     on the new device and running pvencrypt again resumes
+  2  invalid command line
+  3  refused before anything was changed: the disk is byte-for-byte unchanged
+  4  key problem (empty or unreadable key file, passphrases differ, wrong passphrase)
+  5  failed during the conversion; the device is left in a state stock cryptsetup opens
+     and running pvencrypt again resumes
+
+EXAMPLES:
+  pvencrypt /dev/sda5                     convert, asking for a passphrase twice
+  pvencrypt --key-file /root/key -y -b /dev/sda5
+                                          unattended, in the background
+  pvencrypt                               resume every unfinished conversion
+  pvencrypt --abort                       stop running conversions at their next checkpoint
+  pvencrypt --status --reportformat json  progress for scripts";
+
+/// Encrypt an LVM physical volume in place, while its logical volumes stay in use.
+///
+/// pvencrypt turns PV into a LUKS2 device that carries the same PV: when it returns,
+/// PV holds a LUKS2 header, /dev/mapper/NAME is open and every logical volume runs on it.
+/// The data is encrypted by libcryptsetup's LUKS2 online reencryption (data shift mode),
+/// so at every instant, even after a crash, the device is either the plain PV or a
+/// LUKS2 device that stock `cryptsetup open` recovers. pvencrypt does the live switch
+/// of the logical volumes onto the new device under a short freeze.
+///
+/// Run without PV, pvencrypt resumes every conversion left unfinished, like pvmove.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "pvencrypt", version, after_help = EXIT_CODES, max_term_width = 100)]
+pub struct Cli {
+    /// Physical volumes to encrypt, one after another. Without any, resume unfinished conversions.
+    #[arg(value_name = "PV")]
+    pub pvs: Vec<PathBuf>,
+
+    /// Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole
+    /// file, or --keyfile-size bytes from --keyfile-offset; no newline handling.
+    #[arg(short = 'd', long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// Read at most BYTES from the key file.
+    #[arg(short = 'l', long, value_name = "BYTES", requires = "key_file")]
+    pub keyfile_size: Option<u64>,
+
+    /// Skip BYTES at the start of the key file.
+    #[arg(long, value_name = "BYTES", requires = "key_file")]
+    pub keyfile_offset: Option<u64>,
+
+    /// Cipher specification, as for cryptsetup luksFormat.
+    #[arg(short = 'c', long, value_name = "CIPHER", default_value = "aes-xts-plain64")]
+    pub cipher: String,
+
+    /// Volume key size in bits.
+    #[arg(short = 's', long, value_name = "BITS", default_value_t = 512)]
+    pub key_size: u32,
+
+    /// Key derivation function for the passphrase keyslot.
+    #[arg(long, value_enum, value_name = "PBKDF")]
+    pub pbkdf: Option<Pbkdf>,
+
+    /// Memory cost of argon2 in KiB.
+    #[arg(long, value_name = "KIB")]
+    pub pbkdf_memory: Option<u32>,
+
+    /// Parallel cost of argon2 (threads).
+    #[arg(long, value_name = "THREADS")]
+    pub pbkdf_parallel: Option<u32>,
+
+    /// Fixed number of PBKDF iterations instead of a benchmark (argon2: time cost).
+    #[arg(long, value_name = "NUM")]
+    pub pbkdf_force_iterations: Option<u32>,
+
+    /// PBKDF benchmark target in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub iter_time: Option<u32>,
+
+    /// LUKS2 label.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Option<String>,
+
+    /// Encryption sector size in bytes: 512 keeps every filesystem usable; 4096 only when
+    /// every LV's filesystem uses 4 KiB blocks.
+    #[arg(long, value_name = "BYTES", default_value_t = 512,
+          value_parser = clap::builder::PossibleValuesParser::new(["512", "1024", "2048", "4096"])
+              .map(|s| s.parse::<u32>().unwrap()))]
+    pub sector_size: u32,
+
+    /// Name of the opened device, /dev/mapper/NAME (default: the PV's basename + "_crypt").
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Space taken from the end of the device, as cryptsetup's --reduce-device-size: half
+    /// holds the LUKS2 header, half is the shift buffer. A larger value means fewer
+    /// checkpoints. Suffixes K, M, G (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
+    pub reduce_device_size: u64,
+
+    /// Do not ask for confirmation.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+
+    /// Run in the background: detach, report progress to the system log.
+    #[arg(short = 'b', long)]
+    pub background: bool,
+
+    /// Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar.
+    #[arg(short = 'i', long, value_name = "SECONDS")]
+    pub interval: Option<u32>,
+
+    /// Stop running conversions (of PV, or all) at their next checkpoint.
+    #[arg(long)]
+    pub abort: bool,
+
+    /// Report the state of conversions (of PV, or all) and exit.
+    #[arg(long, conflicts_with = "abort")]
+    pub status: bool,
+
+    /// Report format for --status.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "basic")]
+    pub reportformat: ReportFormat,
+
+    /// Check everything and print the plan; change nothing.
+    #[arg(short = 't', long)]
+    pub test: bool,
+
+    /// More detail (freeze duration, throughput); repeat for debug output.
+    #[arg(short = 'v', long, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short = 'q', long, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pbkdf {
+    Argon2id,
+    Argon2i,
+    Pbkdf2,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportFormat {
+    Basic,
+    Json,
+}
+
+/// A size with an optional binary suffix, in bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'S' => 512,
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?}")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+}

@@ -1,0 +1,366 @@
+//! The conversion, as named steps:
+//!
+//! 1. `preflight`  read-only checks; a refusal leaves the disk untouched.
+//! 2. `prepare`    outside any freeze: alias device, kernel modules, header + PBKDF in memory.
+//! 3. `switch`     the freeze (switch.rs): header placed, LVs moved onto NAME.
+//! 4. `encrypt`    libcryptsetup's online reencryption, checkpoint by checkpoint.
+//! 5. `finish`     temporary keyslot and marker removed, LVM caches refreshed, metadata backed up.
+//!
+//! After step 3 the device is a standard LUKS2 device in reencryption: a crash anywhere
+//! later is recovered by any cryptsetup open, and `pvencrypt` resumes at step 4.
+
+use std::{
+    fs,
+    os::unix::fs::{FileTypeExt, MetadataExt},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
+};
+
+use devicemapper::Device;
+use libcryptsetup_rs::{
+    consts::{
+        flags::CryptPbkdf,
+        vals::{CryptKdf, CryptReencryptInfo},
+    },
+    CryptPbkdfType, CryptSettingsHandle,
+};
+
+use crate::{
+    cli::{Cli, Pbkdf},
+    dm::Dm,
+    error::{fail, refuse, Context, Error, Kind, Result},
+    key::Passphrase,
+    luks::{self, Format, Marker},
+    lvm, plan,
+    progress::Progress,
+    switch::{self, Switch},
+};
+
+/// Set by SIGINT/SIGTERM (and --abort): stop at the next checkpoint.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
+const LVM_LOCK_DIR: &str = "/run/lock/lvm";
+
+/// What preflight found: everything the later steps need, nothing changed yet.
+pub struct Target {
+    pub path: PathBuf,
+    pub dev: Device,
+    pub size: u64,
+    pub name: String,
+    pub vg: lvm::Vg,
+    pub pv: lvm::Pv,
+    pub room: plan::Room,
+    pub lvs: Vec<String>,
+}
+
+pub fn device_of(path: &Path) -> Result<(Device, u64)> {
+    let md = fs::metadata(path).context(Kind::Refused, || format!("Cannot use {}", path.display()))?;
+    if !md.file_type().is_block_device() {
+        return refuse(format!("{} is not a block device.", path.display()));
+    }
+    let rdev = md.rdev();
+    let dev = Device { major: libc::major(rdev), minor: libc::minor(rdev) };
+    let size = fs::read_to_string(format!("/sys/dev/block/{dev}/size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| Error::new(Kind::Refused, format!("Cannot read the size of {}.", path.display())))?;
+    Ok((dev, size))
+}
+
+pub fn has_luks_magic(path: &Path) -> bool {
+    let mut buf = [0u8; 6];
+    fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).is_ok() && buf == LUKS_MAGIC
+}
+
+pub fn default_name(path: &Path) -> String {
+    format!("{}_crypt", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+}
+
+/// Step 1. Read-only.
+pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
+    let (dev, size) = device_of(path)?;
+    if has_luks_magic(path) {
+        return refuse(format!("{} is already a LUKS device.", path.display()));
+    }
+    let dm = Dm::open()?;
+    let name = cli.name.clone().unwrap_or_else(|| default_name(path));
+    if name.is_empty() || name.contains('/') || name.len() > 127 {
+        return refuse(format!("Invalid device name {name:?}."));
+    }
+    if dm.exists(&name) || Path::new("/dev/mapper").join(&name).exists() {
+        return refuse(format!("A device named {name} already exists."));
+    }
+
+    let pv = lvm::pv(path)
+        .context(Kind::Refused, || format!("Cannot read {} as an LVM physical volume", path.display()))?
+        .ok_or_else(|| Error::new(Kind::Refused, format!("{} is not an LVM physical volume.", path.display())))?;
+    let Some(vg_name) = pv.vg_name.clone() else {
+        return refuse(format!("{} is a PV in no volume group: there is nothing to keep online; use cryptsetup.", path.display()));
+    };
+    let vg = lvm::vg(&vg_name).context(Kind::Refused, || format!("Cannot use volume group {vg_name}"))?;
+    if vg.vg_attr.partial() || vg.vg_missing_pv_count > 0 {
+        return refuse(format!("Volume group {vg_name} has missing PVs; repair it first."));
+    }
+    if vg.vg_attr.clustered() || vg.vg_attr.shared() || vg.vg_lock_type.as_deref().is_some_and(|t| !t.is_empty() && t != "none") {
+        return refuse(format!("Volume group {vg_name} is shared or clustered; pvencrypt handles local VGs only."));
+    }
+    if vg.vg_attr.exported() {
+        return refuse(format!("Volume group {vg_name} is exported."));
+    }
+    let segs = lvm::lvs(&vg_name).or_fail(|| format!("Cannot list the LVs of {vg_name}"))?;
+    if let Some(s) = segs.iter().find(|s| s.is_pvmove() || s.is_locked()) {
+        return refuse(format!("A pvmove ({}) is in progress in {vg_name}; let it finish or abort it first.", s.lv_name.name));
+    }
+    // The size LVM recorded lives only in the label; the device may be larger.
+    let label = lvm::read_label(path)
+        .or_fail(|| format!("Cannot read the LVM label of {}", path.display()))?
+        .ok_or_else(|| Error::new(Kind::Refused, format!("{} has no LVM label.", path.display())))?;
+    let room = plan::room(
+        &plan::PvShape {
+            dev_size: size,
+            pe_start: pv.pe_start.0,
+            pe_count: pv.pv_pe_count.0,
+            extent_size: vg.vg_extent_size.0,
+            pv_size: label.device_size.0,
+        },
+        cli.reduce_device_size,
+        cli.sector_size,
+    )?;
+
+    // Only this VG's LVs may sit on the device: anything else would keep reading raw
+    // offsets after the data moved.
+    let vg_prefix = format!("LVM-{}", vg.vg_uuid.replace('-', ""));
+    let holders = dm.holders(dev)?;
+    for h in holders.iter().filter(|h| h.direct) {
+        if !h.uuid.as_deref().unwrap_or("").starts_with(&vg_prefix) {
+            return refuse(format!(
+                "{} is in use by {} ({}), which is not a logical volume of {vg_name}.",
+                path.display(),
+                h.name,
+                h.uuid.as_deref().unwrap_or("no uuid"),
+            ));
+        }
+    }
+    if let Ok(rd) = fs::read_dir(format!("/sys/dev/block/{dev}/holders")) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if !n.starts_with("dm-") {
+                return refuse(format!("{} is held by {n}, which is not a device-mapper device.", path.display()));
+            }
+        }
+    }
+    let lvs = holders.iter().map(|h| h.name.to_string()).collect();
+    Ok(Target { path: path.into(), dev, size, name, vg, pv, room, lvs })
+}
+
+fn pbkdf(cli: &Cli) -> Result<CryptPbkdfType> {
+    let kdf = match cli.pbkdf {
+        Some(Pbkdf::Pbkdf2) => CryptKdf::Pbkdf2,
+        Some(Pbkdf::Argon2i) => CryptKdf::Argon2I,
+        Some(Pbkdf::Argon2id) | None => CryptKdf::Argon2Id,
+    };
+    let mut p = CryptSettingsHandle::get_pbkdf_type_params(&kdf).or_fail(|| "Cannot read the PBKDF defaults".into())?;
+    if let Some(m) = cli.pbkdf_memory {
+        p.max_memory_kb = m;
+    }
+    if let Some(t) = cli.pbkdf_parallel {
+        p.parallel_threads = t;
+    }
+    if let Some(t) = cli.iter_time {
+        p.time_ms = t;
+    }
+    if let Some(i) = cli.pbkdf_force_iterations {
+        p.iterations = i;
+        p.flags |= CryptPbkdf::NO_BENCHMARK;
+    }
+    Ok(p)
+}
+
+pub fn format_of(cli: &Cli, shift: u64) -> Result<Format> {
+    let (cipher, cipher_mode) = luks::split_cipher(&cli.cipher)?;
+    if cli.key_size == 0 || cli.key_size % 8 != 0 {
+        return refuse(format!("--key-size must be a multiple of 8 bits (got {}).", cli.key_size));
+    }
+    Ok(Format {
+        cipher,
+        cipher_mode,
+        key_bytes: cli.key_size as usize / 8,
+        sector_size: cli.sector_size,
+        label: cli.label.clone(),
+        uuid: uuid::Uuid::new_v4(),
+        shift,
+        pbkdf: pbkdf(cli)?,
+    })
+}
+
+pub fn describe(t: &Target) -> String {
+    format!(
+        "{path}: PV of volume group {vg}, {size} MiB. It becomes a LUKS2 device opened as /dev/mapper/{name}; \
+         {n} device-mapper device(s) move onto it ({lvs}). Header and shift: {h} MiB each.",
+        path = t.path.display(),
+        vg = t.vg.vg_name,
+        size = t.size / plan::MIB,
+        name = t.name,
+        n = t.lvs.len(),
+        lvs = if t.lvs.is_empty() { "none active".to_string() } else { t.lvs.join(", ") },
+        h = t.room.shift / plan::MIB,
+    )
+}
+
+/// Steps 2–5 for one PV.
+pub fn convert(cli: &Cli, t: &Target, key: &Passphrase) -> Result<()> {
+    let fmt = format_of(cli, t.room.shift)?;
+    let dm = Dm::open()?;
+
+    // Step 2: the alias is an exclusive-openable view of the raw device for
+    // libcryptsetup (the LVs' claim makes the raw device itself refuse O_EXCL).
+    let alias = format!("{}-pvencrypt-alias", t.name);
+    let alias_uuid = format!("CRYPT-SUBDEV-pvencrypt-{}", fmt.uuid.simple());
+    let alias_dev = dm.create_alias(&alias, &alias_uuid, t.dev, t.size)?;
+    let alias_path = PathBuf::from(format!("/dev/dm-{}", alias_dev.minor));
+    let result = (|| {
+        dm.probe_crypt(&format!("{}-pvencrypt-probe", t.name), &cli.cipher, fmt.key_bytes, cli.sector_size, alias_dev)?;
+        let marker = Marker {
+            type_: luks::TOKEN_TYPE.into(),
+            keyslots: vec![],
+            version: 1,
+            name: t.name.clone(),
+            vg_name: t.vg.vg_name.clone(),
+            pv_uuid: t.pv.pv_uuid.clone(),
+            temp_keyslot: None,
+        };
+        let prepared = luks::prepare(&fmt, &alias_path, key, &marker)?;
+        // Exercised once here so that nothing it needs is first touched in the freeze.
+        luks::take_log(false);
+        switch::lock_memory()?;
+        let sw = Switch {
+            dm: &dm,
+            raw: t.dev,
+            raw_path: &t.path,
+            alias_path: &alias_path,
+            name: &t.name,
+            vg_name: &t.vg.vg_name,
+            lock_dir: Path::new(LVM_LOCK_DIR),
+        };
+        let switched = sw.run(&prepared, &fmt);
+        for m in luks::take_log(cli.verbose > 1) {
+            eprintln!("  {m}");
+        }
+        let switched = switched?;
+        if cli.verbose > 0 {
+            eprintln!(
+                "{}: switched under a freeze of {:.1} ms; now on /dev/mapper/{} ({}).",
+                t.path.display(),
+                switched.freeze.as_secs_f64() * 1000.0,
+                t.name,
+                switched.retargeted.join(", ")
+            );
+        }
+        Ok((prepared.temp_slot, prepared.temp_key))
+    })();
+    dm.remove(&alias);
+    let (temp_slot, temp_key) = result?;
+    encrypt(cli, &t.path, &t.name, Some(temp_slot), &temp_key)
+}
+
+/// Steps 4 and 5, for a fresh conversion or a resumed one.
+pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Passphrase) -> Result<()> {
+    let mut cd = luks::open(path)?;
+    let label = path.display().to_string();
+    let mut shown = Progress::new(&label, cli.interval, cli.quiet);
+    let t0 = Instant::now();
+    let mut last = (0, 0);
+    let finished = luks::run(&mut cd, name, slot, key, &mut |done, total| {
+        last = (done, total);
+        shown.update(done, total);
+        !STOP.load(Ordering::Relaxed)
+    });
+    let elapsed = shown.finish();
+    for m in luks::take_log(cli.verbose > 1) {
+        eprintln!("  {m}");
+    }
+    if !finished? {
+        return Err(Error::new(
+            Kind::Interrupted,
+            format!(
+                "{label}: stopped at {} encrypted; the data is in use on /dev/mapper/{name}. Run pvencrypt again to resume.",
+                crate::progress::percent(last.0, last.1)
+            ),
+        ));
+    }
+    if cli.verbose > 0 {
+        let mib = last.1 as f64 / (1u64 << 20) as f64;
+        eprintln!(
+            "{label}: encrypted {mib:.0} MiB in {:.1} s ({:.1} MiB/s).",
+            elapsed.as_secs_f64(),
+            mib / t0.elapsed().as_secs_f64().max(1e-6)
+        );
+    }
+    finish(path)
+}
+
+/// Step 5. Idempotent: a resumed run may find part of it done.
+fn finish(path: &Path) -> Result<()> {
+    let mut cd = luks::open(path)?;
+    if luks::reencrypt_state(&mut cd)? != CryptReencryptInfo::None {
+        return fail(format!("{}: the reencryption did not complete.", path.display()));
+    }
+    if let Some((id, m)) = luks::marker(&mut cd) {
+        if let Some(slot) = m.temp_keyslot {
+            luks::destroy_keyslot(&mut cd, slot)?;
+        }
+        cd.token_handle()
+            .json_set(libcryptsetup_rs::TokenInput::RemoveToken(id))
+            .or_fail(|| "Cannot remove the pvencrypt token".into())?;
+        refresh_lvm(&m.vg_name)?;
+    }
+    Ok(())
+}
+
+/// LVM learns that the PV now lives on the crypt device, and its metadata is backed up.
+fn refresh_lvm(vg: &str) -> Result<()> {
+    lvm::pvscan_cache().or_fail(|| "pvscan --cache".into())?;
+    lvm::vgcfgbackup(vg, None).or_fail(|| format!("vgcfgbackup {vg}"))?;
+    Ok(())
+}
+
+/// Devices with an unfinished conversion of ours: (raw path, marker).
+pub fn unfinished() -> Vec<(PathBuf, Marker)> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir("/sys/class/block") else { return out };
+    let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    names.sort();
+    for n in names {
+        let path = PathBuf::from("/dev").join(&n);
+        if !has_luks_magic(&path) {
+            continue;
+        }
+        if let Ok(mut cd) = luks::open(&path) {
+            if let Some((_, m)) = luks::marker(&mut cd) {
+                out.push((path, m));
+            }
+        }
+    }
+    out
+}
+
+/// Resumes one device: opens it if needed (libcryptsetup recovers a crashed step on
+/// open), then runs the rest of the encryption.
+pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase) -> Result<()> {
+    let mut cd = luks::open(path)?;
+    luks::check_key(&mut cd, key)?;
+    let dm = Dm::open()?;
+    if !dm.exists(&m.name) {
+        luks::activate(&mut cd, &m.name, None, key)?;
+        if !cli.quiet {
+            println!("{}: opened as /dev/mapper/{}.", path.display(), m.name);
+        }
+    }
+    drop(cd);
+    if luks::reencrypt_state(&mut luks::open(path)?)? == CryptReencryptInfo::None {
+        return finish(path);
+    }
+    encrypt(cli, path, &m.name, None, key)
+}

@@ -1,0 +1,301 @@
+//! Device-mapper stack surgery: who sits on top of the PV, suspending and resuming
+//! that stack in dependency order, and moving every table that names the raw device
+//! onto the new one at the same offsets.
+//!
+//! Everything here goes through the dm ioctls (devicemapper crate); tables are
+//! verified by reading them back, never assumed.
+
+use std::collections::{HashMap, HashSet};
+
+use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DmUuid, DM};
+
+
+use crate::error::{fail, Context, Result};
+
+/// One target line: start, length, type, parameters.
+pub type Target = (u64, u64, String, String);
+
+/// A dm device stacked (directly or not) on the PV.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub name: String,
+    pub uuid: Option<String>,
+    pub dev: Device,
+    /// Its table names the PV itself (so it must be retargeted).
+    pub direct: bool,
+    /// 0 for a direct holder; one more than the highest holder it sits on.
+    pub height: u32,
+}
+
+pub struct Dm {
+    dm: DM,
+}
+
+fn id(name: &str) -> DevId<'_> {
+    // Names come from the kernel or are checked at creation, so they are valid.
+    DevId::Name(DmName::new(name).expect("valid dm name"))
+}
+
+impl Dm {
+    pub fn open() -> Result<Dm> {
+        let dm = DM::new().or_fail(|| "Cannot open /dev/mapper/control (is device-mapper available?)".into())?;
+        Ok(Dm { dm })
+    }
+
+    /// Target types the kernel has loaded.
+    pub fn targets(&self) -> Result<Vec<String>> {
+        let v = self.dm.list_versions().or_fail(|| "Cannot list device-mapper targets".into())?;
+        Ok(v.into_iter().map(|t| t.0).collect())
+    }
+
+    /// Every dm device that depends on `base`, ordered top-down (suspend order).
+    pub fn holders(&self, base: Device) -> Result<Vec<Holder>> {
+        let mut deps: HashMap<Device, (String, Vec<Device>)> = HashMap::new();
+        for (name, dev, _) in self.dm.list_devices().or_fail(|| "Cannot list dm devices".into())? {
+            let name = name.to_string();
+            let d = self
+                .dm
+                .table_deps(&id(&name), DmOptions::default())
+                .or_fail(|| format!("Cannot read the dependencies of {name}"))?;
+            deps.insert(dev, (name, d));
+        }
+        let mut height: HashMap<Device, u32> = HashMap::new();
+        // Fixed point: each pass settles at least one more level of the stack.
+        loop {
+            let mut changed = false;
+            for (dev, (_, d)) in &deps {
+                let h = d
+                    .iter()
+                    .filter_map(|x| if *x == base { Some(0) } else { height.get(x).map(|h| h + 1) })
+                    .max();
+                if let Some(h) = h {
+                    if height.get(dev) != Some(&h) {
+                        if h as usize > deps.len() {
+                            return fail(format!("dm dependency loop at {}", deps[dev].0));
+                        }
+                        height.insert(*dev, h);
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        for (dev, h) in height {
+            let (name, d) = &deps[&dev];
+            let info = self.dm.device_info(&id(name)).or_fail(|| format!("Cannot query {name}"))?;
+            out.push(Holder {
+                name: name.clone(),
+                uuid: info.uuid().map(|u| u.to_string()),
+                dev,
+                direct: d.contains(&base),
+                height: h,
+            });
+        }
+        out.sort_by(|a, b| b.height.cmp(&a.height).then(a.name.cmp(&b.name)));
+        Ok(out)
+    }
+
+    pub fn table(&self, name: &str) -> Result<Vec<Target>> {
+        let (_, t) = self
+            .dm
+            .table_status(&id(name), DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
+            .or_fail(|| format!("Cannot read the table of {name}"))?;
+        Ok(t)
+    }
+
+    fn inactive_table(&self, name: &str) -> Result<Vec<Target>> {
+        let opts = DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE | DmFlags::DM_QUERY_INACTIVE_TABLE);
+        let (_, t) = self.dm.table_status(&id(name), opts).or_fail(|| format!("Cannot read the new table of {name}"))?;
+        Ok(t)
+    }
+
+    /// Suspends, flushing queued I/O; a filesystem on top is frozen by the kernel.
+    pub fn suspend(&self, name: &str) -> Result<()> {
+        self.dm
+            .device_suspend(&id(name), DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
+            .or_fail(|| format!("Cannot suspend {name}"))?;
+        Ok(())
+    }
+
+    pub fn resume(&self, name: &str) -> Result<()> {
+        self.dm.device_suspend(&id(name), DmOptions::default()).or_fail(|| format!("Cannot resume {name}"))?;
+        Ok(())
+    }
+
+    /// Loads `table` as the inactive table and checks the kernel's copy equals it.
+    pub fn load_verified(&self, name: &str, table: &[Target]) -> Result<()> {
+        self.dm
+            .table_load(&id(name), table, DmOptions::default())
+            .or_fail(|| format!("Cannot load the new table of {name}"))?;
+        let back = self.inactive_table(name)?;
+        if !same_table(&back, table) {
+            let _ = self.dm.table_clear(&id(name));
+            return fail(format!("The kernel's copy of the new table of {name} differs: {back:?}"));
+        }
+        Ok(())
+    }
+
+    pub fn clear_inactive(&self, name: &str) {
+        let _ = self.dm.table_clear(&id(name));
+    }
+
+    /// A linear alias of the whole of `dev`, invisible to LVM and udev rules.
+    pub fn create_alias(&self, name: &str, uuid: &str, dev: Device, len: u64) -> Result<Device> {
+        let n = name;
+        DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
+        let u = DmUuid::new(uuid).or_fail(|| format!("Bad dm uuid {uuid}"))?;
+        let info = self
+            .dm
+            .device_create(DmName::new(n).expect("checked"), Some(u), DmOptions::private())
+            .or_fail(|| format!("Cannot create {name}"))?;
+        let table = [(0, len, "linear".to_string(), format!("{dev} 0"))];
+        let loaded = self.load_verified(n, &table).and_then(|_| {
+            self.dm.device_suspend(&id(n), DmOptions::private()).or_fail(|| format!("Cannot resume {name}"))
+        });
+        if let Err(e) = loaded {
+            self.remove(n);
+            return Err(e);
+        }
+        Ok(info.device())
+    }
+
+    /// Loads dm-crypt and the cipher's kernel modules now, with a throw-away mapping:
+    /// inside the freeze their autoloading would run modprobe from a disk that may be
+    /// frozen.
+    pub fn probe_crypt(&self, name: &str, cipher: &str, key_bytes: usize, sector_size: u32, dev: Device) -> Result<()> {
+        let n = name;
+        let dn = DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
+        self.dm.device_create(dn, None, DmOptions::private()).or_fail(|| format!("Cannot create {name}"))?;
+        let mut key = zeroize::Zeroizing::new(String::with_capacity(key_bytes * 2));
+        let mut raw = zeroize::Zeroizing::new(vec![0u8; key_bytes]);
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").or_fail(|| "/dev/urandom".into())?, &mut raw)
+            .or_fail(|| "/dev/urandom".into())?;
+        for b in raw.iter() {
+            key.push_str(&format!("{b:02x}"));
+        }
+        let len = (sector_size / 512) as u64;
+        let opt = if sector_size == 512 { String::new() } else { format!(" 1 sector_size:{sector_size}") };
+        let table = [(0, len, "crypt".to_string(), format!("{cipher} {} 0 {dev} 0{opt}", key.as_str()))];
+        let r = self
+            .dm
+            .table_load(&id(n), &table, DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA))
+            .or_fail(|| format!("The kernel cannot set up dm-crypt with cipher {cipher}"));
+        self.remove(n);
+        r.map(|_| ())
+    }
+
+    pub fn remove(&self, name: &str) {
+        let _ = self.dm.device_remove(&id(name), DmOptions::private());
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        DmName::new(name).is_ok() && self.dm.device_info(&id(name)).is_ok()
+    }
+
+    pub fn device_of(&self, name: &str) -> Result<Device> {
+        DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
+        Ok(self.dm.device_info(&id(name)).or_fail(|| format!("No dm device {name}"))?.device())
+    }
+}
+
+/// The table with every reference to `from` replaced by `to`, and how many were replaced.
+///
+/// The kernel prints device references as "major:minor" in decimal; a parameter is a
+/// device exactly when the whole whitespace-separated token is that pair, so offsets
+/// and other numbers are never touched.
+pub fn retarget(table: &[Target], from: Device, to: Device) -> (Vec<Target>, usize) {
+    let (from, to) = (from.to_string(), to.to_string());
+    let mut n = 0;
+    let out = table
+        .iter()
+        .map(|(s, l, t, p)| {
+            let params: Vec<&str> = p
+                .split_whitespace()
+                .map(|tok| {
+                    if tok == from {
+                        n += 1;
+                        to.as_str()
+                    } else {
+                        tok
+                    }
+                })
+                .collect();
+            (*s, *l, t.clone(), params.join(" "))
+        })
+        .collect();
+    (out, n)
+}
+
+/// Devices a table references, parsed from its parameters.
+pub fn referenced(table: &[Target]) -> HashSet<Device> {
+    table
+        .iter()
+        .flat_map(|t| t.3.split_whitespace())
+        .filter(|tok| tok.contains(':'))
+        .filter_map(|tok| tok.parse::<Device>().ok())
+        .collect()
+}
+
+fn same_table(a: &[Target], b: &[Target]) -> bool {
+    let norm = |t: &[Target]| -> Vec<(u64, u64, String, Vec<String>)> {
+        t.iter()
+            .map(|(s, l, ty, p)| (*s, *l, ty.clone(), p.split_whitespace().map(str::to_string).collect()))
+            .collect()
+    };
+    norm(a) == norm(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: u64, l: u64, ty: &str, p: &str) -> Target {
+        (s, l, ty.into(), p.into())
+    }
+    const RAW: Device = Device { major: 254, minor: 0 };
+    const CRYPT: Device = Device { major: 253, minor: 7 };
+
+    #[test]
+    fn linear_is_retargeted_at_the_same_offset() {
+        let (out, n) = retarget(&[t(0, 8192, "linear", "254:0 2048")], RAW, CRYPT);
+        assert_eq!(n, 1);
+        assert_eq!(out, vec![t(0, 8192, "linear", "253:7 2048")]);
+    }
+
+    #[test]
+    fn striped_across_two_pvs_only_moves_ours() {
+        let table = [t(0, 16384, "striped", "2 128 254:0 2048 254:16 2048")];
+        let (out, n) = retarget(&table, RAW, CRYPT);
+        assert_eq!(n, 1);
+        assert_eq!(out[0].3, "2 128 253:7 2048 254:16 2048");
+    }
+
+    #[test]
+    fn numbers_that_look_alike_are_not_devices() {
+        // An offset equal to the major, a device with a longer minor, hex-looking noise.
+        let table = [t(0, 8, "linear", "254:01 254"), t(8, 8, "linear", "2254:0 0"), t(16, 8, "linear", "254:00 0")];
+        let (out, n) = retarget(&table, RAW, CRYPT);
+        assert_eq!(n, 0);
+        assert_eq!(out, table.to_vec());
+    }
+
+    #[test]
+    fn multi_segment_lv_spanning_two_pvs() {
+        let table = [t(0, 81920, "linear", "254:0 1050624"), t(81920, 81920, "linear", "254:16 2048")];
+        let (out, n) = retarget(&table, RAW, CRYPT);
+        assert_eq!(n, 1);
+        assert_eq!(out[0].3, "253:7 1050624");
+        assert_eq!(out[1].3, "254:16 2048");
+        assert!(!referenced(&out).contains(&RAW));
+        assert!(referenced(&out).contains(&Device { major: 254, minor: 16 }));
+    }
+
+    #[test]
+    fn tables_compare_by_tokens() {
+        assert!(same_table(&[t(0, 8, "linear", "1:2  0")], &[t(0, 8, "linear", "1:2 0")]));
+        assert!(!same_table(&[t(0, 8, "linear", "1:2 0")], &[t(0, 8, "linear", "1:2 8")]));
+    }
+}

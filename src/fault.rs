@@ -1,0 +1,29 @@
+//! Test-only fault injection: PVENCRYPT_FAULT=STEP[:halt|:exit] stops the program at a
+//! named step, either by cutting the (virtual) machine's power without a sync or by
+//! exiting at once, so that crash tests can prove every step's crash story.
+
+use std::sync::OnceLock;
+
+static FAULT: OnceLock<Option<(String, String)>> = OnceLock::new();
+
+/// Reads the setting once, before any freeze, so checking it later allocates nothing.
+pub fn init() {
+    FAULT.get_or_init(|| {
+        let v = std::env::var("PVENCRYPT_FAULT").ok()?;
+        let (step, how) = v.split_once(':').unwrap_or((&v, "halt"));
+        Some((step.to_string(), how.to_string()))
+    });
+}
+
+pub fn point(step: &str) {
+    if let Some(Some((s, how))) = FAULT.get() {
+        if s == step {
+            if how == "exit" {
+                unsafe { libc::_exit(99) };
+            }
+            // No sync: whatever the kernel has not written is lost, as in a power cut.
+            unsafe { libc::reboot(libc::RB_POWER_OFF) };
+            unsafe { libc::_exit(99) };
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Reading the passphrase: from a key file exactly as cryptsetup reads one (the raw
+//! bytes, no newline handling), or from the terminal, asked twice. The bytes live
+//! in a zeroized buffer and are never printed.
+
+use std::{
+    fs::File,
+    io::{self, IsTerminal, Read, Seek, SeekFrom},
+    path::Path,
+};
+
+use secrecy::{ExposeSecret, SecretSlice};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Kind, Result};
+
+/// cryptsetup's default limit for key files (keyfile_size_max, 8 MiB).
+const MAX_KEYFILE: u64 = 8 << 20;
+
+pub struct Passphrase(SecretSlice<u8>);
+
+impl Passphrase {
+    pub fn bytes(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+
+    fn checked(buf: Zeroizing<Vec<u8>>, source: &str) -> Result<Passphrase> {
+        if buf.is_empty() {
+            return Err(Error::new(Kind::Key, format!("{source}: the passphrase is empty.")));
+        }
+        Ok(Passphrase(SecretSlice::from(buf.to_vec())))
+    }
+
+    /// Random bytes, for a keyslot that must never be guessable and never leaves memory.
+    pub fn random(len: usize) -> Result<Passphrase> {
+        let mut buf = Zeroizing::new(vec![0u8; len]);
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut buf))
+            .map_err(|e| Error::new(Kind::Failed, format!("/dev/urandom: {e}")))?;
+        Ok(Passphrase(SecretSlice::from(buf.to_vec())))
+    }
+}
+
+pub struct KeySource<'a> {
+    pub file: Option<&'a Path>,
+    pub size: Option<u64>,
+    pub offset: Option<u64>,
+}
+
+impl KeySource<'_> {
+    /// `verify`: a new passphrase is asked twice on a terminal.
+    pub fn read(&self, prompt: &str, verify: bool) -> Result<Passphrase> {
+        match self.file {
+            Some(p) if p == Path::new("-") => {
+                self.read_from(&mut io::stdin().lock(), self.offset.unwrap_or(0), "standard input")
+            }
+            Some(p) => {
+                let name = p.display().to_string();
+                let key_err = |e: io::Error| Error::new(Kind::Key, format!("Cannot read key file {name}: {e}."));
+                let mut f = File::open(p).map_err(key_err)?;
+                if f.metadata().map_err(key_err)?.is_dir() {
+                    return Err(Error::new(Kind::Key, format!("Key file {name} is a directory.")));
+                }
+                // A regular file or a device: seek, as cryptsetup does.
+                let offset = self.offset.unwrap_or(0);
+                if f.seek(SeekFrom::Start(offset)).map_err(key_err)? != offset {
+                    return Err(Error::new(Kind::Key, format!("Cannot seek in key file {name}.")));
+                }
+                self.read_from(&mut f, 0, &name)
+            }
+            None => prompt_tty(prompt, verify),
+        }
+    }
+
+    /// `skip`: bytes still to be skipped by reading (a pipe cannot seek).
+    fn read_from(&self, r: &mut dyn Read, skip: u64, name: &str) -> Result<Passphrase> {
+        let key_err = |e: io::Error| Error::new(Kind::Key, format!("Cannot read key file {name}: {e}."));
+        if io::copy(&mut r.take(skip), &mut io::sink()).map_err(key_err)? < skip {
+            return Err(Error::new(Kind::Key, format!("Key file {name} is shorter than --keyfile-offset.")));
+        }
+        let limit = self.size.unwrap_or(MAX_KEYFILE);
+        let mut buf = Zeroizing::new(Vec::with_capacity(limit.min(4096) as usize));
+        r.take(limit + 1).read_to_end(&mut buf).map_err(key_err)?;
+        if buf.len() as u64 > limit {
+            if self.size.is_none() {
+                return Err(Error::new(Kind::Key, format!("Key file {name} exceeds the maximum size of 8 MiB.")));
+            }
+            buf.truncate(limit as usize);
+        } else if let Some(n) = self.size {
+            if (buf.len() as u64) < n {
+                return Err(Error::new(Kind::Key, format!("Cannot read {n} bytes from key file {name}.")));
+            }
+        }
+        Passphrase::checked(buf, &format!("Key file {name}"))
+    }
+}
+
+fn prompt_tty(prompt: &str, verify: bool) -> Result<Passphrase> {
+    if !io::stdin().is_terminal() {
+        return Err(Error::new(Kind::Key, "No terminal to ask for a passphrase: use --key-file."));
+    }
+    let ask = |p: &str| {
+        rpassword::prompt_password(p)
+            .map(|s| Zeroizing::new(s.into_bytes()))
+            .map_err(|e| Error::new(Kind::Key, format!("Cannot read the passphrase: {e}.")))
+    };
+    let first = ask(prompt)?;
+    if verify && *ask("Verify passphrase: ")? != *first {
+        return Err(Error::new(Kind::Key, "Passphrases do not match."));
+    }
+    Passphrase::checked(first, "Terminal")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read(content: &[u8], size: Option<u64>, offset: Option<u64>) -> Result<Vec<u8>> {
+        let mut f = tempfile();
+        f.1.write_all(content).unwrap();
+        let src = KeySource { file: Some(&f.0), size, offset };
+        let r = src.read("", false).map(|p| p.bytes().to_vec());
+        std::fs::remove_file(&f.0).unwrap();
+        r
+    }
+
+    fn tempfile() -> (std::path::PathBuf, File) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "pvencrypt-key-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let f = File::create(&p).unwrap();
+        (p, f)
+    }
+
+    #[test]
+    fn key_file_is_raw_bytes_with_newline() {
+        assert_eq!(read(b"secret\n", None, None).unwrap(), b"secret\n");
+    }
+
+    #[test]
+    fn key_file_size_and_offset() {
+        assert_eq!(read(b"0123456789", Some(4), Some(3)).unwrap(), b"3456");
+        assert_eq!(read(b"0123", Some(8), None).unwrap_err().kind, Kind::Key);
+        assert_eq!(read(b"0123", None, Some(10)).unwrap_err().kind, Kind::Key);
+    }
+
+    #[test]
+    fn empty_key_file_is_refused() {
+        let e = read(b"", None, None).unwrap_err();
+        assert_eq!(e.kind, Kind::Key);
+        assert!(e.msg.contains("empty"), "{}", e.msg);
+    }
+
+    #[test]
+    fn missing_key_file_is_a_key_error() {
+        let src = KeySource { file: Some(Path::new("/nonexistent/key")), size: None, offset: None };
+        assert_eq!(src.read("", false).err().unwrap().kind, Kind::Key);
+    }
+
+    #[test]
+    fn oversized_key_file_is_refused() {
+        let big = vec![b'x'; (MAX_KEYFILE + 1) as usize];
+        assert_eq!(read(&big, None, None).unwrap_err().kind, Kind::Key);
+        assert_eq!(read(&big, Some(16), None).unwrap().len(), 16);
+    }
+}

@@ -1,0 +1,445 @@
+//! LUKS2 operations, all through libcryptsetup: the header prepared in memory before
+//! the freeze, the reencryption init and header placement inside it, activation, the
+//! online run, and reading the state of a device (including our marker token).
+//!
+//! The new header is built in a memfd, never in a file: it goes to the disk only
+//! after libcryptsetup has moved the first data segment out of its way.
+
+use std::{
+    ffi::{c_int, c_void, CString},
+    fs::File,
+    os::fd::{AsRawFd, FromRawFd},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use libcryptsetup_rs::{
+    consts::{
+        flags::{CryptActivate, CryptPbkdf, CryptReencrypt, CryptVolumeKey},
+        vals::{
+            CryptKdf, CryptLogLevel, CryptReencryptDirectionInfo, CryptReencryptInfo, CryptReencryptModeInfo,
+            EncryptionFormat,
+        },
+    },
+    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsReencrypt, CryptPbkdfType, Either, TokenInput,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    error::{fail, Context, Error, Kind, Result},
+    key::Passphrase,
+};
+
+/// The LUKS2 token that marks a device as ours and says how to finish it.
+pub const TOKEN_TYPE: &str = "pvencrypt";
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Marker {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub keyslots: Vec<String>,
+    pub version: u32,
+    /// The name the device is opened under.
+    pub name: String,
+    pub vg_name: String,
+    pub pv_uuid: String,
+    /// The throw-away keyslot used inside the freeze; destroyed at the end.
+    pub temp_keyslot: Option<u32>,
+}
+
+/// What the user asked for the new header.
+pub struct Format {
+    pub cipher: String,
+    pub cipher_mode: String,
+    pub key_bytes: usize,
+    pub sector_size: u32,
+    pub label: Option<String>,
+    pub uuid: Uuid,
+    /// Data offset = data shift, in 512-byte sectors.
+    pub shift: u64,
+    pub pbkdf: CryptPbkdfType,
+}
+
+/// "aes-xts-plain64" → ("aes", "xts-plain64"), as cryptsetup splits it.
+pub fn split_cipher(spec: &str) -> Result<(String, String)> {
+    match spec.split_once('-') {
+        Some((c, m)) if !c.is_empty() && !m.is_empty() => Ok((c.into(), m.into())),
+        _ => Err(Error::new(Kind::Refused, format!("Invalid cipher specification {spec:?} (expected e.g. aes-xts-plain64)."))),
+    }
+}
+
+static LOG: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+
+unsafe extern "C" fn log_cb(level: c_int, msg: *const std::ffi::c_char, _: *mut c_void) {
+    // Inside the freeze nothing may be written to a filesystem: keep messages until later.
+    if let (Ok(mut log), false) = (LOG.lock(), msg.is_null()) {
+        let s = unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().trim_end().to_string();
+        log.push((level, s));
+    }
+}
+
+/// Routes libcryptsetup's messages into memory; `take_log` hands them out.
+pub fn capture_log() {
+    LOG.lock().unwrap().reserve(256);
+    libcryptsetup_rs::set_log_callback::<()>(Some(log_cb), None);
+}
+
+/// The library's messages since the last call: errors, and with `debug` everything.
+pub fn take_log(debug: bool) -> Vec<String> {
+    let error = CryptLogLevel::Error as i32;
+    std::mem::take(&mut *LOG.lock().unwrap())
+        .into_iter()
+        .filter(|(l, _)| debug || *l == error)
+        .map(|(_, m)| m)
+        .collect()
+}
+
+/// The header being prepared, in anonymous memory.
+pub struct MemHeader {
+    file: File,
+}
+
+impl MemHeader {
+    fn new() -> Result<MemHeader> {
+        let name = CString::new("pvencrypt-luks2-header").unwrap();
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return fail(format!("memfd_create: {}", std::io::Error::last_os_error()));
+        }
+        Ok(MemHeader { file: unsafe { File::from_raw_fd(fd) } })
+    }
+
+    /// A path libcryptsetup can open; it reopens the same memory.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+}
+
+/// A header ready to be placed: the user's keyslot and a temporary one whose key
+/// needs no PBKDF (random, 256 bits), so that nothing slow runs inside the freeze.
+pub struct Prepared {
+    pub header: MemHeader,
+    pub user_slot: u32,
+    pub temp_slot: u32,
+    pub temp_key: Passphrase,
+}
+
+fn temp_pbkdf() -> CryptPbkdfType {
+    // The key is 32 random bytes, so iterations add nothing to its strength.
+    CryptPbkdfType {
+        type_: CryptKdf::Pbkdf2,
+        hash: Some("sha256".into()),
+        time_ms: 0,
+        iterations: 1000,
+        max_memory_kb: 0,
+        parallel_threads: 0,
+        flags: CryptPbkdf::NO_BENCHMARK,
+    }
+}
+
+/// Builds the header in memory for `data` (the alias of the PV). Runs the user's PBKDF.
+pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Marker) -> Result<Prepared> {
+    let header = MemHeader::new()?;
+    let hpath = header.path();
+    let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
+        .or_fail(|| "Cannot initialise the new LUKS2 header".into())?;
+    cd.set_data_offset(fmt.shift).or_fail(|| "Cannot set the data offset".into())?;
+    cd.settings_handle().set_pbkdf_type(&fmt.pbkdf).or_fail(|| "Invalid PBKDF parameters".into())?;
+    let params = CryptParamsLuks2 {
+        pbkdf: None,
+        integrity: None,
+        integrity_params: None,
+        data_alignment: 0,
+        data_device: None,
+        sector_size: fmt.sector_size,
+        label: fmt.label.clone(),
+        subsystem: None,
+    };
+    let mut params: libcryptsetup_rs::CryptParamsLuks2Ref<'_> =
+        (&params).try_into().or_fail(|| "Invalid LUKS2 parameters".into())?;
+    cd.context_handle()
+        .format(
+            EncryptionFormat::Luks2,
+            (&fmt.cipher, &fmt.cipher_mode),
+            Some(fmt.uuid),
+            Either::Right(fmt.key_bytes),
+            Some(&mut params),
+        )
+        .or_fail(|| format!("Cannot format LUKS2 with cipher {}-{}", fmt.cipher, fmt.cipher_mode))?;
+    let user_slot = cd
+        .keyslot_handle()
+        .add_by_key(None, None, passphrase.bytes(), CryptVolumeKey::empty())
+        .or_fail(|| "Cannot add the passphrase keyslot".into())?;
+    let temp_key = Passphrase::random(32)?;
+    cd.settings_handle().set_pbkdf_type(&temp_pbkdf()).or_fail(|| "Cannot set the PBKDF".into())?;
+    let temp_slot = cd
+        .keyslot_handle()
+        .add_by_key(None, None, temp_key.bytes(), CryptVolumeKey::empty())
+        .or_fail(|| "Cannot add the temporary keyslot".into())?;
+    let mut m = marker.clone();
+    m.temp_keyslot = Some(temp_slot);
+    set_marker(&mut cd, &m)?;
+    Ok(Prepared { header, user_slot, temp_slot, temp_key })
+}
+
+fn reencrypt_params(shift: u64, sector_size: u32, flags: CryptReencrypt) -> CryptParamsReencrypt {
+    CryptParamsReencrypt {
+        mode: CryptReencryptModeInfo::Encrypt,
+        direction: CryptReencryptDirectionInfo::Backward,
+        resilience: "datashift".into(),
+        hash: "sha256".into(),
+        data_shift: shift,
+        max_hotzone_size: 0,
+        device_size: 0,
+        luks2: Some(CryptParamsLuks2 {
+            pbkdf: None,
+            integrity: None,
+            integrity_params: None,
+            data_alignment: 0,
+            data_device: None,
+            sector_size,
+            label: None,
+            subsystem: None,
+        }),
+        flags,
+    }
+}
+
+/// Inside the freeze: libcryptsetup moves the PV's first `shift` sectors to the end of
+/// the device and records that in the in-memory header. The disk's start is untouched
+/// until `place_header`; a crash in between leaves the plain PV.
+pub fn init_reencryption(p: &Prepared, fmt: &Format, data: &Path) -> Result<()> {
+    let hpath = p.header.path();
+    let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
+        .or_fail(|| "Cannot open the new LUKS2 header".into())?;
+    cd.context_handle()
+        .load::<()>(Some(EncryptionFormat::Luks2), None)
+        .or_fail(|| "Cannot load the new LUKS2 header".into())?;
+    let flags = CryptReencrypt::INITIALIZE_ONLY | CryptReencrypt::MOVE_FIRST_SEGMENT;
+    cd.reencrypt_handle()
+        .reencrypt_init_by_passphrase(
+            None,
+            p.temp_key.bytes(),
+            None,
+            Some(p.temp_slot),
+            Some((&fmt.cipher, &fmt.cipher_mode)),
+            reencrypt_params(fmt.shift, fmt.sector_size, flags),
+        )
+        .or_fail(|| "Cannot initialise the encryption".into())?;
+    Ok(())
+}
+
+/// Inside the freeze: writes the header at the start of the device. From here on the
+/// device is LUKS2 in reencryption, and the plain PV label is gone.
+pub fn place_header(p: &Prepared, data: &Path) -> Result<()> {
+    let mut cd = CryptInit::init(data).or_fail(|| format!("Cannot open {}", data.display()))?;
+    cd.backup_handle()
+        .header_restore(Some(EncryptionFormat::Luks2), &p.header.path())
+        .or_fail(|| format!("Cannot write the LUKS2 header to {}", data.display()))
+}
+
+pub fn open(dev: &Path) -> Result<CryptDevice> {
+    let mut cd = CryptInit::init(dev).or_fail(|| format!("Cannot open {}", dev.display()))?;
+    cd.context_handle()
+        .load::<()>(Some(EncryptionFormat::Luks2), None)
+        .context(Kind::Refused, || format!("{} is not a LUKS2 device", dev.display()))?;
+    Ok(cd)
+}
+
+/// Opens `name` on the PV itself. The PV is claimed by the LVs' tables, hence SHARED.
+pub fn activate(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase) -> Result<()> {
+    cd.activate_handle()
+        .activate_by_passphrase(Some(name), slot, key.bytes(), CryptActivate::SHARED)
+        .map_err(|e| key_error(e, || format!("Cannot open {name}")))?;
+    Ok(())
+}
+
+fn key_error(e: libcryptsetup_rs::LibcryptErr, what: impl FnOnce() -> String) -> Error {
+    if matches!(e, libcryptsetup_rs::LibcryptErr::IOError(ref io) if io.raw_os_error() == Some(libc::EPERM)) {
+        Error::new(Kind::Key, "No key available with this passphrase.")
+    } else {
+        Error::new(Kind::Failed, format!("{}: {e}", what()))
+    }
+}
+
+/// Checks a passphrase against the device's keyslots without activating anything.
+pub fn check_key(cd: &mut CryptDevice, key: &Passphrase) -> Result<u32> {
+    cd.activate_handle()
+        .activate_by_passphrase(None, None, key.bytes(), CryptActivate::empty())
+        .map_err(|e| key_error(e, || "Cannot check the passphrase".into()))
+}
+
+/// Progress callback: (bytes done, bytes total) → keep going?
+pub type Progress<'a> = dyn FnMut(u64, u64) -> bool + 'a;
+
+unsafe extern "C" fn progress_cb(size: u64, offset: u64, usrptr: *mut c_void) -> c_int {
+    let f = unsafe { &mut *(usrptr as *mut &mut Progress) };
+    // Backward direction: `offset` counts what is done from the end.
+    if f(offset, size) {
+        0
+    } else {
+        1
+    }
+}
+
+/// The online reencryption of active device `name`, checkpoint after checkpoint.
+/// Returns false when `progress` asked to stop (at a checkpoint).
+pub fn run(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase, progress: &mut Progress) -> Result<bool> {
+    let (shift, sector_size) = {
+        let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
+        let s = json_reencrypt_shift(&json).unwrap_or(0);
+        (s, 0)
+    };
+    cd.reencrypt_handle()
+        .reencrypt_init_by_passphrase(
+            Some(name),
+            key.bytes(),
+            None,
+            slot,
+            None,
+            CryptParamsReencrypt { luks2: None, ..reencrypt_params(shift, sector_size, CryptReencrypt::RESUME_ONLY) },
+        )
+        .map_err(|e| key_error(e, || "Cannot resume the encryption".into()))?;
+    let mut stopped = false;
+    let mut wrapped = |done: u64, total: u64| {
+        let go = progress(done, total);
+        stopped |= !go;
+        go
+    };
+    let mut f: &mut Progress = &mut wrapped;
+    cd.reencrypt_handle()
+        .reencrypt2(Some(progress_cb), Some(&mut f))
+        .or_fail(|| "The encryption stopped with an error".into())?;
+    Ok(!stopped)
+}
+
+/// The data shift recorded in the reencrypt keyslot (sectors).
+fn json_reencrypt_shift(json: &serde_json::Value) -> Option<u64> {
+    json["keyslots"].as_object()?.values().find_map(|k| {
+        if k["type"] == "reencrypt" {
+            k["area"]["shift_size"].as_str()?.parse::<u64>().ok().map(|b| b / 512)
+        } else {
+            None
+        }
+    })
+}
+
+pub fn reencrypt_state(cd: &mut CryptDevice) -> Result<CryptReencryptInfo> {
+    cd.reencrypt_handle()
+        .status(reencrypt_params(0, 0, CryptReencrypt::empty()))
+        .or_fail(|| "Cannot read the reencryption state".into())
+}
+
+pub fn destroy_keyslot(cd: &mut CryptDevice, slot: u32) -> Result<()> {
+    cd.keyslot_handle().destroy(slot).or_fail(|| format!("Cannot remove the temporary keyslot {slot}"))
+}
+
+fn set_marker(cd: &mut CryptDevice, m: &Marker) -> Result<()> {
+    let v = serde_json::to_value(m).expect("marker serializes");
+    cd.token_handle().json_set(TokenInput::AddToken(&v)).or_fail(|| "Cannot add the pvencrypt token".into())?;
+    Ok(())
+}
+
+/// Our marker token, and its token id, if the device carries one.
+pub fn marker(cd: &mut CryptDevice) -> Option<(u32, Marker)> {
+    let json = cd.status_handle().dump_json().ok()?;
+    marker_in(&json)
+}
+
+fn marker_in(json: &serde_json::Value) -> Option<(u32, Marker)> {
+    json["tokens"].as_object()?.iter().find_map(|(id, t)| {
+        if t["type"] == TOKEN_TYPE {
+            Some((id.parse().ok()?, serde_json::from_value(t.clone()).ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+/// Rewrites the marker (for example once the temporary keyslot is gone).
+pub fn update_marker(cd: &mut CryptDevice, id: u32, m: &Marker) -> Result<()> {
+    let v = serde_json::to_value(m).expect("marker serializes");
+    cd.token_handle().json_set(TokenInput::ReplaceToken(id, &v)).or_fail(|| "Cannot update the pvencrypt token".into())?;
+    Ok(())
+}
+
+/// The copy of the first data segment during a datashift encryption: (offset, length) in bytes.
+pub fn moved_segment_in(json: &serde_json::Value) -> Option<(u64, u64)> {
+    json["segments"].as_object()?.values().find_map(|s| {
+        let moved = s["flags"].as_array()?.iter().any(|f| f == "backup-moved-segment");
+        if moved {
+            Some((s["offset"].as_str()?.parse().ok()?, s["size"].as_str()?.parse().ok()?))
+        } else {
+            None
+        }
+    })
+}
+
+/// Progress as recorded in the header: encrypted bytes and the total, from the
+/// segments (an encrypt runs backward, so the crypt segment grows from the end).
+pub fn progress_from_json(json: &serde_json::Value) -> Option<(u64, u64)> {
+    let segs = json["segments"].as_object()?;
+    let mut total = 0u64;
+    let mut done = 0u64;
+    for s in segs.values() {
+        let flags: Vec<&str> = s["flags"].as_array().map(|a| a.iter().filter_map(|f| f.as_str()).collect()).unwrap_or_default();
+        if flags.iter().any(|f| f.starts_with("backup-")) {
+            continue;
+        }
+        let size: u64 = match s["size"].as_str()? {
+            "dynamic" => return None,
+            n => n.parse().ok()?,
+        };
+        total += size;
+        if s["type"] == "crypt" && !flags.contains(&"in-reencryption") {
+            done += size;
+        }
+    }
+    Some((done, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cipher_spec_split() {
+        assert_eq!(split_cipher("aes-xts-plain64").unwrap(), ("aes".into(), "xts-plain64".into()));
+        assert_eq!(split_cipher("serpent-cbc-essiv:sha256").unwrap().1, "cbc-essiv:sha256");
+        assert!(split_cipher("aes").is_err());
+        assert!(split_cipher("-xts").is_err());
+    }
+
+    #[test]
+    fn marker_found_among_tokens() {
+        let json = serde_json::json!({"tokens": {
+            "0": {"type": "systemd-tpm2", "keyslots": ["0"]},
+            "3": {"type": "pvencrypt", "keyslots": [], "version": 1, "name": "sda5_crypt",
+                  "vg_name": "vg0", "pv_uuid": "abc", "temp_keyslot": 1}}});
+        let (id, m) = marker_in(&json).unwrap();
+        assert_eq!(id, 3);
+        assert_eq!(m.name, "sda5_crypt");
+        assert_eq!(m.temp_keyslot, Some(1));
+        assert!(marker_in(&serde_json::json!({"tokens": {}})).is_none());
+    }
+
+    #[test]
+    fn progress_counts_finished_crypt_segments() {
+        // Mid-run datashift encryption: plain head, hotzone, encrypted tail, moved backup.
+        let json = serde_json::json!({"segments": {
+            "0": {"type": "linear", "offset": "0", "size": "100663296", "flags": []},
+            "1": {"type": "crypt", "offset": "16777216", "size": "16777216", "flags": ["in-reencryption"]},
+            "2": {"type": "crypt", "offset": "134217728", "size": "33554432", "flags": []},
+            "3": {"type": "linear", "offset": "0", "size": "16777216", "flags": ["backup-moved-segment"]}}});
+        assert_eq!(progress_from_json(&json), Some((33554432, 150994944)));
+    }
+
+    #[test]
+    fn reencrypt_shift_read_from_keyslot() {
+        let json = serde_json::json!({"keyslots": {
+            "0": {"type": "luks2"},
+            "2": {"type": "reencrypt", "area": {"type": "datashift", "shift_size": "16777216"}}}});
+        assert_eq!(json_reencrypt_shift(&json), Some(32768));
+    }
+}
