@@ -240,6 +240,7 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase) -> Result<()> {
             raw: t.dev,
             raw_path: &t.path,
             alias_path: &alias_path,
+            alias_name: &alias,
             name: &t.name,
             vg_name: &t.vg.vg_name,
             lock_dir: Path::new(LVM_LOCK_DIR),

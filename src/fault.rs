@@ -15,7 +15,18 @@ pub fn init() {
     });
 }
 
+static TRACE: OnceLock<bool> = OnceLock::new();
+
+/// PVENCRYPT_TRACE=1 prints every step as it happens, even inside the freeze (unsafe
+/// when stderr is on a filesystem of the PV; for tests only).
+pub fn tracing() -> bool {
+    *TRACE.get_or_init(|| std::env::var_os("PVENCRYPT_TRACE").is_some())
+}
+
 pub fn point(step: &str) {
+    if tracing() {
+        eprintln!("pvencrypt: trace: {step}");
+    }
     if let Some(Some((s, how))) = FAULT.get() {
         if s == step {
             if how == "exit" {

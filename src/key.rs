@@ -23,7 +23,7 @@ impl Passphrase {
         self.0.expose_secret()
     }
 
-    fn checked(buf: Zeroizing<Vec<u8>>, source: &str) -> Result<Passphrase> {
+    pub(crate) fn checked(buf: Zeroizing<Vec<u8>>, source: &str) -> Result<Passphrase> {
         if buf.is_empty() {
             return Err(Error::new(Kind::Key, format!("{source}: the passphrase is empty.")));
         }

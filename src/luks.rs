@@ -75,6 +75,9 @@ unsafe extern "C" fn log_cb(level: c_int, msg: *const std::ffi::c_char, _: *mut 
     // Inside the freeze nothing may be written to a filesystem: keep messages until later.
     if let (Ok(mut log), false) = (LOG.lock(), msg.is_null()) {
         let s = unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().trim_end().to_string();
+        if crate::fault::tracing() {
+            eprintln!("pvencrypt: libcryptsetup[{level}]: {s}");
+        }
         log.push((level, s));
     }
 }
@@ -82,6 +85,9 @@ unsafe extern "C" fn log_cb(level: c_int, msg: *const std::ffi::c_char, _: *mut 
 /// Routes libcryptsetup's messages into memory; `take_log` hands them out.
 pub fn capture_log() {
     LOG.lock().unwrap().reserve(256);
+    if crate::fault::tracing() {
+        libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
+    }
     libcryptsetup_rs::set_log_callback::<()>(Some(log_cb), None);
 }
 
@@ -101,13 +107,16 @@ pub struct MemHeader {
 }
 
 impl MemHeader {
-    fn new() -> Result<MemHeader> {
+    /// `len`: bytes; libcryptsetup refuses a header file smaller than the header.
+    fn new(len: u64) -> Result<MemHeader> {
         let name = CString::new("pvencrypt-luks2-header").unwrap();
         let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
             return fail(format!("memfd_create: {}", std::io::Error::last_os_error()));
         }
-        Ok(MemHeader { file: unsafe { File::from_raw_fd(fd) } })
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(len).or_fail(|| "Cannot size the in-memory header".into())?;
+        Ok(MemHeader { file })
     }
 
     /// A path libcryptsetup can open; it reopens the same memory.
@@ -140,7 +149,7 @@ fn temp_pbkdf() -> CryptPbkdfType {
 
 /// Builds the header in memory for `data` (the alias of the PV). Runs the user's PBKDF.
 pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Marker) -> Result<Prepared> {
-    let header = MemHeader::new()?;
+    let header = MemHeader::new(fmt.shift * 512)?;
     let hpath = header.path();
     let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
         .or_fail(|| "Cannot initialise the new LUKS2 header".into())?;
@@ -441,5 +450,82 @@ mod tests {
             "0": {"type": "luks2"},
             "2": {"type": "reencrypt", "area": {"type": "datashift", "shift_size": "16777216"}}}});
         assert_eq!(json_reencrypt_shift(&json), Some(32768));
+    }
+}
+
+/// Root-only: builds real headers with libcryptsetup on a loop device (no device-mapper needed).
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+
+    pub(crate) struct Loop {
+        pub path: PathBuf,
+        file: PathBuf,
+    }
+
+    impl Loop {
+        pub(crate) fn new(mib: u64) -> Option<Loop> {
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!("skipped: needs root");
+                return None;
+            }
+            let file = std::env::temp_dir().join(format!("pvencrypt-luks-{}-{mib}.img", std::process::id()));
+            File::create(&file).unwrap().set_len(mib << 20).unwrap();
+            let out = std::process::Command::new("losetup").args(["-f", "--show"]).arg(&file).output().unwrap();
+            assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+            let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+            Some(Loop { path, file })
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup").arg("-d").arg(&self.path).status();
+            let _ = std::fs::remove_file(&self.file);
+        }
+    }
+
+    pub(crate) fn cheap_format(shift: u64) -> Format {
+        Format {
+            cipher: "aes".into(),
+            cipher_mode: "xts-plain64".into(),
+            key_bytes: 64,
+            sector_size: 512,
+            label: Some("test".into()),
+            uuid: Uuid::new_v4(),
+            shift,
+            pbkdf: CryptPbkdfType { iterations: 1000, ..temp_pbkdf() },
+        }
+    }
+
+    fn test_marker() -> Marker {
+        Marker {
+            type_: TOKEN_TYPE.into(),
+            keyslots: vec![],
+            version: 1,
+            name: "t_crypt".into(),
+            vg_name: "vg".into(),
+            pv_uuid: "u".into(),
+            temp_keyslot: None,
+        }
+    }
+
+    #[test]
+    fn header_prepared_in_memory_leaves_the_disk_alone() {
+        let Some(lo) = Loop::new(64) else { return };
+        capture_log();
+        libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
+        let before = std::fs::read(&lo.path).unwrap();
+        let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
+        let p = prepare(&cheap_format(32768), &lo.path, &key, &test_marker()).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        assert_ne!(p.user_slot, p.temp_slot);
+        assert_eq!(std::fs::read(&lo.path).unwrap(), before, "preparing must not write to the device");
+        let mut cd = open(&p.header.path()).unwrap();
+        let (_, m) = super::marker(&mut cd).expect("token present");
+        assert_eq!(m.temp_keyslot, Some(p.temp_slot));
+        assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
+        assert_eq!(check_key(&mut cd, &p.temp_key).unwrap(), p.temp_slot);
+        let wrong = Passphrase::checked(zeroize::Zeroizing::new(b"nope".to_vec()), "t").unwrap();
+        assert_eq!(check_key(&mut cd, &wrong).unwrap_err().kind, Kind::Key);
     }
 }

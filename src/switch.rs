@@ -33,6 +33,8 @@ pub struct Switch<'a> {
     pub raw: Device,
     pub raw_path: &'a Path,
     pub alias_path: &'a Path,
+    /// The alias sits on the PV too, but it is ours and must stay running.
+    pub alias_name: &'a str,
     pub name: &'a str,
     pub vg_name: &'a str,
     pub lock_dir: &'a Path,
@@ -81,7 +83,8 @@ impl Switch<'_> {
         unsafe { libc::sync() };
         let _lock = VgLock::take(self.lock_dir, self.vg_name)?;
         // Read under the lock: no LV can appear or change from here on.
-        let holders = self.dm.holders(self.raw)?;
+        let mut holders = self.dm.holders(self.raw)?;
+        holders.retain(|h| h.name != self.alias_name);
         let direct: Vec<(&Holder, Vec<Target>)> = holders
             .iter()
             .filter(|h| h.direct)
@@ -91,6 +94,7 @@ impl Switch<'_> {
         let t0 = Instant::now();
         let mut suspended = Vec::with_capacity(holders.len());
         for h in &holders {
+            fault::point(&h.name);
             if let Err(e) = self.dm.suspend(&h.name) {
                 self.resume_all(&suspended);
                 return Err(e);
@@ -126,15 +130,17 @@ impl Switch<'_> {
             return Err(self.rollback(e, moved));
         }
         fault::point("header");
-        let activated = luks::open(self.raw_path).and_then(|mut cd| luks::activate(&mut cd, self.name, Some(p.temp_slot), &p.temp_key));
-        if let Err(e) = activated {
-            return Err(self.rollback(e, moved));
-        }
-        fault::point("activated");
-        let crypt = match self.dm.device_of(self.name) {
+        // libcryptsetup refuses to open a device in reencryption while it is claimed
+        // (the LVs claim the PV), so NAME is opened on the alias, then moved onto the PV.
+        // Nothing is encrypted yet: its table is plain linear segments.
+        let crypt = match self.open_on_raw(p) {
             Ok(d) => d,
-            Err(e) => return Err(self.rollback(e, moved)),
+            Err(e) => {
+                self.deactivate();
+                return Err(self.rollback(e, moved));
+            }
         };
+        fault::point("activated");
         let mut loaded: Vec<&str> = Vec::new();
         for (h, table) in direct {
             let (new, n) = dm::retarget(table, self.raw, crypt);
@@ -154,6 +160,24 @@ impl Switch<'_> {
         }
         fault::point("loaded");
         Ok((crypt, loaded.iter().map(|n| n.to_string()).collect()))
+    }
+
+    fn open_on_raw(&self, p: &Prepared) -> Result<Device> {
+        let mut cd = luks::open(self.alias_path)?;
+        luks::activate(&mut cd, self.name, Some(p.temp_slot), &p.temp_key)?;
+        drop(cd);
+        let alias = self.dm.device_of(self.alias_name)?;
+        let table = self.dm.table(self.name)?;
+        if let Some(t) = table.iter().find(|t| t.2 != "linear") {
+            return fail(format!("{} has a {} segment before any data was encrypted", self.name, t.2));
+        }
+        let (new, n) = dm::retarget(&table, alias, self.raw);
+        if n != table.len() {
+            return fail(format!("{} does not map the alias in every segment: {table:?}", self.name));
+        }
+        self.dm.load_verified(self.name, &new)?;
+        self.dm.resume(self.name)?;
+        self.dm.device_of(self.name)
     }
 
     fn deactivate(&self) {

@@ -48,8 +48,9 @@ writer_start /mnt/fs/log
 wait_for '[ "$(writer_acked)" -ge 100 ]' 60 || die "writer too slow: $(cat /tmp/ack)"
 
 echo "=== pvencrypt"
+[ -n "$(arg pvtrace)" ] && export PVENCRYPT_TRACE=1
 t0=$(now)
-{ timeout -s KILL 600 pvencrypt --key-file /tmp/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+{ timeout -s KILL ${PVE_TIMEOUT:-600} pvencrypt --key-file /tmp/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
     -y -v /dev/vda; echo $? > /tmp/pve.rc; } 2>&1 | tee /tmp/pve.out
 t1=$(now)
 echo "=== pvencrypt exit $(cat /tmp/pve.rc) after $(echo "$t1 $t0" | awk '{print $1 - $2}') s"
