@@ -11,7 +11,6 @@
 # VMs; pass iff they exit 0. They get VM_RUN (scratch dir) and VM_LOGS.
 #
 # Env: PVENCRYPT_BIN=FILE puts FILE in the guest as pvencrypt instead of building it (e.g.
-#      tests/vm/spike-pvencrypt.sh); VM_JOBS=N VMs at once (default 2, measured a little
 #      faster than 1 on 2 cores; 1 gives timings free of contention); VM_TIMEOUT=S per VM.
 # Logs: vm-work/logs/NAME.log (console or host test output), vm-work/logs/cargo-build.log.
 set -uo pipefail

@@ -1,0 +1,27 @@
+#!/bin/bash
+# Every test: host unit and loop-device tests (cargo), then the VM tests (real kernel,
+# real device-mapper). Run as root on Debian 12; installs what it needs itself.
+# The last line is "N passed, N failed" over both.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+tests/vm/setup.sh || { echo "setup failed"; exit 1; }
+
+log=$(mktemp)
+cargo test --workspace 2>&1 | tee "$log"
+cargo_rc=${PIPESTATUS[0]}
+h_pass=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
+h_fail=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
+[ "$cargo_rc" -eq 0 ] || [ "$h_fail" -gt 0 ] || h_fail=1   # a build failure runs no test
+rm -f "$log"
+
+vlog=$(mktemp)
+tests/vm/run.sh "$@" 2>&1 | tee "$vlog"
+v_pass=$(awk '/^[0-9]+ passed, [0-9]+ failed$/ {p = $1} END {print p + 0}' "$vlog")
+v_fail=$(awk '/^[0-9]+ passed, [0-9]+ failed$/ {f = $3} END {print f + 0}' "$vlog")
+grep -qE '^[0-9]+ passed, [0-9]+ failed$' "$vlog" || v_fail=$((v_fail + 1))
+rm -f "$vlog"
+
+echo "host: $h_pass passed, $h_fail failed; vm: $v_pass passed, $v_fail failed"
+echo "$((h_pass + v_pass)) passed, $((h_fail + v_fail)) failed"
+[ $((h_fail + v_fail)) -eq 0 ]
