@@ -276,6 +276,12 @@ pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Pass
     let finished = luks::run(&mut cd, name, slot, key, &mut |done, total| {
         last = (done, total);
         shown.update(done, total);
+        // Crash tests cut the power part-way through the data.
+        for p in [25, 50, 75] {
+            if total > 0 && done * 100 >= total * p {
+                crate::fault::point(["run-25", "run-50", "run-75"][p as usize / 25 - 1]);
+            }
+        }
         !STOP.load(Ordering::Relaxed)
     });
     let elapsed = shown.finish();

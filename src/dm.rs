@@ -20,7 +20,6 @@ pub type Target = (u64, u64, String, String);
 pub struct Holder {
     pub name: String,
     pub uuid: Option<String>,
-    pub dev: Device,
     /// Its table names the PV itself (so it must be retargeted).
     pub direct: bool,
     /// 0 for a direct holder; one more than the highest holder it sits on.
@@ -40,12 +39,6 @@ impl Dm {
     pub fn open() -> Result<Dm> {
         let dm = DM::new().or_fail(|| "Cannot open /dev/mapper/control (is device-mapper available?)".into())?;
         Ok(Dm { dm })
-    }
-
-    /// Target types the kernel has loaded.
-    pub fn targets(&self) -> Result<Vec<String>> {
-        let v = self.dm.list_versions().or_fail(|| "Cannot list device-mapper targets".into())?;
-        Ok(v.into_iter().map(|t| t.0).collect())
     }
 
     /// Every dm device that depends on `base`, ordered top-down (suspend order).
@@ -89,7 +82,6 @@ impl Dm {
             out.push(Holder {
                 name: name.clone(),
                 uuid: info.uuid().map(|u| u.to_string()),
-                dev,
                 direct: d.contains(&base),
                 height: h,
             });

@@ -129,6 +129,7 @@ impl MemHeader {
 /// needs no PBKDF (random, 256 bits), so that nothing slow runs inside the freeze.
 pub struct Prepared {
     pub header: MemHeader,
+    #[cfg_attr(not(test), allow(dead_code))]
     pub user_slot: u32,
     pub temp_slot: u32,
     pub temp_key: Passphrase,
@@ -366,13 +367,6 @@ fn marker_in(json: &serde_json::Value) -> Option<(u32, Marker)> {
     })
 }
 
-/// Rewrites the marker (for example once the temporary keyslot is gone).
-pub fn update_marker(cd: &mut CryptDevice, id: u32, m: &Marker) -> Result<()> {
-    let v = serde_json::to_value(m).expect("marker serializes");
-    cd.token_handle().json_set(TokenInput::ReplaceToken(id, &v)).or_fail(|| "Cannot update the pvencrypt token".into())?;
-    Ok(())
-}
-
 /// The copy of the first data segment during a datashift encryption: (offset, length) in bytes.
 pub fn moved_segment_in(json: &serde_json::Value) -> Option<(u64, u64)> {
     json["segments"].as_object()?.values().find_map(|s| {
@@ -383,29 +377,6 @@ pub fn moved_segment_in(json: &serde_json::Value) -> Option<(u64, u64)> {
             None
         }
     })
-}
-
-/// Progress as recorded in the header: encrypted bytes and the total, from the
-/// segments (an encrypt runs backward, so the crypt segment grows from the end).
-pub fn progress_from_json(json: &serde_json::Value) -> Option<(u64, u64)> {
-    let segs = json["segments"].as_object()?;
-    let mut total = 0u64;
-    let mut done = 0u64;
-    for s in segs.values() {
-        let flags: Vec<&str> = s["flags"].as_array().map(|a| a.iter().filter_map(|f| f.as_str()).collect()).unwrap_or_default();
-        if flags.iter().any(|f| f.starts_with("backup-")) {
-            continue;
-        }
-        let size: u64 = match s["size"].as_str()? {
-            "dynamic" => return None,
-            n => n.parse().ok()?,
-        };
-        total += size;
-        if s["type"] == "crypt" && !flags.contains(&"in-reencryption") {
-            done += size;
-        }
-    }
-    Some((done, total))
 }
 
 #[cfg(test)]
@@ -434,14 +405,12 @@ mod tests {
     }
 
     #[test]
-    fn progress_counts_finished_crypt_segments() {
-        // Mid-run datashift encryption: plain head, hotzone, encrypted tail, moved backup.
+    fn moved_segment_found_by_flag() {
         let json = serde_json::json!({"segments": {
             "0": {"type": "linear", "offset": "0", "size": "100663296", "flags": []},
-            "1": {"type": "crypt", "offset": "16777216", "size": "16777216", "flags": ["in-reencryption"]},
-            "2": {"type": "crypt", "offset": "134217728", "size": "33554432", "flags": []},
-            "3": {"type": "linear", "offset": "0", "size": "16777216", "flags": ["backup-moved-segment"]}}});
-        assert_eq!(progress_from_json(&json), Some((33554432, 150994944)));
+            "1": {"type": "linear", "offset": "520093696", "size": "16777216", "flags": ["backup-moved-segment"]}}});
+        assert_eq!(moved_segment_in(&json), Some((520093696, 16777216)));
+        assert_eq!(moved_segment_in(&serde_json::json!({"segments": {}})), None);
     }
 
     #[test]

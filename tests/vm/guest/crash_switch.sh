@@ -1,0 +1,59 @@
+# Guest half of host/t_crash_switch.sh (not run on its own).
+# pvphase=1: a live VG on vda; pvencrypt cuts the power (no sync) at step pvfault=STEP.
+# pvphase=2: a fresh boot finds the plain PV or a LUKS2 device stock cryptsetup opens, the
+#            LVs' content as it was, and pvencrypt (again, or resuming) completes the job.
+# vdb holds the expected checksums between the boots.
+. /tests/lib.sh
+printf secret-passphrase > /tmp/key
+cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
+lv_shas() { echo "$(sha /mnt/fs/f1) $(sha /dev/mapper/vg-raw)"; }
+mount_fs() { mkdir -p /mnt/fs; run mount /dev/mapper/vg-fs /mnt/fs; }
+
+case $(arg pvphase) in
+1)
+  PVOPTS="--setphysicalvolumesize 440M" mkvg vg /dev/vda
+  mklv fs -L 120M vg
+  mklv raw -L 64M vg
+  run mkfs.ext4 -q /dev/mapper/vg-fs
+  mount_fs
+  dd if=/dev/urandom of=/mnt/fs/f1 bs=1M count=40 2>/dev/null
+  dd if=/dev/urandom of=/dev/mapper/vg-raw bs=1M count=64 oflag=direct 2>/dev/null
+  sync
+  lv_shas | dd of=/dev/vdb conv=fsync 2>/dev/null
+  echo "=== pvencrypt, power cut at $(arg pvfault)"
+  PVENCRYPT_FAULT=$(arg pvfault) pvencrypt --key-file /tmp/key $cheap -y /dev/vda
+  die "pvencrypt returned ($?) instead of cutting the power at $(arg pvfault)"
+  ;;
+2)
+  want=$(head -c 129 /dev/vdb | head -1)
+  if cryptsetup isLuks /dev/vda; then
+    echo "=== found LUKS2"
+    check "stock cryptsetup opens it" cryptsetup open --key-file /tmp/key /dev/vda vda_crypt
+    dmsetup mknodes; vgscan -q >/dev/null 2>&1
+    run vgchange -q -ay vg; dmsetup mknodes
+    mount_fs
+    check_eq "LV content after the crash" "$(lv_shas)" "$want"
+    echo "=== pvencrypt (no argument: resume)"
+    pvencrypt --key-file /tmp/key -v; rc=$?
+  else
+    echo "=== found the plain PV"
+    run vgchange -q -ay vg; dmsetup mknodes
+    mount_fs
+    check_eq "LV content after the crash" "$(lv_shas)" "$want"
+    check "no LUKS header was left" '! blkid /dev/vda | grep -q crypto_LUKS'
+    echo "=== pvencrypt (again)"
+    pvencrypt --key-file /tmp/key $cheap -y -v /dev/vda; rc=$?
+  fi
+  check_eq "pvencrypt completes" "$rc" 0
+  dmsetup mknodes
+  check_eq "LV content after completion" "$(lv_shas)" "$want"
+  check "no reencryption left" '! cryptsetup luksDump /dev/vda | grep -q online-reencrypt'
+  check "no pvencrypt token or temporary keyslot left" \
+    '! cryptsetup luksDump /dev/vda | grep -q pvencrypt && [ "$(cryptsetup luksDump /dev/vda | grep -c "^  [0-9]*: luks2")" = 1 ]'
+  check "pvs shows the PV on vda_crypt" 'pvs --noheadings -o pv_name 2>/dev/null | grep -q /dev/mapper/vda_crypt'
+  umount /mnt/fs
+  check "fsck clean" e2fsck -fn /dev/mapper/vg-fs
+  result
+  ;;
+*) die "pvphase=1|2 missing";;
+esac
