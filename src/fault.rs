@@ -23,10 +23,14 @@ pub fn tracing() -> bool {
     *TRACE.get_or_init(|| std::env::var_os("PVENCRYPT_TRACE").is_some())
 }
 
-pub fn point(step: &str) {
+pub fn trace(what: &str) {
     if tracing() {
-        eprintln!("pvencrypt: trace: {step}");
+        eprintln!("pvencrypt: trace: {what}");
     }
+}
+
+pub fn point(step: &str) {
+    trace(step);
     if let Some(Some((s, how))) = FAULT.get() {
         if s == step {
             if how == "exit" {

@@ -42,7 +42,6 @@ pub struct Switch<'a> {
 
 pub struct Switched {
     pub freeze: Duration,
-    pub crypt: Device,
     pub retargeted: Vec<String>,
 }
 
@@ -94,9 +93,10 @@ impl Switch<'_> {
         let t0 = Instant::now();
         let mut suspended = Vec::with_capacity(holders.len());
         for h in &holders {
-            fault::point(&h.name);
+            fault::trace(&h.name);
             if let Err(e) = self.dm.suspend(&h.name) {
-                self.resume_all(&suspended);
+                // Nothing changed yet; a resume error here would only hide the cause.
+                let _ = self.resume_all(&suspended);
                 return Err(e);
             }
             suspended.push(h);
@@ -117,7 +117,7 @@ impl Switch<'_> {
                 return fail(format!("{} still maps {} after the switch", h.name, self.raw_path.display()));
             }
         }
-        Ok(Switched { freeze, crypt, retargeted })
+        Ok(Switched { freeze, retargeted })
     }
 
     /// Everything between suspend and resume. On error before the LVs are moved, the
