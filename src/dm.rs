@@ -158,24 +158,37 @@ impl Dm {
     /// inside the freeze their autoloading would run modprobe from a disk that may be
     /// frozen.
     pub fn probe_crypt(&self, name: &str, cipher: &str, key_bytes: usize, sector_size: u32, dev: Device) -> Result<()> {
-        let n = name;
-        let dn = DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
-        self.dm.device_create(dn, None, DmOptions::private()).or_fail(|| format!("Cannot create {name}"))?;
-        let mut key = zeroize::Zeroizing::new(String::with_capacity(key_bytes * 2));
+        use std::fmt::Write;
+        use zeroize::Zeroize;
+        // A throw-away random key; still, no copy of it outlives this function.
         let mut raw = zeroize::Zeroizing::new(vec![0u8; key_bytes]);
-        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").or_fail(|| "/dev/urandom".into())?, &mut raw)
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
             .or_fail(|| "/dev/urandom".into())?;
+        let mut params = String::with_capacity(cipher.len() + 2 * key_bytes + 64);
+        let _ = write!(params, "{cipher} ");
         for b in raw.iter() {
-            key.push_str(&format!("{b:02x}"));
+            let _ = write!(params, "{b:02x}");
         }
-        let len = (sector_size / 512) as u64;
-        let opt = if sector_size == 512 { String::new() } else { format!(" 1 sector_size:{sector_size}") };
-        let table = [(0, len, "crypt".to_string(), format!("{cipher} {} 0 {dev} 0{opt}", key.as_str()))];
+        let _ = write!(params, " 0 {dev} 0");
+        if sector_size != 512 {
+            let _ = write!(params, " 1 sector_size:{sector_size}");
+        }
+        let mut table = [(0, (sector_size / 512) as u64, "crypt".to_string(), params)];
+        let dn = DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
         let r = self
             .dm
-            .table_load(&id(n), &table, DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA))
-            .or_fail(|| format!("The kernel cannot set up dm-crypt with cipher {cipher}"));
-        self.remove(n);
+            .device_create(dn, None, DmOptions::private())
+            .or_fail(|| format!("Cannot create {name}"))
+            .and_then(|_| {
+                let r = self
+                    .dm
+                    .table_load(&id(name), &table, DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA))
+                    .or_fail(|| format!("The kernel cannot set up dm-crypt with cipher {cipher}"));
+                self.remove(name);
+                r
+            });
+        table[0].3.zeroize();
         r.map(|_| ())
     }
 

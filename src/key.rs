@@ -78,7 +78,8 @@ impl KeySource<'_> {
             return Err(Error::new(Kind::Key, format!("Key file {name} is shorter than --keyfile-offset.")));
         }
         let limit = self.size.unwrap_or(MAX_KEYFILE);
-        let mut buf = Zeroizing::new(Vec::with_capacity(limit.min(4096) as usize));
+        // Room for everything up front: a growing Vec would leave unzeroed copies behind.
+        let mut buf = Zeroizing::new(Vec::with_capacity(limit as usize + 1));
         r.take(limit + 1).read_to_end(&mut buf).map_err(key_err)?;
         if buf.len() as u64 > limit {
             if self.size.is_none() {

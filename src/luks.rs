@@ -296,11 +296,10 @@ unsafe extern "C" fn progress_cb(size: u64, offset: u64, usrptr: *mut c_void) ->
 /// The online reencryption of active device `name`, checkpoint after checkpoint.
 /// Returns false when `progress` asked to stop (at a checkpoint).
 pub fn run(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase, progress: &mut Progress) -> Result<bool> {
-    let (shift, sector_size) = {
-        let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
-        let s = json_reencrypt_shift(&json).unwrap_or(0);
-        (s, 0)
-    };
+    // libcryptsetup checks the resilience parameters even on resume; datashift's must
+    // repeat the recorded shift.
+    let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
+    let shift = json_reencrypt_shift(&json).unwrap_or(0);
     cd.reencrypt_handle()
         .reencrypt_init_by_passphrase(
             Some(name),
@@ -308,7 +307,7 @@ pub fn run(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase
             None,
             slot,
             None,
-            CryptParamsReencrypt { luks2: None, ..reencrypt_params(shift, sector_size, CryptReencrypt::RESUME_ONLY) },
+            CryptParamsReencrypt { luks2: None, ..reencrypt_params(shift, 0, CryptReencrypt::RESUME_ONLY) },
         )
         .map_err(|e| key_error(e, || "Cannot resume the encryption".into()))?;
     let mut stopped = false;
