@@ -1,4 +1,4 @@
-complete -c pvencrypt -s d -l key-file -d 'Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole file, or --keyfile-size bytes from --keyfile-offset; no newline handling' -r -F
+complete -c pvencrypt -s d -l key-file -d 'Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole file, or --keyfile-size bytes from --keyfile-offset; no newline handling. Without it, the passphrase is asked on the terminal, or read as one line when piped in' -r -F
 complete -c pvencrypt -s l -l keyfile-size -d 'Read at most BYTES from the key file' -r
 complete -c pvencrypt -l keyfile-offset -d 'Skip BYTES at the start of the key file' -r
 complete -c pvencrypt -s c -l cipher -d 'Cipher specification, as for cryptsetup luksFormat' -r
@@ -21,9 +21,9 @@ complete -c pvencrypt -s i -l interval -d 'Print progress as "PV: Encrypted: N%"
 complete -c pvencrypt -l reportformat -d 'Report format for --status' -r -f -a "basic\t''
 json\t''"
 complete -c pvencrypt -s y -l yes -d 'Do not ask for confirmation'
-complete -c pvencrypt -s b -l background -d 'Run in the background: detach, report progress to the system log'
-complete -c pvencrypt -l abort -d 'Stop running conversions (of PV, or all) at their next checkpoint'
-complete -c pvencrypt -l status -d 'Report the state of conversions (of PV, or all) and exit'
+complete -c pvencrypt -s b -l background -d 'Run in the background: return once the PVs are checked and the passphrase read; the conversion goes on detached, its progress and result go to the system log'
+complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, or all) at their next checkpoint, and wait until they have stopped. The data stays in use; running pvencrypt again resumes'
+complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA'
 complete -c pvencrypt -s t -l test -d 'Check everything and print the plan; change nothing'
 complete -c pvencrypt -s v -l verbose -d 'More detail (freeze duration, throughput); repeat for debug output'
 complete -c pvencrypt -s q -l quiet -d 'Only errors'

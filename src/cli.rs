@@ -7,7 +7,8 @@ use clap::{builder::TypedValueParser, ArgAction, Parser, ValueEnum};
 
 const EXIT_CODES: &str = "\
 EXIT STATUS:
-  0  the conversion finished (or, with --test, --abort or --status, the request succeeded)
+  0  the conversion finished (or, with -b, runs in the background; with --test, --abort
+     or --status, the request succeeded)
   1  interrupted (--abort, SIGINT, SIGTERM): stopped at a checkpoint; the data is in use
      on the new device and running pvencrypt again resumes
   2  invalid command line
@@ -22,7 +23,11 @@ EXAMPLES:
                                           unattended, in the background
   pvencrypt                               resume every unfinished conversion
   pvencrypt --abort                       stop running conversions at their next checkpoint
-  pvencrypt --status --reportformat json  progress for scripts";
+  pvencrypt --status --reportformat json  progress for scripts
+
+FILES:
+  /run/pvencrypt/DEV.json  the status of the running conversion of /dev/DEV
+  pvencrypt-resume.service resumes a stopped conversion at boot, once the device is unlocked";
 
 /// Encrypt an LVM physical volume in place, while its logical volumes stay in use.
 ///
@@ -42,7 +47,8 @@ pub struct Cli {
     pub pvs: Vec<PathBuf>,
 
     /// Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole
-    /// file, or --keyfile-size bytes from --keyfile-offset; no newline handling.
+    /// file, or --keyfile-size bytes from --keyfile-offset; no newline handling. Without it,
+    /// the passphrase is asked on the terminal, or read as one line when piped in.
     #[arg(short = 'd', long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 
@@ -107,7 +113,8 @@ pub struct Cli {
     #[arg(short = 'y', long)]
     pub yes: bool,
 
-    /// Run in the background: detach, report progress to the system log.
+    /// Run in the background: return once the PVs are checked and the passphrase read; the
+    /// conversion goes on detached, its progress and result go to the system log.
     #[arg(short = 'b', long)]
     pub background: bool,
 
@@ -115,11 +122,12 @@ pub struct Cli {
     #[arg(short = 'i', long, value_name = "SECONDS")]
     pub interval: Option<u32>,
 
-    /// Stop running conversions (of PV, or all) at their next checkpoint.
+    /// Stop running conversions (of the PVs given, or all) at their next checkpoint, and wait
+    /// until they have stopped. The data stays in use; running pvencrypt again resumes.
     #[arg(long)]
     pub abort: bool,
 
-    /// Report the state of conversions (of PV, or all) and exit.
+    /// Report every running or stopped conversion: state, percent, bytes, rate, ETA.
     #[arg(long, conflicts_with = "abort")]
     pub status: bool,
 

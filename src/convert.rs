@@ -33,6 +33,7 @@ use crate::{
     key::Passphrase,
     luks::{self, Format, Marker},
     lvm, plan,
+    poll::{self, Run, Status},
     progress::Progress,
     switch::{self, Switch},
 };
@@ -210,7 +211,7 @@ pub fn describe(t: &Target) -> String {
 }
 
 /// Steps 2–5 for one PV.
-pub fn convert(cli: &Cli, t: &Target, key: &Passphrase) -> Result<()> {
+pub fn convert(cli: &Cli, t: &Target, key: &Passphrase, run: &mut Run) -> Result<()> {
     let fmt = format_of(cli, t.room.shift)?;
     let dm = Dm::open()?;
 
@@ -232,6 +233,10 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase) -> Result<()> {
             temp_keyslot: None,
         };
         let prepared = luks::prepare(&fmt, &alias_path, key, &marker)?;
+        if STOP.load(Ordering::Relaxed) {
+            return Err(Error::new(Kind::Interrupted, format!("{}: stopped before the switch; nothing was changed.", t.path.display())));
+        }
+        run.state("switching");
         // Exercised once here so that nothing it needs is first touched in the freeze.
         luks::take_log(false);
         switch::lock_memory()?;
@@ -247,27 +252,27 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase) -> Result<()> {
         };
         let switched = sw.run(&prepared, &fmt);
         for m in luks::take_log(cli.verbose > 1) {
-            eprintln!("  {m}");
+            poll::error(&format!("  {m}"));
         }
         let switched = switched?;
         if cli.verbose > 0 {
-            eprintln!(
+            poll::error(&format!(
                 "{}: switched under a freeze of {:.1} ms; now on /dev/mapper/{} ({}).",
                 t.path.display(),
                 switched.freeze.as_secs_f64() * 1000.0,
                 t.name,
                 switched.retargeted.join(", ")
-            );
+            ));
         }
         Ok((prepared.temp_slot, prepared.temp_key))
     })();
     dm.remove(&alias);
     let (temp_slot, temp_key) = result?;
-    encrypt(cli, &t.path, &t.name, Some(temp_slot), &temp_key)
+    encrypt(cli, &t.path, &t.name, Some(temp_slot), &temp_key, run)
 }
 
 /// Steps 4 and 5, for a fresh conversion or a resumed one.
-pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Passphrase) -> Result<()> {
+pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Passphrase, run: &mut Run) -> Result<()> {
     let mut cd = luks::open(path)?;
     let label = path.display().to_string();
     let mut shown = Progress::new(&label, cli.interval, cli.quiet);
@@ -276,6 +281,7 @@ pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Pass
     let finished = luks::run(&mut cd, name, slot, key, &mut |done, total| {
         last = (done, total);
         shown.update(done, total);
+        run.progress(done, total);
         // Crash tests cut the power part-way through the data.
         for p in [25, 50, 75] {
             if total > 0 && done * 100 >= total * p {
@@ -286,9 +292,11 @@ pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Pass
     });
     let elapsed = shown.finish();
     for m in luks::take_log(cli.verbose > 1) {
-        eprintln!("  {m}");
+        poll::error(&format!("  {m}"));
     }
     if !finished? {
+        // The last checkpoint may lie past the last report.
+        let last = luks::open(path).ok().and_then(|mut cd| luks::progress(&mut cd)).unwrap_or(last);
         return Err(Error::new(
             Kind::Interrupted,
             format!(
@@ -299,11 +307,11 @@ pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Pass
     }
     if cli.verbose > 0 {
         let mib = last.1 as f64 / (1u64 << 20) as f64;
-        eprintln!(
+        poll::error(&format!(
             "{label}: encrypted {mib:.0} MiB in {:.1} s ({:.1} MiB/s).",
             elapsed.as_secs_f64(),
             mib / t0.elapsed().as_secs_f64().max(1e-6)
-        );
+        ));
     }
     finish(path)
 }
@@ -355,19 +363,37 @@ pub fn unfinished() -> Vec<(PathBuf, Marker)> {
 
 /// Resumes one device: opens it if needed (libcryptsetup recovers a crashed step on
 /// open), then runs the rest of the encryption.
-pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase) -> Result<()> {
+pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase, run: &mut Run) -> Result<()> {
     let mut cd = luks::open(path)?;
     luks::check_key(&mut cd, key)?;
     let dm = Dm::open()?;
     if !dm.exists(&m.name) {
         luks::activate(&mut cd, &m.name, None, key)?;
         if !cli.quiet {
-            println!("{}: opened as /dev/mapper/{}.", path.display(), m.name);
+            poll::info(&format!("{}: opened as /dev/mapper/{}.", path.display(), m.name));
         }
     }
     drop(cd);
     if luks::reencrypt_state(&mut luks::open(path)?)? == CryptReencryptInfo::None {
         return finish(path);
     }
-    encrypt(cli, path, &m.name, None, key)
+    encrypt(cli, path, &m.name, None, key, run)
+}
+
+/// Stopped conversions as `--status` shows them, progress read from their headers.
+pub fn unfinished_status() -> Vec<Status> {
+    unfinished()
+        .into_iter()
+        .map(|(path, m)| {
+            let (done, total) = luks::open(&path).ok().and_then(|mut cd| luks::progress(&mut cd)).unwrap_or((0, 0));
+            Status {
+                pv: path.display().to_string(),
+                name: m.name,
+                state: "stopped".into(),
+                bytes_done: done,
+                bytes_total: total,
+                ..Default::default()
+            }
+        })
+        .collect()
 }

@@ -1,5 +1,6 @@
 //! Reading the passphrase: from a key file exactly as cryptsetup reads one (the raw
-//! bytes, no newline handling), or from the terminal, asked twice. The bytes live
+//! bytes, no newline handling), from the terminal (a new one asked twice), or piped
+//! in without a key file (one line, as cryptsetup). The bytes live
 //! in a zeroized buffer and are never printed.
 
 use std::{
@@ -9,7 +10,7 @@ use std::{
 };
 
 use secrecy::{ExposeSecret, SecretSlice};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Kind, Result};
 
@@ -67,7 +68,7 @@ impl KeySource<'_> {
                 }
                 self.read_from(&mut f, 0, &name)
             }
-            None => prompt_tty(prompt, verify),
+            None => ask(prompt, verify),
         }
     }
 
@@ -95,9 +96,12 @@ impl KeySource<'_> {
     }
 }
 
-fn prompt_tty(prompt: &str, verify: bool) -> Result<Passphrase> {
+/// cryptsetup's limit for a passphrase typed or piped in.
+const MAX_PASSPHRASE: usize = 512;
+
+fn ask(prompt: &str, verify: bool) -> Result<Passphrase> {
     if !io::stdin().is_terminal() {
-        return Err(Error::new(Kind::Key, "No terminal to ask for a passphrase: use --key-file."));
+        return read_line(&mut io::stdin().lock());
     }
     let ask = |p: &str| {
         rpassword::prompt_password(p)
@@ -109,6 +113,26 @@ fn prompt_tty(prompt: &str, verify: bool) -> Result<Passphrase> {
         return Err(Error::new(Kind::Key, "Passphrases do not match."));
     }
     Passphrase::checked(first, "Terminal")
+}
+
+/// Piped in without --key-file: as cryptsetup, one line, the newline not part of it.
+fn read_line(r: &mut dyn Read) -> Result<Passphrase> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE + 1));
+    let mut byte = [0u8; 1];
+    loop {
+        match r.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if buf.len() == MAX_PASSPHRASE => {
+                return Err(Error::new(Kind::Key, format!("The passphrase on standard input exceeds {MAX_PASSPHRASE} bytes.")))
+            }
+            Ok(_) => buf.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::new(Kind::Key, format!("Cannot read the passphrase from standard input: {e}."))),
+        }
+    }
+    byte.zeroize();
+    Passphrase::checked(buf, "Standard input")
 }
 
 #[cfg(test)]
@@ -167,5 +191,15 @@ mod tests {
         let big = vec![b'x'; (MAX_KEYFILE + 1) as usize];
         assert_eq!(read(&big, None, None).unwrap_err().kind, Kind::Key);
         assert_eq!(read(&big, Some(16), None).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn piped_passphrase_is_one_line() {
+        let line = |b: &[u8]| read_line(&mut &b[..]).map(|p| p.bytes().to_vec());
+        assert_eq!(line(b"secret\nignored").unwrap(), b"secret");
+        assert_eq!(line(b"no newline").unwrap(), b"no newline");
+        assert_eq!(line(b"\n").unwrap_err().kind, Kind::Key);
+        assert_eq!(line(&[b'x'; MAX_PASSPHRASE + 1]).unwrap_err().kind, Kind::Key);
+        assert_eq!(line(&[b'x'; MAX_PASSPHRASE]).unwrap().len(), MAX_PASSPHRASE);
     }
 }

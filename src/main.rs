@@ -8,6 +8,7 @@ mod luks;
 #[allow(dead_code)] // reports not used yet serve --make-room (issue 4)
 mod lvm;
 mod plan;
+mod poll;
 mod progress;
 mod switch;
 
@@ -20,9 +21,10 @@ use std::{
 use clap::Parser;
 
 use crate::{
-    cli::Cli,
+    cli::{Cli, ReportFormat},
     error::{Error, Kind, Result},
     key::KeySource,
+    poll::Run,
 };
 
 fn main() -> ExitCode {
@@ -33,7 +35,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pvencrypt: {e}");
+            poll::error(&format!("pvencrypt: {e}"));
             ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -57,8 +59,13 @@ fn run(cli: &Cli) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(Error::new(Kind::Refused, "pvencrypt must run as root."));
     }
-    if cli.background || cli.abort || cli.status {
-        return Err(Error::new(Kind::Refused, "--background, --abort and --status are not available in this version yet."));
+    if cli.status {
+        let all = poll::select(poll::statuses(convert::unfinished_status()), &cli.pvs);
+        println!("{}", poll::report(&all, cli.reportformat == ReportFormat::Json));
+        return Ok(());
+    }
+    if cli.abort {
+        return abort(cli);
     }
     if cli.pvs.is_empty() {
         return resume_all(cli);
@@ -68,6 +75,9 @@ fn run(cli: &Cli) -> Result<()> {
     let mut targets = Vec::new();
     for path in &cli.pvs {
         if convert::has_luks_magic(path) {
+            if cli.pvs.len() > 1 {
+                return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
+            }
             return resume_one(cli, path);
         }
         let t = convert::preflight(cli, path)?;
@@ -86,12 +96,55 @@ fn run(cli: &Cli) -> Result<()> {
         println!("Test mode: nothing was changed.");
         return Ok(());
     }
+    let mut runs = targets.iter().map(|t| Run::claim(&t.path, &t.name)).collect::<Result<Vec<_>>>()?;
     confirm(cli)?;
     let key = key_source(cli).read("Enter passphrase for the new LUKS2 device: ", true)?;
-    for t in &targets {
-        convert::convert(cli, t, &key)?;
+    if background(cli, &mut runs)? {
+        return Ok(());
+    }
+    for (t, run) in targets.iter().zip(&mut runs) {
+        stop_point()?;
+        convert::convert(cli, t, &key, run)?;
         if !cli.quiet {
-            println!("{}: encrypted; the volume group runs on /dev/mapper/{}.", t.path.display(), t.name);
+            poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{}.", t.path.display(), t.name));
+        }
+    }
+    Ok(())
+}
+
+/// `-b`: true in the parent, which returns at once; the child carries on, and its claims
+/// with it.
+fn background(cli: &Cli, runs: &mut Vec<Run>) -> Result<bool> {
+    if !cli.background {
+        return Ok(false);
+    }
+    if poll::detach()? {
+        for r in runs.drain(..) {
+            println!("{}: converting in the background; progress goes to the system log, pvencrypt --status shows it.", r.pv());
+            r.hand_over();
+        }
+        return Ok(true);
+    }
+    runs.iter_mut().for_each(Run::adopt);
+    Ok(false)
+}
+
+/// Between devices, a stop request ends the run before the next one starts.
+fn stop_point() -> Result<()> {
+    if convert::STOP.load(Ordering::Relaxed) {
+        return Err(Error::new(Kind::Interrupted, "Stopped on request before the next device; run pvencrypt again to go on."));
+    }
+    Ok(())
+}
+
+fn abort(cli: &Cli) -> Result<()> {
+    let stopped = poll::abort(&cli.pvs, std::time::Duration::from_secs(600))?;
+    if stopped.is_empty() && !cli.quiet {
+        println!("No conversion is running.");
+    }
+    for s in stopped {
+        if !cli.quiet {
+            println!("{}: stopped; the data stays in use on /dev/mapper/{}. Run pvencrypt to resume.", s.pv, s.name);
         }
     }
     Ok(())
@@ -121,23 +174,51 @@ fn resume_one(cli: &Cli, path: &std::path::Path) -> Result<()> {
         return Err(Error::new(Kind::Refused, format!("{} is already a LUKS device.", path.display())));
     };
     drop(cd);
+    let mut runs = vec![Run::claim(path, &m.name)?];
     let key = key_source(cli).read(&format!("Enter passphrase for {}: ", path.display()), false)?;
-    convert::resume(cli, path, &m, &key)
+    if background(cli, &mut runs)? {
+        return Ok(());
+    }
+    convert::resume(cli, path, &m, &key, &mut runs[0])?;
+    if !cli.quiet {
+        poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{}.", path.display(), m.name));
+    }
+    Ok(())
 }
 
 fn resume_all(cli: &Cli) -> Result<()> {
-    let todo = convert::unfinished();
+    // One already being worked on by another process is left to it.
+    let mut todo = Vec::new();
+    let mut runs = Vec::new();
+    for (path, m) in convert::unfinished() {
+        match Run::claim(&path, &m.name) {
+            Ok(r) => {
+                runs.push(r);
+                todo.push((path, m));
+            }
+            Err(e) if e.kind == Kind::Refused => eprintln!("pvencrypt: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
     if todo.is_empty() {
         if !cli.quiet {
             println!("No conversion to resume.");
         }
         return Ok(());
     }
-    for (path, m) in &todo {
-        let key = key_source(cli).read(&format!("Enter passphrase for {}: ", path.display()), false)?;
-        convert::resume(cli, path, m, &key)?;
+    // Keys first, all of them, so that -b can leave the terminal before the work starts.
+    let mut keys = Vec::new();
+    for (path, _) in &todo {
+        keys.push(key_source(cli).read(&format!("Enter passphrase for {}: ", path.display()), false)?);
+    }
+    if background(cli, &mut runs)? {
+        return Ok(());
+    }
+    for (((path, m), key), run) in todo.iter().zip(&keys).zip(&mut runs) {
+        stop_point()?;
+        convert::resume(cli, path, m, key, run)?;
         if !cli.quiet {
-            println!("{}: encrypted; the volume group runs on /dev/mapper/{}.", path.display(), m.name);
+            poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{}.", path.display(), m.name));
         }
     }
     Ok(())

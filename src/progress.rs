@@ -2,7 +2,7 @@
 //! --interval) pvmove's line format, "/dev/sda5: Encrypted: 12.50%".
 
 use std::{
-    io::{IsTerminal, Write},
+    io::IsTerminal,
     time::{Duration, Instant},
 };
 
@@ -22,7 +22,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(pv: &str, interval: Option<u32>, quiet: bool) -> Progress {
-        let bar = (!quiet && interval.is_none() && std::io::stderr().is_terminal()).then(|| {
+        let bar = (!quiet && interval.is_none() && !crate::poll::detached() && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             b.set_style(
                 ProgressStyle::with_template("{prefix}: Encrypted {bar:40} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
@@ -41,8 +41,7 @@ impl Progress {
             b.set_position(done);
         } else if !self.quiet && (Instant::now() >= self.next || done == total) {
             self.next = Instant::now() + self.every;
-            println!("{}: Encrypted: {}", self.pv, percent(done, total));
-            let _ = std::io::stdout().flush();
+            crate::poll::info(&format!("{}: Encrypted: {}", self.pv, percent(done, total)));
         }
     }
 

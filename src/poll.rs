@@ -1,0 +1,370 @@
+//! Running conversions, as pvmove's polling has them: which process converts which
+//! device (a lock and a status file per device under /run/pvencrypt), `--status`,
+//! `--abort`, and `-b` (detach; progress goes to the system log).
+//!
+//! The lock is what makes a conversion "running": the kernel drops it when the
+//! process dies, however it dies, so a stale status file never lies about that.
+
+use std::{
+    ffi::CString,
+    fs::{self, File, OpenOptions},
+    io::Write,
+    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{refuse, Context, Error, Kind, Result};
+
+const RUN_DIR: &str = "/run/pvencrypt";
+
+/// After `detach`, messages go to the system log instead of the (gone) terminal.
+static SYSLOG: AtomicBool = AtomicBool::new(false);
+
+/// What `--status` shows of one conversion; the running process rewrites it as it goes.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Status {
+    pub pv: String,
+    pub name: String,
+    /// preparing, switching, encrypting (running), or stopped (nobody is working on it).
+    pub state: String,
+    pub pid: Option<u32>,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Bytes per second since this process started encrypting.
+    pub rate: Option<u64>,
+    pub eta_seconds: Option<u64>,
+    /// Unix time of the last update.
+    pub updated: u64,
+}
+
+/// The key under /run/pvencrypt: the kernel's name of the raw device ("sda5").
+fn key_of(pv: &Path) -> String {
+    let real = fs::canonicalize(pv).unwrap_or_else(|_| pv.into());
+    real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn lock_path(key: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{key}.lock"))
+}
+
+fn status_path(key: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{key}.json"))
+}
+
+fn flock(f: &File, how: libc::c_int) -> bool {
+    unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) == 0 }
+}
+
+/// True while some process holds the conversion lock of `key`.
+fn running(key: &str) -> bool {
+    match File::open(lock_path(key)) {
+        Ok(f) => !flock(&f, libc::LOCK_SH),
+        Err(_) => false,
+    }
+}
+
+fn read_status(key: &str) -> Option<Status> {
+    serde_json::from_slice(&fs::read(status_path(key)).ok()?).ok()
+}
+
+/// This process's claim on one device: taken before anything is changed, held until
+/// the process is done with it.
+pub struct Run {
+    key: String,
+    lock: Option<File>,
+    status: Status,
+    started: Option<(Instant, u64)>,
+    written: Option<Instant>,
+}
+
+impl Run {
+    pub fn claim(pv: &Path, name: &str) -> Result<Run> {
+        let key = key_of(pv);
+        fs::create_dir_all(RUN_DIR).or_fail(|| format!("Cannot create {RUN_DIR}"))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(lock_path(&key))
+            .or_fail(|| format!("Cannot open {}", lock_path(&key).display()))?;
+        if !flock(&lock, libc::LOCK_EX) {
+            let pid = read_status(&key).and_then(|s| s.pid).map(|p| format!(" (pid {p})")).unwrap_or_default();
+            return refuse(format!("{} is already being converted by another pvencrypt{pid}.", pv.display()));
+        }
+        let status = Status { pv: pv.display().to_string(), name: name.into(), pid: Some(std::process::id()), ..Default::default() };
+        let mut run = Run { key, lock: Some(lock), status, started: None, written: None };
+        run.state("preparing");
+        Ok(run)
+    }
+
+    pub fn state(&mut self, state: &str) {
+        self.status.state = state.into();
+        self.write();
+    }
+
+    /// Called at every checkpoint; the file is rewritten at most once a second.
+    pub fn progress(&mut self, done: u64, total: u64) {
+        let now = Instant::now();
+        let (t0, done0) = *self.started.get_or_insert((now, done));
+        let s = &mut self.status;
+        s.state = "encrypting".into();
+        s.bytes_done = done;
+        s.bytes_total = total;
+        let secs = now.duration_since(t0).as_secs_f64();
+        if secs >= 1.0 && done > done0 {
+            let rate = (done - done0) as f64 / secs;
+            s.rate = Some(rate as u64);
+            s.eta_seconds = Some((total.saturating_sub(done) as f64 / rate) as u64);
+        }
+        if self.written.is_none_or(|w| now.duration_since(w) >= Duration::from_secs(1)) || done == total {
+            self.write();
+        }
+    }
+
+    fn write(&mut self) {
+        self.written = Some(Instant::now());
+        self.status.updated = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        // Written whole and renamed, so a reader never sees half a file. Best effort:
+        // a full /run must not stop a conversion.
+        let path = status_path(&self.key);
+        let tmp = path.with_extension("json.new");
+        let body = serde_json::to_vec(&self.status).expect("status serializes");
+        if fs::write(&tmp, body).is_ok() {
+            let _ = fs::rename(&tmp, &path);
+        }
+    }
+
+    pub fn pv(&self) -> &str {
+        &self.status.pv
+    }
+
+    /// After fork, in the parent: the child carries on with the claim.
+    pub fn hand_over(mut self) {
+        self.lock = None;
+        std::mem::forget(self);
+    }
+
+    /// In the child: the status names the process that now does the work.
+    pub fn adopt(&mut self) {
+        self.status.pid = Some(std::process::id());
+        self.write();
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        // The lock file stays: unlinking it would let two claims lock different files.
+        let _ = fs::remove_file(status_path(&self.key));
+    }
+}
+
+/// Every conversion known on this machine: the running ones from /run/pvencrypt, the
+/// stopped ones from the headers (`unfinished`, found by the caller).
+pub fn statuses(unfinished: Vec<Status>) -> Vec<Status> {
+    let mut out: Vec<Status> = Vec::new();
+    if let Ok(rd) = fs::read_dir(RUN_DIR) {
+        let mut keys: Vec<String> = rd
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".lock").map(String::from))
+            .collect();
+        keys.sort();
+        for k in keys {
+            if running(&k) {
+                if let Some(s) = read_status(&k) {
+                    out.push(s);
+                }
+            }
+        }
+    }
+    for s in unfinished {
+        if !out.iter().any(|r| r.name == s.name || key_of(Path::new(&r.pv)) == key_of(Path::new(&s.pv))) {
+            out.push(s);
+        }
+    }
+    out
+}
+
+/// The conversions of the PVs in `which` (all if empty).
+pub fn select(all: Vec<Status>, which: &[PathBuf]) -> Vec<Status> {
+    all.into_iter().filter(|s| which.is_empty() || which.iter().any(|p| key_of(p) == key_of(Path::new(&s.pv)))).collect()
+}
+
+/// Asks every running conversion in `which` (all if empty) to stop at its next
+/// checkpoint, and waits until each has. Returns the ones that were stopped.
+pub fn abort(which: &[PathBuf], timeout: Duration) -> Result<Vec<Status>> {
+    let running = select(statuses(vec![]), which);
+    for p in which {
+        if !running.iter().any(|s| key_of(Path::new(&s.pv)) == key_of(p)) {
+            return refuse(format!("No conversion of {} is running.", p.display()));
+        }
+    }
+    for s in &running {
+        let Some(pid) = s.pid else { continue };
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    }
+    let end = Instant::now() + timeout;
+    let mut stopped = Vec::new();
+    for s in running {
+        let key = key_of(Path::new(&s.pv));
+        while self::running(&key) {
+            if Instant::now() >= end {
+                return Err(Error::new(
+                    Kind::Failed,
+                    format!("{}: the conversion (pid {}) did not stop within {} s.", s.pv, s.pid.unwrap_or(0), timeout.as_secs()),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stopped.push(s);
+    }
+    Ok(stopped)
+}
+
+/// `-b`: forks; the parent returns true at once, the child (false) carries on in a
+/// session of its own with no terminal, talking to the system log.
+pub fn detach() -> Result<bool> {
+    match unsafe { libc::fork() } {
+        -1 => Err(Error::new(Kind::Failed, format!("Cannot fork: {}", std::io::Error::last_os_error()))),
+        0 => {
+            unsafe {
+                libc::setsid();
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+                if null > 2 {
+                    libc::close(null);
+                }
+                libc::chdir(c"/".as_ptr());
+                libc::openlog(c"pvencrypt".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
+            }
+            SYSLOG.store(true, Ordering::Relaxed);
+            Ok(false)
+        }
+        _ => Ok(true),
+    }
+}
+
+fn syslog(prio: libc::c_int, msg: &str) {
+    let m = CString::new(msg.replace('\0', " ")).expect("no NUL left");
+    unsafe { libc::syslog(prio, c"%s".as_ptr(), m.as_ptr()) };
+}
+
+/// A progress or result line: stdout, or the log once detached.
+pub fn info(msg: &str) {
+    if SYSLOG.load(Ordering::Relaxed) {
+        syslog(libc::LOG_INFO, msg);
+    } else {
+        println!("{msg}");
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// An error or warning: stderr, or the log once detached.
+pub fn error(msg: &str) {
+    if SYSLOG.load(Ordering::Relaxed) {
+        syslog(libc::LOG_ERR, msg);
+    } else {
+        eprintln!("{msg}");
+    }
+}
+
+pub fn detached() -> bool {
+    SYSLOG.load(Ordering::Relaxed)
+}
+
+/// `--status`, as LVM's reports print: aligned columns, or `--reportformat json`.
+pub fn report(all: &[Status], json: bool) -> String {
+    // Before the data phase nothing is encrypted yet, and the total is not known.
+    let pct = |s: &Status| if s.bytes_total == 0 { "0.00%".into() } else { crate::progress::percent(s.bytes_done, s.bytes_total) };
+    if json {
+        // LVM's JSON reports give every value as a string.
+        let rows: Vec<serde_json::Value> = all
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "pv": s.pv, "name": s.name, "state": s.state,
+                    "pid": s.pid.map(|p| p.to_string()).unwrap_or_default(),
+                    "percent": pct(s).trim_end_matches('%'),
+                    "bytes_done": s.bytes_done.to_string(), "bytes_total": s.bytes_total.to_string(),
+                    "rate": s.rate.map(|r| r.to_string()).unwrap_or_default(),
+                    "eta_seconds": s.eta_seconds.map(|r| r.to_string()).unwrap_or_default(),
+                })
+            })
+            .collect();
+        return serde_json::to_string_pretty(&serde_json::json!({ "report": [ { "conversion": rows } ] })).expect("json");
+    }
+    if all.is_empty() {
+        return "No conversion in progress.".into();
+    }
+    let mib = |b: u64| format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64);
+    let mut rows = vec![["PV", "Name", "State", "Encrypted", "Done", "Total", "Rate", "ETA"].map(String::from)];
+    for s in all {
+        rows.push([
+            s.pv.clone(),
+            s.name.clone(),
+            s.state.clone(),
+            pct(s),
+            mib(s.bytes_done),
+            mib(s.bytes_total),
+            s.rate.map(|r| format!("{}/s", mib(r))).unwrap_or_default(),
+            s.eta_seconds.map(|e| format!("{}:{:02}:{:02}", e / 3600, e / 60 % 60, e % 60)).unwrap_or_default(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    rows.iter()
+        .map(|r| {
+            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            format!("  {}", line.join(" ").trim_end())
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(state: &str, done: u64) -> Status {
+        Status {
+            pv: "/dev/sda5".into(),
+            name: "sda5_crypt".into(),
+            state: state.into(),
+            pid: Some(42),
+            bytes_done: done,
+            bytes_total: 8 << 20,
+            rate: Some(1 << 20),
+            eta_seconds: Some(3725),
+            updated: 0,
+        }
+    }
+
+    #[test]
+    fn basic_report_has_aligned_columns() {
+        let r = report(&[st("encrypting", 1 << 20)], false);
+        let lines: Vec<&str> = r.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("  PV "));
+        assert!(lines[1].contains("12.50%"), "{r}");
+        assert!(lines[1].contains("1:02:05"), "{r}");
+        assert_eq!(lines[0].find("State"), lines[1].find("encrypting"));
+        assert_eq!(report(&[], false), "No conversion in progress.");
+    }
+
+    #[test]
+    fn json_report_is_lvm_shaped() {
+        let v: serde_json::Value = serde_json::from_str(&report(&[st("stopped", 4 << 20)], true)).unwrap();
+        let row = &v["report"][0]["conversion"][0];
+        assert_eq!(row["percent"], "50.00");
+        assert_eq!(row["state"], "stopped");
+        assert_eq!(row["bytes_total"], (8u64 << 20).to_string());
+        let empty: serde_json::Value = serde_json::from_str(&report(&[], true)).unwrap();
+        assert_eq!(empty["report"][0]["conversion"].as_array().unwrap().len(), 0);
+    }
+}

@@ -1,0 +1,31 @@
+# The VM is killed hard (qemu SIGKILL) while pvencrypt converts a PV under two writers:
+# once inside the freeze and at four points of the data phase. Each time a fresh VM on
+# the same disks must find every acknowledged record, the plain PV or a LUKS2 device that
+# stock cryptsetup opens, and `pvencrypt` with no argument (or again) must complete.
+# The kill lands wherever the guest happens to be when the host acts on a console line.
+# timeout: 2400
+. "$(dirname "$0")/../lib.sh"
+run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
+# point = console regex the host waits for before it kills.
+for point in "trace: suspended" "Encrypted: ([1-9]|[1-9][0-9])\." "Encrypted: (3[5-9]|[4-9][0-9])\." \
+             "Encrypted: (6[5-9]|[7-9][0-9])\." "Encrypted: 9[5-9]\."; do
+  tag=$(echo "$point" | tr -cd 'a-z0-9' | cut -c1-12)
+  disks=$(vm_disks "$run/$tag" 512M 16M)
+  log1=$logs/t_crash_kill.$tag.1.log log2=$logs/t_crash_kill.$tag.2.log
+  VM_APPEND="pvphase=1" vm_start "$log1" crash_kill $disks
+  if ! vm_wait_for "$log1" "$point" 600; then
+    vm_kill
+    check "$tag: reached /$point/" false
+    continue
+  fi
+  vm_kill
+  acks=$(grep -a $'^ACKED file=[0-9]* raw=[0-9]*\r$' "$log1" | tail -1 | tr -d '\r')
+  at=$(grep -aoE 'Encrypted: [0-9.]+%|trace: [a-z0-9-]+' "$log1" | tail -1)
+  echo "$tag: killed at '$at'; last report: $acks"
+  file=$(echo "$acks" | sed -n 's/.*file=\([0-9]*\).*/\1/p') raw=$(echo "$acks" | sed -n 's/.*raw=\([0-9]*\).*/\1/p')
+  check "$tag: writers had acknowledged records" '[ -n "$file" ] && [ "$file" -gt 0 ] && [ -n "$raw" ]'
+  VM_APPEND="pvphase=2 pvacked=$file pvrawacked=$raw" vm_boot "$log2" crash_kill $disks
+  tr -d '\r' < "$log2" | grep -aE '^(CHECK|=== )' | sed "s/^/$tag: /"
+  check "$tag: boot 2 recovers every acknowledged record and completes" vm_passed "$log2"
+done
+result
