@@ -377,7 +377,29 @@ pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase, run: &mut Ru
     if luks::reencrypt_state(&mut luks::open(path)?)? == CryptReencryptInfo::None {
         return finish(path);
     }
+    stuck_at_the_end(path)?;
     encrypt(cli, path, &m.name, None, key, run)
+}
+
+/// A crash after libcryptsetup wrote the last block but before it closed the
+/// reencryption leaves a header whose data segments are all encrypted while the
+/// reencryption is still flagged; libcryptsetup 2.6 cannot close it from there (it
+/// would redo the last step from a stale copy, and refuses). Said plainly, not retried.
+fn stuck_at_the_end(path: &Path) -> Result<()> {
+    let mut cd = luks::open(path)?;
+    let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
+    if !luks::all_encrypted_in(&json) {
+        return Ok(());
+    }
+    fail(format!(
+        "{}: every block is encrypted, but the crash hit the last step of the reencryption, which \
+         libcryptsetup cannot close from there. The device is safe: it opens with cryptsetup and the \
+         LVs run on it. Its header keeps the online-reencrypt-v2 flag, and its last {} MiB still hold \
+         a plaintext copy of the device's first {} MiB. pvencrypt cannot finish this state yet.",
+        path.display(),
+        luks::moved_segment_in(&json).map(|(_, len)| len >> 20).unwrap_or(0),
+        luks::moved_segment_in(&json).map(|(_, len)| len >> 20).unwrap_or(0),
+    ))
 }
 
 /// Stopped conversions as `--status` shows them, progress read from their headers.

@@ -2,7 +2,7 @@
 //! named step, either by cutting the (virtual) machine's power without a sync or by
 //! exiting at once, so that crash tests can prove every step's crash story.
 
-use std::sync::OnceLock;
+use std::{sync::OnceLock, time::Instant};
 
 static FAULT: OnceLock<Option<(String, String)>> = OnceLock::new();
 
@@ -23,9 +23,14 @@ pub fn tracing() -> bool {
     *TRACE.get_or_init(|| std::env::var_os("PVENCRYPT_TRACE").is_some())
 }
 
+static T0: OnceLock<Instant> = OnceLock::new();
+
+/// Each line carries the milliseconds since the first one, so a log shows where a
+/// freeze spends its time.
 pub fn trace(what: &str) {
     if tracing() {
-        eprintln!("pvencrypt: trace: {what}");
+        let ms = T0.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0;
+        eprintln!("pvencrypt: trace: {what} +{ms:.1}ms");
     }
 }
 

@@ -388,6 +388,13 @@ pub fn progress(cd: &mut CryptDevice) -> Option<(u64, u64)> {
     progress_in(&cd.status_handle().dump_json().ok()?)
 }
 
+/// True when a device still in reencryption has no plaintext segment left.
+pub fn all_encrypted_in(json: &serde_json::Value) -> bool {
+    let Some(segs) = json["segments"].as_object() else { return false };
+    let live: Vec<_> = segs.values().filter(|s| s.get("flags").and_then(|f| f.as_array()).is_none_or(|f| f.is_empty())).collect();
+    !live.is_empty() && live.iter().all(|s| s["type"] == "crypt")
+}
+
 /// The copy of the first data segment during a datashift encryption: (offset, length) in bytes.
 pub fn moved_segment_in(json: &serde_json::Value) -> Option<(u64, u64)> {
     json["segments"].as_object()?.values().find_map(|s| {
@@ -449,8 +456,17 @@ mod tests {
             "5": {"type": "linear", "offset": "4278190080", "size": "16777216", "flags": ["backup-moved-segment"]}
         }});
         assert_eq!(progress_in(&json), Some((872415232, 4261412864)));
+        assert!(!all_encrypted_in(&json));
         let done = serde_json::json!({"segments": {"0": {"type": "crypt", "offset": "16777216", "size": "dynamic"}}});
         assert_eq!(progress_in(&done), None);
+        // The state a crash in the last step leaves: the live segment is the final one.
+        let stuck = serde_json::json!({"segments": {
+            "0": {"type": "crypt", "offset": "16777216", "size": "dynamic"},
+            "1": {"type": "linear", "offset": "0", "size": "503316480", "flags": ["backup-previous"]},
+            "2": {"type": "crypt", "offset": "16777216", "size": "dynamic", "flags": ["backup-final"]},
+            "3": {"type": "linear", "offset": "520093696", "size": "16777216", "flags": ["backup-moved-segment"]}
+        }});
+        assert!(all_encrypted_in(&stuck));
     }
 
     #[test]

@@ -79,7 +79,9 @@ pub fn lock_memory() -> Result<()> {
 impl Switch<'_> {
     pub fn run(&self, p: &Prepared, fmt: &Format) -> Result<Switched> {
         // Dirty pages flushed now are pages the suspend does not have to flush.
+        fault::trace("sync");
         unsafe { libc::sync() };
+        fault::trace("synced");
         let _lock = VgLock::take(self.lock_dir, self.vg_name)?;
         // Read under the lock: no LV can appear or change from here on.
         let mut holders = self.dm.holders(self.raw)?;
@@ -90,10 +92,11 @@ impl Switch<'_> {
             .map(|h| Ok((h, self.dm.table(&h.name)?)))
             .collect::<Result<_>>()?;
 
+        fault::trace("locked");
         let t0 = Instant::now();
         let mut suspended = Vec::with_capacity(holders.len());
         for h in &holders {
-            fault::trace(&h.name);
+            fault::trace(&format!("suspend {}", h.name));
             if let Err(e) = self.dm.suspend(&h.name) {
                 // Nothing changed yet; a resume error here would only hide the cause.
                 let _ = self.resume_all(&suspended);
@@ -126,6 +129,7 @@ impl Switch<'_> {
         luks::init_reencryption(p, fmt, self.alias_path)?;
         fault::point("moved");
         let moved = moved_segment(p)?;
+        fault::trace("read moved segment");
         if let Err(e) = luks::place_header(p, self.alias_path) {
             return Err(self.rollback(e, moved));
         }
@@ -143,6 +147,7 @@ impl Switch<'_> {
         fault::point("activated");
         let mut loaded: Vec<&str> = Vec::new();
         for (h, table) in direct {
+            fault::trace(&format!("load {}", h.name));
             let (new, n) = dm::retarget(table, self.raw, crypt);
             let r = if n == 0 {
                 fail(format!("{} does not name {} in its table", h.name, self.raw))
@@ -164,8 +169,10 @@ impl Switch<'_> {
 
     fn open_on_raw(&self, p: &Prepared) -> Result<Device> {
         let mut cd = luks::open(self.alias_path)?;
+        fault::trace("loaded header");
         luks::activate(&mut cd, self.name, Some(p.temp_slot), &p.temp_key)?;
         drop(cd);
+        fault::trace("opened on alias");
         let alias = self.dm.device_of(self.alias_name)?;
         let table = self.dm.table(self.name)?;
         if let Some(t) = table.iter().find(|t| t.2 != "linear") {
@@ -211,6 +218,7 @@ impl Switch<'_> {
     fn resume_all(&self, suspended: &[&Holder]) -> Result<()> {
         let mut first_err = None;
         for h in suspended.iter().rev() {
+            fault::trace(&format!("resume {}", h.name));
             if let Err(e) = self.dm.resume(&h.name) {
                 first_err.get_or_insert(e);
             }

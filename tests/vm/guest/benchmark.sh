@@ -1,0 +1,92 @@
+# The benchmark of issue 5 (not a pass/fail test): in one VM, on same-size disks,
+#   1. limit: read the plain device, write it through dm-crypt on a second disk (direct I/O, 16M blocks)
+#   2. cryptsetup reencrypt --encrypt --reduce-device-size 32M, offline
+#   3. pvencrypt on a live VG, no load
+#   4. pvencrypt on a live VG under a writer (fdatasync per record): its longest stall
+#   5. freeze and pvencrypt's peak RSS (PBKDF2 with 1000 iterations: no PBKDF memory)
+# and every rate as a ratio to 1 and to 2. Run: tests/vm/run.sh benchmark (prints the table).
+# Each step converts or copies the same byte count: the device minus 32 MiB.
+# disks: 1280M 1280M
+# timeout: 3000
+. /tests/lib.sh
+printf secret-passphrase > /tmp/key
+cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
+size=$(blockdev --getsize64 /dev/vda)
+data_mib=$(( size / 1048576 - 32 ))
+el() { echo "$2 $1" | awk '{printf "%.2f", $1 - $2}'; }
+rate() { echo "$data_mib $1" | awk '{printf "%.1f", $1 / $2}'; }
+
+# Random-looking content everywhere (sparse zeros would read faster than real data).
+dd if=/dev/urandom of=/tmp/chunk bs=1M count=16 2>/dev/null
+fill() { while cat /tmp/chunk; do :; done 2>/dev/null | dd of="$1" bs=16M iflag=fullblock oflag=direct 2>/dev/null; }
+fill /dev/vda; fill /dev/vdb
+
+echo "=== 1. dd from vda through dm-crypt on vdb"
+run cryptsetup open --type plain --cipher aes-xts-plain64 --key-size 512 --key-file /dev/urandom --keyfile-size 64 /dev/vdb limit
+sync; echo 3 > /proc/sys/vm/drop_caches
+t0=$(now)
+dd if=/dev/vda of=/dev/mapper/limit bs=16M count=$((data_mib / 16)) iflag=direct oflag=direct 2>/dev/null
+t1=$(now); t_dd=$(el $t0 $t1)
+run cryptsetup close limit
+
+echo "=== 2. cryptsetup reencrypt --encrypt offline on vdb"
+t0=$(now)
+cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M $cheap --key-file /tmp/key -q --batch-mode /dev/vdb \
+  || die "cryptsetup reencrypt failed"
+t1=$(now); t_cs=$(el $t0 $t1)
+
+lv_setup() {
+  PVOPTS="--setphysicalvolumesize $((data_mib))M" mkvg vg /dev/vda
+  mklv a -l 50%FREE vg
+  mklv fs -l 100%FREE vg
+  run mkfs.ext4 -q -E nodiscard,lazy_itable_init=1 /dev/mapper/vg-fs
+  mkdir -p /mnt/fs; run mount /dev/mapper/vg-fs /mnt/fs
+}
+pve() {   # LOG: pvencrypt -v on vda under busybox time -v; seconds in $T
+  sync
+  t0=$(now)
+  time -v pvencrypt --key-file /tmp/key $cheap -y -v /dev/vda > "$1" 2>&1 || { cat "$1"; die "pvencrypt failed"; }
+  t1=$(now); T=$(el $t0 $t1)
+  grep -E 'switched|encrypted|Maximum resident' "$1"
+}
+teardown() {
+  umount /mnt/fs; run vgchange -q -an vg; run cryptsetup close vda_crypt
+  dd if=/dev/zero of=/dev/vda bs=1M count=32 oflag=direct 2>/dev/null   # drop the LUKS2 header
+}
+
+echo "=== 3. pvencrypt, live VG, no load"
+lv_setup
+pve /tmp/p3.log; t_p=$T
+freeze3=$(sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' /tmp/p3.log)
+rss3=$(sed -n 's/.*Maximum resident set size (kbytes): //p' /tmp/p3.log)
+teardown
+
+echo "=== 4. pvencrypt, live VG, writer running"
+fill /dev/vda
+lv_setup
+writer_start /mnt/fs/log
+wait_for '[ "$(writer_acked)" -ge 50 ]' 60 || die "writer too slow"
+pve /tmp/p4.log; t_w=$T
+writer_stop
+stall=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
+acked=$(writer_acked)
+check "writer: all $acked acknowledged records intact" pvwriter verify /mnt/fs/log "$acked"
+freeze4=$(sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' /tmp/p4.log)
+rss4=$(sed -n 's/.*Maximum resident set size (kbytes): //p' /tmp/p4.log)
+
+row() {   # NAME SECONDS
+  local r; r=$(rate "$2")
+  printf '%-44s %8s s %8s MiB/s %6s %6s\n' "$1" "$2" "$r" \
+    "$(echo "$r $(rate $t_dd)" | awk '{printf "%.2f", $1 / $2}')" "$(echo "$r $(rate $t_cs)" | awk '{printf "%.2f", $1 / $2}')"
+}
+echo
+echo "BENCH: $data_mib MiB each; kernel $(uname -r), $(nproc) vCPUs, TCG"
+echo "BENCH: $(printf '%-44s %10s %14s %6s %6s' step time rate 'vs 1' 'vs 2')"
+row "1. dd through dm-crypt (limit)" $t_dd | sed 's/^/BENCH: /'
+row "2. cryptsetup reencrypt --encrypt, offline" $t_cs | sed 's/^/BENCH: /'
+row "3. pvencrypt, live VG, no load" $t_p | sed 's/^/BENCH: /'
+row "4. pvencrypt, live VG, writer running" $t_w | sed 's/^/BENCH: /'
+echo "BENCH: freeze: ${freeze3} ms without load, ${freeze4} ms with the writer"
+echo "BENCH: writer's longest stall: $((stall / 1000)) ms ($(echo "$stall $freeze4" | awk '{printf "%.2f", $1 / 1000 / $2}')x the freeze)"
+echo "BENCH: pvencrypt peak RSS: $((rss3 / 1024)) MiB without load, $((rss4 / 1024)) MiB with the writer"
+result
