@@ -279,12 +279,13 @@ pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Pass
     let t0 = Instant::now();
     let mut last = (0, 0);
     let finished = luks::run(&mut cd, name, slot, key, &mut |done, total| {
+        let before = last.0;
         last = (done, total);
         shown.update(done, total);
         run.progress(done, total);
-        // Crash tests cut the power part-way through the data.
+        // Crash tests cut the power part-way through the data, once per mark crossed.
         for p in [25, 50, 75] {
-            if total > 0 && done * 100 >= total * p {
+            if total > 0 && done * 100 >= total * p && before * 100 < total * p {
                 crate::fault::point(["run-25", "run-50", "run-75"][p as usize / 25 - 1]);
             }
         }
@@ -391,14 +392,13 @@ fn stuck_at_the_end(path: &Path) -> Result<()> {
     if !luks::all_encrypted_in(&json) {
         return Ok(());
     }
+    let mib = luks::moved_segment_in(&json).map(|(_, len)| len >> 20).unwrap_or(0);
     fail(format!(
         "{}: every block is encrypted, but the crash hit the last step of the reencryption, which \
          libcryptsetup cannot close from there. The device is safe: it opens with cryptsetup and the \
-         LVs run on it. Its header keeps the online-reencrypt-v2 flag, and its last {} MiB still hold \
-         a plaintext copy of the device's first {} MiB. pvencrypt cannot finish this state yet.",
+         LVs run on it. Its header keeps the online-reencrypt-v2 flag, and its last {mib} MiB still hold \
+         a plaintext copy of the device's first {mib} MiB. pvencrypt cannot finish this state yet.",
         path.display(),
-        luks::moved_segment_in(&json).map(|(_, len)| len >> 20).unwrap_or(0),
-        luks::moved_segment_in(&json).map(|(_, len)| len >> 20).unwrap_or(0),
     ))
 }
 

@@ -27,7 +27,7 @@ static T0: OnceLock<Instant> = OnceLock::new();
 
 /// Each line carries the milliseconds since the first one, so a log shows where a
 /// freeze spends its time.
-pub fn trace(what: &str) {
+pub fn trace(what: impl std::fmt::Display) {
     if tracing() {
         let ms = T0.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0;
         eprintln!("pvencrypt: trace: {what} +{ms:.1}ms");

@@ -366,14 +366,18 @@ fn marker_in(json: &serde_json::Value) -> Option<(u32, Marker)> {
     })
 }
 
-/// (bytes encrypted, bytes in all) of a device in reencryption, from its segments:
-/// the live ones (no backup flag) cover the data, the crypt ones what is done.
+/// The segments that map the data now; the others (flagged backup-*) only record
+/// where the reencryption came from and goes to.
+fn live_segments(json: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let Some(segs) = json["segments"].as_object() else { return vec![] };
+    segs.values().filter(|s| s.get("flags").and_then(|f| f.as_array()).is_none_or(|f| f.is_empty())).collect()
+}
+
+/// (bytes encrypted, bytes in all) of a device in reencryption: the crypt segments
+/// among the live ones are what is done.
 pub fn progress_in(json: &serde_json::Value) -> Option<(u64, u64)> {
     let (mut done, mut total) = (0u64, 0u64);
-    for s in json["segments"].as_object()?.values() {
-        if s.get("flags").and_then(|f| f.as_array()).is_some_and(|f| !f.is_empty()) {
-            continue;
-        }
+    for s in live_segments(json) {
         // "dynamic" (to the end of the device) only appears once there is nothing to track.
         let size: u64 = s["size"].as_str()?.parse().ok()?;
         total += size;
@@ -381,7 +385,7 @@ pub fn progress_in(json: &serde_json::Value) -> Option<(u64, u64)> {
             done += size;
         }
     }
-    Some((done, total))
+    (total > 0).then_some((done, total))
 }
 
 pub fn progress(cd: &mut CryptDevice) -> Option<(u64, u64)> {
@@ -390,8 +394,7 @@ pub fn progress(cd: &mut CryptDevice) -> Option<(u64, u64)> {
 
 /// True when a device still in reencryption has no plaintext segment left.
 pub fn all_encrypted_in(json: &serde_json::Value) -> bool {
-    let Some(segs) = json["segments"].as_object() else { return false };
-    let live: Vec<_> = segs.values().filter(|s| s.get("flags").and_then(|f| f.as_array()).is_none_or(|f| f.is_empty())).collect();
+    let live = live_segments(json);
     !live.is_empty() && live.iter().all(|s| s["type"] == "crypt")
 }
 

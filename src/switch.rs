@@ -96,7 +96,7 @@ impl Switch<'_> {
         let t0 = Instant::now();
         let mut suspended = Vec::with_capacity(holders.len());
         for h in &holders {
-            fault::trace(&format!("suspend {}", h.name));
+            fault::trace(format_args!("suspend {}", h.name));
             if let Err(e) = self.dm.suspend(&h.name) {
                 // Nothing changed yet; a resume error here would only hide the cause.
                 let _ = self.resume_all(&suspended);
@@ -147,7 +147,7 @@ impl Switch<'_> {
         fault::point("activated");
         let mut loaded: Vec<&str> = Vec::new();
         for (h, table) in direct {
-            fault::trace(&format!("load {}", h.name));
+            fault::trace(format_args!("load {}", h.name));
             let (new, n) = dm::retarget(table, self.raw, crypt);
             let r = if n == 0 {
                 fail(format!("{} does not name {} in its table", h.name, self.raw))
@@ -218,7 +218,7 @@ impl Switch<'_> {
     fn resume_all(&self, suspended: &[&Holder]) -> Result<()> {
         let mut first_err = None;
         for h in suspended.iter().rev() {
-            fault::trace(&format!("resume {}", h.name));
+            fault::trace(format_args!("resume {}", h.name));
             if let Err(e) = self.dm.resume(&h.name) {
                 first_err.get_or_insert(e);
             }

@@ -94,6 +94,9 @@ vm_disks() {
   done
 }
 
+# vm_report TAG LOG: the guest's checks and steps from a console log, prefixed with TAG.
+vm_report() { tr -d '\r' < "$2" | grep -aE '^(CHECK|=== )' | sed "s/^/$1: /"; }
+
 vm_passed() {
   grep -aq '^RESULT: PASS' "$1" && grep -aqE '^VM-EXIT: 0[^0-9]*$' "$1"
 }

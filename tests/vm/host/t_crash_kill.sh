@@ -29,7 +29,7 @@ for kill in "freeze=trace: suspend" "data-1=Encrypted: ([1-9]|[1-9][0-9])\." \
   file=$(echo "$acks" | sed -n 's/.*file=\([0-9]*\).*/\1/p') raw=$(echo "$acks" | sed -n 's/.*raw=\([0-9]*\).*/\1/p')
   check "$tag: writers had acknowledged records" '[ -n "$file" ] && [ "$file" -gt 0 ] && [ -n "$raw" ]'
   VM_APPEND="pvphase=2 pvacked=$file pvrawacked=$raw" vm_boot "$log2" crash_kill $disks
-  tr -d '\r' < "$log2" | grep -aE '^(CHECK|=== )' | sed "s/^/$tag: /"
+  vm_report "$tag" "$log2"
   check "$tag: boot 2 recovers every acknowledged record and completes" vm_passed "$log2"
 done
 result

@@ -9,7 +9,7 @@ for step in suspended moved header activated loaded resumed run-25 run-50 run-75
   VM_APPEND="pvphase=1 pvfault=$step" vm_boot "$logs/t_crash_switch.$step.1.log" crash_switch $disks
   check "$step: power cut inside pvencrypt" "! grep -aq '^VM-EXIT' '$logs/t_crash_switch.$step.1.log'"
   VM_APPEND="pvphase=2" vm_boot "$logs/t_crash_switch.$step.2.log" crash_switch $disks
-  tr -d '\r' < "$logs/t_crash_switch.$step.2.log" | grep -aE '^(CHECK|=== )' | sed "s/^/$step: /"
+  vm_report "$step" "$logs/t_crash_switch.$step.2.log"
   check "$step: boot 2 recovers and completes" vm_passed "$logs/t_crash_switch.$step.2.log"
 done
 result
