@@ -26,6 +26,7 @@ EXAMPLES:
   pvencrypt --status --reportformat json  progress for scripts
 
 FILES:
+  /etc/crypttab            gets the new device's entry right after the switch (--no-crypttab)
   /run/pvencrypt/DEV.json  the status of the running conversion of /dev/DEV
   pvencrypt-resume.service resumes a stopped conversion at boot, once the device is unlocked";
 
@@ -104,10 +105,28 @@ pub struct Cli {
     pub name: Option<String>,
 
     /// Space taken from the end of the device, as cryptsetup's --reduce-device-size: half
-    /// holds the LUKS2 header, half is the shift buffer. A larger value means fewer
-    /// checkpoints. Suffixes K, M, G (powers of 1024).
+    /// holds the LUKS2 header, half is the shift buffer, which is also the size of each
+    /// reencryption step. Writes to the step being encrypted wait for it: a smaller value
+    /// shortens those pauses, a larger one means fewer checkpoints. Suffixes K, M, G
+    /// (powers of 1024).
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub reduce_device_size: u64,
+
+    /// When the PV reaches into the space LUKS2 needs at the end of the device, move the
+    /// extents there to free extents lower on the same PV (pvmove, live) and shrink the PV
+    /// (pvresize) first. Without it, pvencrypt refuses and says how much is missing.
+    #[arg(long)]
+    pub make_room: bool,
+
+    /// Do not add the new device to /etc/crypttab (pvencrypt prints the line the next boot
+    /// needs instead).
+    #[arg(long)]
+    pub no_crypttab: bool,
+
+    /// Do not rebuild the initramfs, even when root, /usr or the resume device is on the
+    /// volume group (the next boot then cannot open the device by itself).
+    #[arg(long)]
+    pub no_initramfs: bool,
 
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]

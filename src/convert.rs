@@ -27,7 +27,9 @@ use libcryptsetup_rs::{
 };
 
 use crate::{
+    boot,
     cli::{Cli, Pbkdf},
+    direct,
     dm::Dm,
     error::{fail, refuse, Context, Error, Kind, Result},
     key::Passphrase,
@@ -53,6 +55,8 @@ pub struct Target {
     pub vg: lvm::Vg,
     pub pv: lvm::Pv,
     pub room: plan::Room,
+    /// What --make-room has to do first, when the PV reaches into the room LUKS2 needs.
+    pub make_room: Option<plan::MakeRoom>,
     pub lvs: Vec<String>,
 }
 
@@ -70,10 +74,30 @@ pub fn device_of(path: &Path) -> Result<(Device, u64)> {
     Ok((dev, size))
 }
 
+/// True for a LUKS device. A device where a crash fell between the two writes that
+/// place our header (switch.rs) is made one here: it holds the header from 4 KiB on and
+/// the old PV label before it. Its LVM metadata is overwritten already, so LUKS is the
+/// only way forward; clearing the stale label lets libcryptsetup restore the primary
+/// header from the secondary one (it refuses while it sees another signature).
 pub fn has_luks_magic(path: &Path) -> bool {
-    let mut buf = [0u8; 6];
-    fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).is_ok() && buf == LUKS_MAGIC
+    let mut buf = vec![0u8; 32768];
+    if fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).is_err() {
+        return false;
+    }
+    if buf.starts_with(LUKS_MAGIC) {
+        return true;
+    }
+    let (secondary, json) = buf[16384..].split_at(4096);
+    let ours = secondary.starts_with(b"SKUL\xba\xbe")
+        && json.windows(TOKEN_JSON.len()).any(|w| w == TOKEN_JSON)
+        && direct::zero(path, &[(0, 4096)]).is_ok();
+    if ours {
+        poll::info(&format!("{}: completed a LUKS2 header whose placement a crash interrupted.", path.display()));
+    }
+    ours
 }
+
+const TOKEN_JSON: &[u8] = br#""type":"pvencrypt""#;
 
 pub fn default_name(path: &Path) -> String {
     format!("{}_crypt", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
@@ -114,21 +138,26 @@ pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
     if let Some(s) = segs.iter().find(|s| s.is_pvmove() || s.is_locked()) {
         return refuse(format!("A pvmove ({}) is in progress in {vg_name}; let it finish or abort it first.", s.lv_name.name));
     }
-    // The size LVM recorded lives only in the label; the device may be larger.
-    let label = lvm::read_label(path)
-        .or_fail(|| format!("Cannot read the LVM label of {}", path.display()))?
-        .ok_or_else(|| Error::new(Kind::Refused, format!("{} has no LVM label.", path.display())))?;
-    let room = plan::room(
-        &plan::PvShape {
-            dev_size: size,
-            pe_start: pv.pe_start.0,
-            pe_count: pv.pv_pe_count.0,
-            extent_size: vg.vg_extent_size.0,
-            pv_size: label.device_size.0,
-        },
-        cli.reduce_device_size,
-        cli.sector_size,
-    )?;
+    // The size LVM recorded lives in the VG metadata (pvresize changes it there only);
+    // the device may be larger.
+    let recorded = lvm::metadata_pv_size(&vg_name, &pv.pv_uuid).or_fail(|| format!("Cannot read the metadata of {vg_name}"))?;
+    let shape = plan::PvShape {
+        dev_size: size,
+        pe_start: pv.pe_start.0,
+        pe_count: pv.pv_pe_count.0,
+        extent_size: vg.vg_extent_size.0,
+        pv_size: recorded.0,
+    };
+    let room = plan::room(&shape, cli.reduce_device_size, cli.sector_size)?;
+    let make_room = if !room.short() {
+        None
+    } else if cli.make_room {
+        let segs = lvm::pv_segments(&path.to_string_lossy()).or_fail(|| format!("Cannot list the extents of {}", path.display()))?;
+        let segs: Vec<plan::Segment> = segs.iter().map(|s| (s.pvseg_start.0, s.pvseg_size.0, s.lv_name.is_some())).collect();
+        Some(plan::make_room(&room, &shape, &segs, &vg_name)?)
+    } else {
+        return refuse(room.shortage(&shape));
+    };
 
     // Only this VG's LVs may sit on the device: anything else would keep reading raw
     // offsets after the data moved.
@@ -152,8 +181,63 @@ pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
             }
         }
     }
+    check_uses(cli, &dm, dev, &holders)?;
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
-    Ok(Target { path: path.into(), dev, size, name, vg, pv, room, lvs })
+    Ok(Target { path: path.into(), dev, size, name, vg, pv, room, make_room, lvs })
+}
+
+/// What the LVs are used for must survive the conversion: /boot must stay readable by
+/// the boot loader, and a larger encryption sector must not break a filesystem that
+/// writes smaller blocks (the LVs inherit the crypt device's logical block size).
+fn check_uses(cli: &Cli, dm: &Dm, raw: Device, holders: &[crate::dm::Holder]) -> Result<()> {
+    let mounts = boot::mounts();
+    let lbs = fs::read_to_string(format!("/sys/dev/block/{raw}/queue/logical_block_size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(512);
+    for h in holders {
+        let dev = dm.device_of(&h.name)?;
+        let mounted: Vec<&boot::Mount> = mounts.iter().filter(|m| m.dev == dev).collect();
+        if let Some(m) = mounted.iter().find(|m| m.point == "/boot") {
+            return refuse(format!(
+                "{} is mounted on {}: the boot loader could not read /boot once it is encrypted. \
+                 Move /boot to a partition of its own first.",
+                h.name, m.point
+            ));
+        }
+        if cli.sector_size <= lbs {
+            continue;
+        }
+        for m in &mounted {
+            let bsize = statvfs_bsize(&m.point);
+            if !m.fstype.starts_with("ext") || bsize.is_none_or(|b| b < cli.sector_size as u64) {
+                return refuse(format!(
+                    "--sector-size {} is larger than what {} ({} on {}, blocks of {} bytes) may write; \
+                     use --sector-size {lbs}.",
+                    cli.sector_size,
+                    h.name,
+                    m.fstype,
+                    m.point,
+                    bsize.map_or("unknown".into(), |b| b.to_string())
+                ));
+            }
+        }
+        let stacked = fs::read_dir(format!("/sys/dev/block/{dev}/holders")).is_ok_and(|mut d| d.next().is_some());
+        if mounted.is_empty() && !stacked && dm.open_count(&h.name)? > 0 {
+            return refuse(format!(
+                "--sector-size {} is larger than the {lbs}-byte blocks {} is used with now, by a user pvencrypt \
+                 cannot check (swap, a process, a virtual machine); use --sector-size {lbs}.",
+                cli.sector_size, h.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn statvfs_bsize(path: &str) -> Option<u64> {
+    let c = std::ffi::CString::new(path).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_bsize)
 }
 
 fn pbkdf(cli: &Cli) -> Result<CryptPbkdfType> {
@@ -196,18 +280,39 @@ pub fn format_of(cli: &Cli, shift: u64) -> Result<Format> {
     })
 }
 
-pub fn describe(t: &Target) -> String {
-    format!(
-        "{path}: PV of volume group {vg}, {size} MiB. It becomes a LUKS2 device opened as /dev/mapper/{name}; \
-         {n} device-mapper device(s) move onto it ({lvs}). Header and shift: {h} MiB each.",
+/// The plan, as `--test` prints it (and the conversion announces it).
+pub fn describe(cli: &Cli, t: &Target) -> String {
+    let mib = |sectors: u64| sectors / plan::MIB;
+    let mut out = format!(
+        "{path}: PV of volume group {vg}, {size} MiB. It becomes a LUKS2 device opened as /dev/mapper/{name}.\n  \
+         header and data shift: {h} MiB each; the PV ends at {end} MiB, the room needed starts at {limit} MiB.\n  \
+         suspended for the switch: {lvs}.",
         path = t.path.display(),
         vg = t.vg.vg_name,
-        size = t.size / plan::MIB,
+        size = mib(t.size),
         name = t.name,
-        n = t.lvs.len(),
-        lvs = if t.lvs.is_empty() { "none active".to_string() } else { t.lvs.join(", ") },
-        h = t.room.shift / plan::MIB,
-    )
+        h = mib(t.room.shift),
+        end = mib(t.room.pv_end),
+        limit = mib(t.room.limit),
+        lvs = if t.lvs.is_empty() { "none (no LV is active)".to_string() } else { t.lvs.join(", ") },
+    );
+    if let Some(m) = &t.make_room {
+        let ranges: Vec<String> = m.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        out += &format!(
+            "\n  first, to make room: pvmove extents {} (of LVs in use) to free extents below {}, then pvresize the PV to {} MiB.",
+            if ranges.is_empty() { "none".to_string() } else { ranges.join(", ") },
+            m.keep,
+            mib(m.size)
+        );
+    }
+    if !cli.no_crypttab {
+        out += &format!("\n  {} gets: {}", boot::CRYPTTAB, boot::crypttab_line(&t.name, "<new LUKS UUID>", boot::supports_discard(t.dev)).trim());
+    }
+    let on_vg = Dm::open().and_then(|dm| dm.devices_with_uuid(&format!("LVM-{}", t.vg.vg_uuid.replace('-', "")))).unwrap_or_default();
+    if let Some(why) = boot::boot_needs(&on_vg) {
+        out += &format!("\n  the initramfs {} ({why}).", if cli.no_initramfs { "is NOT rebuilt (--no-initramfs)" } else { "is rebuilt" });
+    }
+    out
 }
 
 /// Steps 2–5 for one PV.
@@ -233,13 +338,10 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase, run: &mut Run) -> Result
             temp_keyslot: None,
         };
         let prepared = luks::prepare(&fmt, &alias_path, key, &marker)?;
+        crate::fault::memory("prepared");
         if STOP.load(Ordering::Relaxed) {
             return Err(Error::new(Kind::Interrupted, format!("{}: stopped before the switch; nothing was changed.", t.path.display())));
         }
-        run.state("switching");
-        // Exercised once here so that nothing it needs is first touched in the freeze.
-        luks::take_log(false);
-        switch::lock_memory()?;
         let sw = Switch {
             dm: &dm,
             raw: t.dev,
@@ -250,7 +352,18 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase, run: &mut Run) -> Result
             vg_name: &t.vg.vg_name,
             lock_dir: Path::new(LVM_LOCK_DIR),
         };
-        let switched = sw.run(&prepared, &fmt);
+        run.state("switching");
+        let switched = sw.stage(&prepared, &fmt, t.size * 512).and_then(|mut staged| {
+            // Exercised once here so that nothing it needs is first touched in the freeze.
+            luks::take_log(false);
+            crate::fault::memory("staged");
+            let _locked = switch::MemoryLock::take()?;
+            crate::fault::memory("locked");
+            sw.run(&mut staged)
+        });
+        if switched.is_err() {
+            sw.deactivate();
+        }
         for m in luks::take_log(cli.verbose > 1) {
             poll::error(&format!("  {m}"));
         }
@@ -268,7 +381,80 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase, run: &mut Run) -> Result
     })();
     dm.remove(&alias);
     let (temp_slot, temp_key) = result?;
+    integrate_boot(cli, &t.path, &t.name, &t.vg.vg_uuid);
     encrypt(cli, &t.path, &t.name, Some(temp_slot), &temp_key, run)
+}
+
+/// `--make-room`: LVM's own live pvmove of the extents in the way to free extents lower
+/// on the same PV, then pvresize. Both are crash-safe LVM operations; after a crash,
+/// `pvmove` (no argument) finishes the move, as LVM documents.
+pub fn make_room(cli: &Cli, t: &Target, m: &plan::MakeRoom) -> Result<()> {
+    let dev = t.path.to_string_lossy().to_string();
+    if !m.ranges.is_empty() {
+        if !cli.quiet {
+            poll::info(&format!("{dev}: moving {} extents out of the room LUKS2 needs (pvmove)...", m.moved()));
+        }
+        let mut args: Vec<String> = ["pvmove", "--alloc", "anywhere", "-i", "1"].map(String::from).to_vec();
+        args.extend(m.ranges.iter().map(|(a, b)| format!("{dev}:{a}-{b}")));
+        args.push(format!("{dev}:0-{}", m.keep - 1));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lvm::run(&args).or_fail(|| format!("pvmove on {dev}"))?;
+    }
+    let size = format!("{}s", m.size);
+    lvm::run(&["pvresize", "-y", "--setphysicalvolumesize", &size, &dev]).or_fail(|| format!("pvresize of {dev} to {size}"))?;
+    if !cli.quiet {
+        poll::info(&format!("{dev}: the PV now ends at {} MiB.", m.size / plan::MIB));
+    }
+    Ok(())
+}
+
+/// Right after the switch (and again on resume, where it finds its work done): LVM's
+/// devices file, the crypttab entry, and the initramfs when the system boots from the
+/// VG. A failure here does not stop the conversion, which is safe either way; it is
+/// reported for the admin to fix before the next reboot.
+fn integrate_boot(cli: &Cli, path: &Path, name: &str, vg_uuid: &str) {
+    let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
+    // With a devices file, LVM would not look at the new device at all.
+    match lvm::devices_file_replace(name, &path.to_string_lossy()) {
+        Ok(true) if !cli.quiet => poll::info(&format!("{}: {} now lists /dev/mapper/{name} instead.", path.display(), lvm::DEVICES_FILE)),
+        Ok(_) => {}
+        Err(e) => warn(format!(
+            "updating {}: {e}; run lvmdevices --adddev /dev/mapper/{name}, then lvmdevices --deldev {}.",
+            lvm::DEVICES_FILE,
+            path.display()
+        )),
+    }
+    let uuid = match luks::open(path).and_then(|mut cd| {
+        cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())
+    }) {
+        Ok(u) => u,
+        Err(e) => return warn(format!("{e}; add /dev/mapper/{name} to /etc/crypttab by hand.")),
+    };
+    if cli.no_crypttab {
+        if !cli.quiet {
+            poll::info(&format!("{}: not touching /etc/crypttab; the next boot needs: {}", path.display(), boot::crypttab_line(name, &uuid, false).trim()));
+        }
+    } else {
+        let discard = device_of(path).is_ok_and(|(dev, _)| boot::supports_discard(dev));
+        match boot::add_crypttab(Path::new(boot::CRYPTTAB), name, &uuid, discard) {
+            Ok(boot::Entry::Added) if !cli.quiet => poll::info(&format!("{}: added {name} to {}.", path.display(), boot::CRYPTTAB)),
+            Ok(boot::Entry::Present(l)) if !cli.quiet => {
+                poll::info(&format!("{}: {} already has \"{l}\"; left as it is.", path.display(), boot::CRYPTTAB))
+            }
+            Ok(_) => {}
+            Err(e) => warn(format!("{e}")),
+        }
+    }
+    let on_vg = Dm::open().and_then(|dm| dm.devices_with_uuid(&format!("LVM-{}", vg_uuid.replace('-', "")))).unwrap_or_default();
+    let Some(why) = boot::boot_needs(&on_vg) else { return };
+    if cli.no_initramfs {
+        return warn(format!("{why}, and --no-initramfs was given: rebuild the initramfs before rebooting."));
+    }
+    match boot::update_initramfs() {
+        Ok(cmd) if !cli.quiet => poll::info(&format!("{}: {why}: rebuilt the initramfs ({cmd}).", path.display())),
+        Ok(_) => {}
+        Err(e) => warn(format!("{why}: {e}")),
+    }
 }
 
 /// Steps 4 and 5, for a fresh conversion or a resumed one.
@@ -279,6 +465,10 @@ pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Pass
     let t0 = Instant::now();
     let mut last = (0, 0);
     let finished = luks::run(&mut cd, name, slot, key, &mut |done, total| {
+        // libcryptsetup may report (0, 0) once it has torn the reencryption down.
+        if total == 0 {
+            return !STOP.load(Ordering::Relaxed);
+        }
         let before = last.0;
         last = (done, total);
         shown.update(done, total);
@@ -292,6 +482,7 @@ pub fn encrypt(cli: &Cli, path: &Path, name: &str, slot: Option<u32>, key: &Pass
         !STOP.load(Ordering::Relaxed)
     });
     let elapsed = shown.finish();
+    crate::fault::memory("encrypted");
     for m in luks::take_log(cli.verbose > 1) {
         poll::error(&format!("  {m}"));
     }
@@ -324,6 +515,8 @@ fn finish(path: &Path) -> Result<()> {
         return fail(format!("{}: the reencryption did not complete.", path.display()));
     }
     if let Some((id, m)) = luks::marker(&mut cd) {
+        // Before the marker goes, so that a crash repeats it.
+        wipe_leftovers(&mut cd, path, &m)?;
         if let Some(slot) = m.temp_keyslot {
             luks::destroy_keyslot(&mut cd, slot)?;
         }
@@ -331,8 +524,33 @@ fn finish(path: &Path) -> Result<()> {
             .json_set(libcryptsetup_rs::TokenInput::RemoveToken(id))
             .or_fail(|| "Cannot remove the pvencrypt token".into())?;
         refresh_lvm(&m.vg_name)?;
+        crate::fault::memory("finished");
     }
     Ok(())
+}
+
+/// Plaintext the conversion leaves outside the encrypted data: the PV's first segment
+/// in the header area no keyslot uses (it lay there before the header), and the copy
+/// of that segment at the device's end, which lies beyond the PV (NAME, as opened
+/// during the conversion, ends before it; opened afresh it maps it after the PV).
+fn wipe_leftovers(cd: &mut libcryptsetup_rs::CryptDevice, path: &Path, m: &Marker) -> Result<()> {
+    let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
+    let offset = cd.status_handle().get_data_offset() * 512;
+    let unused = luks::unused_header_areas(&json, offset)
+        .ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no layout"))?;
+    direct::zero(path, &unused).or_fail(|| format!("Cannot wipe the unused header area of {}", path.display()))?;
+
+    let (_, size) = device_of(path)?;
+    let tail = size * 512 - 2 * offset;
+    let pv_end = lvm::metadata_pv_size(&m.vg_name, &m.pv_uuid).or_fail(|| format!("Cannot read the metadata of {}", m.vg_name))?.bytes();
+    if pv_end > tail {
+        return fail(format!(
+            "The PV on /dev/mapper/{} ends at byte {pv_end}, inside the area to wipe ({tail}..{}); not wiping it.",
+            m.name,
+            tail + offset
+        ));
+    }
+    direct::zero(path, &[(tail + offset, offset)]).or_fail(|| format!("Cannot wipe the end of {}", path.display()))
 }
 
 /// LVM learns that the PV now lives on the crypt device, and its metadata is backed up.
@@ -375,6 +593,9 @@ pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase, run: &mut Ru
         }
     }
     drop(cd);
+    if let Ok(vg) = lvm::vg(&m.vg_name) {
+        integrate_boot(cli, path, &m.name, &vg.vg_uuid);
+    }
     if luks::reencrypt_state(&mut luks::open(path)?)? == CryptReencryptInfo::None {
         return finish(path);
     }
@@ -419,3 +640,4 @@ pub fn unfinished_status() -> Vec<Status> {
         })
         .collect()
 }
+

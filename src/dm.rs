@@ -90,6 +90,19 @@ impl Dm {
         Ok(out)
     }
 
+    /// The dm devices whose uuid starts with `prefix` (e.g. every LV of a VG).
+    pub fn devices_with_uuid(&self, prefix: &str) -> Result<Vec<Device>> {
+        let mut out = Vec::new();
+        for (name, dev, _) in self.dm.list_devices().or_fail(|| "Cannot list dm devices".into())? {
+            let name = name.to_string();
+            let info = self.dm.device_info(&id(&name)).or_fail(|| format!("Cannot query {name}"))?;
+            if info.uuid().is_some_and(|u| u.to_string().starts_with(prefix)) {
+                out.push(dev);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn table(&self, name: &str) -> Result<Vec<Target>> {
         let (_, t) = self
             .dm
@@ -198,6 +211,11 @@ impl Dm {
 
     pub fn exists(&self, name: &str) -> bool {
         DmName::new(name).is_ok() && self.dm.device_info(&id(name)).is_ok()
+    }
+
+    /// How many openers the device has (a mount, a process, a dm device stacked on it).
+    pub fn open_count(&self, name: &str) -> Result<i32> {
+        Ok(self.dm.device_info(&id(name)).or_fail(|| format!("No dm device {name}"))?.open_count())
     }
 
     pub fn device_of(&self, name: &str) -> Result<Device> {

@@ -8,6 +8,7 @@ static FAULT: OnceLock<Option<(String, String)>> = OnceLock::new();
 
 /// Reads the setting once, before any freeze, so checking it later allocates nothing.
 pub fn init() {
+    T0.get_or_init(Instant::now);
     FAULT.get_or_init(|| {
         let v = std::env::var("PVENCRYPT_FAULT").ok()?;
         let (step, how) = v.split_once(':').unwrap_or((&v, "halt"));
@@ -15,18 +16,23 @@ pub fn init() {
     });
 }
 
-static TRACE: OnceLock<bool> = OnceLock::new();
+static TRACE: OnceLock<Option<String>> = OnceLock::new();
 
 /// PVENCRYPT_TRACE=1 prints every step as it happens, even inside the freeze (unsafe
-/// when stderr is on a filesystem of the PV; for tests only).
+/// when stderr is on a filesystem of the PV; for tests only); =debug adds
+/// libcryptsetup's debug messages.
 pub fn tracing() -> bool {
-    *TRACE.get_or_init(|| std::env::var_os("PVENCRYPT_TRACE").is_some())
+    TRACE.get_or_init(|| std::env::var("PVENCRYPT_TRACE").ok()).is_some()
+}
+
+pub fn tracing_debug() -> bool {
+    tracing() && TRACE.get().is_some_and(|t| t.as_deref() == Some("debug"))
 }
 
 static T0: OnceLock<Instant> = OnceLock::new();
 
-/// Each line carries the milliseconds since the first one, so a log shows where a
-/// freeze spends its time.
+/// Each line carries the milliseconds since the start, so a log shows where a freeze
+/// spends its time.
 pub fn trace(what: impl std::fmt::Display) {
     if tracing() {
         let ms = T0.get_or_init(Instant::now).elapsed().as_secs_f64() * 1000.0;
@@ -44,6 +50,36 @@ pub fn point(step: &str) {
             // No sync: whatever the kernel has not written is lost, as in a power cut.
             unsafe { libc::reboot(libc::RB_POWER_OFF) };
             unsafe { libc::_exit(99) };
+        }
+    }
+}
+
+/// Under PVENCRYPT_TRACE: the process's peak and current resident memory, for the
+/// benchmark's memory figure to be explained.
+pub fn memory(at: &str) {
+    if tracing() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let v: Vec<&str> = status.lines().filter(|l| ["VmHWM", "VmRSS", "VmLck"].iter().any(|k| l.starts_with(k))).collect();
+        let m = unsafe { libc::mallinfo2() };
+        trace(format_args!(
+            "memory at {at}: {} malloc: {} kB in use, {} kB free, {} kB mmapped",
+            v.join(" ").split_whitespace().collect::<Vec<_>>().join(" "),
+            m.uordblks >> 10,
+            m.fordblks >> 10,
+            m.hblkhd >> 10
+        ));
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+        let (mut maps, mut name) = (Vec::new(), String::new());
+        for l in smaps.lines() {
+            if l.split_whitespace().next().is_some_and(|w| w.contains('-')) {
+                name = l.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+            } else if let Some(kb) = l.strip_prefix("Rss:") {
+                maps.push((kb.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0), name.clone()));
+            }
+        }
+        maps.sort_by(|a, b| b.cmp(a));
+        for (kb, n) in maps.iter().take(8) {
+            trace(format_args!("  {kb} kB {n}"));
         }
     }
 }

@@ -75,9 +75,7 @@ unsafe extern "C" fn log_cb(level: c_int, msg: *const std::ffi::c_char, _: *mut 
     // Inside the freeze nothing may be written to a filesystem: keep messages until later.
     if let (Ok(mut log), false) = (LOG.lock(), msg.is_null()) {
         let s = unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().trim_end().to_string();
-        if crate::fault::tracing() {
-            eprintln!("pvencrypt: libcryptsetup[{level}]: {s}");
-        }
+        crate::fault::trace(format_args!("libcryptsetup[{level}]: {s}"));
         log.push((level, s));
     }
 }
@@ -85,7 +83,7 @@ unsafe extern "C" fn log_cb(level: c_int, msg: *const std::ffi::c_char, _: *mut 
 /// Routes libcryptsetup's messages into memory; `take_log` hands them out.
 pub fn capture_log() {
     LOG.lock().unwrap().reserve(256);
-    if crate::fault::tracing() {
+    if crate::fault::tracing_debug() {
         libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
     }
     libcryptsetup_rs::set_log_callback::<()>(Some(log_cb), None);
@@ -103,7 +101,7 @@ pub fn take_log(debug: bool) -> Vec<String> {
 
 /// The header being prepared, in anonymous memory.
 pub struct MemHeader {
-    file: File,
+    pub file: File,
 }
 
 impl MemHeader {
@@ -216,16 +214,26 @@ fn reencrypt_params(shift: u64, sector_size: u32, flags: CryptReencrypt) -> Cryp
     }
 }
 
-/// Inside the freeze: libcryptsetup moves the PV's first `shift` sectors to the end of
-/// the device and records that in the in-memory header. The disk's start is untouched
-/// until `place_header`; a crash in between leaves the plain PV.
-pub fn init_reencryption(p: &Prepared, fmt: &Format, data: &Path) -> Result<()> {
+/// The in-memory header, with `data` as its data device.
+fn open_prepared(p: &Prepared, data: &Path) -> Result<CryptDevice> {
     let hpath = p.header.path();
     let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
         .or_fail(|| "Cannot open the new LUKS2 header".into())?;
     cd.context_handle()
         .load::<()>(Some(EncryptionFormat::Luks2), None)
         .or_fail(|| "Cannot load the new LUKS2 header".into())?;
+    Ok(cd)
+}
+
+/// Before the freeze: libcryptsetup copies the PV's first `shift` sectors to the end of
+/// the device (free space) and records that in the in-memory header. The copy goes
+/// stale as the LVs write; the freeze repeats it (switch.rs). The disk's start is
+/// untouched.
+pub fn init_reencryption(p: &Prepared, fmt: &Format, data: &Path) -> Result<()> {
+    let mut cd = open_prepared(p, data)?;
+    // The digest libcryptsetup adds over the reencryption metadata is keyed by the volume
+    // key; without this it benchmarks PBKDF2 for two seconds to choose its iterations.
+    cd.settings_handle().set_pbkdf_type(&temp_pbkdf()).or_fail(|| "Cannot set the PBKDF".into())?;
     let flags = CryptReencrypt::INITIALIZE_ONLY | CryptReencrypt::MOVE_FIRST_SEGMENT;
     cd.reencrypt_handle()
         .reencrypt_init_by_passphrase(
@@ -240,13 +248,52 @@ pub fn init_reencryption(p: &Prepared, fmt: &Format, data: &Path) -> Result<()> 
     Ok(())
 }
 
-/// Inside the freeze: writes the header at the start of the device. From here on the
-/// device is LUKS2 in reencryption, and the plain PV label is gone.
-pub fn place_header(p: &Prepared, data: &Path) -> Result<()> {
-    let mut cd = CryptInit::init(data).or_fail(|| format!("Cannot open {}", data.display()))?;
-    cd.backup_handle()
-        .header_restore(Some(EncryptionFormat::Luks2), &p.header.path())
-        .or_fail(|| format!("Cannot write the LUKS2 header to {}", data.display()))
+/// The prepared header as bytes for the start of the device, cut after the last
+/// keyslot area: the rest of the header area is unused (wiped when the conversion
+/// finishes, in one go with the tail).
+pub fn header_image(p: &Prepared) -> Result<Vec<u8>> {
+    let mut cd = open(&p.header.path())?;
+    let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the new header".into())?;
+    let len = header_extent(&json).ok_or_else(|| Error::new(Kind::Failed, "The new header has no layout"))?;
+    let mut bytes = vec![0u8; len as usize];
+    std::os::unix::fs::FileExt::read_exact_at(&p.header.file, &mut bytes, 0).or_fail(|| "Cannot read the new header".into())?;
+    Ok(bytes)
+}
+
+/// The end of the last keyslot area, 4 KiB aligned.
+fn header_extent(json: &serde_json::Value) -> Option<u64> {
+    let num = |v: &serde_json::Value| v.as_str()?.parse::<u64>().ok();
+    let primary = num(&json["config"]["json_size"])? + 4096;
+    let mut end = 2 * primary;
+    for k in json["keyslots"].as_object()?.values() {
+        end = end.max(num(&k["area"]["offset"])? + num(&k["area"]["size"])?);
+    }
+    Some(end.next_multiple_of(4096))
+}
+
+/// The parts of the header area no keyslot uses, in bytes: after a conversion they
+/// held the PV's first extents in plaintext.
+pub fn unused_header_areas(json: &serde_json::Value, data_offset: u64) -> Option<Vec<(u64, u64)>> {
+    let num = |v: &serde_json::Value| v.as_str()?.parse::<u64>().ok();
+    let primary = num(&json["config"]["json_size"])? + 4096;
+    let mut used: Vec<(u64, u64)> = json["keyslots"]
+        .as_object()?
+        .values()
+        .filter_map(|k| Some((num(&k["area"]["offset"])?, num(&k["area"]["size"])?)))
+        .collect();
+    used.sort();
+    let mut free = Vec::new();
+    let mut at = 2 * primary;
+    for (off, size) in used {
+        if off > at {
+            free.push((at, off - at));
+        }
+        at = at.max(off + size);
+    }
+    if data_offset > at {
+        free.push((at, data_offset - at));
+    }
+    Some(free)
 }
 
 pub fn open(dev: &Path) -> Result<CryptDevice> {
@@ -257,7 +304,18 @@ pub fn open(dev: &Path) -> Result<CryptDevice> {
     Ok(cd)
 }
 
-/// Opens `name` on the PV itself. The PV is claimed by the LVs' tables, hence SHARED.
+/// Before the freeze: opens `name` on the alias of the PV with the in-memory header.
+/// Nothing is encrypted yet, so its table is plain linear segments; the freeze points
+/// them at the PV. Private: udev must not scan it while it shows the stale copy.
+pub fn activate_staged(p: &Prepared, name: &str, data: &Path) -> Result<()> {
+    let mut cd = open_prepared(p, data)?;
+    cd.activate_handle()
+        .activate_by_passphrase(Some(name), Some(p.temp_slot), p.temp_key.bytes(), CryptActivate::PRIVATE)
+        .map_err(|e| key_error(e, || format!("Cannot open {name}")))?;
+    Ok(())
+}
+
+/// Opens `name` on the PV itself.
 pub fn activate(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase) -> Result<()> {
     cd.activate_handle()
         .activate_by_passphrase(Some(name), slot, key.bytes(), CryptActivate::SHARED)
@@ -497,7 +555,9 @@ mod loop_tests {
                 eprintln!("skipped: needs root");
                 return None;
             }
-            let file = std::env::temp_dir().join(format!("pvencrypt-luks-{}-{mib}.img", std::process::id()));
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let file = std::env::temp_dir().join(format!("pvencrypt-luks-{}-{n}.img", std::process::id()));
             File::create(&file).unwrap().set_len(mib << 20).unwrap();
             let out = std::process::Command::new("losetup").args(["-f", "--show"]).arg(&file).output().unwrap();
             assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
@@ -526,7 +586,7 @@ mod loop_tests {
         }
     }
 
-    fn test_marker() -> Marker {
+    pub(crate) fn test_marker() -> Marker {
         Marker {
             type_: TOKEN_TYPE.into(),
             keyslots: vec![],
@@ -547,7 +607,7 @@ mod loop_tests {
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let p = prepare(&cheap_format(32768), &lo.path, &key, &test_marker()).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         assert_ne!(p.user_slot, p.temp_slot);
-        assert_eq!(std::fs::read(&lo.path).unwrap(), before, "preparing must not write to the device");
+        assert!(std::fs::read(&lo.path).unwrap() == before, "preparing must not write to the device");
         let mut cd = open(&p.header.path()).unwrap();
         let (_, m) = super::marker(&mut cd).expect("token present");
         assert_eq!(m.temp_keyslot, Some(p.temp_slot));
@@ -555,5 +615,61 @@ mod loop_tests {
         assert_eq!(check_key(&mut cd, &p.temp_key).unwrap(), p.temp_slot);
         let wrong = Passphrase::checked(zeroize::Zeroizing::new(b"nope".to_vec()), "t").unwrap();
         assert_eq!(check_key(&mut cd, &wrong).unwrap_err().kind, Kind::Key);
+    }
+}
+
+/// The freeze's disk writes, replayed on a loop device: libcryptsetup's copy, then the
+/// header image written as switch.rs writes it, must give a device libcryptsetup opens.
+#[cfg(test)]
+mod image_tests {
+    use super::loop_tests::{cheap_format, Loop};
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn header_image_placed_by_hand_is_a_luks2_device_in_reencryption() {
+        let Some(lo) = Loop::new(64) else { return };
+        capture_log();
+        let pattern: Vec<u8> = (0..64u64 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+        std::fs::write(&lo.path, &pattern).unwrap();
+        let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
+        let fmt = cheap_format(32768);
+        let p = prepare(&fmt, &lo.path, &key, &super::loop_tests::test_marker()).unwrap();
+        init_reencryption(&p, &fmt, &lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let disk = std::fs::read(&lo.path).unwrap();
+        assert!(disk[..48 << 20] == pattern[..48 << 20], "the start and the PV must be untouched");
+        assert!(disk[48 << 20..] == pattern[..16 << 20], "the first segment is copied to the end");
+
+        let img = header_image(&p).unwrap();
+        assert!(img.len() < 2 << 20, "only the used part: {}", img.len());
+        let end = img.len() as u64;
+        let f = std::fs::OpenOptions::new().write(true).open(&lo.path).unwrap();
+        f.write_all_at(&img[4096..], 4096).unwrap();
+        f.write_all_at(&img[..4096], 0).unwrap();
+        f.sync_all().unwrap();
+
+        let mut cd = open(&lo.path).unwrap();
+        let json = cd.status_handle().dump_json().unwrap();
+        let unused = unused_header_areas(&json, cd.status_handle().get_data_offset() * 512).unwrap();
+        assert_eq!(unused, vec![(end, (16 << 20) - end)]);
+        crate::direct::zero(&lo.path, &unused).unwrap();
+        assert_ne!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
+        assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
+        let json = cd.status_handle().dump_json().unwrap();
+        assert_eq!(moved_segment_in(&json), Some((48 << 20, 16 << 20)));
+        // The PV may use the device up to S - 2H.
+        assert_eq!(progress_in(&json), Some((0, 32 << 20)));
+        let disk = std::fs::read(&lo.path).unwrap();
+        assert!(disk[end as usize..16 << 20].iter().all(|&b| b == 0), "unused header area wiped");
+        assert!(disk[16 << 20..48 << 20] == pattern[16 << 20..48 << 20], "the PV's data beyond the header untouched");
+    }
+
+    #[test]
+    fn unused_areas_are_the_gaps_between_keyslots() {
+        let json = serde_json::json!({"config": {"json_size": "12288"}, "keyslots": {
+            "0": {"area": {"offset": "32768", "size": "258048"}},
+            "2": {"area": {"offset": "548864", "size": "4096"}}}});
+        assert_eq!(header_extent(&json), Some(552960));
+        assert_eq!(unused_header_areas(&json, 16 << 20), Some(vec![(290816, 258048), (552960, (16 << 20) - 552960)]));
     }
 }

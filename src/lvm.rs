@@ -26,7 +26,6 @@
 use std::{
     ffi::{CStr, CString},
     fmt, fs, io,
-    io::Read,
     ops::{Add, Sub},
     os::raw::{c_char, c_int},
     path::Path,
@@ -860,6 +859,49 @@ pub fn pvscan_cache() -> Result<(), Error> {
     run(&["pvscan", "--cache"]).map(drop)
 }
 
+/// The size of the PV `pv_uuid` as the metadata of `vg` records it (`dev_size`, in
+/// sectors): what pvresize sets. The label's copy is only rewritten by pvcreate.
+pub fn metadata_pv_size(vg: &str, pv_uuid: &str) -> Result<Sectors, Error> {
+    let file = std::env::temp_dir().join(format!("pvencrypt-{}-{vg}.vg", std::process::id()));
+    let text = vgcfgbackup(vg, Some(&file)).and_then(|_| {
+        fs::read_to_string(&file).map_err(|e| Error::report(&format!("vgcfgbackup {vg}"), e.to_string()))
+    });
+    let _ = fs::remove_file(&file);
+    let bad = || Error::report(&format!("vgcfgbackup {vg}"), format!("no dev_size for PV {pv_uuid}"));
+    metadata_dev_size(&text?, pv_uuid).map(Sectors).ok_or_else(bad)
+}
+
+/// `dev_size` in the section of the PV whose `id` is `pv_uuid`.
+fn metadata_dev_size(text: &str, pv_uuid: &str) -> Option<u64> {
+    let id = format!("id = \"{pv_uuid}\"");
+    let after = &text[text.find(&id)? + id.len()..];
+    let section = &after[..after.find('}')?];
+    section.lines().find_map(|l| l.trim().strip_prefix("dev_size = ")?.split_whitespace().next()?.parse().ok())
+}
+
+/// LVM's devices file (devices/devicesfile's default). When it exists and lists a PV,
+/// LVM looks only at the devices it lists (with devices/use_devicesfile = 1).
+pub const DEVICES_FILE: &str = "/etc/lvm/devices/system.devices";
+
+/// The devices file lists `crypt` (the dm-crypt device NAME) instead of `raw`, if it
+/// listed `raw`. Each half is skipped when done already, so a resumed conversion can
+/// repeat it. Ok(false): nothing to do.
+pub fn devices_file_replace(crypt_name: &str, raw: &str) -> Result<bool, Error> {
+    let lists = |t: &str, f: &dyn Fn(&str) -> bool| t.lines().filter(|l| !l.starts_with('#')).any(f);
+    let raw_entry = |l: &str| l.split_whitespace().any(|f| f == format!("DEVNAME={raw}") || f == format!("IDNAME={raw}"));
+    let crypt_entry =
+        |l: &str| l.contains(&format!("/dev/mapper/{crypt_name} ")) || (l.contains("CRYPT-") && l.contains(&format!("-{crypt_name} ")));
+    let t = std::fs::read_to_string(DEVICES_FILE).unwrap_or_default();
+    if !lists(&t, &raw_entry) {
+        return Ok(false);
+    }
+    if !lists(&t, &crypt_entry) {
+        run(&["lvmdevices", "--config", "devices/use_devicesfile=1", "-y", "--adddev", &format!("/dev/mapper/{crypt_name}")])?;
+    }
+    run(&["lvmdevices", "--config", "devices/use_devicesfile=1", "-y", "--deldev", raw])?;
+    Ok(true)
+}
+
 /// Reloads the kernel tables of the VG's active LVs from its metadata
 /// (`vgchange --refresh`). Needs device-mapper.
 pub fn vg_refresh(vg: &str) -> Result<(), Error> {
@@ -896,21 +938,22 @@ pub struct PvLabel {
 
 const LABEL_SCAN_SECTORS: usize = 4;
 
-/// Reads the LVM label of `dev`, `Ok(None)` if it has none. Reads through
-/// the page cache: fine for a label LVM wrote earlier with O_DIRECT, since
-/// direct writes invalidate the cached pages.
+/// Reads the LVM label of `dev`, `Ok(None)` if it has none. With O_DIRECT: LVM
+/// rewrites the label in this very process (pvresize), and a page cached from an earlier
+/// read would show the old one (seen in the VM).
 pub fn read_label(dev: &Path) -> io::Result<Option<PvLabel>> {
-    let mut buf = vec![0u8; LABEL_SCAN_SECTORS * 512];
-    let mut f = fs::File::open(dev)?;
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read(&mut buf[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    buf.truncate(got - got % 512);
-    parse_label(&buf)
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const LEN: usize = 4096;
+    let f = match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(dev) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => fs::File::open(dev)?,
+        r => r?,
+    };
+    let mut raw = vec![0u8; 2 * LEN];
+    let at = raw.as_ptr().align_offset(LEN);
+    let buf = &mut raw[at..at + LEN];
+    // One aligned read: a device is read in whole blocks, so it returns them all.
+    let got = f.read_at(buf, 0)?.min(LABEL_SCAN_SECTORS * 512);
+    parse_label(&buf[..got - got % 512])
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", dev.display())))
 }
 
@@ -1052,6 +1095,15 @@ mod tests {
             i += 1;
         }
         out
+    }
+
+    #[test]
+    fn dev_size_read_from_the_pv_section() {
+        let text = "vg {\n\tphysical_volumes {\n\t\tpv0 {\n\t\t\tid = \"aaaa-1\"\n\t\t\tdevice = \"/dev/vda\"\t# Hint only\n\
+                    \t\t\tdev_size = 524288\t# 256 Megabytes\n\t\t}\n\t\tpv1 {\n\t\t\tid = \"bbbb-2\"\n\t\t\tdev_size = 131072\n\t\t}\n\t}\n}\n";
+        assert_eq!(metadata_dev_size(text, "aaaa-1"), Some(524288));
+        assert_eq!(metadata_dev_size(text, "bbbb-2"), Some(131072));
+        assert_eq!(metadata_dev_size(text, "cccc-3"), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
+mod boot;
 mod cli;
 mod convert;
+mod direct;
 mod dm;
 mod error;
 mod fault;
@@ -89,7 +91,7 @@ fn run(cli: &Cli) -> Result<()> {
     }
     for t in &targets {
         if !cli.quiet || cli.test {
-            println!("{}", convert::describe(t));
+            println!("{}", convert::describe(cli, t));
         }
     }
     if cli.test {
@@ -104,6 +106,27 @@ fn run(cli: &Cli) -> Result<()> {
     }
     for (t, run) in targets.iter().zip(&mut runs) {
         stop_point()?;
+        let fresh;
+        let t = match &t.make_room {
+            Some(m) => {
+                convert::make_room(cli, t, m)?;
+                // The LVs' extents moved: everything is checked again.
+                fresh = convert::preflight(cli, &t.path)?;
+                if fresh.make_room.is_some() {
+                    return Err(Error::new(
+                        Kind::Failed,
+                        format!(
+                            "{}: still no room after pvmove and pvresize: the PV ends at sector {}, the room starts at {}.",
+                            t.path.display(),
+                            fresh.room.pv_end,
+                            fresh.room.limit
+                        ),
+                    ));
+                }
+                &fresh
+            }
+            None => t,
+        };
         convert::convert(cli, t, &key, run)?;
         if !cli.quiet {
             poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{}.", t.path.display(), t.name));

@@ -30,7 +30,8 @@ pub struct PvShape {
     pub pv_size: u64,
 }
 
-/// `reduce`: cryptsetup's --reduce-device-size, in bytes.
+/// `reduce`: cryptsetup's --reduce-device-size, in bytes. The PV may not fit yet:
+/// see [`Room::short`].
 pub fn room(pv: &PvShape, reduce: u64, sector_size: u32) -> Result<Room> {
     if reduce % (2 << 20) != 0 || reduce < (8 << 20) {
         return refuse(format!("--reduce-device-size must be a multiple of 2 MiB and at least 8 MiB (got {reduce} bytes)."));
@@ -45,21 +46,70 @@ pub fn room(pv: &PvShape, reduce: u64, sector_size: u32) -> Result<Room> {
     }
     let pv_end = (pv.pe_start + pv.pe_count * pv.extent_size).max(pv.pv_size);
     let limit = pv.dev_size.saturating_sub(2 * shift);
-    if pv_end > limit {
-        let need = pv_end - limit;
-        let extents = need.div_ceil(pv.extent_size.max(1));
-        return refuse(format!(
+    Ok(Room { shift, limit, pv_end })
+}
+
+impl Room {
+    /// The PV reaches into the space LUKS2 needs.
+    pub fn short(&self) -> bool {
+        self.pv_end > self.limit
+    }
+
+    /// The refusal for a PV that does not fit, with the numbers and the ways out.
+    pub fn shortage(&self, pv: &PvShape) -> String {
+        let need = self.pv_end - self.limit;
+        format!(
             "Not enough room: LUKS2 needs {} MiB free at the end of the device (half for the header, half to shift the data), \
              but the PV ends {} MiB before the end. Shrink the PV by at least {} MiB ({} extents): \
-             free its last extents (pvmove) and run pvresize --setphysicalvolumesize {}s.",
-            2 * shift / MIB,
-            (pv.dev_size - pv_end.min(pv.dev_size)) / MIB,
+             --make-room does it (pvmove of the extents there to free ones, then pvresize), \
+             or by hand: pvmove them away and run pvresize --setphysicalvolumesize {}s.",
+            2 * self.shift / MIB,
+            (pv.dev_size - self.pv_end.min(pv.dev_size)) / MIB,
             need.div_ceil(MIB),
-            extents,
-            (limit - pv.pe_start) / pv.extent_size.max(1) * pv.extent_size + pv.pe_start,
+            need.div_ceil(pv.extent_size.max(1)),
+            (self.limit - pv.pe_start) / pv.extent_size.max(1) * pv.extent_size + pv.pe_start,
+        )
+    }
+}
+
+/// A run of extents on the PV: (first extent, count, used by an LV).
+pub type Segment = (u64, u64, bool);
+
+/// What `--make-room` does: move the used extents from `keep` on to free extents below
+/// it (pvmove, same PV), then shrink the PV to `keep` extents (pvresize to `size`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct MakeRoom {
+    pub keep: u64,
+    /// Extent ranges to move, first and last (inclusive, as pvmove writes them).
+    pub ranges: Vec<(u64, u64)>,
+    /// The new PV size in sectors.
+    pub size: u64,
+}
+
+impl MakeRoom {
+    pub fn moved(&self) -> u64 {
+        self.ranges.iter().map(|(a, b)| b - a + 1).sum()
+    }
+}
+
+pub fn make_room(room: &Room, pv: &PvShape, segments: &[Segment], vg: &str) -> Result<MakeRoom> {
+    let keep = room.limit.saturating_sub(pv.pe_start) / pv.extent_size.max(1);
+    let ranges: Vec<(u64, u64)> = segments
+        .iter()
+        .filter(|&&(start, count, used)| used && start + count > keep)
+        .map(|&(start, count, _)| (start.max(keep), start + count - 1))
+        .collect();
+    let moved: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
+    let free: u64 = segments.iter().filter(|s| !s.2 && s.0 < keep).map(|&(start, count, _)| count.min(keep - start)).sum();
+    if moved > free {
+        return refuse(format!(
+            "Not enough free extents to make room: {moved} extents at the end of the PV must move, and only {free} \
+             below them are free ({} missing). Add a disk to the volume group (vgextend {vg} DISK), move \
+             them there (pvmove), and take it out again afterwards (pvmove, vgreduce); or free space (lvreduce).",
+            moved - free
         ));
     }
-    Ok(Room { shift, limit, pv_end })
+    Ok(MakeRoom { keep, ranges, size: pv.pe_start + keep * pv.extent_size })
 }
 
 #[cfg(test)]
@@ -80,25 +130,59 @@ mod tests {
     }
 
     #[test]
-    fn pv_filling_the_device_is_refused_with_the_numbers() {
-        let e = room(&pv(1048576, 127, 1048576), 32 << 20, 512).unwrap_err();
-        assert_eq!(e.kind, crate::error::Kind::Refused);
-        assert!(e.msg.contains("32 MiB free"), "{}", e.msg);
-        assert!(e.msg.contains("at least 32 MiB (8 extents)"), "{}", e.msg);
+    fn pv_filling_the_device_is_short_with_the_numbers() {
+        let p = pv(1048576, 127, 1048576);
+        let r = room(&p, 32 << 20, 512).unwrap();
+        assert!(r.short());
+        let msg = r.shortage(&p);
+        assert!(msg.contains("32 MiB free"), "{msg}");
+        assert!(msg.contains("at least 32 MiB (8 extents)"), "{msg}");
+        assert!(msg.contains("--make-room"), "{msg}");
     }
 
     #[test]
     fn exact_fit_is_accepted_one_sector_more_is_not() {
         let dev = 1048576;
-        assert!(room(&pv(dev, 0, dev - 65536), 32 << 20, 512).is_ok());
-        assert!(room(&pv(dev, 0, dev - 65535), 32 << 20, 512).is_err());
+        assert!(!room(&pv(dev, 0, dev - 65536), 32 << 20, 512).unwrap().short());
+        assert!(room(&pv(dev, 0, dev - 65535), 32 << 20, 512).unwrap().short());
     }
 
     #[test]
     fn extents_beyond_the_recorded_size_count() {
         // Recorded size small, but the last extent reaches into the reserved tail.
-        let e = room(&pv(1048576, 127, 500000), 32 << 20, 512);
-        assert!(e.is_err());
+        assert!(room(&pv(1048576, 127, 500000), 32 << 20, 512).unwrap().short());
+    }
+
+    #[test]
+    fn make_room_moves_the_tail_extents_into_free_ones_below() {
+        // 512 MiB device, 127 extents of 4 MiB: the room needed starts at 480 MiB, so
+        // 119 extents are kept; an LV holds extents 100..126, extents 10..29 are free.
+        let p = pv(1048576, 127, 1048576);
+        let r = room(&p, 32 << 20, 512).unwrap();
+        let segs = [(0, 10, true), (10, 20, false), (30, 70, true), (100, 27, true)];
+        let m = make_room(&r, &p, &segs, "vg").unwrap();
+        assert_eq!(m.keep, 119);
+        assert_eq!(m.ranges, vec![(119, 126)]);
+        assert_eq!(m.moved(), 8);
+        assert_eq!(m.size, 2048 + 119 * 8192);
+        assert!(m.size <= r.limit);
+        // Free extents beyond the kept ones count for nothing.
+        let segs = [(0, 100, true), (100, 19, false), (119, 4, true), (123, 4, false)];
+        assert_eq!(make_room(&r, &p, &segs, "vg").unwrap().ranges, vec![(119, 122)]);
+        let segs = [(0, 100, true), (100, 19, false), (119, 8, true)];
+        assert_eq!(make_room(&r, &p, &segs, "vg").unwrap().ranges, vec![(119, 126)]);
+        let segs = [(0, 117, true), (117, 10, false)];
+        assert_eq!(make_room(&r, &p, &segs, "vg").unwrap().moved(), 0);
+    }
+
+    #[test]
+    fn make_room_without_enough_free_extents_says_how_many_are_missing() {
+        let p = pv(1048576, 127, 1048576);
+        let r = room(&p, 32 << 20, 512).unwrap();
+        let segs = [(0, 116, true), (116, 3, false), (119, 8, true)];
+        let e = make_room(&r, &p, &segs, "vg0").unwrap_err();
+        assert!(e.msg.contains("8 extents at the end of the PV must move, and only 3"), "{}", e.msg);
+        assert!(e.msg.contains("(5 missing)") && e.msg.contains("vgextend vg0"), "{}", e.msg);
     }
 
     #[test]

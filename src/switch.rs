@@ -2,13 +2,20 @@
 //! moves from the raw device onto /dev/mapper/NAME. This is where the LVs are
 //! suspended and resumed.
 //!
+//! Everything slow happens before the freeze (`stage`): libcryptsetup initialises the
+//! reencryption, copying the PV's first segment into the free tail, and NAME is opened
+//! on an alias of the PV. The freeze itself only repeats that copy (the LVs wrote since),
+//! writes the header bytes, points NAME and the LVs' tables at the PV and resumes.
+//!
 //! Crash story, step by step:
-//! - before `init_reencryption` returns: nothing on the disk changed but the free tail;
-//!   the plain PV is intact;
-//! - after it: the first segment has a copy at the device's end; the start is untouched,
-//!   so the device is still the plain PV;
-//! - after `place_header`: the device is LUKS2 in reencryption (nothing encrypted yet);
-//!   stock `cryptsetup open` shows the PV; `pvencrypt` resumes.
+//! - before the header is written: nothing on the disk changed but the free tail; the
+//!   plain PV is intact;
+//! - the header is written from its second 4 KiB on first, its first 4 KiB (magic,
+//!   checksum, and over the PV label) last: a crash in between leaves a valid secondary
+//!   header next to the PV label, which `pvencrypt` recognises and finishes;
+//! - after it: the device is LUKS2 in reencryption (nothing encrypted yet); stock
+//!   `cryptsetup open` shows the PV; `pvencrypt` resumes.
+//!
 //! A failure (not a crash) inside the freeze before the LVs run on the new device is
 //! rolled back: the first segment is copied home and the LVs resume on the raw PV.
 
@@ -22,8 +29,9 @@ use std::{
 use devicemapper::Device;
 
 use crate::{
+    direct::{self, Aligned},
     dm::{self, Dm, Holder, Target},
-    error::{fail, Context, Error, Result},
+    error::{fail, Context, Error, Kind, Result},
     fault,
     luks::{self, Format, Prepared},
 };
@@ -67,17 +75,106 @@ impl VgLock {
     }
 }
 
-/// Keeps every page of the process in RAM from here on: a page fault that has to read
-/// the binary from a suspended disk would never return.
-pub fn lock_memory() -> Result<()> {
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
-        return fail(format!("mlockall: {}", std::io::Error::last_os_error()));
+/// Keeps in RAM every page the freeze may touch: a page fault that has to read the
+/// binary, a library or swap from a suspended disk would never return. The program and
+/// its libraries are locked whole; anonymous memory is locked as it is now resident
+/// (what is not is free heap or zero pages, which need no disk), unless some of it is
+/// in swap: then everything is brought in and locked.
+pub struct MemoryLock(());
+
+impl MemoryLock {
+    pub fn take() -> Result<MemoryLock> {
+        // Freed heap (libcryptsetup's copy buffer, LVM's reports) goes back first, so that
+        // it is neither locked nor counted for the whole run.
+        unsafe { libc::malloc_trim(0) };
+        let lock = MemoryLock(());
+        let maps = std::fs::read_to_string("/proc/self/smaps").or_fail(|| "Cannot read /proc/self/smaps".into())?;
+        if maps.lines().any(|l| l.starts_with("Swap:") && l.split_whitespace().nth(1) != Some("0")) {
+            if unsafe { libc::mlockall(libc::MCL_CURRENT) } != 0 {
+                return fail(format!("mlockall: {}", std::io::Error::last_os_error()));
+            }
+            return Ok(lock);
+        }
+        if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_ONFAULT) } != 0 {
+            return fail(format!("mlockall: {}", std::io::Error::last_os_error()));
+        }
+        for (start, end) in file_mappings(&maps) {
+            if unsafe { libc::mlock(start as *const libc::c_void, end - start) } != 0 {
+                return fail(format!("mlock of the program's mappings: {}", std::io::Error::last_os_error()));
+            }
+        }
+        Ok(lock)
     }
-    Ok(())
+}
+
+/// Address ranges of the accessible mappings backed by a file (the binary, libraries).
+fn file_mappings(smaps: &str) -> Vec<(usize, usize)> {
+    smaps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (range, perms) = (f.next()?, f.next()?);
+            let path = f.nth(3)?;
+            let (a, b) = range.split_once('-')?;
+            let r = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
+            (path.starts_with('/') && !perms.starts_with("---")).then_some(r)
+        })
+        .collect()
+}
+
+impl Drop for MemoryLock {
+    fn drop(&mut self) {
+        unsafe { libc::munlockall() };
+    }
+}
+
+/// What `stage` prepared for the freeze.
+pub struct Staged {
+    header: Aligned,
+    header_len: usize,
+    /// Where libcryptsetup put the copy of the first segment: (offset, length).
+    moved: (u64, u64),
+    buf: Aligned,
 }
 
 impl Switch<'_> {
-    pub fn run(&self, p: &Prepared, fmt: &Format) -> Result<Switched> {
+    /// Outside the freeze. On success NAME exists on the alias, with its table for the
+    /// PV loaded but not live; on failure nothing but the free tail has changed (NAME
+    /// may exist: `deactivate` removes it).
+    pub fn stage(&self, p: &Prepared, fmt: &Format, size: u64) -> Result<Staged> {
+        luks::init_reencryption(p, fmt, self.alias_path)?;
+        fault::memory("init");
+        let moved = moved_segment(p)?;
+        let shift = fmt.shift * 512;
+        // The tail wipe at the end relies on this placement.
+        if moved != (size - shift, shift) {
+            return fail(format!("libcryptsetup put the first segment at {moved:?}, not at the end of the device"));
+        }
+        let image = luks::header_image(p)?;
+        fault::memory("image");
+        luks::activate_staged(p, self.name, self.alias_path)?;
+        fault::memory("activated");
+        (|| {
+            let alias = self.dm.device_of(self.alias_name)?;
+            let table = self.dm.table(self.name)?;
+            if let Some(t) = table.iter().find(|t| t.2 != "linear") {
+                return fail(format!("{} has a {} segment before any data was encrypted", self.name, t.2));
+            }
+            let (new, n) = dm::retarget(&table, alias, self.raw);
+            if n != table.len() {
+                return fail(format!("{} does not map the alias in every segment: {table:?}", self.name));
+            }
+            self.dm.load_verified(self.name, &new)?;
+            Ok(Staged {
+                header: Aligned::from_bytes(&image),
+                header_len: image.len(),
+                moved,
+                buf: Aligned::new(direct::CHUNK),
+            })
+        })()
+    }
+
+    pub fn run(&self, staged: &mut Staged) -> Result<Switched> {
         // Dirty pages flushed now are pages the suspend does not have to flush.
         fault::trace("sync");
         unsafe { libc::sync() };
@@ -85,12 +182,14 @@ impl Switch<'_> {
         let _lock = VgLock::take(self.lock_dir, self.vg_name)?;
         // Read under the lock: no LV can appear or change from here on.
         let mut holders = self.dm.holders(self.raw)?;
-        holders.retain(|h| h.name != self.alias_name);
+        holders.retain(|h| h.name != self.alias_name && h.name != self.name);
         let direct: Vec<(&Holder, Vec<Target>)> = holders
             .iter()
             .filter(|h| h.direct)
             .map(|h| Ok((h, self.dm.table(&h.name)?)))
             .collect::<Result<_>>()?;
+        let crypt = self.dm.device_of(self.name)?;
+        let f = direct::open(self.alias_path).or_fail(|| format!("Cannot open {}", self.alias_path.display()))?;
 
         fault::trace("locked");
         let t0 = Instant::now();
@@ -106,10 +205,10 @@ impl Switch<'_> {
         }
         fault::point("suspended");
 
-        let done = self.switch_suspended(p, fmt, &direct);
+        let done = self.switch_suspended(&f, staged, crypt, &direct);
         let resumed = self.resume_all(&suspended);
         let freeze = t0.elapsed();
-        let (crypt, retargeted) = done?;
+        let retargeted = done?;
         resumed?;
         fault::point("resumed");
 
@@ -125,25 +224,31 @@ impl Switch<'_> {
 
     /// Everything between suspend and resume. On error before the LVs are moved, the
     /// device is rolled back to the plain PV.
-    fn switch_suspended(&self, p: &Prepared, fmt: &Format, direct: &[(&Holder, Vec<Target>)]) -> Result<(Device, Vec<String>)> {
-        luks::init_reencryption(p, fmt, self.alias_path)?;
+    fn switch_suspended(&self, f: &File, s: &mut Staged, crypt: Device, direct: &[(&Holder, Vec<Target>)]) -> Result<Vec<String>> {
+        let (to, len) = s.moved;
+        if let Err(e) = direct::copy(f, &mut s.buf, 0, to, len) {
+            return fail(format!("Cannot copy the first {len} bytes of {} to its end: {e}", self.raw_path.display()));
+        }
         fault::point("moved");
-        let moved = moved_segment(p)?;
-        fault::trace("read moved segment");
-        if let Err(e) = luks::place_header(p, self.alias_path) {
-            return Err(self.rollback(e, moved));
+        // The binary header's first sector, with the magic, goes last: until then the
+        // device still reads as the plain PV label.
+        let header = &s.header[..s.header_len];
+        let written = f
+            .write_all_at(&header[4096..], 4096)
+            .and_then(|_| f.sync_data())
+            .and_then(|_| {
+                fault::point("secondary");
+                f.write_all_at(&header[..4096], 0)
+            })
+            .and_then(|_| f.sync_data())
+            .and_then(|_| direct::verify(f, &mut s.buf, header, 0));
+        if let Err(e) = written {
+            return Err(self.rollback(f, s, Error::new(Kind::Failed, format!("Cannot write the LUKS2 header: {e}"))));
         }
         fault::point("header");
-        // libcryptsetup refuses to open a device in reencryption while it is claimed
-        // (the LVs claim the PV), so NAME is opened on the alias, then moved onto the PV.
-        // Nothing is encrypted yet: its table is plain linear segments.
-        let crypt = match self.open_on_raw(p) {
-            Ok(d) => d,
-            Err(e) => {
-                self.deactivate();
-                return Err(self.rollback(e, moved));
-            }
-        };
+        if let Err(e) = self.dm.resume(self.name) {
+            return Err(self.rollback(f, s, e));
+        }
         fault::point("activated");
         let mut loaded: Vec<&str> = Vec::new();
         for (h, table) in direct {
@@ -158,55 +263,25 @@ impl Switch<'_> {
                 for h in &loaded {
                     self.dm.clear_inactive(h);
                 }
-                self.deactivate();
-                return Err(self.rollback(e, moved));
+                return Err(self.rollback(f, s, e));
             }
             loaded.push(&h.name);
         }
         fault::point("loaded");
-        Ok((crypt, loaded.iter().map(|n| n.to_string()).collect()))
+        Ok(loaded.iter().map(|n| n.to_string()).collect())
     }
 
-    fn open_on_raw(&self, p: &Prepared) -> Result<Device> {
-        let mut cd = luks::open(self.alias_path)?;
-        fault::trace("loaded header");
-        luks::activate(&mut cd, self.name, Some(p.temp_slot), &p.temp_key)?;
-        drop(cd);
-        fault::trace("opened on alias");
-        let alias = self.dm.device_of(self.alias_name)?;
-        let table = self.dm.table(self.name)?;
-        if let Some(t) = table.iter().find(|t| t.2 != "linear") {
-            return fail(format!("{} has a {} segment before any data was encrypted", self.name, t.2));
-        }
-        let (new, n) = dm::retarget(&table, alias, self.raw);
-        if n != table.len() {
-            return fail(format!("{} does not map the alias in every segment: {table:?}", self.name));
-        }
-        self.dm.load_verified(self.name, &new)?;
-        self.dm.resume(self.name)?;
-        self.dm.device_of(self.name)
-    }
-
-    fn deactivate(&self) {
+    /// Removes NAME unless something uses it (the kernel refuses then).
+    pub fn deactivate(&self) {
         self.dm.remove(self.name);
     }
 
-    /// Puts the first segment back where it came from, overwriting the new header. Exact,
-    /// because the LVs are suspended: nothing wrote to the device since the move.
-    fn rollback(&self, cause: Error, (from, len): (u64, u64)) -> Error {
-        let r = (|| -> std::io::Result<()> {
-            let f = OpenOptions::new().read(true).write(true).open(self.alias_path)?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut off = 0;
-            while off < len {
-                let n = (len - off).min(buf.len() as u64) as usize;
-                f.read_exact_at(&mut buf[..n], from + off)?;
-                f.write_all_at(&buf[..n], off)?;
-                off += n as u64;
-            }
-            f.sync_all()
-        })();
-        match r {
+    /// Puts the first segment back where it came from, overwriting the new header, and
+    /// removes NAME. Exact, because the LVs are suspended: nothing wrote since the copy.
+    fn rollback(&self, f: &File, s: &mut Staged, cause: Error) -> Error {
+        self.deactivate();
+        let (from, len) = s.moved;
+        match direct::copy(f, &mut s.buf, from, 0, len) {
             Ok(()) => Error::new(cause.kind, format!("{cause}\nThe device was restored to the plain PV; nothing changed.")),
             Err(e) => Error::new(
                 cause.kind,
@@ -231,5 +306,5 @@ impl Switch<'_> {
 fn moved_segment(p: &Prepared) -> Result<(u64, u64)> {
     let mut cd = luks::open(&p.header.path())?;
     let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the new header".into())?;
-    luks::moved_segment_in(&json).ok_or_else(|| Error::new(crate::error::Kind::Failed, "The new header records no moved segment"))
+    luks::moved_segment_in(&json).ok_or_else(|| Error::new(Kind::Failed, "The new header records no moved segment"))
 }

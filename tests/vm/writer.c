@@ -4,6 +4,8 @@
  *   pvwriter writedev DEV ACKFILE        4 KiB O_DIRECT records at increasing offsets, wrapping
  *   pvwriter verify FILE ACKED           records 0..K contiguous and valid, K+1 >= ACKED
  *   pvwriter verifydev DEV ACKED         every slot holds its latest acked record or a newer one
+ *   pvwriter maxrss CMD [ARG...]         runs CMD, then prints "maxrss_kb=K" (its peak resident
+ *                                        memory, from wait4; busybox time -v shows 4x the truth)
  *
  * A record is acknowledged only once the fdatasync covering it has returned. After each
  * acknowledgement ACKFILE (meant for tmpfs) is rewritten in place with
@@ -22,7 +24,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <linux/fs.h>
 #include <time.h>
 #include <unistd.h>
@@ -83,11 +87,15 @@ static void die(const char *what)
 	exit(2);
 }
 
+/* When the longest stall began (CLOCK_MONOTONIC, ms: the clock of /proc/uptime). */
+static uint64_t maxstall_at;
+
 static void ack(int afd, uint64_t acked, uint64_t maxstall)
 {
-	char line[80];
-	int n = snprintf(line, sizeof line, "acked=%llu maxstall_us=%llu\n",
-			 (unsigned long long)acked, (unsigned long long)maxstall);
+	char line[120];
+	int n = snprintf(line, sizeof line, "acked=%llu maxstall_us=%llu maxstall_at_ms=%llu\n",
+			 (unsigned long long)acked, (unsigned long long)maxstall,
+			 (unsigned long long)maxstall_at);
 	if (pwrite(afd, line, n, 0) != n) die("ackfile");
 }
 
@@ -134,7 +142,7 @@ static int cmd_write(const char *file, const char *ackfile, int batch)
 		if (write_all(fd, buf, (size_t)batch * REC, 0, 0)) die("write");
 		while (fdatasync(fd)) if (errno != EINTR) die("fdatasync");
 		dt = now_us() - t0;
-		if (dt > maxstall) maxstall = dt;
+		if (dt > maxstall) maxstall = dt, maxstall_at = t0 / 1000;
 		seq += batch;
 		ack(afd, seq, maxstall);
 	}
@@ -170,7 +178,7 @@ static int cmd_writedev(const char *dev, const char *ackfile)
 		if (write_all(fd, buf, DEVREC, (off_t)(seq % n) * DEVREC, 1)) die("write");
 		while (fdatasync(fd)) if (errno != EINTR) die("fdatasync");  /* flush the disk cache */
 		dt = now_us() - t0;
-		if (dt > maxstall) maxstall = dt;
+		if (dt > maxstall) maxstall = dt, maxstall_at = t0 / 1000;
 		ack(afd, ++seq, maxstall);
 	}
 	printf("pvwriter: stopped, acked=%llu maxstall_us=%llu\n",
@@ -256,6 +264,21 @@ static int cmd_verifydev(const char *dev, uint64_t acked)
 	return 0;
 }
 
+static int cmd_maxrss(char **argv)
+{
+	struct rusage ru;
+	int status;
+	pid_t pid = fork();
+	if (pid < 0) die("fork");
+	if (pid == 0) {
+		execvp(argv[0], argv);
+		_exit(127);
+	}
+	if (wait4(pid, &status, 0, &ru) < 0) die("wait4");
+	fprintf(stderr, "maxrss_kb=%ld\n", ru.ru_maxrss);   /* Linux: already in KiB */
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -265,7 +288,8 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(argv[1], "verify")) return cmd_verify(argv[2], strtoull(argv[3], 0, 10));
 	if (argc == 4 && !strcmp(argv[1], "verifydev"))
 		return cmd_verifydev(argv[2], strtoull(argv[3], 0, 10));
+	if (argc >= 3 && !strcmp(argv[1], "maxrss")) return cmd_maxrss(argv + 2);
 	fprintf(stderr, "usage: pvwriter write FILE ACKFILE [BATCH] | writedev DEV ACKFILE\n"
-			"       pvwriter verify FILE ACKED | verifydev DEV ACKED\n");
+			"       pvwriter verify FILE ACKED | verifydev DEV ACKED | maxrss CMD [ARG...]\n");
 	return 2;
 }

@@ -3,7 +3,8 @@
 #   2. cryptsetup reencrypt --encrypt --reduce-device-size 32M, offline
 #   3. pvencrypt on a live VG, no load
 #   4. pvencrypt on a live VG under a writer (fdatasync per record): its longest stall
-#   5. freeze and pvencrypt's peak RSS (PBKDF2 with 1000 iterations: no PBKDF memory)
+#   5. freeze and pvencrypt's peak RSS (PBKDF2 with 1000 iterations: no PBKDF memory), and
+#      the writer's longest stall again with 4 MiB reencryption steps instead of 16 MiB
 # and every rate as a ratio to 1 and to 2. Run: tests/vm/run.sh benchmark (prints the table).
 # Each step converts or copies the same byte count: the device minus 32 MiB.
 # disks: 1280M 1280M
@@ -42,12 +43,13 @@ lv_setup() {
   run mkfs.ext4 -q -E nodiscard,lazy_itable_init=1 /dev/mapper/vg-fs
   mkdir -p /mnt/fs; run mount /dev/mapper/vg-fs /mnt/fs
 }
-pve() {   # LOG: pvencrypt -v on vda under busybox time -v; seconds in $T
+pve() {   # LOG [ARG...]: pvencrypt -v on vda, its peak RSS measured; seconds in $T, start (uptime) in $T0
+  local log=$1; shift
   sync
-  t0=$(now)
-  time -v pvencrypt --key-file /tmp/key $cheap -y -v /dev/vda > "$1" 2>&1 || { cat "$1"; die "pvencrypt failed"; }
+  t0=$(now); T0=$t0
+  pvwriter maxrss pvencrypt --key-file /tmp/key $cheap -y -v "$@" /dev/vda > "$log" 2>&1 || { cat "$log"; die "pvencrypt failed"; }
   t1=$(now); T=$(el $t0 $t1)
-  grep -E 'switched|encrypted|Maximum resident' "$1"
+  grep -E 'switched|encrypted|maxrss' "$log"
 }
 teardown() {
   umount /mnt/fs; run vgchange -q -an vg; run cryptsetup close vda_crypt
@@ -58,7 +60,7 @@ echo "=== 3. pvencrypt, live VG, no load"
 lv_setup
 pve /tmp/p3.log; t_p=$T
 freeze3=$(sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' /tmp/p3.log)
-rss3=$(sed -n 's/.*Maximum resident set size (kbytes): //p' /tmp/p3.log)
+rss3=$(sed -n 's/^maxrss_kb=//p' /tmp/p3.log)
 teardown
 
 echo "=== 4. pvencrypt, live VG, writer running"
@@ -66,13 +68,31 @@ fill /dev/vda
 lv_setup
 writer_start /mnt/fs/log
 wait_for '[ "$(writer_acked)" -ge 50 ]' 60 || die "writer too slow"
-pve /tmp/p4.log; t_w=$T
+PVENCRYPT_TRACE=1 pve /tmp/p4.log; t_w=$T
 writer_stop
 stall=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
+stall_at=$(sed -n 's/.*maxstall_at_ms=\([0-9]*\).*/\1/p' /tmp/ack)
+grep -E "trace: memory at" /tmp/p4.log   # where the memory goes, step by step
+trace_ms() { sed -n "s/^pvencrypt: trace: $1 +\([0-9]*\).*/\1/p" /tmp/p4.log | head -1; }
 acked=$(writer_acked)
 check "writer: all $acked acknowledged records intact" pvwriter verify /mnt/fs/log "$acked"
 freeze4=$(sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' /tmp/p4.log)
-rss4=$(sed -n 's/.*Maximum resident set size (kbytes): //p' /tmp/p4.log)
+rss4=$(sed -n 's/^maxrss_kb=//p' /tmp/p4.log)
+teardown
+
+echo "=== 5. pvencrypt with 4 MiB steps (--reduce-device-size 8M), writer running"
+fill /dev/vda
+lv_setup
+writer_start /mnt/fs/log
+wait_for '[ "$(writer_acked)" -ge 50 ]' 60 || die "writer too slow"
+pve /tmp/p5.log --reduce-device-size 8M
+writer_stop
+stall5=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
+acked=$(writer_acked)
+check "writer (4 MiB steps): all $acked acknowledged records intact" pvwriter verify /mnt/fs/log "$acked"
+freeze5=$(sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' /tmp/p5.log)
+rate5=$(sed -n 's/.*encrypted .* (\([0-9.]*\) MiB\/s).*/\1/p' /tmp/p5.log)
+rate4=$(sed -n 's/.*encrypted .* (\([0-9.]*\) MiB\/s).*/\1/p' /tmp/p4.log)
 
 row() {   # NAME SECONDS
   local r; r=$(rate "$2")
@@ -87,6 +107,11 @@ row "2. cryptsetup reencrypt --encrypt, offline" $t_cs | sed 's/^/BENCH: /'
 row "3. pvencrypt, live VG, no load" $t_p | sed 's/^/BENCH: /'
 row "4. pvencrypt, live VG, writer running" $t_w | sed 's/^/BENCH: /'
 echo "BENCH: freeze: ${freeze3} ms without load, ${freeze4} ms with the writer"
-echo "BENCH: writer's longest stall: $((stall / 1000)) ms ($(echo "$stall $freeze4" | awk '{printf "%.2f", $1 / 1000 / $2}')x the freeze)"
+echo "BENCH: writer's longest stall: $((stall / 1000)) ms ($(echo "$stall $freeze4" | awk '{printf "%.2f", $1 / 1000 / $2}')x the freeze)," \
+  "began $(echo "$stall_at $T0" | awk '{printf "%.2f", $1 / 1000 - $2}') s into the run;" \
+  "the freeze ran from $(trace_ms locked) to $(trace_ms resumed) ms, the data phase until $(trace_ms 'memory at encrypted:[^+]*') ms"
 echo "BENCH: pvencrypt peak RSS: $((rss3 / 1024)) MiB without load, $((rss4 / 1024)) MiB with the writer"
+echo "BENCH: data phase alone (pvencrypt's figure): $rate4 MiB/s in 16 MiB steps, $rate5 MiB/s in 4 MiB steps;" \
+  "with 4 MiB steps the writer's longest stall is $((stall5 / 1000)) ms" \
+  "($(echo "$stall5 $freeze5" | awk '{printf "%.2f", $1 / 1000 / $2}')x its freeze of $freeze5 ms)"
 result

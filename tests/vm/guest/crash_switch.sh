@@ -1,7 +1,7 @@
 # Guest half of host/t_crash_switch.sh (not run on its own).
 # pvphase=1: a live VG on vda; pvencrypt cuts the power (no sync) at step pvfault=STEP.
-# pvphase=2: a fresh boot finds the plain PV or a LUKS2 device stock cryptsetup opens, the
-#            LVs' content as it was, and pvencrypt (again, or resuming) completes the job.
+# pvphase=2 (pvstep=STEP): a fresh boot finds the plain PV or a LUKS2 device stock cryptsetup
+#            opens, the LVs' content as it was, and pvencrypt (again, or resuming) completes.
 # vdb holds the expected checksums between the boots.
 . /tests/lib.sh
 printf secret-passphrase > /tmp/key
@@ -26,6 +26,13 @@ case $(arg pvphase) in
   ;;
 2)
   want=$(head -c 129 /dev/vdb | head -1)
+  # What an admin runs first after a crash; it also completes a header whose placement
+  # the crash cut between its two writes (pvfault=secondary).
+  echo "=== pvencrypt --status"
+  pvencrypt --status 2>&1 | tee /tmp/status
+  if [ "$(arg pvstep)" = secondary ]; then
+    check "the half-placed header was recognised and completed" grep -q "completed a LUKS2 header" /tmp/status
+  fi
   if cryptsetup isLuks /dev/vda; then
     echo "=== found LUKS2"
     check "stock cryptsetup opens it" cryptsetup open --key-file /tmp/key /dev/vda vda_crypt

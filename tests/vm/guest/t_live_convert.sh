@@ -48,7 +48,7 @@ writer_start /mnt/fs/log
 wait_for '[ "$(writer_acked)" -ge 100 ]' 60 || die "writer too slow: $(cat /tmp/ack)"
 
 echo "=== pvencrypt"
-[ -n "$(arg pvtrace)" ] && export PVENCRYPT_TRACE=1
+[ -n "$(arg pvtrace)" ] && export PVENCRYPT_TRACE=$(arg pvtrace)
 t0=$(now)
 { timeout -s KILL ${PVE_TIMEOUT:-600} pvencrypt --key-file /tmp/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
     -y -v /dev/vda; echo $? > /tmp/pve.rc; } 2>&1 | tee /tmp/pve.out
@@ -81,7 +81,13 @@ run vgchange -q -an vg
 run cryptsetup close vda_crypt
 check "no dm device left" '[ -z "$(dmsetup ls | grep -v "No devices")" ]'
 check "vda is LUKS" cryptsetup isLuks /dev/vda
-run cryptsetup open --key-file /tmp/key /dev/vda vda_crypt
+cat /etc/crypttab
+check_eq "crypttab entry" "$(grep -v '^#' /etc/crypttab | sed 's/,discard//')" "vda_crypt UUID=$(cryptsetup luksUUID /dev/vda) none luks"
+# Opened as the boot would: name and source from the crypttab entry.
+read -r tname tsrc _ < /etc/crypttab
+for d in /dev/vd?; do [ "UUID=$(cryptsetup luksUUID "$d" 2>/dev/null)" = "$tsrc" ] && tdev=$d; done
+check_eq "the crypttab source is vda" "${tdev:-}" /dev/vda
+run cryptsetup open --key-file /tmp/key "$tdev" "$tname"
 dmsetup mknodes
 run vgscan -q
 run vgchange -q -ay vg

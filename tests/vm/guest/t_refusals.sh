@@ -1,0 +1,72 @@
+# Every refusal leaves the disks as they were: for each bad input, pvencrypt must exit with
+# its code (3 refused, 4 key), say why, and the sha256 of both whole disks must not change.
+# disks: 128M 64M
+# timeout: 600
+. /tests/lib.sh
+printf secret-passphrase > /tmp/key
+: > /tmp/empty
+cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
+
+# refuses NAME RC PATTERN ARGS...: pvencrypt ARGS exits RC, prints PATTERN, changes no byte.
+refuses() {
+  local name=$1 want=$2 pattern=$3 before after out rc; shift 3
+  before="$(sha /dev/vda) $(sha /dev/vdb)"
+  out=$(pvencrypt "$@" 2>&1); rc=$?
+  after="$(sha /dev/vda) $(sha /dev/vdb)"
+  echo "--- $name: exit $rc: $out"
+  check_eq "$name: exit code" "$rc" "$want"
+  check "$name: says why" 'echo "$out" | grep -q -- "$pattern"'
+  check_eq "$name: both disks unchanged" "$after" "$before"
+  check "$name: no device of pvencrypt's left behind" '! dmsetup ls | grep -q -e _crypt -e pvencrypt'
+}
+
+dd if=/dev/urandom of=/dev/vda bs=1M count=128 2>/dev/null
+dd if=/dev/urandom of=/dev/vdb bs=1M count=64 2>/dev/null
+echo data > /tmp/notadev
+refuses "not a block device" 3 "not a block device" --key-file /tmp/key -y /tmp/notadev
+refuses "not a PV" 3 "not an LVM physical volume" --key-file /tmp/key -y /dev/vdb
+
+run cryptsetup luksFormat -q --type luks2 $cheap --key-file /tmp/key /dev/vdb
+refuses "someone else's LUKS device" 3 "already a LUKS device" --key-file /tmp/key -y /dev/vdb
+dd if=/dev/zero of=/dev/vdb bs=1M count=16 2>/dev/null
+
+run pvcreate -q -y /dev/vdb
+refuses "PV in no VG" 3 "in no volume group" --key-file /tmp/key -y /dev/vdb
+run pvremove -q -y /dev/vdb
+
+PVOPTS="--setphysicalvolumesize 124M" mkvg vgfull /dev/vda
+mklv a -l 100%FREE vgfull
+refuses "no room at the end" 3 "Not enough room" --key-file /tmp/key -y /dev/vda
+run vgremove -q -y -f vgfull
+run pvremove -q -y /dev/vda
+
+PVOPTS="--setphysicalvolumesize 96M" mkvg vg /dev/vda
+mklv a -L 32M vg
+mklv boot -L 16M vg
+run mkfs.ext4 -q -b 1024 /dev/mapper/vg-boot
+mkdir -p /boot; run mount /dev/mapper/vg-boot /boot
+refuses "/boot on an LV of the PV" 3 "boot loader" --key-file /tmp/key -y /dev/vda
+umount /boot
+mkdir -p /mnt/b; run mount /dev/mapper/vg-boot /mnt/b
+refuses "4096-byte sectors under 1 KiB ext4 blocks" 3 "sector-size 4096 is larger" \
+  --key-file /tmp/key --sector-size 4096 -y /dev/vda
+umount /mnt/b
+
+run dmsetup create intruder --table "0 8 linear $(majmin /dev/vda) 0"
+refuses "a dm device that is not an LV" 3 "not a logical volume of vg" --key-file /tmp/key -y /dev/vda
+run dmsetup remove intruder
+
+refuses "empty key file" 4 "the passphrase is empty" --key-file /tmp/empty -y /dev/vda
+refuses "missing key file" 4 "Cannot read key file" --key-file /tmp/nokey -y /dev/vda
+refuses "--test" 0 "suspended for the switch: vg-a, vg-boot" --key-file /tmp/key --test /dev/vda
+
+run vgchange -q -an vg
+run lvm vgexport -q vg
+refuses "exported VG" 3 "exported" --key-file /tmp/key -y /dev/vda
+run lvm vgimport -q vg
+
+run pvcreate -q -y /dev/vdb
+run vgextend -q vg /dev/vdb
+dd if=/dev/zero of=/dev/vdb bs=1M count=2 2>/dev/null   # the PV label and metadata are gone
+refuses "VG with a missing PV" 3 "missing PVs" --key-file /tmp/key -y /dev/vda
+result
