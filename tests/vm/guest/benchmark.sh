@@ -68,7 +68,7 @@ fill /dev/vda
 lv_setup
 writer_start /mnt/fs/log
 wait_for '[ "$(writer_acked)" -ge 50 ]' 60 || die "writer too slow"
-PVENCRYPT_TRACE=1 pve /tmp/p4.log; t_w=$T
+PVENCRYPT_TRACE=1 pve /tmp/p4.log; t_w=$T start4=$T0
 writer_stop
 stall=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
 stall_at=$(sed -n 's/.*maxstall_at_ms=\([0-9]*\).*/\1/p' /tmp/ack)
@@ -108,7 +108,7 @@ row "3. pvencrypt, live VG, no load" $t_p | sed 's/^/BENCH: /'
 row "4. pvencrypt, live VG, writer running" $t_w | sed 's/^/BENCH: /'
 echo "BENCH: freeze: ${freeze3} ms without load, ${freeze4} ms with the writer"
 echo "BENCH: writer's longest stall: $((stall / 1000)) ms ($(echo "$stall $freeze4" | awk '{printf "%.2f", $1 / 1000 / $2}')x the freeze)," \
-  "began $(echo "$stall_at $T0" | awk '{printf "%.2f", $1 / 1000 - $2}') s into the run;" \
+  "began $(echo "$stall_at $start4" | awk '{printf "%.2f", $1 / 1000 - $2}') s into the run;" \
   "the freeze ran from $(trace_ms locked) to $(trace_ms resumed) ms, the data phase until $(trace_ms 'memory at encrypted:[^+]*') ms"
 echo "BENCH: pvencrypt peak RSS: $((rss3 / 1024)) MiB without load, $((rss4 / 1024)) MiB with the writer"
 echo "BENCH: data phase alone (pvencrypt's figure): $rate4 MiB/s in 16 MiB steps, $rate5 MiB/s in 4 MiB steps;" \

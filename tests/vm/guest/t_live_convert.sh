@@ -44,6 +44,17 @@ echo "dm devices on vda ($vda_mm):" $users
 lvs -a -o lv_name,lv_size,devices vg
 dmsetup ls --tree
 
+out=$(pvencrypt --key-file /tmp/key --test /dev/vda 2>&1); rc=$?
+echo "$out"
+check_eq "--test exit code" "$rc" 0
+check "--test plans to suspend all 12 devices on vda, stacked ones too" \
+  '[ "$(echo "$out" | sed -n "s/.*suspended for the switch: //p" | tr -d . | tr , "\n" | wc -l)" = 12 ] &&
+   echo "$out" | grep -q "vg-thin" && echo "$out" | grep -q "vg-origin-real"'
+check "--test names the crypttab line" 'echo "$out" | grep -q "/etc/crypttab gets: vda_crypt UUID="'
+shas > /tmp/sha.test
+check "--test changed no LV" cmp /tmp/sha.before /tmp/sha.test
+check "--test left no crypttab" '[ ! -e /etc/crypttab ]'
+
 writer_start /mnt/fs/log
 wait_for '[ "$(writer_acked)" -ge 100 ]' 60 || die "writer too slow: $(cat /tmp/ack)"
 
