@@ -182,6 +182,13 @@ pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
         }
     }
     check_uses(cli, &dm, dev, &holders)?;
+    // A throw-away mapping (never resumed, no I/O): the kernel must be able to run the
+    // cipher. This also loads dm-crypt's modules now: inside the freeze their autoloading
+    // would run modprobe from a disk that may be frozen.
+    let fmt = format_of(cli, room.shift)?;
+    dm.probe_crypt(&format!("{name}-pvencrypt-probe"), &cli.cipher, fmt.key_bytes, cli.sector_size, dev).map_err(|e| {
+        Error::new(Kind::Refused, format!("{e}. Is dm-crypt available (modprobe dm-crypt), and does the kernel know this cipher?"))
+    })?;
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
     Ok(Target { path: path.into(), dev, size, name, vg, pv, room, make_room, lvs })
 }
@@ -327,7 +334,6 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase, run: &mut Run) -> Result
     let alias_dev = dm.create_alias(&alias, &alias_uuid, t.dev, t.size)?;
     let alias_path = PathBuf::from(format!("/dev/dm-{}", alias_dev.minor));
     let result = (|| {
-        dm.probe_crypt(&format!("{}-pvencrypt-probe", t.name), &cli.cipher, fmt.key_bytes, cli.sector_size, alias_dev)?;
         let marker = Marker {
             type_: luks::TOKEN_TYPE.into(),
             keyslots: vec![],

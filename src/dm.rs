@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DmUuid, DM};
 
 
-use crate::error::{fail, Context, Result};
+use crate::error::{fail, Context, Error, Kind, Result};
 
 /// One target line: start, length, type, parameters.
 pub type Target = (u64, u64, String, String);
@@ -197,7 +197,10 @@ impl Dm {
                 let r = self
                     .dm
                     .table_load(&id(name), &table, DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA))
-                    .or_fail(|| format!("The kernel cannot set up dm-crypt with cipher {cipher}"));
+                    .map_err(|e| {
+                        let msg = format!("The kernel cannot set up dm-crypt with cipher {cipher} ({})", errno_of(&e));
+                        Error::new(Kind::Failed, msg)
+                    });
                 self.remove(name);
                 r
             });
@@ -221,6 +224,14 @@ impl Dm {
     pub fn device_of(&self, name: &str) -> Result<Device> {
         DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
         Ok(self.dm.device_info(&id(name)).or_fail(|| format!("No dm device {name}"))?.device())
+    }
+}
+
+/// The kernel's answer alone: the crate's message also dumps the ioctl headers.
+fn errno_of(e: &devicemapper::DmError) -> String {
+    match e {
+        devicemapper::DmError::Core(devicemapper::errors::Error::Ioctl(_, _, _, errno)) => errno.desc().to_string(),
+        other => other.to_string(),
     }
 }
 

@@ -60,6 +60,13 @@ refuses "empty key file" 4 "the passphrase is empty" --key-file /tmp/empty -y /d
 refuses "missing key file" 4 "Cannot read key file" --key-file /tmp/nokey -y /dev/vda
 refuses "--test" 0 "suspended for the switch: vg-a, vg-boot" --key-file /tmp/key --test /dev/vda
 
+refuses "a cipher the kernel lacks" 3 "cannot set up dm-crypt" \
+  --key-file /tmp/key --cipher twofish-xts-plain64 -y /dev/vda
+dm_crypt_ko=$(grep dm-crypt /lib/modules/order)
+run rmmod dm_crypt
+refuses "a kernel without dm-crypt" 3 "Is dm-crypt available" --key-file /tmp/key -y /dev/vda
+run insmod "/lib/modules/$dm_crypt_ko"
+
 run vgchange -q -an vg
 run lvm vgexport -q vg
 refuses "exported VG" 3 "exported" --key-file /tmp/key -y /dev/vda
