@@ -860,7 +860,8 @@ pub fn pvscan_cache() -> Result<(), Error> {
 }
 
 /// The size of the PV `pv_uuid` as the metadata of `vg` records it (`dev_size`, in
-/// sectors): what pvresize sets. The label's copy is only rewritten by pvcreate.
+/// sectors): what pvresize sets. pvresize leaves the label's copy as it was (seen in
+/// the VM), so the label cannot tell where the PV ends.
 pub fn metadata_pv_size(vg: &str, pv_uuid: &str) -> Result<Sectors, Error> {
     let file = std::env::temp_dir().join(format!("pvencrypt-{}-{vg}.vg", std::process::id()));
     let text = vgcfgbackup(vg, Some(&file)).and_then(|_| {
@@ -885,7 +886,8 @@ pub const DEVICES_FILE: &str = "/etc/lvm/devices/system.devices";
 
 /// The devices file lists `crypt` (the dm-crypt device NAME) instead of `raw`, if it
 /// listed `raw`. Each half is skipped when done already, so a resumed conversion can
-/// repeat it. Ok(false): nothing to do.
+/// repeat it. Ok(false): nothing to do. liblvm2cmd 2.03.16 refuses lvmdevices in
+/// process ("Devices file not enabled"); the caller then tells the admin what to run.
 pub fn devices_file_replace(crypt_name: &str, raw: &str) -> Result<bool, Error> {
     let lists = |t: &str, f: &dyn Fn(&str) -> bool| t.lines().filter(|l| !l.starts_with('#')).any(f);
     let raw_entry = |l: &str| l.split_whitespace().any(|f| f == format!("DEVNAME={raw}") || f == format!("IDNAME={raw}"));
@@ -938,9 +940,8 @@ pub struct PvLabel {
 
 const LABEL_SCAN_SECTORS: usize = 4;
 
-/// Reads the LVM label of `dev`, `Ok(None)` if it has none. With O_DIRECT: LVM
-/// rewrites the label in this very process (pvresize), and a page cached from an earlier
-/// read would show the old one (seen in the VM).
+/// Reads the LVM label of `dev`, `Ok(None)` if it has none. With O_DIRECT, so that it
+/// is what the disk holds now, whatever was written since an earlier read.
 pub fn read_label(dev: &Path) -> io::Result<Option<PvLabel>> {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     const LEN: usize = 4096;
