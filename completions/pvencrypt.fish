@@ -20,7 +20,7 @@ complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the 
 complete -c pvencrypt -s i -l interval -d 'Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar' -r
 complete -c pvencrypt -l reportformat -d 'Report format for --status' -r -f -a "basic\t''
 json\t''"
-complete -c pvencrypt -l make-room -d 'When the PV reaches into the space LUKS2 needs at the end of the device, move the extents there to free extents lower on the same PV (pvmove, live) and shrink the PV (pvresize) first. Without it, pvencrypt refuses and says how much is missing'
+complete -c pvencrypt -l make-room -d 'When the PV reaches into the space LUKS2 needs at the end of the device, move the extents there to free extents lower on the same PV (pvmove, live) and shrink the PV (pvresize) first. Without it, pvencrypt asks on a terminal (unless --yes), and otherwise refuses and says how much is missing'
 complete -c pvencrypt -l no-crypttab -d 'Do not add the new device to /etc/crypttab (pvencrypt prints the line the next boot needs instead)'
 complete -c pvencrypt -l no-initramfs -d 'Do not rebuild the initramfs, even when root, /usr or the resume device is on the volume group (the next boot then cannot open the device by itself)'
 complete -c pvencrypt -s y -l yes -d 'Do not ask for confirmation'

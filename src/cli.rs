@@ -114,7 +114,8 @@ pub struct Cli {
 
     /// When the PV reaches into the space LUKS2 needs at the end of the device, move the
     /// extents there to free extents lower on the same PV (pvmove, live) and shrink the PV
-    /// (pvresize) first. Without it, pvencrypt refuses and says how much is missing.
+    /// (pvresize) first. Without it, pvencrypt asks on a terminal (unless --yes), and otherwise
+    /// refuses and says how much is missing.
     #[arg(long)]
     pub make_room: bool,
 

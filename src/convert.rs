@@ -79,7 +79,7 @@ pub fn device_of(path: &Path) -> Result<(Device, u64)> {
 /// the old PV label before it. Its LVM metadata is overwritten already, so LUKS is the
 /// only way forward; clearing the stale label lets libcryptsetup restore the primary
 /// header from the secondary one (it refuses while it sees another signature).
-pub fn has_luks_magic(path: &Path) -> bool {
+pub fn is_luks(path: &Path) -> bool {
     let mut buf = vec![0u8; 32768];
     if fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).is_err() {
         return false;
@@ -106,7 +106,7 @@ pub fn default_name(path: &Path) -> String {
 /// Step 1. Read-only.
 pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
     let (dev, size) = device_of(path)?;
-    if has_luks_magic(path) {
+    if is_luks(path) {
         return refuse(format!("{} is already a LUKS device.", path.display()));
     }
     let dm = Dm::open()?;
@@ -151,7 +151,7 @@ pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
     let room = plan::room(&shape, cli.reduce_device_size, cli.sector_size)?;
     let make_room = if !room.short() {
         None
-    } else if cli.make_room {
+    } else if cli.make_room || may_ask(cli) {
         let segs = lvm::pv_segments(&path.to_string_lossy()).or_fail(|| format!("Cannot list the extents of {}", path.display()))?;
         let segs: Vec<plan::Segment> = segs.iter().map(|s| (s.pvseg_start.0, s.pvseg_size.0, s.lv_name.is_some())).collect();
         Some(plan::make_room(&room, &shape, &segs, &vg_name)?)
@@ -161,7 +161,7 @@ pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
 
     // Only this VG's LVs may sit on the device: anything else would keep reading raw
     // offsets after the data moved.
-    let vg_prefix = format!("LVM-{}", vg.vg_uuid.replace('-', ""));
+    let vg_prefix = lv_uuid_prefix(&vg.vg_uuid);
     let holders = dm.holders(dev)?;
     for h in holders.iter().filter(|h| h.direct) {
         if !h.uuid.as_deref().unwrap_or("").starts_with(&vg_prefix) {
@@ -182,6 +182,7 @@ pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
         }
     }
     check_uses(cli, &dm, dev, &holders)?;
+    check_filters(path, &name, &pv.pv_uuid)?;
     // A throw-away mapping (never resumed, no I/O): the kernel must be able to run the
     // cipher. This also loads dm-crypt's modules now: inside the freeze their autoloading
     // would run modprobe from a disk that may be frozen.
@@ -191,6 +192,56 @@ pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
     })?;
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
     Ok(Target { path: path.into(), dev, size, name, vg, pv, room, make_room, lvs })
+}
+
+/// After the switch LVM must find the PV on /dev/mapper/NAME; a device filter that
+/// rejects it would lose the VG at the next boot. The names are those udev and the
+/// kernel will give the device (its dm minor is not known yet: dm-0 stands for it).
+fn check_filters(path: &Path, name: &str, pv_uuid: &str) -> Result<()> {
+    let names = [
+        format!("/dev/mapper/{name}"),
+        format!("/dev/disk/by-id/dm-name-{name}"),
+        format!("/dev/disk/by-id/dm-uuid-CRYPT-LUKS2-{}-{name}", "0".repeat(32)),
+        format!("/dev/disk/by-id/lvm-pv-uuid-{pv_uuid}"),
+        "/dev/dm-0".into(),
+        "/dev/block/253:0".into(),
+    ];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let filters = lvm::device_filters().or_fail(|| "Cannot read LVM's device filters".into())?;
+    for (setting, patterns) in &filters {
+        match lvm::filter_accepts(patterns, &names) {
+            Ok(true) => {}
+            Ok(false) => {
+                return refuse(format!(
+                    "LVM's devices/{setting} rejects /dev/mapper/{name}: after the conversion LVM would not find \
+                     the PV of {}. Add \"a|^/dev/mapper/{name}$|\" before the first \"r\" pattern of {setting} \
+                     in /etc/lvm/lvm.conf, and run pvencrypt again.",
+                    path.display()
+                ))
+            }
+            Err(e) => poll::error(&format!(
+                "WARNING: {}: cannot check devices/{setting} ({e}); make sure it accepts /dev/mapper/{name}.",
+                path.display()
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// On a terminal without --yes, a missing room is planned as with --make-room and the
+/// confirmation asks for it (main.rs).
+fn may_ask(cli: &Cli) -> bool {
+    !cli.yes && std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
+/// The dm uuid prefix of every LV of the VG (LVM writes the VG uuid without dashes).
+fn lv_uuid_prefix(vg_uuid: &str) -> String {
+    format!("LVM-{}", vg_uuid.replace('-', ""))
+}
+
+/// The active LVs of the VG, on any PV.
+fn active_lvs(vg_uuid: &str) -> Vec<Device> {
+    Dm::open().and_then(|dm| dm.devices_with_uuid(&lv_uuid_prefix(vg_uuid))).unwrap_or_default()
 }
 
 /// What the LVs are used for must survive the conversion: /boot must stay readable by
@@ -315,7 +366,7 @@ pub fn describe(cli: &Cli, t: &Target) -> String {
     if !cli.no_crypttab {
         out += &format!("\n  {} gets: {}", boot::CRYPTTAB, boot::crypttab_line(&t.name, "<new LUKS UUID>", boot::supports_discard(t.dev)).trim());
     }
-    let on_vg = Dm::open().and_then(|dm| dm.devices_with_uuid(&format!("LVM-{}", t.vg.vg_uuid.replace('-', "")))).unwrap_or_default();
+    let on_vg = active_lvs(&t.vg.vg_uuid);
     if let Some(why) = boot::boot_needs(&on_vg) {
         out += &format!("\n  the initramfs {} ({why}).", if cli.no_initramfs { "is NOT rebuilt (--no-initramfs)" } else { "is rebuilt" });
     }
@@ -420,15 +471,14 @@ pub fn make_room(cli: &Cli, t: &Target, m: &plan::MakeRoom) -> Result<()> {
 /// reported for the admin to fix before the next reboot.
 fn integrate_boot(cli: &Cli, path: &Path, name: &str, vg_uuid: &str) {
     let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
-    // With a devices file, LVM would not look at the new device at all.
-    match lvm::devices_file_replace(name, &path.to_string_lossy()) {
-        Ok(true) if !cli.quiet => poll::info(&format!("{}: {} now lists /dev/mapper/{name} instead.", path.display(), lvm::DEVICES_FILE)),
-        Ok(_) => {}
-        Err(e) => warn(format!(
-            "updating {}: {e}; run lvmdevices --adddev /dev/mapper/{name}, then lvmdevices --deldev {}.",
+    // With a devices file, LVM would not look at the new device at all. liblvm2cmd
+    // refuses lvmdevices in process ("Devices file not enabled"), so the admin is told.
+    if lvm::devices_file_lists(&path.to_string_lossy()) {
+        warn(format!(
+            "{} lists this device: run lvmdevices --adddev /dev/mapper/{name}, then lvmdevices --deldev {}.",
             lvm::DEVICES_FILE,
             path.display()
-        )),
+        ));
     }
     let uuid = match luks::open(path).and_then(|mut cd| {
         cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())
@@ -451,7 +501,7 @@ fn integrate_boot(cli: &Cli, path: &Path, name: &str, vg_uuid: &str) {
             Err(e) => warn(format!("{e}")),
         }
     }
-    let on_vg = Dm::open().and_then(|dm| dm.devices_with_uuid(&format!("LVM-{}", vg_uuid.replace('-', "")))).unwrap_or_default();
+    let on_vg = active_lvs(vg_uuid);
     let Some(why) = boot::boot_needs(&on_vg) else { return };
     if cli.no_initramfs {
         return warn(format!("{why}, and --no-initramfs was given: rebuild the initramfs before rebooting."));
@@ -574,7 +624,7 @@ pub fn unfinished() -> Vec<(PathBuf, Marker)> {
     names.sort();
     for n in names {
         let path = PathBuf::from("/dev").join(&n);
-        if !has_luks_magic(&path) {
+        if !is_luks(&path) {
             continue;
         }
         if let Ok(mut cd) = luks::open(&path) {
@@ -592,6 +642,11 @@ pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase, run: &mut Ru
     let mut cd = luks::open(path)?;
     luks::check_key(&mut cd, key)?;
     let dm = Dm::open()?;
+    for t in dm.remove_stale_temporaries(device_of(path)?.0)? {
+        if !cli.quiet {
+            poll::info(&format!("{}: removed {t}, left by a crashed run.", path.display()));
+        }
+    }
     if !dm.exists(&m.name) {
         luks::activate(&mut cd, &m.name, None, key)?;
         if !cli.quiet {

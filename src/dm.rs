@@ -208,6 +208,25 @@ impl Dm {
         r.map(|_| ())
     }
 
+    /// Removes the dm-crypt mappings on `base` through which the reencryption of a process
+    /// that died wrote (libcryptsetup's `temporary-cryptsetup-PID-N`, see kernel_cipher.rs):
+    /// nothing else would, and each keeps the volume key in the kernel.
+    pub fn remove_stale_temporaries(&self, base: Device) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for (name, _, _) in self.dm.list_devices().or_fail(|| "Cannot list dm devices".into())? {
+            let name = name.to_string();
+            let Some(pid) = name.strip_prefix("temporary-cryptsetup-").and_then(|r| r.split('-').next()) else { continue };
+            if pid.parse::<u32>().is_err() || std::path::Path::new("/proc").join(pid).exists() {
+                continue;
+            }
+            if self.dm.table_deps(&id(&name), DmOptions::default()).is_ok_and(|d| d.contains(&base)) {
+                self.dm.device_remove(&id(&name), DmOptions::private()).or_fail(|| format!("Cannot remove {name}"))?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
     pub fn remove(&self, name: &str) {
         let _ = self.dm.device_remove(&id(name), DmOptions::private());
     }

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::{
     error::{fail, Context, Error, Kind, Result},
+    kernel_cipher,
     key::Passphrase,
 };
 
@@ -358,6 +359,9 @@ pub fn run(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase
     // repeat the recorded shift.
     let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
     let shift = json_reencrypt_shift(&json).unwrap_or(0);
+    // From the load (which sets up the storage of the new segment) to the last step.
+    let kernel = final_encryption_in(&json).and_then(kernel_cipher::Hidden::new);
+    crate::fault::trace(if kernel.is_some() { "data encrypted by the kernel" } else { "data encrypted in user space" });
     cd.reencrypt_handle()
         .reencrypt_init_by_passphrase(
             Some(name),
@@ -456,6 +460,13 @@ pub fn all_encrypted_in(json: &serde_json::Value) -> bool {
     !live.is_empty() && live.iter().all(|s| s["type"] == "crypt")
 }
 
+/// The cipher spec the reencryption encrypts with (its backup-final segment).
+pub fn final_encryption_in(json: &serde_json::Value) -> Option<&str> {
+    json["segments"].as_object()?.values().find_map(|s| {
+        s["flags"].as_array()?.iter().any(|f| f == "backup-final").then(|| s["encryption"].as_str())?
+    })
+}
+
 /// The copy of the first data segment during a datashift encryption: (offset, length) in bytes.
 pub fn moved_segment_in(json: &serde_json::Value) -> Option<(u64, u64)> {
     json["segments"].as_object()?.values().find_map(|s| {
@@ -518,6 +529,7 @@ mod tests {
         }});
         assert_eq!(progress_in(&json), Some((872415232, 4261412864)));
         assert!(!all_encrypted_in(&json));
+        assert_eq!(final_encryption_in(&json), Some("aes-xts-plain64"));
         let done = serde_json::json!({"segments": {"0": {"type": "crypt", "offset": "16777216", "size": "dynamic"}}});
         assert_eq!(progress_in(&done), None);
         // The state a crash in the last step leaves: the live segment is the final one.

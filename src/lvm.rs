@@ -884,24 +884,71 @@ fn metadata_dev_size(text: &str, pv_uuid: &str) -> Option<u64> {
 /// LVM looks only at the devices it lists (with devices/use_devicesfile = 1).
 pub const DEVICES_FILE: &str = "/etc/lvm/devices/system.devices";
 
-/// The devices file lists `crypt` (the dm-crypt device NAME) instead of `raw`, if it
-/// listed `raw`. Each half is skipped when done already, so a resumed conversion can
-/// repeat it. Ok(false): nothing to do. liblvm2cmd 2.03.16 refuses lvmdevices in
-/// process ("Devices file not enabled"); the caller then tells the admin what to run.
-pub fn devices_file_replace(crypt_name: &str, raw: &str) -> Result<bool, Error> {
-    let lists = |t: &str, f: &dyn Fn(&str) -> bool| t.lines().filter(|l| !l.starts_with('#')).any(f);
-    let raw_entry = |l: &str| l.split_whitespace().any(|f| f == format!("DEVNAME={raw}") || f == format!("IDNAME={raw}"));
-    let crypt_entry =
-        |l: &str| l.contains(&format!("/dev/mapper/{crypt_name} ")) || (l.contains("CRYPT-") && l.contains(&format!("-{crypt_name} ")));
-    let t = std::fs::read_to_string(DEVICES_FILE).unwrap_or_default();
-    if !lists(&t, &raw_entry) {
-        return Ok(false);
+/// True when the devices file has an entry for `dev`.
+pub fn devices_file_lists(dev: &str) -> bool {
+    let text = fs::read_to_string(DEVICES_FILE).unwrap_or_default();
+    let (by_name, by_id) = (format!("DEVNAME={dev}"), format!("IDNAME={dev}"));
+    text.lines().filter(|l| !l.starts_with('#')).any(|l| l.split_whitespace().any(|f| f == by_name || f == by_id))
+}
+
+/// A device filter setting as configured: its name (`global_filter`, `filter`) and
+/// its patterns (`a|regex|`, `r|regex|`, any delimiter).
+pub type Filter = (String, Vec<String>);
+
+/// devices/global_filter and devices/filter, defaults included.
+pub fn device_filters() -> Result<Vec<Filter>, Error> {
+    // lvmconfig prints to stdout itself, past the log capture: it writes a file instead.
+    let file = std::env::temp_dir().join(format!("pvencrypt-{}-filters.conf", std::process::id()));
+    let path = file.to_string_lossy();
+    let text = run(&["lvmconfig", "--typeconfig", "full", "--file", &path, "devices/global_filter", "devices/filter"])
+        .and_then(|_| fs::read_to_string(&file).map_err(|e| Error::report("lvmconfig", e.to_string())));
+    let _ = fs::remove_file(&file);
+    let filters: Vec<Filter> = text?.lines().filter_map(parse_setting).collect();
+    if filters.len() != 2 {
+        return Err(Error::report("lvmconfig", format!("expected global_filter and filter, read {filters:?}")));
     }
-    if !lists(&t, &crypt_entry) {
-        run(&["lvmdevices", "--config", "devices/use_devicesfile=1", "-y", "--adddev", &format!("/dev/mapper/{crypt_name}")])?;
+    Ok(filters)
+}
+
+/// `name=["a","b"]` or `name="a"` as lvmconfig prints it.
+fn parse_setting(line: &str) -> Option<Filter> {
+    let (name, value) = line.trim().split_once('=')?;
+    let mut items = Vec::new();
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut s = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => s.push(chars.next()?),
+                '"' => break,
+                c => s.push(c),
+            }
+        }
+        items.push(s);
     }
-    run(&["lvmdevices", "--config", "devices/use_devicesfile=1", "-y", "--deldev", raw])?;
-    Ok(true)
+    Some((name.trim().to_string(), items))
+}
+
+/// Whether a filter accepts a device known by `names`, as lvm.conf(5) defines it: each
+/// name takes the verdict of the first pattern it matches; one accepted name accepts the
+/// device, names matching nothing do not count, and a device no name matches is accepted.
+pub fn filter_accepts(patterns: &[String], names: &[&str]) -> Result<bool, String> {
+    let mut rules = Vec::new();
+    for p in patterns {
+        let mut cs = p.chars();
+        let (Some(verdict @ ('a' | 'r')), Some(delim)) = (cs.next(), cs.next()) else {
+            return Err(format!("cannot read the pattern {p:?}"));
+        };
+        let body = cs.as_str().strip_suffix(delim).ok_or_else(|| format!("the pattern {p:?} is not closed"))?;
+        let re = regex::Regex::new(body).map_err(|e| format!("the pattern {p:?}: {e}"))?;
+        rules.push((verdict == 'a', re));
+    }
+    let verdicts: Vec<bool> =
+        names.iter().filter_map(|n| rules.iter().find(|(_, re)| re.is_match(n)).map(|(accept, _)| *accept)).collect();
+    Ok(verdicts.is_empty() || verdicts.contains(&true))
 }
 
 /// Reloads the kernel tables of the VG's active LVs from its metadata
@@ -1585,5 +1632,32 @@ mod tests {
         let mut moved = vec![0u8; 2048];
         moved[1024..1536].copy_from_slice(&good[512..1024]);
         assert_eq!(parse_label(&moved), Ok(None));
+    }
+    #[test]
+    fn filter_settings_parsed_as_lvmconfig_prints_them() {
+        assert_eq!(parse_setting(r#"filter=["a|.*|"]"#), Some(("filter".into(), vec!["a|.*|".into()])));
+        assert_eq!(
+            parse_setting(r#"global_filter=["a|^/dev/sda5$|","r|\"q\".*|"]"#),
+            Some(("global_filter".into(), vec!["a|^/dev/sda5$|".into(), r#"r|"q".*|"#.into()]))
+        );
+        assert_eq!(parse_setting(r#"filter="r/cdrom/""#), Some(("filter".into(), vec!["r/cdrom/".into()])));
+    }
+
+    #[test]
+    fn filters_judged_as_lvm_conf_describes() {
+        let f = |ps: &[&str], names: &[&str]| filter_accepts(&ps.iter().map(|p| p.to_string()).collect::<Vec<_>>(), names);
+        let crypt = ["/dev/mapper/sda5_crypt", "/dev/disk/by-id/dm-name-sda5_crypt"];
+        assert_eq!(f(&["a|.*|"], &crypt), Ok(true));
+        assert_eq!(f(&[], &crypt), Ok(true));
+        // The common hand-written filter of one disk rejects the new device.
+        assert_eq!(f(&["a|^/dev/sda5$|", "r|.*|"], &crypt), Ok(false));
+        assert_eq!(f(&["a|^/dev/sda|", "r/.*/"], &crypt), Ok(false));
+        // First match wins; one accepted name is enough; unmatched names do not count.
+        assert_eq!(f(&["r|/dev/mapper/|", "a|.*|"], &crypt), Ok(true));
+        assert_eq!(f(&["r|/dev/mapper/|", "r|dm-name|", "a|.*|"], &crypt), Ok(false));
+        assert_eq!(f(&["a|/dev/mapper/|", "r|.*|"], &crypt), Ok(true));
+        assert_eq!(f(&["r|/dev/cdrom|"], &crypt), Ok(true));
+        assert!(f(&["x|.*|"], &crypt).is_err());
+        assert!(f(&["a|.*"], &crypt).is_err());
     }
 }

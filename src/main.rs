@@ -5,6 +5,7 @@ mod direct;
 mod dm;
 mod error;
 mod fault;
+mod kernel_cipher;
 mod key;
 mod luks;
 #[allow(dead_code)] // reports not used yet serve --make-room (issue 4)
@@ -76,15 +77,13 @@ fn run(cli: &Cli) -> Result<()> {
     // Every PV is checked before anything is asked or changed.
     let mut targets = Vec::new();
     for path in &cli.pvs {
-        if convert::has_luks_magic(path) {
+        if convert::is_luks(path) {
             if cli.pvs.len() > 1 {
                 return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
             }
             return resume_one(cli, path);
         }
-        let t = convert::preflight(cli, path)?;
-        convert::format_of(cli, t.room.shift)?;
-        targets.push(t);
+        targets.push(convert::preflight(cli, path)?);
     }
     if cli.pvs.len() > 1 && cli.name.is_some() {
         return Err(Error::new(Kind::Refused, "--name applies to one PV only."));
@@ -99,7 +98,8 @@ fn run(cli: &Cli) -> Result<()> {
         return Ok(());
     }
     let mut runs = targets.iter().map(|t| Run::claim(&t.path, &t.name)).collect::<Result<Vec<_>>>()?;
-    confirm(cli)?;
+    let moves: u64 = targets.iter().filter_map(|t| t.make_room.as_ref()).map(|m| m.moved()).sum();
+    confirm(cli, (moves > 0 && !cli.make_room).then_some(moves))?;
     let key = key_source(cli).read("Enter passphrase for the new LUKS2 device: ", true)?;
     if background(cli, &mut runs)? {
         return Ok(());
@@ -173,14 +173,18 @@ fn abort(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-fn confirm(cli: &Cli) -> Result<()> {
+/// `moves`: extents to be moved to make room that --make-room did not ask for.
+fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
     if cli.yes {
         return Ok(());
     }
     if !io::stdin().is_terminal() {
         return Err(Error::new(Kind::Refused, "Not on a terminal: confirm with --yes."));
     }
-    print!("Encrypt in place? The data stays in use throughout. [y/n]: ");
+    match moves {
+        Some(n) => print!("Move {n} extents with pvmove to make room, then encrypt in place? The data stays in use throughout. [y/n]: "),
+        None => print!("Encrypt in place? The data stays in use throughout. [y/n]: "),
+    }
     io::stdout().flush().ok();
     let mut answer = String::new();
     io::stdin().lock().read_line(&mut answer).ok();

@@ -552,6 +552,18 @@ fn loop_errors_carry_lvm_lines() {
 }
 
 #[test]
+fn loop_device_filters_read_in_process() {
+    if !is_root() {
+        return;
+    }
+    let _lvm = LVM_RUNNING.read().unwrap_or_else(PoisonError::into_inner);
+    let filters = lvm::device_filters().unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = filters.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["global_filter", "filter"]);
+    assert!(filters.iter().all(|(_, p)| !p.is_empty()), "{filters:?}");
+}
+
+#[test]
 fn loop_umask_is_restored() {
     if !is_root() {
         return;

@@ -4,7 +4,8 @@
 #   3. pvencrypt on a live VG, no load
 #   4. pvencrypt on a live VG under a writer (fdatasync per record): its longest stall
 #   5. freeze and pvencrypt's peak RSS (PBKDF2 with 1000 iterations: no PBKDF memory), and
-#      the writer's longest stall again with 4 MiB reencryption steps instead of 16 MiB
+#      rate, freeze and the writer's longest stall with 8 and 32 MiB reencryption steps
+#      (the data shift, half of --reduce-device-size) besides the default 16 MiB
 # and every rate as a ratio to 1 and to 2. Run: tests/vm/run.sh benchmark (prints the table).
 # Each step converts or copies the same byte count: the device minus 32 MiB.
 # disks: 1280M 1280M
@@ -36,8 +37,9 @@ cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M $cheap --ke
   || die "cryptsetup reencrypt failed"
 t1=$(now); t_cs=$(el $t0 $t1)
 
+room=32   # MiB left after the PV: --reduce-device-size
 lv_setup() {
-  PVOPTS="--setphysicalvolumesize $((data_mib))M" mkvg vg /dev/vda
+  PVOPTS="--setphysicalvolumesize $((size / 1048576 - room))M" mkvg vg /dev/vda
   mklv a -l 50%FREE vg
   mklv fs -l 100%FREE vg
   run mkfs.ext4 -q -E nodiscard,lazy_itable_init=1 /dev/mapper/vg-fs
@@ -56,43 +58,59 @@ teardown() {
   dd if=/dev/zero of=/dev/vda bs=1M count=32 oflag=direct 2>/dev/null   # drop the LUKS2 header
 }
 
+freeze_of() { sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' "$1"; }
+rate_of() { sed -n 's/.*encrypted .* (\([0-9.]*\) MiB\/s).*/\1/p' "$1"; }
+
 echo "=== 3. pvencrypt, live VG, no load"
 lv_setup
 pve /tmp/p3.log; t_p=$T
-freeze3=$(sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' /tmp/p3.log)
+freeze3=$(freeze_of /tmp/p3.log)
 rss3=$(sed -n 's/^maxrss_kb=//p' /tmp/p3.log)
 teardown
 
+# with_writer LOG [ARG...]: pvencrypt ARGS under the writer, whose records are verified;
+# its longest stall and when it began in $stall (us) and $stall_at (ms of uptime).
+with_writer() {
+  local log=$1; shift
+  fill /dev/vda
+  lv_setup
+  writer_start /mnt/fs/log
+  wait_for '[ "$(writer_acked)" -ge 50 ]' 60 || die "writer too slow"
+  pve "$log" "$@"
+  writer_stop
+  stall=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
+  stall_at=$(sed -n 's/.*maxstall_at_ms=\([0-9]*\).*/\1/p' /tmp/ack)
+  acked=$(writer_acked)
+  check "writer ($log): all $acked acknowledged records intact" pvwriter verify /mnt/fs/log "$acked"
+  teardown
+}
+
 echo "=== 4. pvencrypt, live VG, writer running"
-fill /dev/vda
-lv_setup
-writer_start /mnt/fs/log
-wait_for '[ "$(writer_acked)" -ge 50 ]' 60 || die "writer too slow"
-PVENCRYPT_TRACE=1 pve /tmp/p4.log; t_w=$T start4=$T0
-writer_stop
-stall=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
-stall_at=$(sed -n 's/.*maxstall_at_ms=\([0-9]*\).*/\1/p' /tmp/ack)
+export PVENCRYPT_TRACE=1   # its step timestamps place the stall; cheap without =debug
+with_writer /tmp/p4.log
+unset PVENCRYPT_TRACE
+t_w=$T start4=$T0 stall4=$stall stall_at4=$stall_at
 grep -E "trace: memory at" /tmp/p4.log   # where the memory goes, step by step
 trace_ms() { sed -n "s/^pvencrypt: trace: $1 +\([0-9]*\).*/\1/p" /tmp/p4.log | head -1; }
-acked=$(writer_acked)
-check "writer: all $acked acknowledged records intact" pvwriter verify /mnt/fs/log "$acked"
-freeze4=$(sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' /tmp/p4.log)
+freeze4=$(freeze_of /tmp/p4.log)
 rss4=$(sed -n 's/^maxrss_kb=//p' /tmp/p4.log)
-teardown
 
-echo "=== 5. pvencrypt with 4 MiB steps (--reduce-device-size 8M), writer running"
-fill /dev/vda
-lv_setup
-writer_start /mnt/fs/log
-wait_for '[ "$(writer_acked)" -ge 50 ]' 60 || die "writer too slow"
-pve /tmp/p5.log --reduce-device-size 8M
-writer_stop
-stall5=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
-acked=$(writer_acked)
-check "writer (4 MiB steps): all $acked acknowledged records intact" pvwriter verify /mnt/fs/log "$acked"
-freeze5=$(sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' /tmp/p5.log)
-rate5=$(sed -n 's/.*encrypted .* (\([0-9.]*\) MiB\/s).*/\1/p' /tmp/p5.log)
-rate4=$(sed -n 's/.*encrypted .* (\([0-9.]*\) MiB\/s).*/\1/p' /tmp/p4.log)
+# sweep_row STEP_MIB LOG SECONDS STALL_US: one row of the step-size table.
+sweep_row() {
+  local mib=$(( size / 1048576 - 2 * $1 )) f; f=$(freeze_of "$2")
+  echo "$mib $3 $(rate_of "$2") $4 $f $(rate $t_dd) $(rate $t_cs)" | awk -v s="$1" '{
+    r = $1 / $2
+    printf "%8s MiB %8.2f s %8.1f MiB/s %6.2f %6.2f %9.1f MiB/s %7d ms %8.1f ms %7.2fx\n",
+      s, $2, r, r / $6, r / $7, $3, $4 / 1000, $5, $4 / 1000 / $5 }'
+}
+sweep="$(sweep_row 16 /tmp/p4.log $t_w $stall4)"
+echo "=== 5. pvencrypt with 8 and 32 MiB steps, writer running"
+for step in 8 32; do
+  room=$((2 * step))
+  with_writer /tmp/p5-$step.log --reduce-device-size ${room}M
+  sweep="$sweep
+$(sweep_row $step /tmp/p5-$step.log $T $stall)"
+done
 
 row() {   # NAME SECONDS
   local r; r=$(rate "$2")
@@ -107,11 +125,11 @@ row "2. cryptsetup reencrypt --encrypt, offline" $t_cs | sed 's/^/BENCH: /'
 row "3. pvencrypt, live VG, no load" $t_p | sed 's/^/BENCH: /'
 row "4. pvencrypt, live VG, writer running" $t_w | sed 's/^/BENCH: /'
 echo "BENCH: freeze: ${freeze3} ms without load, ${freeze4} ms with the writer"
-echo "BENCH: writer's longest stall: $((stall / 1000)) ms ($(echo "$stall $freeze4" | awk '{printf "%.2f", $1 / 1000 / $2}')x the freeze)," \
-  "began $(echo "$stall_at $start4" | awk '{printf "%.2f", $1 / 1000 - $2}') s into the run;" \
+echo "BENCH: writer's longest stall: $((stall4 / 1000)) ms ($(echo "$stall4 $freeze4" | awk '{printf "%.2f", $1 / 1000 / $2}')x the freeze)," \
+  "began $(echo "$stall_at4 $start4" | awk '{printf "%.2f", $1 / 1000 - $2}') s into the run;" \
   "the freeze ran from $(trace_ms locked) to $(trace_ms resumed) ms, the data phase until $(trace_ms 'memory at encrypted:[^+]*') ms"
 echo "BENCH: pvencrypt peak RSS: $((rss3 / 1024)) MiB without load, $((rss4 / 1024)) MiB with the writer"
-echo "BENCH: data phase alone (pvencrypt's figure): $rate4 MiB/s in 16 MiB steps, $rate5 MiB/s in 4 MiB steps;" \
-  "with 4 MiB steps the writer's longest stall is $((stall5 / 1000)) ms" \
-  "($(echo "$stall5 $freeze5" | awk '{printf "%.2f", $1 / 1000 / $2}')x its freeze of $freeze5 ms)"
+echo "BENCH: with the writer, by step size (the data shift; --reduce-device-size is twice it):"
+echo "BENCH: $(printf '%12s %10s %14s %6s %6s %15s %10s %11s %8s' step time rate 'vs 1' 'vs 2' 'data phase' stall freeze ratio)"
+echo "$sweep" | sort -n | sed 's/^/BENCH: /'
 result

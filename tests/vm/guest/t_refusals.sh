@@ -56,6 +56,12 @@ run dmsetup create intruder --table "0 8 linear $(majmin /dev/vda) 0"
 refuses "a dm device that is not an LV" 3 "not a logical volume of vg" --key-file /tmp/key -y /dev/vda
 run dmsetup remove intruder
 
+cp /etc/lvm/lvm.conf /tmp/lvm.conf.orig
+sed -i 's/^devices { /devices { filter = [ "a|^\/dev\/vd[ab]$|", "r|.*|" ] /' /etc/lvm/lvm.conf
+check "the filter is in force" 'lvmconfig devices/filter | grep -q vd'
+refuses "an LVM filter rejecting /dev/mapper/NAME" 3 'devices/filter rejects /dev/mapper/vda_crypt' --key-file /tmp/key -y /dev/vda
+cp /tmp/lvm.conf.orig /etc/lvm/lvm.conf
+
 refuses "empty key file" 4 "the passphrase is empty" --key-file /tmp/empty -y /dev/vda
 refuses "missing key file" 4 "Cannot read key file" --key-file /tmp/nokey -y /dev/vda
 refuses "--test" 0 "suspended for the switch: vg-a, vg-boot" --key-file /tmp/key --test /dev/vda
