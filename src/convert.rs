@@ -471,14 +471,15 @@ pub fn make_room(cli: &Cli, t: &Target, m: &plan::MakeRoom) -> Result<()> {
 /// reported for the admin to fix before the next reboot.
 fn integrate_boot(cli: &Cli, path: &Path, name: &str, vg_uuid: &str) {
     let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
-    // With a devices file, LVM would not look at the new device at all. liblvm2cmd
-    // refuses lvmdevices in process ("Devices file not enabled"), so the admin is told.
-    if lvm::devices_file_lists(&path.to_string_lossy()) {
-        warn(format!(
-            "{} lists this device: run lvmdevices --adddev /dev/mapper/{name}, then lvmdevices --deldev {}.",
+    // With a devices file, LVM would not look at the new device at all.
+    match lvm::devices_file_replace(&format!("/dev/mapper/{name}"), &path.to_string_lossy()) {
+        Ok(true) if !cli.quiet => poll::info(&format!("{}: {} now lists /dev/mapper/{name} instead.", path.display(), lvm::DEVICES_FILE)),
+        Ok(_) => {}
+        Err(e) => warn(format!(
+            "updating {}: {e}; run lvmdevices --adddev /dev/mapper/{name}, then lvmdevices --deldev {}.",
             lvm::DEVICES_FILE,
             path.display()
-        ));
+        )),
     }
     let uuid = match luks::open(path).and_then(|mut cd| {
         cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())
@@ -624,7 +625,7 @@ pub fn unfinished() -> Vec<(PathBuf, Marker)> {
     names.sort();
     for n in names {
         let path = PathBuf::from("/dev").join(&n);
-        if !is_luks(&path) {
+        if !could_be_ours(&n) || !is_luks(&path) {
             continue;
         }
         if let Ok(mut cd) = luks::open(&path) {
@@ -634,6 +635,16 @@ pub fn unfinished() -> Vec<(PathBuf, Marker)> {
         }
     }
     out
+}
+
+/// Whether block device `name` may be a PV we convert. Reading a dm device can hang: a
+/// suspended one (the hotzone of a reencryption whose process was killed) blocks every
+/// read, and so can the LVs and crypt devices stacked above it. None of those is a PV
+/// pvencrypt converts.
+fn could_be_ours(name: &str) -> bool {
+    let dm = Path::new("/sys/class/block").join(name).join("dm");
+    let read = |f: &str| fs::read_to_string(dm.join(f)).unwrap_or_default();
+    !dm.exists() || (read("suspended").trim() == "0" && !["LVM-", "CRYPT-"].iter().any(|p| read("uuid").starts_with(p)))
 }
 
 /// Resumes one device: opens it if needed (libcryptsetup recovers a crashed step on
@@ -646,6 +657,16 @@ pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase, run: &mut Ru
         if !cli.quiet {
             poll::info(&format!("{}: removed {t}, left by a crashed run.", path.display()));
         }
+    }
+    // We hold the device's lock, so a suspended hotzone is the one of a killed process.
+    if let Some(hz) = ["backward", "forward"].map(|d| format!("{}-hotzone-{d}", m.name)).into_iter().find(|h| dm.is_suspended(h)) {
+        return fail(format!(
+            "{}: a conversion was killed inside a reencryption step: I/O to that step's area waits on the \
+             suspended {hz}. libcryptsetup cannot resume an interrupted step on an open device. Restart \
+             the machine (a hard reset if the shutdown hangs): opening the device at boot recovers the step, \
+             and pvencrypt then goes on.",
+            path.display()
+        ));
     }
     if !dm.exists(&m.name) {
         luks::activate(&mut cd, &m.name, None, key)?;

@@ -231,6 +231,10 @@ impl Dm {
         let _ = self.dm.device_remove(&id(name), DmOptions::private());
     }
 
+    pub fn is_suspended(&self, name: &str) -> bool {
+        DmName::new(name).is_ok() && self.dm.device_info(&id(name)).is_ok_and(|i| i.flags().contains(DmFlags::DM_SUSPEND))
+    }
+
     pub fn exists(&self, name: &str) -> bool {
         DmName::new(name).is_ok() && self.dm.device_info(&id(name)).is_ok()
     }

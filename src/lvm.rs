@@ -306,8 +306,12 @@ pub fn run(args: &[&str]) -> Result<Output, Error> {
             return None;
         }
         // dmeventd would be asked to monitor what we activate, and would
-        // then hold those devices open.
-        sys::lvm2_disable_dmeventd_monitoring(h);
+        // then hold those devices open. This marks the command as run by
+        // dmeventd, which also turns the devices file off: not for
+        // lvmdevices, which activates nothing.
+        if args[0] != "lvmdevices" {
+            sys::lvm2_disable_dmeventd_monitoring(h);
+        }
         let rc = sys::lvm2_run(h, line.as_ptr());
         sys::lvm2_exit(h);
         Some(rc)
@@ -884,11 +888,37 @@ fn metadata_dev_size(text: &str, pv_uuid: &str) -> Option<u64> {
 /// LVM looks only at the devices it lists (with devices/use_devicesfile = 1).
 pub const DEVICES_FILE: &str = "/etc/lvm/devices/system.devices";
 
-/// True when the devices file has an entry for `dev`.
+/// True when the devices file has an entry for `dev` (a path, or a dm-crypt device's
+/// name: LVM lists those by their dm uuid, CRYPT-LUKS2-<uuid>-NAME).
 pub fn devices_file_lists(dev: &str) -> bool {
-    let text = fs::read_to_string(DEVICES_FILE).unwrap_or_default();
+    lists(&fs::read_to_string(DEVICES_FILE).unwrap_or_default(), dev)
+}
+
+/// NAME of `IDNAME=CRYPT-<type>-<uuid, 32 hex digits>-<NAME>`.
+fn crypt_name(field: &str) -> Option<&str> {
+    let (_, rest) = field.strip_prefix("IDNAME=CRYPT-")?.split_once('-')?;
+    rest.get(32..)?.strip_prefix('-')
+}
+
+fn lists(text: &str, dev: &str) -> bool {
     let (by_name, by_id) = (format!("DEVNAME={dev}"), format!("IDNAME={dev}"));
-    text.lines().filter(|l| !l.starts_with('#')).any(|l| l.split_whitespace().any(|f| f == by_name || f == by_id))
+    let name = dev.strip_prefix("/dev/mapper/");
+    text.lines().filter(|l| !l.starts_with('#')).any(|l| {
+        l.split_whitespace().any(|f| f == by_name || f == by_id || (name.is_some() && crypt_name(f) == name))
+    })
+}
+
+/// The devices file lists `crypt` instead of `raw`, if it listed `raw`; each half is
+/// skipped when done, so a resumed conversion repeats it safely. Ok(false): nothing to do.
+pub fn devices_file_replace(crypt: &str, raw: &str) -> Result<bool, Error> {
+    if !devices_file_lists(raw) {
+        return Ok(false);
+    }
+    if !devices_file_lists(crypt) {
+        run(&["lvmdevices", "-y", "--adddev", crypt])?;
+    }
+    run(&["lvmdevices", "-y", "--deldev", raw])?;
+    Ok(true)
 }
 
 /// A device filter setting as configured: its name (`global_filter`, `filter`) and
@@ -1659,5 +1689,19 @@ mod tests {
         assert_eq!(f(&["r|/dev/cdrom|"], &crypt), Ok(true));
         assert!(f(&["x|.*|"], &crypt).is_err());
         assert!(f(&["a|.*"], &crypt).is_err());
+    }
+
+    #[test]
+    fn devices_file_entries_found_by_path_or_crypt_name() {
+        // As LVM 2.03.16 wrote them in the VM (t_devices_file).
+        let text = "# LVM uses devices listed in this file.\nVERSION=1.1.3\n\
+            IDTYPE=devname IDNAME=/dev/vda DEVNAME=/dev/vda PVID=b0fhhyKS2UW6tJqOz97g3pKc3MaecQbJ\n\
+            IDTYPE=crypt_uuid IDNAME=CRYPT-LUKS2-d55779749ef241ab80727bdf26dc1037-vda_crypt \
+            DEVNAME=/dev/mapper/vda_crypt PVID=q4MVXuqqMJVbvfgBTuXKl3L2IMIP9chJ\n";
+        assert!(lists(text, "/dev/vda") && lists(text, "/dev/mapper/vda_crypt"));
+        assert!(!lists(text, "/dev/vdb") && !lists(text, "/dev/mapper/crypt") && !lists(text, "/dev/vd"));
+        let only_id = "IDTYPE=crypt_uuid IDNAME=CRYPT-LUKS2-d55779749ef241ab80727bdf26dc1037-vda_crypt DEVNAME=/dev/dm-3\n";
+        assert!(lists(only_id, "/dev/mapper/vda_crypt"));
+        assert!(!lists(only_id, "/dev/mapper/crypt") && !lists(only_id, "/dev/mapper/a_crypt"));
     }
 }
