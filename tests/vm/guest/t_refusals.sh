@@ -78,6 +78,19 @@ run lvm vgexport -q vg
 refuses "exported VG" 3 "exported" --key-file /tmp/key -y /dev/vda
 run lvm vgimport -q vg
 
+# Without lvmlockd (and LVM 2.03 has no clvmd) such VGs are only reachable by their metadata.
+run vgcfgbackup -q -f /tmp/vg.meta vg
+status='status = \["RESIZEABLE", "READ", "WRITE"\]'
+sed "s/$status/status = [\"RESIZEABLE\", \"READ\", \"WRITE\", \"CLUSTERED\"]/" /tmp/vg.meta > /tmp/vg.clustered
+sed "s/$status/&\n  lock_type = \"dlm\"\n  lock_args = \"1.0.0:test\"/" /tmp/vg.meta > /tmp/vg.shared
+check "test metadata: clustered" grep -q CLUSTERED /tmp/vg.clustered
+check "test metadata: shared" grep -q 'lock_type = "dlm"' /tmp/vg.shared
+run vgcfgrestore -q --force -f /tmp/vg.clustered vg
+refuses "clustered VG" 3 "clustered" --key-file /tmp/key -y /dev/vda
+run vgcfgrestore -q --force -f /tmp/vg.shared vg
+refuses "shared VG (lvmlockd)" 3 "shared VG vg" --key-file /tmp/key -y /dev/vda
+run vgcfgrestore -q --force -f /tmp/vg.meta vg
+
 run pvcreate -q -y /dev/vdb
 run vgextend -q vg /dev/vdb
 dd if=/dev/zero of=/dev/vdb bs=1M count=2 2>/dev/null   # the PV label and metadata are gone
