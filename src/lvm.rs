@@ -867,13 +867,20 @@ pub fn pvscan_cache() -> Result<(), Error> {
 /// sectors): what pvresize sets. pvresize leaves the label's copy as it was (seen in
 /// the VM), so the label cannot tell where the PV ends.
 pub fn metadata_pv_size(vg: &str, pv_uuid: &str) -> Result<Sectors, Error> {
-    let file = std::env::temp_dir().join(format!("pvencrypt-{}-{vg}.vg", std::process::id()));
-    let text = vgcfgbackup(vg, Some(&file)).and_then(|_| {
-        fs::read_to_string(&file).map_err(|e| Error::report(&format!("vgcfgbackup {vg}"), e.to_string()))
-    });
+    let cmd = format!("vgcfgbackup {vg}");
+    let text = output_file(&cmd, |file| vgcfgbackup(vg, Some(file)))?;
+    let bad = || Error::report(&cmd, format!("no dev_size for PV {pv_uuid}"));
+    metadata_dev_size(&text, pv_uuid).map(Sectors).ok_or_else(bad)
+}
+
+/// The text an LVM command writes to a file (`write` runs it with the file's path): for
+/// output that only goes to a file or to stdout, past the log capture.
+fn output_file(cmd: &str, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<String, Error> {
+    let tag: String = cmd.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let file = std::env::temp_dir().join(format!("pvencrypt-{}-{tag}", std::process::id()));
+    let text = write(&file).and_then(|_| fs::read_to_string(&file).map_err(|e| Error::report(cmd, e.to_string())));
     let _ = fs::remove_file(&file);
-    let bad = || Error::report(&format!("vgcfgbackup {vg}"), format!("no dev_size for PV {pv_uuid}"));
-    metadata_dev_size(&text?, pv_uuid).map(Sectors).ok_or_else(bad)
+    text
 }
 
 /// `dev_size` in the section of the PV whose `id` is `pv_uuid`.
@@ -927,13 +934,12 @@ pub type Filter = (String, Vec<String>);
 
 /// devices/global_filter and devices/filter, defaults included.
 pub fn device_filters() -> Result<Vec<Filter>, Error> {
-    // lvmconfig prints to stdout itself, past the log capture: it writes a file instead.
-    let file = std::env::temp_dir().join(format!("pvencrypt-{}-filters.conf", std::process::id()));
-    let path = file.to_string_lossy();
-    let text = run(&["lvmconfig", "--typeconfig", "full", "--file", &path, "devices/global_filter", "devices/filter"])
-        .and_then(|_| fs::read_to_string(&file).map_err(|e| Error::report("lvmconfig", e.to_string())));
-    let _ = fs::remove_file(&file);
-    let filters: Vec<Filter> = text?.lines().filter_map(parse_setting).collect();
+    // lvmconfig prints to stdout itself, past the log capture.
+    let text = output_file("lvmconfig", |file| {
+        let file = file.to_string_lossy();
+        run(&["lvmconfig", "--typeconfig", "full", "--file", &file, "devices/global_filter", "devices/filter"]).map(drop)
+    })?;
+    let filters: Vec<Filter> = text.lines().filter_map(parse_setting).collect();
     if filters.len() != 2 {
         return Err(Error::report("lvmconfig", format!("expected global_filter and filter, read {filters:?}")));
     }
@@ -1663,6 +1669,7 @@ mod tests {
         moved[1024..1536].copy_from_slice(&good[512..1024]);
         assert_eq!(parse_label(&moved), Ok(None));
     }
+
     #[test]
     fn filter_settings_parsed_as_lvmconfig_prints_them() {
         assert_eq!(parse_setting(r#"filter=["a|.*|"]"#), Some(("filter".into(), vec!["a|.*|".into()])));

@@ -7,7 +7,8 @@
 #      rate, freeze and the writer's longest stall with 8 and 32 MiB reencryption steps
 #      (the data shift, half of --reduce-device-size) besides the default 16 MiB
 # and every rate as a ratio to 1 and to 2. Run: tests/vm/run.sh benchmark (prints the table).
-# Each step converts or copies the same byte count: the device minus 32 MiB.
+# Steps 1-4 convert or copy the same byte count, the device minus 32 MiB; each row of the
+# step sweep converts the device minus twice its step.
 # disks: 1280M 1280M
 # timeout: 3000
 . /tests/lib.sh

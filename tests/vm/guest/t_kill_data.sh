@@ -10,6 +10,8 @@ printf 'secret-passphrase' > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
 PVOPTS="--setphysicalvolumesize 440M" mkvg vg /dev/vda
 mklv a -L 400M vg
+dd if=/dev/urandom of=/dev/mapper/vg-a bs=1M count=400 oflag=direct 2>/dev/null
+a_sha=$(sha /dev/mapper/vg-a)
 pvencrypt --key-file /tmp/key $cheap -y -i 1 /dev/vda > /tmp/pve1.out 2>&1 &
 pve=$!
 wait_for 'grep -q "Encrypted: [3-9][0-9]" /tmp/pve1.out' 300 || die "no progress"
@@ -27,8 +29,12 @@ check "the temporary mapping is removed" \
 if dmsetup info -c -o attr --noheadings vda_crypt-hotzone-backward 2>/dev/null | grep -q s; then
   check_eq "with a suspended hotzone: exit 5" "$rc" 5
   check "and it says what to do" "grep -q 'killed inside a reencryption step.*Restart' /tmp/res.out"
+  check "the header still records the reencryption and pvencrypt's token" \
+    'cryptsetup luksDump /dev/vda > /tmp/dump && grep -q online-reencrypt /tmp/dump && grep -q pvencrypt /tmp/dump'
 else
   check_eq "without a suspended hotzone: the resume completes" "$rc" 0
+  check "no reencryption left" '! cryptsetup luksDump /dev/vda | grep -q online-reencrypt'
+  check_eq "the LV's content is unchanged" "$(sha /dev/mapper/vg-a)" "$a_sha"
 fi
 (result); rc=$?
 echo "VM-EXIT: $rc"
