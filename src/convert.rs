@@ -135,7 +135,8 @@ pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
         return refuse(format!("Volume group {vg_name} is exported."));
     }
     let segs = lvm::lvs(&vg_name).or_fail(|| format!("Cannot list the LVs of {vg_name}"))?;
-    if let Some(s) = segs.iter().find(|s| s.is_pvmove() || s.is_locked()) {
+    // Name the move's own LV (pvmove0), the one lvs -a shows, rather than an LV it locks.
+    if let Some(s) = segs.iter().find(|s| s.is_pvmove()).or_else(|| segs.iter().find(|s| s.is_locked())) {
         return refuse(format!("A pvmove ({}) is in progress in {vg_name}; let it finish or abort it first.", s.lv_name.name));
     }
     // The size LVM recorded lives in the VG metadata (pvresize changes it there only);
@@ -470,6 +471,13 @@ pub fn make_room(cli: &Cli, t: &Target, m: &plan::MakeRoom) -> Result<()> {
 /// VG. A failure here does not stop the conversion, which is safe either way; it is
 /// reported for the admin to fix before the next reboot.
 fn integrate_boot(cli: &Cli, path: &Path, name: &str, vg_uuid: &str) {
+    update_boot_files(cli, path, name, vg_uuid);
+    // A power cut during the hours of the data phase must boot with these files, and LVM
+    // 2.03.16 renames its new devices file into place without an fsync of the file.
+    unsafe { libc::sync() };
+}
+
+fn update_boot_files(cli: &Cli, path: &Path, name: &str, vg_uuid: &str) {
     let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
     // With a devices file, LVM would not look at the new device at all.
     match lvm::devices_file_replace(&format!("/dev/mapper/{name}"), &path.to_string_lossy()) {

@@ -49,7 +49,7 @@ ln -s /proc/self/mounts $w/etc/mtab               # mkfs/e2fsck look here for "m
 # Modules with their dependencies (softdeps too) in load order; built-ins are skipped.
 want="virtio_pci virtio_blk dm-mod dm-crypt dm-mirror dm-log dm-region-hash dm-snapshot dm-flakey
   dm-delay dm-zero dm-thin-pool dm-bufio dm-persistent-data ext4 aesni_intel xts aes_generic
-  sha256_generic crc32c_generic af_alg algif_skcipher algif_hash loop"
+  sha256_generic crc32c_generic af_alg algif_skcipher algif_hash loop md-mod"
 : > $w/usr/lib/modules/order
 for m in $want; do
   modprobe -d "$kroot" -S "$kv" --show-depends $m | awk '$1 == "insmod" {print $2}'

@@ -50,6 +50,7 @@ gcc -static -O2 -Wall -o "$VM_WORK/pvwriter" "$here/writer.c" || { echo "writer.
   || { echo "build-initramfs.sh failed"; exit 1; }
 export VM_KERNEL=$(ls "$VM_WORK"/kernel/boot/vmlinuz-* | head -1)
 export VM_INITRD=$VM_WORK/initramfs.cpio.gz
+export VM_PVENCRYPT=$bin   # host tests that build their own guest root (host/t_debian_root.sh)
 . "$here/lib.sh"
 
 if [ -n "$demo" ]; then

@@ -56,6 +56,18 @@ run dmsetup create intruder --table "0 8 linear $(majmin /dev/vda) 0"
 refuses "a dm device that is not an LV" 3 "not a logical volume of vg" --key-file /tmp/key -y /dev/vda
 run dmsetup remove intruder
 
+# An md array claiming the PV (metadata "none": md writes nothing to it). md and dm both open
+# the disk exclusively, so the VG is inactive meanwhile.
+run vgchange -q -an vg
+echo md0 > /sys/module/md_mod/parameters/new_array
+echo none > /sys/block/md0/md/metadata_version
+majmin /dev/vda > /sys/block/md0/md/new_dev
+check "md0 holds vda" '[ -e /sys/block/vda/holders/md0 ]'
+refuses "an md array holding the PV" 3 "held by md0, which is not a device-mapper device" --key-file /tmp/key -y /dev/vda
+echo clear > /sys/block/md0/md/array_state
+run vgchange -q -ay vg
+dmsetup mknodes
+
 cp /etc/lvm/lvm.conf /tmp/lvm.conf.orig
 sed -i 's/^devices { /devices { filter = [ "a|^\/dev\/vd[ab]$|", "r|.*|" ] /' /etc/lvm/lvm.conf
 check "the filter is in force" 'lvmconfig devices/filter | grep -q vd'

@@ -1,0 +1,45 @@
+#!/bin/bash
+# Builds a small Debian 12 root for the boot-integration test, cached in $VM_WORK/debian/:
+#   root/   minbase + lvm2, cryptsetup-initramfs, udev (the distribution's own boot path),
+#           the VM kernel's storage and crypto modules; /boot is empty (it is vdb in the VM)
+#   boot/   the VM kernel and the initramfs update-initramfs built for it (MODULES=most,
+#           no crypttab yet: the first boot finds the VG on the raw PV)
+# usage: build-root.sh KROOT   (KROOT: the unpacked kernel package setup.sh caches)
+# Idempotent: a second run builds nothing. Needs the network (deb.debian.org) once.
+set -euo pipefail
+kroot=$1
+work=${VM_WORK:?}/debian
+[ -f "$work/done" ] && exit 0
+kv=$(ls "$kroot/lib/modules")
+command -v mmdebstrap >/dev/null || {
+  apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null; }
+rm -rf "$work"; mkdir -p "$work"
+r=$work/root
+echo "build-root: mmdebstrap bookworm"
+mmdebstrap --quiet --variant=minbase \
+  --include=lvm2,liblvm2cmd2.03,cryptsetup-initramfs,udev,kmod,zstd,e2fsprogs \
+  --dpkgopt='path-exclude=/usr/share/{doc,man,locale}/*' bookworm "$r" http://deb.debian.org/debian
+
+# Only what a VM with virtio disks needs to boot and to encrypt; MODULES=most takes what is there.
+m=lib/modules/$kv
+mkdir -p "$r/$m/kernel/drivers"
+cp -a "$kroot/$m"/modules.{order,builtin,builtin.modinfo} "$r/$m/"
+for d in arch crypto lib fs block drivers/block drivers/md drivers/virtio drivers/char; do
+  cp -a "$kroot/$m/kernel/$d" "$r/$m/kernel/$d"
+done
+depmod -b "$r" "$kv"
+cp -a "$kroot/boot/." "$r/boot/"
+
+cat > "$r/etc/fstab" <<'F'
+/dev/mapper/vg-root /     ext4 errors=remount-ro 0 1
+/dev/vdb            /boot ext4 defaults          0 2
+F
+echo pvtest > "$r/etc/hostname"
+mount --bind /proc "$r/proc"; mount --bind /sys "$r/sys"; mount --bind /dev "$r/dev"
+trap 'umount "$r/proc" "$r/sys" "$r/dev" 2>/dev/null || true' EXIT
+echo "build-root: update-initramfs -c -k $kv"
+chroot "$r" update-initramfs -c -k "$kv" 2>&1 | grep -v '^W: Couldn.t identify type of root\|^cryptsetup: WARNING' || true
+umount "$r/proc" "$r/sys" "$r/dev"; trap - EXIT
+mkdir -p "$work/boot"; mv "$r/boot/"* "$work/boot/"
+touch "$work/done"
+echo "build-root: $(du -sh "$r" | cut -f1) root, $(du -h "$work/boot/initrd.img-$kv" | cut -f1) initramfs"
