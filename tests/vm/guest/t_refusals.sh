@@ -25,6 +25,18 @@ dd if=/dev/urandom of=/dev/vdb bs=1M count=64 2>/dev/null
 echo data > /tmp/notadev
 refuses "not a block device" 3 "not a block device" --key-file /tmp/key -y /tmp/notadev
 refuses "not a PV" 3 "not an LVM physical volume" --key-file /tmp/key -y /dev/vdb
+# A disk in use raw, mounted or as swap, cannot also be a PV: mkfs and mkswap wipe the PV label
+# (checked here), so these are "not a PV" too.
+run pvcreate -q -y /dev/vdb
+run mkfs.ext4 -q -F /dev/vdb
+mkdir -p /mnt/raw; run mount -o ro /dev/vdb /mnt/raw   # ro: ext4's own lazy init would write
+refuses "a mounted filesystem on the disk" 3 "not an LVM physical volume" --key-file /tmp/key -y /dev/vdb
+umount /mnt/raw
+run pvcreate -q -y /dev/vdb
+run mkswap /dev/vdb
+run swapon /dev/vdb
+refuses "swap on the disk" 3 "not an LVM physical volume" --key-file /tmp/key -y /dev/vdb
+run swapoff /dev/vdb
 
 run cryptsetup luksFormat -q --type luks2 $cheap --key-file /tmp/key /dev/vdb
 refuses "someone else's LUKS device" 3 "already a LUKS device" --key-file /tmp/key -y /dev/vdb
