@@ -108,6 +108,29 @@ pub fn update_initramfs() -> Result<String> {
     fail("Neither update-initramfs nor dracut is installed: rebuild the initramfs with the crypttab entry before rebooting.".to_string())
 }
 
+/// What the kernel command line (`/proc/cmdline`) would keep from opening the device at
+/// boot, as changes for the admin to make; empty when nothing. systemd-cryptsetup-generator(8):
+/// `luks=no` turns crypttab off, and once any `luks.uuid=` is given only the listed
+/// devices are opened; the `rd.` forms do the same in the initramfs.
+pub fn cmdline_advice(cmdline: &str, uuid: &str) -> Vec<String> {
+    let mut advice = Vec::new();
+    let args: Vec<(&str, &str)> = cmdline.split_whitespace().map(|a| a.split_once('=').unwrap_or((a, ""))).collect();
+    let no = |v: &str| ["no", "0", "false", "off"].contains(&v.to_ascii_lowercase().as_str());
+    for (k, v) in &args {
+        if ["luks", "rd.luks", "luks.crypttab", "rd.luks.crypttab"].contains(k) && no(v) {
+            advice.push(format!("remove {k}={v}, which keeps the device from being opened"));
+        }
+    }
+    for key in ["luks.uuid", "rd.luks.uuid"] {
+        let listed: Vec<&str> = args.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect();
+        let ours = |v: &&str| v.trim_start_matches("luks-").eq_ignore_ascii_case(uuid);
+        if !listed.is_empty() && !listed.iter().any(ours) {
+            advice.push(format!("add {key}={uuid}: only the devices listed by {key}= are opened"));
+        }
+    }
+    advice
+}
+
 #[derive(Debug, PartialEq)]
 pub struct Mount {
     pub dev: Device,
@@ -205,6 +228,24 @@ mod tests {
         assert_eq!(add_crypttab(&p, "vda_crypt", "u", false).unwrap(), Entry::Added);
         assert_eq!(fs::read_to_string(&p).unwrap(), "vda_crypt UUID=u none luks\n");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn kernel_command_line_that_would_not_open_the_device() {
+        let u = "1234-abcd";
+        assert!(cmdline_advice("BOOT_IMAGE=/vmlinuz root=/dev/mapper/vg-root ro quiet", u).is_empty());
+        assert!(cmdline_advice("root=/dev/vg/root rd.luks.uuid=luks-1234-ABCD rd.luks.uuid=other", u).is_empty());
+        assert_eq!(
+            cmdline_advice("root=/dev/vg/root rd.luks.uuid=luks-5678 luks.uuid=5678", u),
+            [
+                "add luks.uuid=1234-abcd: only the devices listed by luks.uuid= are opened",
+                "add rd.luks.uuid=1234-abcd: only the devices listed by rd.luks.uuid= are opened"
+            ]
+        );
+        assert_eq!(
+            cmdline_advice("quiet rd.luks=0 luks.crypttab=no luks=yes", u),
+            ["remove rd.luks=0, which keeps the device from being opened", "remove luks.crypttab=no, which keeps the device from being opened"]
+        );
     }
 
     #[test]

@@ -371,6 +371,9 @@ pub fn describe(cli: &Cli, t: &Target) -> String {
     if let Some(why) = boot::boot_needs(&on_vg) {
         out += &format!("\n  the initramfs {} ({why}).", if cli.no_initramfs { "is NOT rebuilt (--no-initramfs)" } else { "is rebuilt" });
     }
+    for a in boot::cmdline_advice(&fs::read_to_string("/proc/cmdline").unwrap_or_default(), "<new LUKS UUID>") {
+        out += &format!("\n  you must change the kernel command line: {a}.");
+    }
     out
 }
 
@@ -509,6 +512,10 @@ fn update_boot_files(cli: &Cli, path: &Path, name: &str, vg_uuid: &str) {
             Ok(_) => {}
             Err(e) => warn(format!("{e}")),
         }
+    }
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    for a in boot::cmdline_advice(&cmdline, &uuid) {
+        warn(format!("before rebooting, change the kernel command line (e.g. GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub): {a}."));
     }
     let on_vg = active_lvs(vg_uuid);
     let Some(why) = boot::boot_needs(&on_vg) else { return };

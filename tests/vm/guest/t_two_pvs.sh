@@ -1,7 +1,10 @@
 # pvencrypt PV1 PV2: both PVs of a live VG converted one after the other, the passphrase read
 # once (from stdin, as cryptsetup reads it when stdin is no terminal), an ext4 spanning both
 # PVs mounted and written throughout.
+# The kernel command line names another LUKS device with rd.luks.uuid=, which would keep the
+# boot from opening these: pvencrypt must say to add theirs.
 # disks: 256M 256M
+# append: rd.luks.uuid=luks-00000000-0000-0000-0000-000000000000
 # timeout: 900
 . /tests/lib.sh
 for d in vda vdb; do run pvcreate -q -y --setphysicalvolumesize 224M /dev/$d; done
@@ -29,6 +32,7 @@ for d in vda vdb; do
   check "$d: LUKS2 opened with the one passphrase, no reencryption left" \
     "cryptsetup open --test-passphrase --key-file /tmp/key /dev/$d && ! cryptsetup luksDump /dev/$d | grep -q online-reencrypt"
   check "$d: crypttab entry" "grep -q '^${d}_crypt UUID=$(cryptsetup luksUUID /dev/$d) none luks' /etc/crypttab"
+  check "$d: says to add rd.luks.uuid=" "grep -q 'kernel command line.*add rd.luks.uuid=$(cryptsetup luksUUID /dev/$d):' /tmp/out"
 done
 check_eq "the VG's PVs" "$(pvs --noheadings -o pv_name -S vg_name=vg | tr -d ' ' | sort | tr '\n' ' ')" "/dev/mapper/vda_crypt /dev/mapper/vdb_crypt "
 check_eq "f1 unchanged" "$(sha /mnt/fs/f1)" "$before"
