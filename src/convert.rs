@@ -673,14 +673,22 @@ pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase, run: &mut Ru
             poll::info(&format!("{}: removed {t}, left by a crashed run.", path.display()));
         }
     }
-    // We hold the device's lock, so a suspended hotzone is the one of a killed process.
-    if let Some(hz) = ["backward", "forward"].map(|d| format!("{}-hotzone-{d}", m.name)).into_iter().find(|h| dm.is_suspended(h)) {
+    // We hold the device's lock, so libcryptsetup's helper devices belong to a killed
+    // process. NAME still maps its overlay, and libcryptsetup 2.6 refuses to resume from
+    // there ("Mismatching parameters"); a step it was in also keeps its hotzone suspended.
+    let overlay = format!("{}-overlay", m.name);
+    let hotzones = ["backward", "forward"].map(|d| format!("{}-hotzone-{d}", m.name));
+    if dm.exists(&overlay) || hotzones.iter().any(|h| dm.exists(h)) {
+        let waiting = match hotzones.iter().find(|h| dm.is_suspended(h)) {
+            Some(hz) => format!(" I/O to the area of the step it was in waits on the suspended {hz}."),
+            None => String::new(),
+        };
         return fail(format!(
-            "{}: a conversion was killed inside a reencryption step: I/O to that step's area waits on the \
-             suspended {hz}. libcryptsetup cannot resume an interrupted step on an open device. Restart \
-             the machine (a hard reset if the shutdown hangs): opening the device at boot recovers the step, \
-             and pvencrypt then goes on.",
-            path.display()
+            "{}: a conversion was killed in the data phase: {} is still stacked on {overlay}, which \
+             libcryptsetup cannot resume from on an open device.{waiting} Restart the machine (a hard reset \
+             if the shutdown hangs): opening the device at boot recovers, and pvencrypt then goes on.",
+            path.display(),
+            m.name
         ));
     }
     if !dm.exists(&m.name) {

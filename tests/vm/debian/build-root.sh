@@ -40,6 +40,7 @@ trap 'umount "$r/proc" "$r/sys" "$r/dev" 2>/dev/null || true' EXIT
 echo "build-root: update-initramfs -c -k $kv"
 chroot "$r" update-initramfs -c -k "$kv" 2>&1 | grep -v '^W: Couldn.t identify type of root\|^cryptsetup: WARNING' || true
 umount "$r/proc" "$r/sys" "$r/dev"; trap - EXIT
+[ -s "$r/boot/initrd.img-$kv" ] || { echo "build-root: update-initramfs made no initramfs" >&2; exit 1; }
 mkdir -p "$work/boot"; mv "$r/boot/"* "$work/boot/"
 touch "$work/done"
 echo "build-root: $(du -sh "$r" | cut -f1) root, $(du -h "$work/boot/initrd.img-$kv" | cut -f1) initramfs"
