@@ -7,7 +7,7 @@
 use std::{
     fs,
     io::Write,
-    os::unix::fs::{MetadataExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     path::Path,
     process::Command,
 };
@@ -33,8 +33,10 @@ pub enum Entry {
 }
 
 /// Appends the entry unless one for NAME or the UUID is there. Written to a temporary
-/// file beside it and renamed: a crash leaves the old file or the new one.
+/// file beside it and renamed: a crash leaves the old file or the new one. Under a lock,
+/// so that two pvencrypt runs (or threads) cannot lose each other's line.
 pub fn add_crypttab(path: &Path, name: &str, uuid: &str, discard: bool) -> Result<Entry> {
+    let _lock = lock_for(path)?;
     let old = match fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -53,7 +55,7 @@ pub fn add_crypttab(path: &Path, name: &str, uuid: &str, discard: bool) -> Resul
     }
     new.push_str(&crypttab_line(name, uuid, discard));
     let mode = fs::metadata(path).map(|m| m.mode() & 0o7777).unwrap_or(0o644);
-    let tmp = path.with_extension("pvencrypt-new");
+    let tmp = path.with_extension(format!("pvencrypt-new-{}", std::process::id()));
     (|| -> std::io::Result<()> {
         let mut f = fs::File::create(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -67,6 +69,22 @@ pub fn add_crypttab(path: &Path, name: &str, uuid: &str, discard: bool) -> Resul
     })()
     .or_fail(|| format!("Cannot write {}", path.display()))?;
     Ok(Entry::Added)
+}
+
+/// An exclusive flock on a file of its own under /run/pvencrypt (the file itself is
+/// replaced by rename, so it cannot carry the lock), released when dropped.
+fn lock_for(path: &Path) -> Result<fs::File> {
+    let dir = Path::new("/run/pvencrypt");
+    let key: String = path.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let lock = dir.join(format!("{key}.lock"));
+    let f = fs::create_dir_all(dir)
+        .and_then(|_| fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock))
+        .or_fail(|| format!("Cannot open the lock {}", lock.display()))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+        return fail(format!("Cannot lock {}: {}", lock.display(), std::io::Error::last_os_error()));
+    }
+    Ok(f)
 }
 
 pub fn supports_discard(dev: Device) -> bool {
@@ -182,6 +200,31 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_crypttab_updates_keep_every_line() {
+        if unsafe { libc::geteuid() } != 0 {
+            return eprintln!("skipped: needs root (the lock lives in /run/pvencrypt)");
+        }
+        let p = tmp(Some("# crypttab\n"));
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let p = &p;
+                s.spawn(move || {
+                    for i in 0..25 {
+                        add_crypttab(p, &format!("d{t}_{i}_crypt"), &format!("{t}-{i}"), false).unwrap();
+                    }
+                });
+            }
+        });
+        let text = fs::read_to_string(&p).unwrap();
+        for t in 0..8 {
+            for i in 0..25 {
+                assert!(text.contains(&format!("d{t}_{i}_crypt UUID={t}-{i} ")), "lost d{t}_{i}_crypt");
+            }
+        }
+        assert_eq!(text.lines().count(), 1 + 8 * 25);
+    }
 
     fn tmp(content: Option<&str>) -> std::path::PathBuf {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

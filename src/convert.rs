@@ -32,6 +32,7 @@ use crate::{
     direct,
     dm::Dm,
     error::{fail, refuse, Context, Error, Kind, Result},
+    inspect::{self, Found},
     key::Passphrase,
     luks::{self, Format, Marker},
     lvm, plan,
@@ -43,8 +44,6 @@ use crate::{
 /// Set by SIGINT/SIGTERM (and --abort): stop at the next checkpoint.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
-const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
-const LVM_LOCK_DIR: &str = "/run/lock/lvm";
 
 /// What preflight found: everything the later steps need, nothing changed yet.
 pub struct Target {
@@ -74,30 +73,56 @@ pub fn device_of(path: &Path) -> Result<(Device, u64)> {
     Ok((dev, size))
 }
 
-/// True for a LUKS device. A device where a crash fell between the two writes that
-/// place our header (switch.rs) is made one here: it holds the header from 4 KiB on and
-/// the old PV label before it. Its LVM metadata is overwritten already, so LUKS is the
-/// only way forward; clearing the stale label lets libcryptsetup restore the primary
-/// header from the secondary one (it refuses while it sees another signature).
-pub fn is_luks(path: &Path) -> bool {
-    let mut buf = vec![0u8; 32768];
-    if fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).is_err() {
-        return false;
-    }
-    if buf.starts_with(LUKS_MAGIC) {
-        return true;
-    }
-    let (secondary, json) = buf[16384..].split_at(4096);
-    let ours = secondary.starts_with(b"SKUL\xba\xbe")
-        && json.windows(TOKEN_JSON.len()).any(|w| w == TOKEN_JSON)
-        && direct::zero(path, &[(0, 4096)]).is_ok();
-    if ours {
-        poll::info(&format!("{}: completed a LUKS2 header whose placement a crash interrupted.", path.display()));
-    }
-    ours
+/// What the device holds (inspect.rs); an unreadable device is "other" here, and the
+/// checks that follow say why they cannot use it.
+pub fn found(path: &Path) -> Found {
+    inspect::probe(path).unwrap_or(Found::Other)
 }
 
-const TOKEN_JSON: &[u8] = br#""type":"pvencrypt""#;
+/// A conversion a crash cut inside the switch, made whole; only in a run meant to change
+/// the disk, and only while nothing holds the raw device. Returns the marker when the
+/// device is now LUKS2 in our conversion, `None` when the plain PV was put back.
+pub fn repair(path: &Path, found: &Found) -> Result<Option<Marker>> {
+    let (dev, _) = device_of(path)?;
+    let held: Vec<String> = fs::read_dir(format!("/sys/dev/block/{dev}/holders"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    if !held.is_empty() {
+        return fail(format!(
+            "{}: a crash cut a conversion inside its switch, and {} now hold(s) the device; not repairing it \
+             under them. Deactivate them, then run pvencrypt again.",
+            path.display(),
+            held.join(", ")
+        ));
+    }
+    if *found == Found::TornHeader {
+        // An LVM label left beside our secondary header (as written before the label
+        // went first): libcryptsetup will not restore the primary while it sees one.
+        if lvm::read_label(path).is_ok_and(|l| l.is_some()) {
+            direct::zero(path, &[(0, 4096)]).or_fail(|| format!("Cannot clear the stale PV label of {}", path.display()))?;
+        }
+    }
+    // A complete secondary header: libcryptsetup restores the primary one on load.
+    if let Ok(mut cd) = luks::open(path) {
+        if let Some((_, m)) = luks::marker(&mut cd) {
+            poll::error(&format!("{}: completed a LUKS2 header whose placement a crash interrupted.", path.display()));
+            return Ok(Some(m));
+        }
+    }
+    match found {
+        Found::TornSwitch(r) => {
+            inspect::restore_plain(path, r).or_fail(|| format!("Cannot put the plain PV back on {}", path.display()))?;
+            poll::error(&format!(
+                "{}: a crash cut the switch before the LUKS2 header was complete; the plain PV is back, as it was. \
+                 Run pvencrypt {} to convert it.",
+                path.display(),
+                path.display()
+            ));
+            Ok(None)
+        }
+        _ => fail(format!("{}: libcryptsetup cannot restore the LUKS2 header from its secondary copy.", path.display())),
+    }
+}
 
 pub fn default_name(path: &Path) -> String {
     format!("{}_crypt", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
@@ -106,8 +131,15 @@ pub fn default_name(path: &Path) -> String {
 /// Step 1. Read-only.
 pub fn preflight(cli: &Cli, path: &Path) -> Result<Target> {
     let (dev, size) = device_of(path)?;
-    if is_luks(path) {
-        return refuse(format!("{} is already a LUKS device.", path.display()));
+    match found(path) {
+        Found::Other => {}
+        Found::Luks => return refuse(format!("{} is already a LUKS device.", path.display())),
+        Found::TornSwitch(_) | Found::TornHeader => {
+            return refuse(format!(
+                "{} holds a conversion a crash cut inside its switch; run pvencrypt with no PV to repair it.",
+                path.display()
+            ))
+        }
     }
     let dm = Dm::open()?;
     let name = cli.name.clone().unwrap_or_else(|| default_name(path));
@@ -254,14 +286,21 @@ fn check_uses(cli: &Cli, dm: &Dm, raw: Device, holders: &[crate::dm::Holder]) ->
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(512);
+    // /boot as a mount of its own, or as a plain directory of a filesystem on the VG.
+    let boot_dev = fs::metadata("/boot").ok().map(|m| Device { major: libc::major(m.dev()), minor: libc::minor(m.dev()) });
     for h in holders {
         let dev = dm.device_of(&h.name)?;
         let mounted: Vec<&boot::Mount> = mounts.iter().filter(|m| m.dev == dev).collect();
-        if let Some(m) = mounted.iter().find(|m| m.point == "/boot") {
+        if boot_dev == Some(dev) {
+            let on = match mounted.iter().find(|m| m.point == "/boot") {
+                Some(_) => format!("{} is mounted on /boot", h.name),
+                None => format!("/boot is a directory of the filesystem on {}", h.name),
+            };
+            // GRUB_ENABLE_CRYPTODISK reads LUKS2 with PBKDF2 keyslots only, and no boot
+            // loader reads a device in the middle of its reencryption.
             return refuse(format!(
-                "{} is mounted on {}: the boot loader could not read /boot once it is encrypted. \
-                 Move /boot to a partition of its own first.",
-                h.name, m.point
+                "{on}: the boot loader could not read the kernel and initramfs from an encrypted device (GRUB \
+                 cannot read LUKS2 in reencryption at all). Move /boot to a partition of its own first."
             ));
         }
         if cli.sector_size <= lbs {
@@ -410,10 +449,17 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase, run: &mut Run) -> Result
             alias_path: &alias_path,
             alias_name: &alias,
             name: &t.name,
-            vg_name: &t.vg.vg_name,
-            lock_dir: Path::new(LVM_LOCK_DIR),
+            pv_uuid: &t.pv.pv_uuid,
         };
         run.state("switching");
+        // Held from before the tail is written until the LVs run on NAME: no LVM command
+        // can change the VG meanwhile.
+        let lock_dir = lvm::locking_dir();
+        crate::fault::trace(format_args!("vg lock in {}", lock_dir.display()));
+        let lock = switch::VgLock::take(&lock_dir, &t.vg.vg_name)?;
+        crate::fault::trace("vg locked");
+        unchanged_since_preflight(t)?;
+        crate::fault::trace("vg unchanged");
         let switched = sw.stage(&prepared, &fmt, t.size * 512).and_then(|mut staged| {
             // Exercised once here so that nothing it needs is first touched in the freeze.
             luks::take_log(false);
@@ -422,6 +468,7 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase, run: &mut Run) -> Result
             crate::fault::memory("locked");
             sw.run(&mut staged)
         });
+        drop(lock);
         if switched.is_err() {
             sw.deactivate();
         }
@@ -444,6 +491,36 @@ pub fn convert(cli: &Cli, t: &Target, key: &Passphrase, run: &mut Run) -> Result
     let (temp_slot, temp_key) = result?;
     integrate_boot(cli, &t.path, &t.name, &t.vg.vg_uuid);
     encrypt(cli, &t.path, &t.name, Some(temp_slot), &temp_key, run)
+}
+
+/// Between preflight and the switch came the prompt and the PBKDF: under the VG lock,
+/// the VG (its metadata sequence number: any change of a PV's size or extents, any LV
+/// or pvmove bumps it), the PV and the device must be what preflight planned with.
+/// Read with `--readonly`, which grants LVM's read lock without taking it: we hold it.
+/// (`--nolocking` does not work in process: LVM 2.03.16 keeps the file locking a former
+/// command set up in a static, lib/locking/locking.c `_locking`, and only skips setting
+/// it up again; `--readonly` resets `_file_locking_readonly` at every command.)
+fn unchanged_since_preflight(t: &Target) -> Result<()> {
+    let dev = t.path.to_string_lossy();
+    let vg = lvm::vg_with(&t.vg.vg_name, &["--readonly"]).or_fail(|| format!("Cannot read volume group {}", t.vg.vg_name))?;
+    let pv = lvm::pvs_with(Some(&dev), &["--readonly"]).or_fail(|| format!("Cannot read the PV {dev}"))?;
+    let segs = lvm::lvs_with(&t.vg.vg_name, &["--readonly"]).or_fail(|| format!("Cannot list the LVs of {}", t.vg.vg_name))?;
+    let (_, size) = device_of(&t.path)?;
+    let changed = if vg.vg_seqno != t.vg.vg_seqno {
+        format!("its metadata changed (seqno {} → {})", t.vg.vg_seqno, vg.vg_seqno)
+    } else if pv.first() != Some(&t.pv) {
+        "the PV changed".into()
+    } else if segs.iter().any(|s| s.is_pvmove() || s.is_locked()) {
+        "a pvmove started".into()
+    } else if size != t.size {
+        format!("the device's size changed ({} → {size} sectors)", t.size)
+    } else {
+        return Ok(());
+    };
+    refuse(format!(
+        "{dev}: volume group {} changed while pvencrypt was preparing: {changed}. Nothing was changed; run pvencrypt again.",
+        t.vg.vg_name
+    ))
 }
 
 /// `--make-room`: LVM's own live pvmove of the extents in the way to free extents lower
@@ -484,11 +561,13 @@ fn update_boot_files(cli: &Cli, path: &Path, name: &str, vg_uuid: &str) {
     let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
     // With a devices file, LVM would not look at the new device at all.
     match lvm::devices_file_replace(&format!("/dev/mapper/{name}"), &path.to_string_lossy()) {
-        Ok(true) if !cli.quiet => poll::info(&format!("{}: {} now lists /dev/mapper/{name} instead.", path.display(), lvm::DEVICES_FILE)),
+        Ok(true) if !cli.quiet => {
+            poll::info(&format!("{}: {} now lists /dev/mapper/{name} instead.", path.display(), lvm::devices_file().display()))
+        }
         Ok(_) => {}
         Err(e) => warn(format!(
             "updating {}: {e}; run lvmdevices --adddev /dev/mapper/{name}, then lvmdevices --deldev {}.",
-            lvm::DEVICES_FILE,
+            lvm::devices_file().display(),
             path.display()
         )),
     }
@@ -632,21 +711,33 @@ fn refresh_lvm(vg: &str) -> Result<()> {
     Ok(())
 }
 
-/// Devices with an unfinished conversion of ours: (raw path, marker).
-pub fn unfinished() -> Vec<(PathBuf, Marker)> {
+/// A device with an unfinished conversion of ours.
+pub enum Unfinished {
+    /// LUKS2 in our conversion: resume it.
+    Luks(Marker),
+    /// Cut inside the switch: `repair` first.
+    Torn(Found),
+}
+
+/// Devices with an unfinished conversion of ours. Read-only.
+pub fn unfinished() -> Vec<(PathBuf, Unfinished)> {
     let mut out = Vec::new();
     let Ok(rd) = fs::read_dir("/sys/class/block") else { return out };
     let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
     names.sort();
     for n in names {
         let path = PathBuf::from("/dev").join(&n);
-        if !could_be_ours(&n) || !is_luks(&path) {
+        if !could_be_ours(&n) {
             continue;
         }
-        if let Ok(mut cd) = luks::open(&path) {
-            if let Some((_, m)) = luks::marker(&mut cd) {
-                out.push((path, m));
+        match found(&path) {
+            Found::Other => {}
+            Found::Luks => {
+                if let Some((_, m)) = luks::open(&path).ok().and_then(|mut cd| luks::marker(&mut cd)) {
+                    out.push((path, Unfinished::Luks(m)));
+                }
             }
+            torn => out.push((path, Unfinished::Torn(torn))),
         }
     }
     out
@@ -692,7 +783,7 @@ pub fn resume(cli: &Cli, path: &Path, m: &Marker, key: &Passphrase, run: &mut Ru
         ));
     }
     if !dm.exists(&m.name) {
-        luks::activate(&mut cd, &m.name, None, key)?;
+        luks::activate(&mut cd, path, &m.name, None, key)?;
         if !cli.quiet {
             poll::info(&format!("{}: opened as /dev/mapper/{}.", path.display(), m.name));
         }
@@ -732,15 +823,21 @@ fn stuck_at_the_end(path: &Path) -> Result<()> {
 pub fn unfinished_status() -> Vec<Status> {
     unfinished()
         .into_iter()
-        .map(|(path, m)| {
-            let (done, total) = luks::open(&path).ok().and_then(|mut cd| luks::progress(&mut cd)).unwrap_or((0, 0));
-            Status {
-                pv: path.display().to_string(),
-                name: m.name,
-                state: "stopped".into(),
-                bytes_done: done,
-                bytes_total: total,
-                ..Default::default()
+        .map(|(path, u)| {
+            let pv = path.display().to_string();
+            match u {
+                Unfinished::Luks(m) => {
+                    let (done, total) = luks::open(&path).ok().and_then(|mut cd| luks::progress(&mut cd)).unwrap_or((0, 0));
+                    Status { pv, name: m.name, state: "stopped".into(), bytes_done: done, bytes_total: total, ..Default::default() }
+                }
+                // Cut inside the switch: nothing encrypted; `pvencrypt` repairs it.
+                Unfinished::Torn(f) => {
+                    let name = match f {
+                        Found::TornSwitch(r) => r.name,
+                        _ => String::new(),
+                    };
+                    Status { pv, name, state: "interrupted".into(), ..Default::default() }
+                }
             }
         })
         .collect()

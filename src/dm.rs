@@ -5,7 +5,10 @@
 //! Everything here goes through the dm ioctls (devicemapper crate); tables are
 //! verified by reading them back, never assumed.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DmUuid, DM};
 
@@ -125,9 +128,46 @@ impl Dm {
         Ok(())
     }
 
+    /// Resumes without waiting for udev (see `unsynced`): safe inside the freeze.
     pub fn resume(&self, name: &str) -> Result<()> {
-        self.dm.device_suspend(&id(name), DmOptions::default()).or_fail(|| format!("Cannot resume {name}"))?;
+        if crate::fault::fails("resume", name) {
+            return fail(format!("Cannot resume {name}: injected failure"));
+        }
+        self.unsynced(devicemapper_sys::DM_DEV_SUSPEND_CMD, name).or_fail(|| format!("Cannot resume {name}"))
+    }
+
+    /// A resume or remove with no udev cookie. devicemapper-rs attaches one to every
+    /// resume, remove and rename whenever udev runs, then blocks in semop until udev's
+    /// rules have run `dmsetup udevcomplete` (dm_udev_sync.rs, `UdevSync::begin`/`end`).
+    /// Inside the freeze the udev worker may need a page of the suspended root to get
+    /// there: a deadlock. The kernel still sends its uevent; udev treats it as one not
+    /// from libdevmapper and keeps the flags in its database (10-dm.rules); `udev_catch_up`
+    /// lets it settle once nothing is suspended.
+    fn unsynced(&self, cmd: u32, name: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        type Hdr = devicemapper_sys::dm_ioctl;
+        let size = std::mem::size_of::<Hdr>();
+        let mut hdr = Hdr { version: [4, 0, 0], data_size: size as u32, data_start: size as u32, ..Default::default() };
+        if name.len() >= hdr.name.len() {
+            return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+        }
+        for (d, s) in hdr.name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        // _IOWR(DM_IOCTL, cmd, struct dm_ioctl), as <linux/dm-ioctl.h> defines the requests.
+        let req = (3u64 << 30) | ((size as u64) << 16) | ((devicemapper_sys::DM_IOCTL as u64) << 8) | cmd as u64;
+        // SAFETY: hdr is a valid dm_ioctl whose data_size covers only itself; the kernel
+        // writes back at most data_size bytes into it.
+        if unsafe { libc::ioctl(self.dm.file().as_raw_fd(), req as libc::c_ulong, &mut hdr as *mut Hdr) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(())
+    }
+
+    /// Whether `name` has a table loaded that a resume would make live.
+    pub fn has_inactive(&self, name: &str) -> Result<bool> {
+        let info = self.dm.device_info(&id(name)).or_fail(|| format!("Cannot query {name}"))?;
+        Ok(info.flags().contains(DmFlags::DM_INACTIVE_PRESENT))
     }
 
     /// Loads `table` as the inactive table and checks the kernel's copy equals it.
@@ -143,8 +183,9 @@ impl Dm {
         Ok(())
     }
 
-    pub fn clear_inactive(&self, name: &str) {
-        let _ = self.dm.table_clear(&id(name));
+    pub fn clear_inactive(&self, name: &str) -> Result<()> {
+        self.dm.table_clear(&id(name)).or_fail(|| format!("Cannot clear the new table of {name}"))?;
+        Ok(())
     }
 
     /// A linear alias of the whole of `dev`, invisible to LVM and udev rules.
@@ -227,8 +268,9 @@ impl Dm {
         Ok(removed)
     }
 
+    /// Removes `name` if nothing uses it; never waits for udev (see `unsynced`).
     pub fn remove(&self, name: &str) {
-        let _ = self.dm.device_remove(&id(name), DmOptions::private());
+        let _ = self.unsynced(devicemapper_sys::DM_DEV_REMOVE_CMD, name);
     }
 
     pub fn is_suspended(&self, name: &str) -> bool {
@@ -247,6 +289,24 @@ impl Dm {
     pub fn device_of(&self, name: &str) -> Result<Device> {
         DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
         Ok(self.dm.device_info(&id(name)).or_fail(|| format!("No dm device {name}"))?.device())
+    }
+}
+
+/// After the freeze: asks udev to look again at the devices the switch resumed without
+/// it (a "change" uevent each, as `udevadm trigger` sends), then waits for it to settle,
+/// so that symlinks and its database are current before anything else runs. Best
+/// effort: udev may not run at all.
+pub fn udev_catch_up(devices: &[Device]) {
+    for d in devices {
+        let _ = std::fs::write(format!("/sys/dev/block/{d}/uevent"), "change");
+    }
+    if Path::new("/run/udev/control").exists() {
+        let _ = std::process::Command::new("udevadm")
+            .args(["settle", "--timeout=60"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -1,19 +1,48 @@
-//! Test-only fault injection: PVENCRYPT_FAULT=STEP[:halt|:exit] stops the program at a
-//! named step, either by cutting the (virtual) machine's power without a sync or by
-//! exiting at once, so that crash tests can prove every step's crash story.
+//! Fault injection for the crash tests, and timed traces.
+//!
+//! Only a test build (`--features fault-injection`, which the VM rig uses) reads
+//! PVENCRYPT_FAULT=STEP[:halt|:exit|:failN]: it stops the program at a named step, by
+//! cutting the (virtual) machine's power without a sync or by exiting at once, or makes
+//! the first N attempts of an operation fail, so that tests can prove every step's
+//! story. In a release binary `point` and `fails` do nothing.
 
-use std::{sync::OnceLock, time::Instant};
+use std::{
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+    time::Instant,
+};
 
 static FAULT: OnceLock<Option<(String, String)>> = OnceLock::new();
+static FAILURES_LEFT: AtomicU32 = AtomicU32::new(0);
 
 /// Reads the setting once, before any freeze, so checking it later allocates nothing.
 pub fn init() {
     T0.get_or_init(Instant::now);
     FAULT.get_or_init(|| {
+        if !cfg!(feature = "fault-injection") {
+            return None;
+        }
         let v = std::env::var("PVENCRYPT_FAULT").ok()?;
-        let (step, how) = v.split_once(':').unwrap_or((&v, "halt"));
+        let (step, how) = v.rsplit_once(':').unwrap_or((&v, "halt"));
+        if let Some(n) = how.strip_prefix("fail") {
+            FAILURES_LEFT.store(n.parse().unwrap_or(1), Ordering::Relaxed);
+        }
         Some((step.to_string(), how.to_string()))
     });
+}
+
+/// True while a `failN` fault for `op` followed by `arg` ("resume" "vg-fs") has
+/// failures left; allocates nothing.
+pub fn fails(op: &str, arg: &str) -> bool {
+    let Some(Some((s, how))) = FAULT.get() else { return false };
+    let hit = how.starts_with("fail")
+        && s.len() == op.len() + 1 + arg.len()
+        && s.starts_with(op)
+        && s.ends_with(arg)
+        && s.as_bytes()[op.len()] == b' ';
+    hit && FAILURES_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
 }
 
 static TRACE: OnceLock<Option<String>> = OnceLock::new();
@@ -43,7 +72,7 @@ pub fn trace(what: impl std::fmt::Display) {
 pub fn point(step: &str) {
     trace(step);
     if let Some(Some((s, how))) = FAULT.get() {
-        if s == step {
+        if s == step && !how.starts_with("fail") {
             if how == "exit" {
                 unsafe { libc::_exit(99) };
             }
@@ -81,5 +110,17 @@ pub fn memory(at: &str) {
         for (kb, n) in maps.iter().take(8) {
             trace(format_args!("  {kb} kB {n}"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn release_builds_read_no_fault() {
+        // SAFETY: tests of this module do not read the environment concurrently.
+        unsafe { std::env::set_var("PVENCRYPT_FAULT", "resume x:fail2") };
+        super::init();
+        let fired = super::fails("resume", "x");
+        assert_eq!(fired, cfg!(feature = "fault-injection"));
     }
 }

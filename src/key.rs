@@ -61,9 +61,9 @@ impl KeySource<'_> {
                 if f.metadata().map_err(key_err)?.is_dir() {
                     return Err(Error::new(Kind::Key, format!("Key file {name} is a directory.")));
                 }
-                // A regular file or a device: seek, as cryptsetup does.
+                // A regular file or a device: seek, as cryptsetup does; a FIFO cannot.
                 let offset = self.offset.unwrap_or(0);
-                if f.seek(SeekFrom::Start(offset)).map_err(key_err)? != offset {
+                if offset > 0 && f.seek(SeekFrom::Start(offset)).map_err(key_err)? != offset {
                     return Err(Error::new(Kind::Key, format!("Cannot seek in key file {name}.")));
                 }
                 self.read_from(&mut f, 0, &name)

@@ -316,11 +316,27 @@ pub fn activate_staged(p: &Prepared, name: &str, data: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens `name` on the PV itself.
-pub fn activate(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase) -> Result<()> {
-    cd.activate_handle()
-        .activate_by_passphrase(Some(name), slot, key.bytes(), CryptActivate::SHARED)
-        .map_err(|e| key_error(e, || format!("Cannot open {name}")))?;
+/// Opens `name` on the PV itself. Never with CRYPT_ACTIVATE_SHARED: libcryptsetup's
+/// exclusive open of the device is what refuses to map it while something else holds
+/// it (the VG activated on the raw device, a multipath or md member), which would show
+/// the PV to LVM twice.
+pub fn activate(cd: &mut CryptDevice, path: &Path, name: &str, slot: Option<u32>, key: &Passphrase) -> Result<()> {
+    cd.activate_handle().activate_by_passphrase(Some(name), slot, key.bytes(), CryptActivate::empty()).map_err(|e| {
+        if matches!(e, libcryptsetup_rs::LibcryptErr::IOError(ref io) if io.raw_os_error() == Some(libc::EBUSY)) {
+            Error::new(
+                Kind::Failed,
+                format!(
+                    "Cannot open {name}: {} is in use by something else (its volume group activated on the raw \
+                     device, a device-mapper or md device stacked on it). Opening it beside that would show the PV \
+                     twice. Stop what holds it (see lsblk {}), then run pvencrypt again.",
+                    path.display(),
+                    path.display()
+                ),
+            )
+        } else {
+            key_error(e, || format!("Cannot open {name}"))
+        }
+    })?;
     Ok(())
 }
 

@@ -28,7 +28,7 @@ use std::{
     fmt, fs, io,
     ops::{Add, Sub},
     os::raw::{c_char, c_int},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Mutex, PoisonError},
 };
 
@@ -874,13 +874,60 @@ pub fn metadata_pv_size(vg: &str, pv_uuid: &str) -> Result<Sectors, Error> {
 }
 
 /// The text an LVM command writes to a file (`write` runs it with the file's path): for
-/// output that only goes to a file or to stdout, past the log capture.
+/// output that only goes to a file or to stdout, past the log capture. The file lives in
+/// a directory of its own, made 0700 under /run (mkdtemp): a root process must not
+/// write to a predictable name in a world-writable directory.
 fn output_file(cmd: &str, write: impl FnOnce(&Path) -> Result<(), Error>) -> Result<String, Error> {
-    let tag: String = cmd.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let file = std::env::temp_dir().join(format!("pvencrypt-{}-{tag}", std::process::id()));
+    let dir = private_dir().map_err(|e| Error::report(cmd, format!("cannot make a private directory under /run: {e}")))?;
+    let file = dir.join("output");
     let text = write(&file).and_then(|_| fs::read_to_string(&file).map_err(|e| Error::report(cmd, e.to_string())));
-    let _ = fs::remove_file(&file);
+    let _ = fs::remove_dir_all(&dir);
     text
+}
+
+fn private_dir() -> io::Result<PathBuf> {
+    let mut template = *b"/run/pvencrypt-XXXXXX\0";
+    // SAFETY: a NUL-terminated template that mkdtemp fills in place.
+    if unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PathBuf::from(std::str::from_utf8(&template[..template.len() - 1]).expect("ASCII")))
+}
+
+/// Where LVM keeps what pvencrypt must find, as this system configures it.
+struct Settings {
+    locking_dir: PathBuf,
+    devices_file: PathBuf,
+}
+
+fn settings() -> &'static Settings {
+    static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        let text = output_file("lvmconfig", |file| {
+            let file = file.to_string_lossy();
+            run(&["lvmconfig", "--typeconfig", "full", "--file", &file, "global/locking_dir", "devices/devicesfile"]).map(drop)
+        })
+        .unwrap_or_default();
+        let value = |name: &str, default: &str| {
+            text.lines()
+                .filter_map(parse_setting)
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| v.into_iter().next())
+                .unwrap_or_else(|| default.into())
+        };
+        // LVM reads its files from LVM_SYSTEM_DIR (default /etc/lvm); the devices file is
+        // devices/<devicesfile> under it (lvm2 lib/device/device_id.c).
+        let system = std::env::var_os("LVM_SYSTEM_DIR").map(PathBuf::from).unwrap_or_else(|| "/etc/lvm".into());
+        Settings {
+            locking_dir: value("locking_dir", "/run/lock/lvm").into(),
+            devices_file: system.join("devices").join(value("devicesfile", "system.devices")),
+        }
+    })
+}
+
+/// global/locking_dir: where LVM's VG lock files live.
+pub fn locking_dir() -> PathBuf {
+    settings().locking_dir.clone()
 }
 
 /// `dev_size` in the section of the PV whose `id` is `pv_uuid`.
@@ -891,14 +938,16 @@ fn metadata_dev_size(text: &str, pv_uuid: &str) -> Option<u64> {
     section.lines().find_map(|l| l.trim().strip_prefix("dev_size = ")?.split_whitespace().next()?.parse().ok())
 }
 
-/// LVM's devices file (devices/devicesfile's default). When it exists and lists a PV,
-/// LVM looks only at the devices it lists (with devices/use_devicesfile = 1).
-pub const DEVICES_FILE: &str = "/etc/lvm/devices/system.devices";
+/// LVM's devices file. When it exists and lists a PV, LVM looks only at the devices it
+/// lists (with devices/use_devicesfile = 1).
+pub fn devices_file() -> PathBuf {
+    settings().devices_file.clone()
+}
 
 /// True when the devices file has an entry for `dev` (a path, or a dm-crypt device's
 /// name: LVM lists those by their dm uuid, CRYPT-LUKS2-<uuid>-NAME).
 pub fn devices_file_lists(dev: &str) -> bool {
-    lists(&fs::read_to_string(DEVICES_FILE).unwrap_or_default(), dev)
+    lists(&fs::read_to_string(devices_file()).unwrap_or_default(), dev)
 }
 
 /// NAME of `IDNAME=CRYPT-<type>-<uuid, 32 hex digits>-<NAME>`.
@@ -1039,6 +1088,12 @@ pub fn read_label(dev: &Path) -> io::Result<Option<PvLabel>> {
     let got = f.read_at(buf, 0)?.min(LABEL_SCAN_SECTORS * 512);
     parse_label(&buf[..got - got % 512])
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", dev.display())))
+}
+
+/// The LVM label among the first sectors in `buf` (as read from a device's start).
+pub fn label_in(buf: &[u8]) -> Result<Option<PvLabel>, String> {
+    let n = buf.len().min(LABEL_SCAN_SECTORS * 512);
+    parse_label(&buf[..n - n % 512])
 }
 
 /// LVM's checksum (`calc_crc`): CRC-32 (reflected 0xedb88320) with its own

@@ -5,6 +5,7 @@ mod direct;
 mod dm;
 mod error;
 mod fault;
+mod inspect;
 mod kernel_cipher;
 mod key;
 mod luks;
@@ -31,10 +32,12 @@ use crate::{
 };
 
 fn main() -> ExitCode {
+    no_core_dumps();
     let cli = Cli::parse();
     fault::init();
     luks::capture_log();
     install_signal_handlers();
+    switch::install_panic_hook();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -48,9 +51,29 @@ extern "C" fn on_signal(_: libc::c_int) {
     convert::STOP.store(true, Ordering::Relaxed);
 }
 
+/// A dropped ssh session must not stop a conversion mid-step: on SIGHUP the run goes
+/// on, and its messages go to the system log from then on (poll.rs).
+extern "C" fn on_hangup(_: libc::c_int) {
+    poll::HUNG_UP.store(true, Ordering::Relaxed);
+}
+
 fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+    // SAFETY: as above.
+    unsafe { libc::signal(libc::SIGHUP, on_hangup as *const () as libc::sighandler_t) };
+}
+
+/// Key material lives in this process's memory: no core file may carry it away, and
+/// no unprivileged process may read it through /proc or ptrace.
+fn no_core_dumps() {
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain syscalls on this process.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
     }
 }
 
@@ -64,7 +87,7 @@ fn run(cli: &Cli) -> Result<()> {
     }
     if cli.status {
         let all = poll::select(poll::statuses(convert::unfinished_status()), &cli.pvs);
-        println!("{}", poll::report(&all, cli.reportformat == ReportFormat::Json));
+        poll::out(&poll::report(&all, cli.reportformat == ReportFormat::Json));
         return Ok(());
     }
     if cli.abort {
@@ -77,7 +100,8 @@ fn run(cli: &Cli) -> Result<()> {
     // Every PV is checked before anything is asked or changed.
     let mut targets = Vec::new();
     for path in &cli.pvs {
-        if convert::is_luks(path) {
+        // --test never resumes or repairs: preflight then says what the device holds.
+        if !cli.test && convert::found(path) != inspect::Found::Other {
             if cli.pvs.len() > 1 {
                 return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
             }
@@ -90,11 +114,11 @@ fn run(cli: &Cli) -> Result<()> {
     }
     for t in &targets {
         if !cli.quiet || cli.test {
-            println!("{}", convert::describe(cli, t));
+            poll::out(&convert::describe(cli, t));
         }
     }
     if cli.test {
-        println!("Test mode: nothing was changed.");
+        poll::out("Test mode: nothing was changed.");
         return Ok(());
     }
     let mut runs = targets.iter().map(|t| Run::claim(&t.path, &t.name)).collect::<Result<Vec<_>>>()?;
@@ -143,7 +167,7 @@ fn background(cli: &Cli, runs: &mut Vec<Run>) -> Result<bool> {
     }
     if poll::detach()? {
         for r in runs.drain(..) {
-            println!("{}: converting in the background; progress goes to the system log, pvencrypt --status shows it.", r.pv());
+            poll::out(&format!("{}: converting in the background; progress goes to the system log, pvencrypt --status shows it.", r.pv()));
             r.hand_over();
         }
         return Ok(true);
@@ -163,11 +187,11 @@ fn stop_point() -> Result<()> {
 fn abort(cli: &Cli) -> Result<()> {
     let stopped = poll::abort(&cli.pvs, std::time::Duration::from_secs(600))?;
     if stopped.is_empty() && !cli.quiet {
-        println!("No conversion is running.");
+        poll::out("No conversion is running.");
     }
     for s in stopped {
         if !cli.quiet {
-            println!("{}: stopped; the data stays in use on /dev/mapper/{}. Run pvencrypt to resume.", s.pv, s.name);
+            poll::out(&format!("{}: stopped; the data stays in use on /dev/mapper/{}. Run pvencrypt to resume.", s.pv, s.name));
         }
     }
     Ok(())
@@ -182,8 +206,8 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
         return Err(Error::new(Kind::Refused, "Not on a terminal: confirm with --yes."));
     }
     match moves {
-        Some(n) => print!("Move {n} extents with pvmove to make room, then encrypt in place? The data stays in use throughout. [y/n]: "),
-        None => print!("Encrypt in place? The data stays in use throughout. [y/n]: "),
+        Some(n) => { let _ = write!(io::stdout(), "Move {n} extents with pvmove to make room, then encrypt in place? The data stays in use throughout. [y/n]: "); }
+        None => { let _ = write!(io::stdout(), "Encrypt in place? The data stays in use throughout. [y/n]: "); }
     }
     io::stdout().flush().ok();
     let mut answer = String::new();
@@ -196,11 +220,20 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
 }
 
 fn resume_one(cli: &Cli, path: &std::path::Path) -> Result<()> {
-    let mut cd = luks::open(path)?;
-    let Some((_, m)) = luks::marker(&mut cd) else {
-        return Err(Error::new(Kind::Refused, format!("{} is already a LUKS device.", path.display())));
+    let found = convert::found(path);
+    let m = if found == inspect::Found::Luks {
+        let mut cd = luks::open(path)?;
+        let Some((_, m)) = luks::marker(&mut cd) else {
+            return Err(Error::new(Kind::Refused, format!("{} is already a LUKS device.", path.display())));
+        };
+        m
+    } else {
+        let _claim = Run::claim(path, "")?;
+        match convert::repair(path, &found)? {
+            Some(m) => m,
+            None => return Err(Error::new(Kind::Interrupted, format!("{}: run pvencrypt {} to convert it.", path.display(), path.display()))),
+        }
     };
-    drop(cd);
     let mut runs = vec![Run::claim(path, &m.name)?];
     let key = key_source(cli).read(&format!("Enter passphrase for {}: ", path.display()), false)?;
     if background(cli, &mut runs)? {
@@ -217,19 +250,40 @@ fn resume_all(cli: &Cli) -> Result<()> {
     // One already being worked on by another process is left to it.
     let mut todo = Vec::new();
     let mut runs = Vec::new();
-    for (path, m) in convert::unfinished() {
-        match Run::claim(&path, &m.name) {
-            Ok(r) => {
-                runs.push(r);
-                todo.push((path, m));
+    let mut restored = Vec::new();
+    for (path, u) in convert::unfinished() {
+        let name = match &u {
+            convert::Unfinished::Luks(m) => m.name.clone(),
+            convert::Unfinished::Torn(_) => String::new(),
+        };
+        let run = match Run::claim(&path, &name) {
+            Ok(r) => r,
+            Err(e) if e.kind == Kind::Refused => {
+                poll::error(&format!("pvencrypt: {e}"));
+                continue;
             }
-            Err(e) if e.kind == Kind::Refused => eprintln!("pvencrypt: {e}"),
             Err(e) => return Err(e),
-        }
+        };
+        let m = match u {
+            convert::Unfinished::Luks(m) => m,
+            convert::Unfinished::Torn(found) => match convert::repair(&path, &found)? {
+                Some(m) => m,
+                None => {
+                    restored.push(path);
+                    continue;
+                }
+            },
+        };
+        runs.push(run);
+        todo.push((path, m));
     }
     if todo.is_empty() {
+        if !restored.is_empty() {
+            let pvs: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
+            return Err(Error::new(Kind::Interrupted, format!("Plain PVs put back: {}; run pvencrypt on them again.", pvs.join(" "))));
+        }
         if !cli.quiet {
-            println!("No conversion to resume.");
+            poll::out("No conversion to resume.");
         }
         return Ok(());
     }

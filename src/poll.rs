@@ -23,6 +23,9 @@ const RUN_DIR: &str = "/run/pvencrypt";
 
 /// After `detach`, messages go to the system log instead of the (gone) terminal.
 static SYSLOG: AtomicBool = AtomicBool::new(false);
+/// Set by SIGHUP (main.rs): the terminal is gone, the run goes on; from now on
+/// messages go to the system log too.
+pub static HUNG_UP: AtomicBool = AtomicBool::new(false);
 
 /// What `--status` shows of one conversion; the running process rewrites it as it goes.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -242,7 +245,6 @@ pub fn detach() -> Result<bool> {
                     libc::close(null);
                 }
                 libc::chdir(c"/".as_ptr());
-                libc::openlog(c"pvencrypt".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
             }
             SYSLOG.store(true, Ordering::Relaxed);
             Ok(false)
@@ -252,31 +254,41 @@ pub fn detach() -> Result<bool> {
 }
 
 fn syslog(prio: libc::c_int, msg: &str) {
+    static OPEN: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a static ident; openlog only records it.
+    OPEN.call_once(|| unsafe { libc::openlog(c"pvencrypt".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) });
     let m = CString::new(msg.replace('\0', " ")).expect("no NUL left");
     unsafe { libc::syslog(prio, c"%s".as_ptr(), m.as_ptr()) };
 }
 
-/// A progress or result line: stdout, or the log once detached.
+/// A progress or result line: stdout, or the log once detached or hung up.
 pub fn info(msg: &str) {
-    if SYSLOG.load(Ordering::Relaxed) {
+    if detached() {
         syslog(libc::LOG_INFO, msg);
     } else {
-        println!("{msg}");
-        let _ = std::io::stdout().flush();
+        out(msg);
     }
 }
 
-/// An error or warning: stderr, or the log once detached.
+/// An error or warning: stderr, or the log once detached or hung up.
 pub fn error(msg: &str) {
-    if SYSLOG.load(Ordering::Relaxed) {
+    if detached() {
         syslog(libc::LOG_ERR, msg);
     } else {
-        eprintln!("{msg}");
+        // A closed pipe or a hung-up terminal must not stop the run (println! panics).
+        let _ = writeln!(std::io::stderr().lock(), "{msg}");
     }
+}
+
+/// A line on stdout, for the report commands too; a write error is not the caller's
+/// problem (a reader that went away, a terminal that hung up).
+pub fn out(msg: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{msg}").and_then(|_| o.flush());
 }
 
 pub fn detached() -> bool {
-    SYSLOG.load(Ordering::Relaxed)
+    SYSLOG.load(Ordering::Relaxed) || HUNG_UP.load(Ordering::Relaxed)
 }
 
 /// `--status`, as LVM's reports print: aligned columns, or `--reportformat json`.

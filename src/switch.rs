@@ -10,19 +10,27 @@
 //! Crash story, step by step:
 //! - before the header is written: nothing on the disk changed but the free tail; the
 //!   plain PV is intact;
-//! - the header is written from its second 4 KiB on first, its first 4 KiB (magic,
-//!   checksum, and over the PV label) last: a crash in between leaves a valid secondary
-//!   header next to the PV label, which `pvencrypt` recognises and finishes;
-//! - after it: the device is LUKS2 in reencryption (nothing encrypted yet); stock
-//!   `cryptsetup open` shows the PV; `pvencrypt` resumes.
+//! - the first 4 KiB go first: a record of the switch (inspect.rs) over the PV label.
+//!   A crash then leaves neither a label nor a header: nothing activates on the device,
+//!   and `pvencrypt` puts the plain PV back from the copy the record points to;
+//! - then the header from its second 4 KiB on: a crash leaves a valid secondary header
+//!   that stock libcryptsetup completes on open;
+//! - then its first 4 KiB, with the magic: the device is LUKS2 in reencryption (nothing
+//!   encrypted yet); stock `cryptsetup open` shows the PV; `pvencrypt` resumes.
 //!
 //! A failure (not a crash) inside the freeze before the LVs run on the new device is
 //! rolled back: the first segment is copied home and the LVs resume on the raw PV.
+//! Whatever happens inside, error or panic, every suspended device is resumed (`Frozen`);
+//! signals wait until then, and nothing waits for udev (dm.rs, `unsynced`).
 
 use std::{
     fs::{File, OpenOptions},
     os::{fd::AsRawFd, unix::fs::FileExt},
     path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -33,6 +41,7 @@ use crate::{
     dm::{self, Dm, Holder, Target},
     error::{fail, Context, Error, Kind, Result},
     fault,
+    inspect::SwitchRecord,
     luks::{self, Format, Prepared},
 };
 
@@ -44,8 +53,7 @@ pub struct Switch<'a> {
     /// The alias sits on the PV too, but it is ours and must stay running.
     pub alias_name: &'a str,
     pub name: &'a str,
-    pub vg_name: &'a str,
-    pub lock_dir: &'a Path,
+    pub pv_uuid: &'a str,
 }
 
 pub struct Switched {
@@ -54,12 +62,12 @@ pub struct Switched {
 }
 
 /// LVM's own VG lock (the flock its commands take), so no LVM command changes the VG
-/// or its tables while we move them. Never held across an lvm2cmd call: the library
-/// would wait for it forever.
-struct VgLock(#[allow(dead_code)] File);
+/// or its tables while we move them. While it is held, lvm2cmd runs only with
+/// `--readonly`: the library would wait for it forever.
+pub struct VgLock(#[allow(dead_code)] File);
 
 impl VgLock {
-    fn take(dir: &Path, vg: &str) -> Result<VgLock> {
+    pub fn take(dir: &Path, vg: &str) -> Result<VgLock> {
         let _ = std::fs::create_dir_all(dir);
         let path = dir.join(format!("V_{vg}"));
         let f = OpenOptions::new()
@@ -132,6 +140,8 @@ impl Drop for MemoryLock {
 pub struct Staged {
     header: Aligned,
     header_len: usize,
+    /// The first 4 KiB written: the switch record, then zeros (the label goes).
+    unlabeled: Aligned,
     /// Where libcryptsetup put the copy of the first segment: (offset, length).
     moved: (u64, u64),
     buf: Aligned,
@@ -165,21 +175,24 @@ impl Switch<'_> {
                 return fail(format!("{} does not map the alias in every segment: {table:?}", self.name));
             }
             self.dm.load_verified(self.name, &new)?;
+            let record = SwitchRecord { moved, pv_uuid: self.pv_uuid.into(), name: self.name.into() };
+            let record = record.encode().ok_or_else(|| Error::new(Kind::Failed, "The PV uuid or the name is too long"))?;
             Ok(Staged {
                 header: Aligned::from_bytes(&image),
                 header_len: image.len(),
+                unlabeled: Aligned::from_bytes(&record),
                 moved,
                 buf: Aligned::new(direct::CHUNK),
             })
         })()
     }
 
+    /// The freeze. The caller holds the VG lock (`VgLock`).
     pub fn run(&self, staged: &mut Staged) -> Result<Switched> {
         // Dirty pages flushed now are pages the suspend does not have to flush.
         fault::trace("sync");
         unsafe { libc::sync() };
         fault::trace("synced");
-        let _lock = VgLock::take(self.lock_dir, self.vg_name)?;
         // Read under the lock: no LV can appear or change from here on.
         let mut holders = self.dm.holders(self.raw)?;
         holders.retain(|h| h.name != self.alias_name && h.name != self.name);
@@ -189,25 +202,27 @@ impl Switch<'_> {
             .map(|h| Ok((h, self.dm.table(&h.name)?)))
             .collect::<Result<_>>()?;
         let crypt = self.dm.device_of(self.name)?;
+        let mut touched = vec![crypt];
+        for h in &holders {
+            touched.push(self.dm.device_of(&h.name)?);
+        }
         let f = direct::open(self.alias_path).or_fail(|| format!("Cannot open {}", self.alias_path.display()))?;
 
         fault::trace("locked");
         let t0 = Instant::now();
-        let mut suspended = Vec::with_capacity(holders.len());
+        let mut frozen = Frozen::new(self.dm, holders.len());
         for h in &holders {
             fault::trace(format_args!("suspend {}", h.name));
-            if let Err(e) = self.dm.suspend(&h.name) {
-                // Nothing changed yet; a resume error here would only hide the cause.
-                let _ = self.resume_all(&suspended);
-                return Err(e);
-            }
-            suspended.push(h);
+            // On error the guard resumes what was suspended; nothing changed yet.
+            frozen.suspend(&h.name)?;
         }
         fault::point("suspended");
 
-        let done = self.switch_suspended(&f, staged, crypt, &direct);
-        let resumed = self.resume_all(&suspended);
+        let done = self.switch_suspended(&f, staged, crypt, &direct, &mut frozen);
+        let resumed = frozen.resume_all();
         let freeze = t0.elapsed();
+        drop(frozen);
+        dm::udev_catch_up(&touched);
         let retargeted = done?;
         resumed?;
         fault::point("resumed");
@@ -224,17 +239,29 @@ impl Switch<'_> {
 
     /// Everything between suspend and resume. On error before the LVs are moved, the
     /// device is rolled back to the plain PV.
-    fn switch_suspended(&self, f: &File, s: &mut Staged, crypt: Device, direct: &[(&Holder, Vec<Target>)]) -> Result<Vec<String>> {
+    fn switch_suspended(
+        &self,
+        f: &File,
+        s: &mut Staged,
+        crypt: Device,
+        direct: &[(&Holder, Vec<Target>)],
+        frozen: &mut Frozen,
+    ) -> Result<Vec<String>> {
         let (to, len) = s.moved;
         if let Err(e) = direct::copy(f, &mut s.buf, 0, to, len) {
             return fail(format!("Cannot copy the first {len} bytes of {} to its end: {e}", self.raw_path.display()));
         }
         fault::point("moved");
-        // The binary header's first sector, with the magic, goes last: until then the
-        // device still reads as the plain PV label.
+        // The label goes before any header byte lands where LVM reads metadata or
+        // extents; the magic comes last (see the crash story above).
         let header = &s.header[..s.header_len];
         let written = f
-            .write_all_at(&header[4096..], 4096)
+            .write_all_at(&s.unlabeled[..4096], 0)
+            .and_then(|_| f.sync_data())
+            .and_then(|_| {
+                fault::point("unlabeled");
+                f.write_all_at(&header[4096..], 4096)
+            })
             .and_then(|_| f.sync_data())
             .and_then(|_| {
                 fault::point("secondary");
@@ -243,11 +270,12 @@ impl Switch<'_> {
             .and_then(|_| f.sync_data())
             .and_then(|_| direct::verify(f, &mut s.buf, header, 0));
         if let Err(e) = written {
-            return Err(self.rollback(f, s, Error::new(Kind::Failed, format!("Cannot write the LUKS2 header: {e}"))));
+            let e = Error::new(Kind::Failed, format!("Cannot write the LUKS2 header: {e}"));
+            return Err(self.rollback(f, s, frozen, &[], e));
         }
         fault::point("header");
         if let Err(e) = self.dm.resume(self.name) {
-            return Err(self.rollback(f, s, e));
+            return Err(self.rollback(f, s, frozen, &[], e));
         }
         fault::point("activated");
         let mut loaded: Vec<&str> = Vec::new();
@@ -260,10 +288,7 @@ impl Switch<'_> {
                 self.dm.load_verified(&h.name, &new)
             };
             if let Err(e) = r {
-                for h in &loaded {
-                    self.dm.clear_inactive(h);
-                }
-                return Err(self.rollback(f, s, e));
+                return Err(self.rollback(f, s, frozen, &loaded, e));
             }
             loaded.push(&h.name);
         }
@@ -278,28 +303,158 @@ impl Switch<'_> {
 
     /// Puts the first segment back where it came from, overwriting the new header, and
     /// removes NAME. Exact, because the LVs are suspended: nothing wrote since the copy.
-    fn rollback(&self, f: &File, s: &mut Staged, cause: Error) -> Error {
-        self.deactivate();
-        let (from, len) = s.moved;
-        match direct::copy(f, &mut s.buf, from, 0, len) {
-            Ok(()) => Error::new(cause.kind, format!("{cause}\nThe device was restored to the plain PV; nothing changed.")),
-            Err(e) => Error::new(
-                cause.kind,
-                format!("{cause}\nRestoring the first {len} bytes from offset {from} failed too: {e}. Do not reboot; copy them back by hand."),
-            ),
-        }
-    }
-
-    fn resume_all(&self, suspended: &[&Holder]) -> Result<()> {
-        let mut first_err = None;
-        for h in suspended.iter().rev() {
-            fault::trace(format_args!("resume {}", h.name));
-            if let Err(e) = self.dm.resume(&h.name) {
-                first_err.get_or_insert(e);
+    /// The new tables already loaded (`loaded`) are dropped first; one that cannot be
+    /// would map NAME once resumed, so that LV stays suspended and the error names it.
+    fn rollback(&self, f: &File, s: &mut Staged, frozen: &mut Frozen, loaded: &[&str], cause: Error) -> Error {
+        let mut kept = Vec::new();
+        for &lv in loaded {
+            if self.dm.clear_inactive(lv).is_err() || self.dm.has_inactive(lv).unwrap_or(true) {
+                frozen.keep_suspended(lv);
+                kept.push(lv);
             }
         }
-        first_err.map_or(Ok(()), Err)
+        self.deactivate();
+        let (from, len) = s.moved;
+        let mut msg = match direct::copy(f, &mut s.buf, from, 0, len) {
+            Ok(()) if kept.is_empty() => format!("{cause}\nThe device was restored to the plain PV; nothing changed."),
+            Ok(()) => format!("{cause}\nThe device was restored to the plain PV."),
+            Err(e) => format!(
+                "{cause}\nRestoring the first {len} bytes from offset {from} failed too: {e}. Do not reboot; copy them back by hand."
+            ),
+        };
+        for lv in kept {
+            let m = format!(
+                "{lv} is left SUSPENDED: it holds a new table for {} that could not be dropped. Run `dmsetup clear {lv}`, \
+                 then `dmsetup resume {lv}`.",
+                self.name
+            );
+            loud(&m);
+            msg += &format!("\n{m}");
+        }
+        Error::new(cause.kind, msg)
     }
+}
+
+/// How often a resume is tried before the device is reported as left suspended.
+const RESUME_TRIES: u32 = 5;
+
+static FROZEN: AtomicBool = AtomicBool::new(false);
+static PANIC_MSG: Mutex<Option<String>> = Mutex::new(None);
+
+/// The devices suspended for the switch, resumed bottom-up when this goes out of scope
+/// however it does (error or panic), each retried; a resume that keeps failing is
+/// reported loudly (kernel log and stderr), never dropped. Signals wait meanwhile: a
+/// SIGINT in the freeze is acted on at the next checkpoint.
+pub struct Frozen<'a> {
+    dm: &'a Dm,
+    /// In suspend order (top-down).
+    names: Vec<&'a str>,
+    signals: libc::sigset_t,
+}
+
+impl<'a> Frozen<'a> {
+    fn new(dm: &'a Dm, n: usize) -> Frozen<'a> {
+        // SAFETY: sigset manipulation on locals; `drop` restores the old mask.
+        let signals = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            old
+        };
+        FROZEN.store(true, Ordering::SeqCst);
+        Frozen { dm, names: Vec::with_capacity(n), signals }
+    }
+
+    fn suspend(&mut self, name: &'a str) -> Result<()> {
+        self.dm.suspend(name)?;
+        self.names.push(name);
+        Ok(())
+    }
+
+    /// Leaves `name` suspended on purpose: its next table must not go live.
+    fn keep_suspended(&mut self, name: &str) {
+        self.names.retain(|n| *n != name);
+    }
+
+    fn resume_all(&mut self) -> Result<()> {
+        let mut failed = Vec::new();
+        let mut retried = Vec::new();
+        for name in self.names.drain(..).rev() {
+            fault::trace(format_args!("resume {name}"));
+            let mut tries = 0;
+            let err = loop {
+                tries += 1;
+                match self.dm.resume(name) {
+                    Ok(()) => break None,
+                    Err(e) if tries >= RESUME_TRIES => break Some(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10 << tries)),
+                }
+            };
+            match err {
+                Some(e) => failed.push((name, e)),
+                None if tries > 1 => retried.push((name, tries)),
+                None => {}
+            }
+        }
+        FROZEN.store(false, Ordering::SeqCst);
+        // Only now may anything be written where the root filesystem may live.
+        for (name, tries) in retried {
+            crate::poll::error(&format!("pvencrypt: WARNING: resuming {name} took {tries} attempts."));
+        }
+        if let Some(m) = PANIC_MSG.lock().ok().and_then(|mut m| m.take()) {
+            crate::poll::error(&m);
+        }
+        let mut msg = Vec::new();
+        for (name, e) in failed {
+            let m = format!(
+                "{name} is still SUSPENDED after {RESUME_TRIES} attempts to resume it ({e}); its I/O waits. \
+                 Run `dmsetup resume {name}` now."
+            );
+            loud(&m);
+            msg.push(m);
+        }
+        if msg.is_empty() {
+            Ok(())
+        } else {
+            fail(msg.join("\n"))
+        }
+    }
+}
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        if !self.names.is_empty() {
+            let _ = self.resume_all();
+        }
+        FROZEN.store(false, Ordering::SeqCst);
+        // SAFETY: restores the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.signals, std::ptr::null_mut()) };
+    }
+}
+
+/// A panic in the freeze must not print before the guard has resumed the devices
+/// (stderr may be a file on a suspended filesystem): `Frozen` prints it afterwards.
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if FROZEN.load(Ordering::SeqCst) {
+            if let Ok(mut m) = PANIC_MSG.lock() {
+                *m = Some(format!("pvencrypt: panic in the freeze: {info}"));
+            }
+        } else {
+            default(info);
+        }
+    }));
+}
+
+/// What an admin must act on goes to the kernel log too (never on a suspended disk):
+/// the terminal may be gone. The error that carries it reaches stderr.
+fn loud(msg: &str) {
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .and_then(|mut k| std::io::Write::write_all(&mut k, format!("<2>pvencrypt: {msg}\n").as_bytes()));
 }
 
 /// Where libcryptsetup put the first segment (byte offset, length), from the header.

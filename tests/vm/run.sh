@@ -37,8 +37,8 @@ rm -rf "$VM_WORK/run" "$VM_LOGS"; mkdir -p "$VM_WORK/run" "$VM_LOGS"
 failed_build=
 bin=${PVENCRYPT_BIN:-}
 if [ -z "$bin" ]; then
-  echo "== cargo build --release"
-  if (cd "$root" && cargo build --release) > "$VM_LOGS/cargo-build.log" 2>&1; then
+  echo "== cargo build --release --features fault-injection"
+  if (cd "$root" && cargo build --release --features fault-injection) > "$VM_LOGS/cargo-build.log" 2>&1; then
     bin=$root/target/release/pvencrypt
   else
     echo "BUILD-FAIL: cargo build --release failed; the VMs get no pvencrypt. Tail of $VM_LOGS/cargo-build.log:"

@@ -7,7 +7,18 @@ check_eq "root on the VG" "$(findmnt -n -o SOURCE /)" /dev/mapper/vg-root
 run lvm lvmdevices -y --adddev /dev/vda   # Debian 12 has no lvmdevices link
 head -c 48M /dev/urandom > /var/marker; sha /var/marker > /var/marker.sha; sync
 printf secret-passphrase > /run/key
-echo "=== pvencrypt, power cut at 50%"
+echo "=== /boot as a plain directory of the root LV: refused"
+run umount /boot
+pvencrypt --key-file /run/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y /dev/vda > /run/bootdir.out 2>&1
+rc=$?; cat /run/bootdir.out
+check_eq "refused (exit 3)" "$rc" 3
+check "it says why" "grep -q '/boot is a directory of the filesystem on vg-root' /run/bootdir.out"
+check "no LUKS header" '! cryptsetup isLuks /dev/vda'
+run mount /boot
+# Memory pressure: every page a udev worker needs must come from the disk again. A freeze
+# that waited for udev would wait for itself (the root is on the PV being switched).
+( while :; do echo 3 > /proc/sys/vm/drop_caches; sleep 0.1; done ) &
+echo "=== pvencrypt, page cache dropped every 0.1 s, power cut at 50%"
 PVENCRYPT_FAULT=run-50 pvencrypt --key-file /run/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y /dev/vda 2>&1 |
   sed 's/^/pvencrypt: /'
 check "the power cut came" false

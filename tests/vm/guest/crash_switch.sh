@@ -26,12 +26,27 @@ case $(arg pvphase) in
   ;;
 2)
   want=$(head -c 129 /dev/vdb | head -1)
-  # What an admin runs first after a crash; it also completes a header whose placement
-  # the crash cut between its two writes (pvfault=secondary).
-  echo "=== pvencrypt --status"
-  pvencrypt --status 2>&1 | tee /tmp/status
-  if [ "$(arg pvstep)" = secondary ]; then
-    check "the half-placed header was recognised and completed" grep -q "completed a LUKS2 header" /tmp/status
+  # What an admin runs first after a crash: read-only, whatever the state (the host
+  # checks that the JSON parses).
+  before=$(sha /dev/vda)
+  pvencrypt --status --reportformat json > /tmp/status.json 2> /tmp/status.err
+  echo "=== status-json"; cat /tmp/status.json; echo "=== end-json"
+  cat /tmp/status.err
+  pvencrypt --test $cheap /dev/vda > /tmp/test.out 2>&1; echo "--test: rc=$?"; cat /tmp/test.out
+  check_eq "--status and --test leave vda as it was" "$(sha /dev/vda)" "$before"
+  case $(arg pvstep) in
+  unlabeled|secondary)
+    check "--status: interrupted in the switch" "grep -q '\"state\": \"interrupted\"' /tmp/status.json";;
+  esac
+  if [ "$(arg pvstep)" = unlabeled ]; then
+    # Neither an LVM label nor a LUKS2 header: nothing at boot touched the device.
+    check "LVM does not see a PV on vda" '! pvs /dev/vda >/dev/null 2>&1'
+    check "stock cryptsetup sees no LUKS" '! cryptsetup isLuks /dev/vda'
+    echo "=== pvencrypt (no argument: puts the plain PV back)"
+    pvencrypt --key-file /tmp/key > /tmp/repair.out 2>&1; rc=$?
+    cat /tmp/repair.out
+    check_eq "exit 1: run it again" "$rc" 1
+    check "it says the plain PV is back" "grep -q 'the plain PV is back' /tmp/repair.out"
   fi
   if cryptsetup isLuks /dev/vda; then
     echo "=== found LUKS2"

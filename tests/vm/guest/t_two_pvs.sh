@@ -3,6 +3,8 @@
 # PVs mounted and written throughout.
 # The kernel command line names another LUKS device with rd.luks.uuid=, which would keep the
 # boot from opening these: pvencrypt must say to add theirs.
+# The first resume of vg-fs after the first switch fails twice (injected): it is retried,
+# and said.
 # disks: 256M 256M
 # append: rd.luks.uuid=luks-00000000-0000-0000-0000-000000000000
 # timeout: 900
@@ -21,12 +23,13 @@ writer_start /mnt/fs/log
 wait_for '[ "$(writer_acked)" -ge 100 ]' 60 || die "writer too slow: $(cat /tmp/ack)"
 
 echo "=== printf secret | pvencrypt /dev/vda /dev/vdb"
-printf secret-passphrase | pvencrypt --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y /dev/vda /dev/vdb > /tmp/out 2>&1
+printf secret-passphrase | PVENCRYPT_FAULT="resume vg-fs:fail2" pvencrypt --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y /dev/vda /dev/vdb > /tmp/out 2>&1
 rc=$?
 cat /tmp/out
 writer_stop
 acked=$(writer_acked)
 check_eq "pvencrypt exit code" "$rc" 0
+check "the resume that failed twice was retried, and said" "grep -q 'WARNING: resuming vg-fs took 3 attempts' /tmp/out"
 printf secret-passphrase > /tmp/key
 for d in vda vdb; do
   check "$d: LUKS2 opened with the one passphrase, no reencryption left" \

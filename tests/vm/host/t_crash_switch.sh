@@ -4,12 +4,14 @@
 # timeout: 1500
 . "$(dirname "$0")/../lib.sh"
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
-for step in suspended moved secondary header activated loaded resumed run-25 run-50 run-75; do
+for step in suspended moved unlabeled secondary header activated loaded resumed run-25 run-50 run-75; do
   disks=$(vm_disks "$run/$step" 512M 16M)
   VM_APPEND="pvphase=1 pvfault=$step" vm_boot "$logs/t_crash_switch.$step.1.log" crash_switch $disks
   check "$step: power cut inside pvencrypt" "! grep -aq '^VM-EXIT' '$logs/t_crash_switch.$step.1.log'"
   VM_APPEND="pvphase=2 pvstep=$step" vm_boot "$logs/t_crash_switch.$step.2.log" crash_switch $disks
   vm_report "$step" "$logs/t_crash_switch.$step.2.log"
   check "$step: boot 2 recovers and completes" vm_passed "$logs/t_crash_switch.$step.2.log"
+  check "$step: --status --reportformat json is valid JSON" "tr -d '\r' < '$logs/t_crash_switch.$step.2.log' |
+    sed -n '/^=== status-json/,/^=== end-json/p' | sed '1d;\$d' | python3 -c 'import json, sys; json.load(sys.stdin)'"
 done
 result

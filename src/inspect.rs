@@ -1,0 +1,180 @@
+//! What a device holds, read without changing a byte: a LUKS2 header, the record the
+//! switch leaves while it places the header, or anything else. `--status`, `--test`,
+//! preflight and resume all ask here first; only a run meant to change the disk repairs
+//! what it finds (convert.rs, `repair`).
+//!
+//! The switch (switch.rs) writes the header in three steps, each flushed:
+//! 1. the first 4 KiB: this record in sector 0, zeros after it. The PV label (sectors
+//!    0–3) is gone before any header byte lands where LVM reads metadata or extents;
+//! 2. the header from 4 KiB on (the secondary binary header, JSON, keyslots);
+//! 3. the first 4 KiB of the header: the primary binary header, with the magic.
+//!
+//! A crash after step 1 leaves neither an LVM label nor a LUKS2 header, so nothing at
+//! boot uses the device; the record says where the copy of the first segment lies, and
+//! `restore_plain` puts the plain PV back from it. After step 2 stock libcryptsetup
+//! restores the primary header from the secondary one; after step 3 it is LUKS2.
+
+use std::{fs::File, io, os::unix::fs::FileExt, path::Path};
+
+const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
+const LUKS_MAGIC_2ND: &[u8] = b"SKUL\xba\xbe";
+const RECORD_MAGIC: &[u8; 16] = b"PVENCRYPT-SWITCH";
+/// Where LUKS2 puts its secondary header, by JSON area size (16 KiB … 4 MiB).
+const SECONDARY_OFFSETS: [u64; 9] = [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000];
+const TOKEN_JSON: &[u8] = br#""type":"pvencrypt""#;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Neither LUKS nor a torn switch: for us, possibly a PV.
+    Other,
+    /// A LUKS header with its magic at the start (libcryptsetup takes it from here).
+    Luks,
+    /// A switch cut between its header writes (see the module doc).
+    TornSwitch(SwitchRecord),
+    /// Our secondary header behind a first sector that is not LUKS and holds no record:
+    /// libcryptsetup can restore the primary one once nothing else claims the device.
+    TornHeader,
+}
+
+/// Sector 0 while the switch places the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchRecord {
+    /// The copy of the first segment: byte offset and length.
+    pub moved: (u64, u64),
+    /// LVM's dashed PV uuid, as the label in the copy must show it.
+    pub pv_uuid: String,
+    pub name: String,
+}
+
+const UUID_LEN: usize = 40;
+const NAME_LEN: usize = 128;
+const RECORD_LEN: usize = 16 + 8 + 8 + UUID_LEN + NAME_LEN + 8;
+
+/// FNV-1a: enough to tell a record from stale bytes; nothing here is adversarial.
+fn fnv(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325, |h, &x| (h ^ x as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+impl SwitchRecord {
+    pub fn encode(&self) -> Option<[u8; 512]> {
+        if self.pv_uuid.len() > UUID_LEN || self.name.len() > NAME_LEN {
+            return None;
+        }
+        let mut s = [0u8; 512];
+        s[..16].copy_from_slice(RECORD_MAGIC);
+        s[16..24].copy_from_slice(&self.moved.0.to_le_bytes());
+        s[24..32].copy_from_slice(&self.moved.1.to_le_bytes());
+        s[32..32 + self.pv_uuid.len()].copy_from_slice(self.pv_uuid.as_bytes());
+        let n = 32 + UUID_LEN;
+        s[n..n + self.name.len()].copy_from_slice(self.name.as_bytes());
+        let sum = fnv(&s[..RECORD_LEN - 8]);
+        s[RECORD_LEN - 8..RECORD_LEN].copy_from_slice(&sum.to_le_bytes());
+        Some(s)
+    }
+
+    pub fn decode(s: &[u8]) -> Option<SwitchRecord> {
+        if s.len() < RECORD_LEN || &s[..16] != RECORD_MAGIC {
+            return None;
+        }
+        if fnv(&s[..RECORD_LEN - 8]).to_le_bytes() != s[RECORD_LEN - 8..RECORD_LEN] {
+            return None;
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(s[o..o + 8].try_into().unwrap());
+        let text = |b: &[u8]| {
+            let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+            String::from_utf8(b[..end].to_vec()).ok()
+        };
+        let n = 32 + UUID_LEN;
+        Some(SwitchRecord { moved: (u64_at(16), u64_at(24)), pv_uuid: text(&s[32..n])?, name: text(&s[n..n + NAME_LEN])? })
+    }
+}
+
+/// Reads the start of `path` (read-only) and says what it holds. With O_DIRECT where the
+/// device allows it: the header is written through another device (the alias, then
+/// NAME), so the raw device's page cache may still hold what an earlier read found.
+pub fn probe(path: &Path) -> io::Result<Found> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => File::open(path)?,
+        r => r?,
+    };
+    let mut buf = crate::direct::Aligned::new(4096 + 12288);
+    f.read_exact_at(&mut buf[..4096], 0)?;
+    let start = &buf[..4096];
+    if start.starts_with(LUKS_MAGIC) {
+        return Ok(Found::Luks);
+    }
+    if let Some(r) = SwitchRecord::decode(start) {
+        return Ok(Found::TornSwitch(r));
+    }
+    let second = &mut buf[..];
+    for off in SECONDARY_OFFSETS {
+        if f.read_exact_at(second, off).is_err() {
+            break;
+        }
+        if second.starts_with(LUKS_MAGIC_2ND) && second.windows(TOKEN_JSON.len()).any(|w| w == TOKEN_JSON) {
+            return Ok(Found::TornHeader);
+        }
+    }
+    Ok(Found::Other)
+}
+
+/// Undoes a switch a crash cut after step 1 whose header libcryptsetup cannot restore:
+/// copies the first segment back from where the record says it lies. Exact, because
+/// the LVs were suspended from that copy on, and nothing has used the device since: it
+/// carries no label. Refuses unless the copy starts with the label of the recorded PV.
+pub fn restore_plain(path: &Path, r: &SwitchRecord) -> io::Result<()> {
+    let f = crate::direct::open(path)?;
+    let (from, len) = r.moved;
+    let mut buf = crate::direct::Aligned::new(crate::direct::CHUNK);
+    f.read_exact_at(&mut buf[..4096], from)?;
+    let label = crate::lvm::label_in(&buf[..2048]).map_err(io::Error::other)?;
+    if label.as_ref().map(|l| l.pv_uuid.as_str()) != Some(r.pv_uuid.as_str()) {
+        return Err(io::Error::other(format!(
+            "the copy at byte {from} does not start with the label of PV {}; not restoring it",
+            r.pv_uuid
+        )));
+    }
+    crate::direct::copy(&f, &mut buf, from, 0, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_rejects_damage() {
+        let r = SwitchRecord { moved: (520093696, 16777216), pv_uuid: "a".repeat(38), name: "sda5_crypt".into() };
+        let s = r.encode().unwrap();
+        assert!(!s.starts_with(LUKS_MAGIC));
+        assert_eq!(SwitchRecord::decode(&s), Some(r.clone()));
+        for i in [0, 20, 40, 100, RECORD_LEN - 1] {
+            let mut bad = s;
+            bad[i] ^= 1;
+            assert_eq!(SwitchRecord::decode(&bad), None, "byte {i}");
+        }
+        assert!(SwitchRecord { name: "n".repeat(129), ..r }.encode().is_none());
+    }
+
+    #[test]
+    fn probe_tells_the_states_apart() {
+        let dir = std::env::temp_dir().join(format!("pvencrypt-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("img");
+        let mut disk = vec![0u8; 1 << 20];
+        std::fs::write(&img, &disk).unwrap();
+        assert_eq!(probe(&img).unwrap(), Found::Other);
+        disk[0x4000..0x4006].copy_from_slice(LUKS_MAGIC_2ND);
+        disk[0x5000..0x5000 + TOKEN_JSON.len()].copy_from_slice(TOKEN_JSON);
+        std::fs::write(&img, &disk).unwrap();
+        assert_eq!(probe(&img).unwrap(), Found::TornHeader);
+        let r = SwitchRecord { moved: (1, 2), pv_uuid: "u".into(), name: "n".into() };
+        disk[..512].copy_from_slice(&r.encode().unwrap());
+        std::fs::write(&img, &disk).unwrap();
+        assert_eq!(probe(&img).unwrap(), Found::TornSwitch(r));
+        disk[..6].copy_from_slice(LUKS_MAGIC);
+        std::fs::write(&img, &disk).unwrap();
+        assert_eq!(probe(&img).unwrap(), Found::Luks);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
