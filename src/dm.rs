@@ -172,6 +172,9 @@ impl Dm {
 
     /// Loads `table` as the inactive table and checks the kernel's copy equals it.
     pub fn load_verified(&self, name: &str, table: &[Target]) -> Result<()> {
+        if crate::fault::fails("load", name) {
+            return fail(format!("Cannot load the new table of {name}: injected failure"));
+        }
         self.dm
             .table_load(&id(name), table, DmOptions::default())
             .or_fail(|| format!("Cannot load the new table of {name}"))?;
@@ -268,9 +271,13 @@ impl Dm {
         Ok(removed)
     }
 
-    /// Removes `name` if nothing uses it; never waits for udev (see `unsynced`).
+    /// Removes `name` if nothing uses it; never waits for udev (see `unsynced`). Without
+    /// udev, nobody else removes the node libcryptsetup made for it (libdevmapper's
+    /// fallback creates /dev/mapper nodes itself then).
     pub fn remove(&self, name: &str) {
-        let _ = self.unsynced(devicemapper_sys::DM_DEV_REMOVE_CMD, name);
+        if self.unsynced(devicemapper_sys::DM_DEV_REMOVE_CMD, name).is_ok() && !Path::new(UDEV_CONTROL).exists() {
+            let _ = std::fs::remove_file(Path::new("/dev/mapper").join(name));
+        }
     }
 
     pub fn is_suspended(&self, name: &str) -> bool {
@@ -292,6 +299,9 @@ impl Dm {
     }
 }
 
+/// udev's control socket: it exists while udev runs (devicemapper-rs checks the same).
+const UDEV_CONTROL: &str = "/run/udev/control";
+
 /// After the freeze: asks udev to look again at the devices the switch resumed without
 /// it (a "change" uevent each, as `udevadm trigger` sends), then waits for it to settle,
 /// so that symlinks and its database are current before anything else runs. Best
@@ -300,7 +310,7 @@ pub fn udev_catch_up(devices: &[Device]) {
     for d in devices {
         let _ = std::fs::write(format!("/sys/dev/block/{d}/uevent"), "change");
     }
-    if Path::new("/run/udev/control").exists() {
+    if Path::new(UDEV_CONTROL).exists() {
         let _ = std::process::Command::new("udevadm")
             .args(["settle", "--timeout=60"])
             .stdin(std::process::Stdio::null())

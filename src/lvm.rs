@@ -895,6 +895,7 @@ fn private_dir() -> io::Result<PathBuf> {
 }
 
 /// Where LVM keeps what pvencrypt must find, as this system configures it.
+#[derive(Debug, PartialEq)]
 struct Settings {
     locking_dir: PathBuf,
     devices_file: PathBuf,
@@ -908,21 +909,26 @@ fn settings() -> &'static Settings {
             run(&["lvmconfig", "--typeconfig", "full", "--file", &file, "global/locking_dir", "devices/devicesfile"]).map(drop)
         })
         .unwrap_or_default();
-        let value = |name: &str, default: &str| {
-            text.lines()
-                .filter_map(parse_setting)
-                .find(|(n, _)| n == name)
-                .and_then(|(_, v)| v.into_iter().next())
-                .unwrap_or_else(|| default.into())
-        };
-        // LVM reads its files from LVM_SYSTEM_DIR (default /etc/lvm); the devices file is
-        // devices/<devicesfile> under it (lvm2 lib/device/device_id.c).
+        // LVM reads its files from LVM_SYSTEM_DIR (default /etc/lvm).
         let system = std::env::var_os("LVM_SYSTEM_DIR").map(PathBuf::from).unwrap_or_else(|| "/etc/lvm".into());
-        Settings {
-            locking_dir: value("locking_dir", "/run/lock/lvm").into(),
-            devices_file: system.join("devices").join(value("devicesfile", "system.devices")),
-        }
+        settings_in(&text, &system)
     })
+}
+
+/// From lvmconfig's output; the devices file is devices/<devicesfile> under the system
+/// directory (lvm2 lib/device/device_id.c).
+fn settings_in(text: &str, system: &Path) -> Settings {
+    let value = |name: &str, default: &str| {
+        text.lines()
+            .filter_map(parse_setting)
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.into_iter().next())
+            .unwrap_or_else(|| default.into())
+    };
+    Settings {
+        locking_dir: value("locking_dir", "/run/lock/lvm").into(),
+        devices_file: system.join("devices").join(value("devicesfile", "system.devices")),
+    }
 }
 
 /// global/locking_dir: where LVM's VG lock files live.
@@ -1195,6 +1201,16 @@ mod tests {
     //! runs on loop devices (tests/lvm_loop.rs `record_fixtures`).
 
     use super::*;
+
+    #[test]
+    fn settings_read_as_lvmconfig_prints_them() {
+        let text = "locking_dir=\"/var/lock/lvm2\"\ndevicesfile=\"test.devices\"\n";
+        let s = settings_in(text, Path::new("/srv/lvm"));
+        assert_eq!(s.locking_dir, PathBuf::from("/var/lock/lvm2"));
+        assert_eq!(s.devices_file, PathBuf::from("/srv/lvm/devices/test.devices"));
+        let d = settings_in("", Path::new("/etc/lvm"));
+        assert_eq!(d, Settings { locking_dir: "/run/lock/lvm".into(), devices_file: "/etc/lvm/devices/system.devices".into() });
+    }
 
     macro_rules! fixture {
         ($name:literal) => {

@@ -2,6 +2,8 @@
 # phase never leaves a device suspended behind the admin's back nor costs a reboot.
 #  1. the VG changes between preflight and the freeze: refused under the VG lock, nothing
 #     written (the tail beyond the PV, where the switch writes first, is unchanged);
+#  1b. loading an LV's new table fails inside the freeze (injected): rolled back to the plain
+#     PV, every LV resumed on it, no table left loaded;
 #  2. resuming an LV after the switch keeps failing (injected): exit 5, the LV named on
 #     stderr and in the kernel log, left suspended with its new table; `dmsetup resume`
 #     and pvencrypt then finish;
@@ -46,8 +48,26 @@ check "it says the VG changed" "grep -q 'volume group vg changed while pvencrypt
 check "no LUKS header" '! cryptsetup isLuks /dev/vda'
 check_eq "the tail beyond the PV is untouched" "$(tail_sha)" "$tail0"
 check "vg-fs still maps vda" dm_refs vg-fs "$(majmin /dev/vda)"
-check "no vda_crypt left" '! dmsetup info vda_crypt >/dev/null 2>&1'
+check "no vda_crypt left (nor its node)" '! dmsetup info vda_crypt >/dev/null 2>&1 && [ ! -e /dev/mapper/vda_crypt ]'
 run lvremove -q -y vg/extra
+
+echo "=== 1b. loading vg-raw's new table fails inside the freeze: rolled back"
+tail0=$(tail_sha)
+PVENCRYPT_FAULT="load vg-raw:fail1" pvencrypt --key-file /tmp/key $cheap -y /dev/vda > /tmp/load.out 2>&1
+rc=$?
+cat /tmp/load.out
+check_eq "exit 5" "$rc" 5
+check "it says the plain PV is back and nothing changed" \
+  "grep -q 'The device was restored to the plain PV; nothing changed.' /tmp/load.out"
+check "no LUKS header" '! cryptsetup isLuks /dev/vda'
+check "LVM sees the PV on vda" 'pvs --noheadings -o pv_name 2>/dev/null | grep -q /dev/vda'
+check "vg-fs and vg-raw run on vda, resumed" \
+  'dm_refs vg-fs "$(majmin /dev/vda)" && dm_refs vg-raw "$(majmin /dev/vda)" && ! dmsetup info vg-fs vg-raw | grep -q SUSPENDED'
+check "no table left loaded" '! dmsetup info vg-fs vg-raw | grep -q "Tables present:.*INACTIVE"'
+check "no vda_crypt left (nor its node)" '! dmsetup info vda_crypt >/dev/null 2>&1 && [ ! -e /dev/mapper/vda_crypt ]'
+check_eq "raw LV unchanged" "$(sha /dev/mapper/vg-raw)" "$raw_sha"
+acked=$(writer_acked)
+check "the writer goes on" wait_for '[ "$(writer_acked)" -gt $((acked + 20)) ]' 60
 
 echo "=== 2. resuming vg-fs after the switch keeps failing"
 PVENCRYPT_FAULT="resume vg-fs:fail99" pvencrypt --key-file /tmp/key $cheap -y /dev/vda > /tmp/resume.out 2>&1
