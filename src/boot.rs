@@ -80,10 +80,7 @@ fn lock_for(path: &Path) -> Result<fs::File> {
     let f = fs::create_dir_all(dir)
         .and_then(|_| fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock))
         .or_fail(|| format!("Cannot open the lock {}", lock.display()))?;
-    // SAFETY: flock on an fd we own.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
-        return fail(format!("Cannot lock {}: {}", lock.display(), std::io::Error::last_os_error()));
-    }
+    crate::sys::flock(&f, libc::LOCK_EX).or_fail(|| format!("Cannot lock {}", lock.display()))?;
     Ok(f)
 }
 
@@ -123,7 +120,10 @@ pub fn update_initramfs() -> Result<String> {
         }
         return Ok(format!("{tool} {}", args.join(" ")));
     }
-    fail("Neither update-initramfs nor dracut is installed: rebuild the initramfs with the crypttab entry before rebooting.".to_string())
+    fail(
+        "Neither update-initramfs nor dracut is installed: rebuild the initramfs with the crypttab entry before rebooting."
+            .to_string(),
+    )
 }
 
 /// What the kernel command line (`/proc/cmdline`) would keep from opening the device at
@@ -203,7 +203,7 @@ mod tests {
 
     #[test]
     fn concurrent_crypttab_updates_keep_every_line() {
-        if unsafe { libc::geteuid() } != 0 {
+        if !crate::sys::is_root() {
             return eprintln!("skipped: needs root (the lock lives in /run/pvencrypt)");
         }
         let p = tmp(Some("# crypttab\n"));
@@ -287,7 +287,10 @@ mod tests {
         );
         assert_eq!(
             cmdline_advice("quiet rd.luks=0 luks.crypttab=no luks=yes", u),
-            ["remove rd.luks=0, which keeps the device from being opened", "remove luks.crypttab=no, which keeps the device from being opened"]
+            [
+                "remove rd.luks=0, which keeps the device from being opened",
+                "remove luks.crypttab=no, which keeps the device from being opened"
+            ]
         );
     }
 

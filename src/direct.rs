@@ -27,6 +27,7 @@ impl Aligned {
     pub fn new(len: usize) -> Aligned {
         let len = len.next_multiple_of(ALIGN).max(ALIGN);
         let layout = Layout::from_size_align(len, ALIGN).expect("aligned layout");
+        // SAFETY: `layout` has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
             alloc::handle_alloc_error(layout);
@@ -44,18 +45,21 @@ impl Aligned {
 impl Deref for Aligned {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `len` initialised bytes owned by self.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
 impl DerefMut for Aligned {
     fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, and `&mut self` makes the borrow unique.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
 
 impl Drop for Aligned {
     fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this very layout.
         unsafe { alloc::dealloc(self.ptr, Layout::from_size_align(self.len, ALIGN).expect("aligned layout")) };
     }
 }

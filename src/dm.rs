@@ -12,7 +12,6 @@ use std::{
 
 use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DmUuid, DM};
 
-
 use crate::error::{fail, Context, Error, Kind, Result};
 
 /// One target line: start, length, type, parameters.
@@ -60,10 +59,7 @@ impl Dm {
         loop {
             let mut changed = false;
             for (dev, (_, d)) in &deps {
-                let h = d
-                    .iter()
-                    .filter_map(|x| if *x == base { Some(0) } else { height.get(x).map(|h| h + 1) })
-                    .max();
+                let h = d.iter().filter_map(|x| if *x == base { Some(0) } else { height.get(x).map(|h| h + 1) }).max();
                 if let Some(h) = h {
                     if height.get(dev) != Some(&h) {
                         if h as usize > deps.len() {
@@ -175,9 +171,7 @@ impl Dm {
         if crate::fault::fails("load", name) {
             return fail(format!("Cannot load the new table of {name}: injected failure"));
         }
-        self.dm
-            .table_load(&id(name), table, DmOptions::default())
-            .or_fail(|| format!("Cannot load the new table of {name}"))?;
+        self.dm.table_load(&id(name), table, DmOptions::default()).or_fail(|| format!("Cannot load the new table of {name}"))?;
         let back = self.inactive_table(name)?;
         if !same_table(&back, table) {
             let _ = self.dm.table_clear(&id(name));
@@ -201,9 +195,9 @@ impl Dm {
             .device_create(DmName::new(n).expect("checked"), Some(u), DmOptions::private())
             .or_fail(|| format!("Cannot create {name}"))?;
         let table = [(0, len, "linear".to_string(), format!("{dev} 0"))];
-        let loaded = self.load_verified(n, &table).and_then(|_| {
-            self.dm.device_suspend(&id(n), DmOptions::private()).or_fail(|| format!("Cannot resume {name}"))
-        });
+        let loaded = self
+            .load_verified(n, &table)
+            .and_then(|_| self.dm.device_suspend(&id(n), DmOptions::private()).or_fail(|| format!("Cannot resume {name}")));
         if let Err(e) = loaded {
             self.remove(n);
             return Err(e);
@@ -233,15 +227,10 @@ impl Dm {
         }
         let mut table = [(0, (sector_size / 512) as u64, "crypt".to_string(), params)];
         let dn = DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
-        let r = self
-            .dm
-            .device_create(dn, None, DmOptions::private())
-            .or_fail(|| format!("Cannot create {name}"))
-            .and_then(|_| {
-                let r = self
-                    .dm
-                    .table_load(&id(name), &table, DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA))
-                    .map_err(|e| {
+        let r =
+            self.dm.device_create(dn, None, DmOptions::private()).or_fail(|| format!("Cannot create {name}")).and_then(|_| {
+                let r =
+                    self.dm.table_load(&id(name), &table, DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA)).map_err(|e| {
                         let msg = format!("The kernel cannot set up dm-crypt with cipher {cipher} ({})", errno_of(&e));
                         Error::new(Kind::Failed, msg)
                     });
@@ -368,9 +357,7 @@ pub fn referenced(table: &[Target]) -> HashSet<Device> {
 
 fn same_table(a: &[Target], b: &[Target]) -> bool {
     let norm = |t: &[Target]| -> Vec<(u64, u64, String, Vec<String>)> {
-        t.iter()
-            .map(|(s, l, ty, p)| (*s, *l, ty.clone(), p.split_whitespace().map(str::to_string).collect()))
-            .collect()
+        t.iter().map(|(s, l, ty, p)| (*s, *l, ty.clone(), p.split_whitespace().map(str::to_string).collect())).collect()
     };
     norm(a) == norm(b)
 }

@@ -74,11 +74,10 @@ pub fn point(step: &str) {
     if let Some(Some((s, how))) = FAULT.get() {
         if s == step && !how.starts_with("fail") {
             if how == "exit" {
-                unsafe { libc::_exit(99) };
+                crate::sys::exit_now(99);
             }
             // No sync: whatever the kernel has not written is lost, as in a power cut.
-            unsafe { libc::reboot(libc::RB_POWER_OFF) };
-            unsafe { libc::_exit(99) };
+            crate::sys::power_off_now();
         }
     }
 }
@@ -89,13 +88,13 @@ pub fn memory(at: &str) {
     if tracing() {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
         let v: Vec<&str> = status.lines().filter(|l| ["VmHWM", "VmRSS", "VmLck"].iter().any(|k| l.starts_with(k))).collect();
-        let m = unsafe { libc::mallinfo2() };
+        let (used, free, mmapped) = crate::sys::malloc_kib();
         trace(format_args!(
             "memory at {at}: {} malloc: {} kB in use, {} kB free, {} kB mmapped",
             v.join(" ").split_whitespace().collect::<Vec<_>>().join(" "),
-            m.uordblks >> 10,
-            m.fordblks >> 10,
-            m.hblkhd >> 10
+            used,
+            free,
+            mmapped
         ));
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
         let (mut maps, mut name) = (Vec::new(), String::new());

@@ -1,7 +1,8 @@
-//! What a device holds, read without changing a byte: a LUKS2 header, the record the
-//! switch leaves while it places the header, or anything else. `--status`, `--test`,
-//! preflight and resume all ask here first; only a run meant to change the disk repairs
-//! what it finds (convert.rs, `repair`).
+//! What a device holds, read without changing a byte (`probe`: a LUKS2 header, the
+//! record the switch leaves while it places the header, or anything else), and the state
+//! of a conversion on it (`inspect` → `State`). `--status`, `--test`, preflight and
+//! resume all ask here first; only a run meant to change the disk repairs what it finds
+//! (resume.rs, `repair`).
 //!
 //! The switch (switch.rs) writes the header in three steps, each flushed:
 //! 1. the first 4 KiB: this record in sector 0, zeros after it. The PV label (sectors
@@ -15,6 +16,13 @@
 //! restores the primary header from the secondary one; after step 3 it is LUKS2.
 
 use std::{fs::File, io, os::unix::fs::FileExt, path::Path};
+
+use libcryptsetup_rs::consts::vals::CryptReencryptInfo;
+
+use crate::{
+    dm::Dm,
+    luks::{self, Marker},
+};
 
 const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
 const LUKS_MAGIC_2ND: &[u8] = b"SKUL\xba\xbe";
@@ -136,6 +144,69 @@ pub fn restore_plain(path: &Path, r: &SwitchRecord) -> io::Result<()> {
         )));
     }
     crate::direct::copy(&f, &mut buf, from, 0, len)
+}
+
+/// Everything a device can be found in, as far as pvencrypt is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// Neither LUKS nor a torn switch: a PV to convert, or nothing of ours.
+    Other,
+    /// LUKS without our marker: not ours, or a conversion that is done.
+    Foreign,
+    /// A switch cut after its first header write.
+    TornSwitch(SwitchRecord),
+    /// Our secondary header behind a first sector that is not LUKS.
+    TornHeader,
+    /// Our conversion in its data phase: stopped, crashed or running.
+    Converting(Marker),
+    /// Killed in the data phase, the machine still up: NAME maps libcryptsetup's overlay.
+    Killed(Marker),
+    /// Every block encrypted, but a crash hit the very last step.
+    LastStep(Marker),
+    /// Encrypted; the marker and temporary keyslot are still to go.
+    Finishing(Marker),
+}
+
+impl State {
+    /// A conversion of ours that `pvencrypt` takes up.
+    pub fn is_ours(&self) -> bool {
+        !matches!(self, State::Other | State::Foreign)
+    }
+
+    /// The name NAME is (or will be) opened under, when the device says it.
+    pub fn name(&self) -> &str {
+        match self {
+            State::TornSwitch(r) => &r.name,
+            State::Converting(m) | State::Killed(m) | State::LastStep(m) | State::Finishing(m) => &m.name,
+            State::Other | State::Foreign | State::TornHeader => "",
+        }
+    }
+}
+
+/// What `path` holds, read-only: `probe`, then for LUKS2 our marker, the reencryption
+/// state (libcryptsetup) and what libcryptsetup left in device-mapper.
+pub fn inspect(path: &Path) -> State {
+    match probe(path) {
+        Err(_) | Ok(Found::Other) => State::Other,
+        Ok(Found::TornSwitch(r)) => State::TornSwitch(r),
+        Ok(Found::TornHeader) => State::TornHeader,
+        Ok(Found::Luks) => luks_state(path),
+    }
+}
+
+fn luks_state(path: &Path) -> State {
+    let Ok(mut cd) = luks::open(path) else { return State::Foreign };
+    let Some((_, m)) = luks::marker(&mut cd) else { return State::Foreign };
+    if luks::reencrypt_state(&mut cd).is_ok_and(|s| s == CryptReencryptInfo::None) {
+        return State::Finishing(m);
+    }
+    if Dm::open().is_ok_and(|dm| luks::helpers_of(&m.name).iter().any(|h| dm.exists(h))) {
+        return State::Killed(m);
+    }
+    if cd.status_handle().dump_json().is_ok_and(|j| luks::all_encrypted_in(&j)) {
+        return State::LastStep(m);
+    }
+    State::Converting(m)
 }
 
 #[cfg(test)]

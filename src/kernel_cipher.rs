@@ -56,6 +56,7 @@ fn hides(name: &str) -> bool {
 
 /// Whether the kernel offers `alg` (e.g. `xts(aes)`) to user space as an skcipher.
 fn af_alg_has(alg: &str) -> bool {
+    // SAFETY: sockaddr_alg is plain data; all zeros is a valid value.
     let mut sa: libc::sockaddr_alg = unsafe { std::mem::zeroed() };
     sa.salg_family = libc::AF_ALG as u16;
     sa.salg_type[..8].copy_from_slice(b"skcipher");
@@ -84,15 +85,21 @@ type Fetch = unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char) -> 
 /// Called by C with OpenSSL's contract: `name` NULL or a C string.
 #[no_mangle]
 pub unsafe extern "C" fn EVP_CIPHER_fetch(ctx: *mut c_void, name: *const c_char, props: *const c_char) -> *mut c_void {
-    if !name.is_null() && CStr::from_ptr(name).to_str().is_ok_and(hides) {
+    // SAFETY: OpenSSL's contract: `name` is NULL or a C string valid for the call.
+    if !name.is_null() && unsafe { CStr::from_ptr(name) }.to_str().is_ok_and(hides) {
         return std::ptr::null_mut();
     }
-    let real = libc::dlsym(libc::RTLD_NEXT, c"EVP_CIPHER_fetch".as_ptr());
+    // SAFETY: a constant, NUL-terminated symbol name.
+    let real = unsafe { libc::dlsym(libc::RTLD_NEXT, c"EVP_CIPHER_fetch".as_ptr()) };
     if real.is_null() {
         return std::ptr::null_mut();
     }
-    let real: Fetch = std::mem::transmute(real);
-    real(ctx, name, props)
+    // SAFETY: the next definition of this very symbol has this signature (OpenSSL 3),
+    // and is called with the caller's own arguments.
+    unsafe {
+        let real: Fetch = std::mem::transmute(real);
+        real(ctx, name, props)
+    }
 }
 
 #[cfg(test)]

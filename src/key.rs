@@ -51,9 +51,7 @@ impl KeySource<'_> {
     /// `verify`: a new passphrase is asked twice on a terminal.
     pub fn read(&self, prompt: &str, verify: bool) -> Result<Passphrase> {
         match self.file {
-            Some(p) if p == Path::new("-") => {
-                self.read_from(&mut io::stdin().lock(), self.offset.unwrap_or(0), "standard input")
-            }
+            Some(p) if p == Path::new("-") => self.read_from(&mut io::stdin().lock(), self.offset.unwrap_or(0), "standard input"),
             Some(p) => {
                 let name = p.display().to_string();
                 let key_err = |e: io::Error| Error::new(Kind::Key, format!("Cannot read key file {name}: {e}."));
@@ -152,11 +150,7 @@ mod tests {
     fn tempfile() -> (std::path::PathBuf, File) {
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "pvencrypt-key-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
+        let p = std::env::temp_dir().join(format!("pvencrypt-key-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
         let f = File::create(&p).unwrap();
         (p, f)
     }

@@ -6,9 +6,9 @@
 //! after libcryptsetup has moved the first data segment out of its way.
 
 use std::{
-    ffi::{c_int, c_void, CString},
+    ffi::{c_int, c_void},
     fs::File,
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -17,8 +17,7 @@ use libcryptsetup_rs::{
     consts::{
         flags::{CryptActivate, CryptPbkdf, CryptReencrypt, CryptVolumeKey},
         vals::{
-            CryptKdf, CryptLogLevel, CryptReencryptDirectionInfo, CryptReencryptInfo, CryptReencryptModeInfo,
-            EncryptionFormat,
+            CryptKdf, CryptLogLevel, CryptReencryptDirectionInfo, CryptReencryptInfo, CryptReencryptModeInfo, EncryptionFormat,
         },
     },
     CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsReencrypt, CryptPbkdfType, Either, TokenInput,
@@ -27,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    error::{fail, Context, Error, Kind, Result},
+    error::{Context, Error, Kind, Result},
     kernel_cipher,
     key::Passphrase,
 };
@@ -75,6 +74,7 @@ static LOG: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
 unsafe extern "C" fn log_cb(level: c_int, msg: *const std::ffi::c_char, _: *mut c_void) {
     // Inside the freeze nothing may be written to a filesystem: keep messages until later.
     if let (Ok(mut log), false) = (LOG.lock(), msg.is_null()) {
+        // SAFETY: libcryptsetup passes a C string valid for the call (checked non-NULL).
         let s = unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().trim_end().to_string();
         crate::fault::trace(format_args!("libcryptsetup[{level}]: {s}"));
         log.push((level, s));
@@ -93,11 +93,7 @@ pub fn capture_log() {
 /// The library's messages since the last call: errors, and with `debug` everything.
 pub fn take_log(debug: bool) -> Vec<String> {
     let error = CryptLogLevel::Error as i32;
-    std::mem::take(&mut *LOG.lock().unwrap())
-        .into_iter()
-        .filter(|(l, _)| debug || *l == error)
-        .map(|(_, m)| m)
-        .collect()
+    std::mem::take(&mut *LOG.lock().unwrap()).into_iter().filter(|(l, _)| debug || *l == error).map(|(_, m)| m).collect()
 }
 
 /// The header being prepared, in anonymous memory.
@@ -108,12 +104,7 @@ pub struct MemHeader {
 impl MemHeader {
     /// `len`: bytes; libcryptsetup refuses a header file smaller than the header.
     fn new(len: u64) -> Result<MemHeader> {
-        let name = CString::new("pvencrypt-luks2-header").unwrap();
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return fail(format!("memfd_create: {}", std::io::Error::last_os_error()));
-        }
-        let file = unsafe { File::from_raw_fd(fd) };
+        let file = crate::sys::memfd("pvencrypt-luks2-header").or_fail(|| "memfd_create".into())?;
         file.set_len(len).or_fail(|| "Cannot size the in-memory header".into())?;
         Ok(MemHeader { file })
     }
@@ -218,11 +209,9 @@ fn reencrypt_params(shift: u64, sector_size: u32, flags: CryptReencrypt) -> Cryp
 /// The in-memory header, with `data` as its data device.
 fn open_prepared(p: &Prepared, data: &Path) -> Result<CryptDevice> {
     let hpath = p.header.path();
-    let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
-        .or_fail(|| "Cannot open the new LUKS2 header".into())?;
-    cd.context_handle()
-        .load::<()>(Some(EncryptionFormat::Luks2), None)
-        .or_fail(|| "Cannot load the new LUKS2 header".into())?;
+    let mut cd =
+        CryptInit::init_with_data_device(Either::Right((&hpath, data))).or_fail(|| "Cannot open the new LUKS2 header".into())?;
+    cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).or_fail(|| "Cannot load the new LUKS2 header".into())?;
     Ok(cd)
 }
 
@@ -359,6 +348,8 @@ pub fn check_key(cd: &mut CryptDevice, key: &Passphrase) -> Result<u32> {
 pub type Progress<'a> = dyn FnMut(u64, u64) -> bool + 'a;
 
 unsafe extern "C" fn progress_cb(size: u64, offset: u64, usrptr: *mut c_void) -> c_int {
+    // SAFETY: `usrptr` is the `&mut &mut Progress` that `run` passed to reencrypt2,
+    // alive for the whole call.
     let f = unsafe { &mut *(usrptr as *mut &mut Progress) };
     // Backward direction: `offset` counts what is done from the end.
     if f(offset, size) {
@@ -478,9 +469,16 @@ pub fn all_encrypted_in(json: &serde_json::Value) -> bool {
 
 /// The cipher spec the reencryption encrypts with (its backup-final segment).
 pub fn final_encryption_in(json: &serde_json::Value) -> Option<&str> {
-    json["segments"].as_object()?.values().find_map(|s| {
-        s["flags"].as_array()?.iter().any(|f| f == "backup-final").then(|| s["encryption"].as_str())?
-    })
+    json["segments"]
+        .as_object()?
+        .values()
+        .find_map(|s| s["flags"].as_array()?.iter().any(|f| f == "backup-final").then(|| s["encryption"].as_str())?)
+}
+
+/// The helper devices libcryptsetup stacks under NAME during an online reencryption
+/// step: its overlay, and the hotzone of the step (suspended while the step runs).
+pub fn helpers_of(name: &str) -> [String; 3] {
+    [format!("{name}-overlay"), format!("{name}-hotzone-backward"), format!("{name}-hotzone-forward")]
 }
 
 /// The copy of the first data segment during a datashift encryption: (offset, length) in bytes.
@@ -579,7 +577,7 @@ mod loop_tests {
 
     impl Loop {
         pub(crate) fn new(mib: u64) -> Option<Loop> {
-            if unsafe { libc::geteuid() } != 0 {
+            if !crate::sys::is_root() {
                 eprintln!("skipped: needs root");
                 return None;
             }
@@ -633,7 +631,8 @@ mod loop_tests {
         libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
         let before = std::fs::read(&lo.path).unwrap();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
-        let p = prepare(&cheap_format(32768), &lo.path, &key, &test_marker()).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let p =
+            prepare(&cheap_format(32768), &lo.path, &key, &test_marker()).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         assert_ne!(p.user_slot, p.temp_slot);
         assert!(std::fs::read(&lo.path).unwrap() == before, "preparing must not write to the device");
         let mut cd = open(&p.header.path()).unwrap();

@@ -1,20 +1,4 @@
-mod boot;
-mod cli;
-mod convert;
-mod direct;
-mod dm;
-mod error;
-mod fault;
-mod inspect;
-mod kernel_cipher;
-mod key;
-mod luks;
-#[allow(dead_code)] // report fields and helpers the host tests use (tests/lvm_loop.rs)
-mod lvm;
-mod plan;
-mod poll;
-mod progress;
-mod switch;
+//! The pvencrypt command: parses the command line and dispatches to the library.
 
 use std::{
     io::{self, BufRead, IsTerminal, Write},
@@ -24,15 +8,23 @@ use std::{
 
 use clap::Parser;
 
-use crate::{
+use pvencrypt::{
     cli::{Cli, ReportFormat},
+    convert,
     error::{Error, Kind, Result},
+    fault, inspect,
+    inspect::State,
     key::KeySource,
+    luks,
+    options::Options,
+    poll,
     poll::Run,
+    preflight, resume, switch, sys,
 };
 
 fn main() -> ExitCode {
-    no_core_dumps();
+    // Key material lives in this process's memory.
+    sys::no_core_dumps();
     let cli = Cli::parse();
     fault::init();
     luks::capture_log();
@@ -59,22 +51,9 @@ extern "C" fn on_hangup(_: libc::c_int) {
 
 fn install_signal_handlers() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+        sys::on_signal(sig, on_signal);
     }
-    // SAFETY: as above.
-    unsafe { libc::signal(libc::SIGHUP, on_hangup as *const () as libc::sighandler_t) };
-}
-
-/// Key material lives in this process's memory: no core file may carry it away, and
-/// no unprivileged process may read it through /proc or ptrace.
-fn no_core_dumps() {
-    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: plain syscalls on this process.
-    unsafe {
-        libc::setrlimit(libc::RLIMIT_CORE, &zero);
-        libc::prctl(libc::PR_SET_DUMPABLE, 0);
-    }
+    sys::on_signal(libc::SIGHUP, on_hangup);
 }
 
 fn key_source(cli: &Cli) -> KeySource<'_> {
@@ -82,11 +61,12 @@ fn key_source(cli: &Cli) -> KeySource<'_> {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    let opts = Options::from(cli);
+    if !sys::is_root() {
         return Err(Error::new(Kind::Refused, "pvencrypt must run as root."));
     }
     if cli.status {
-        let all = poll::select(poll::statuses(convert::unfinished_status()), &cli.pvs);
+        let all = poll::select(poll::statuses(resume::unfinished_status()), &cli.pvs);
         poll::out(&poll::report(&all, cli.reportformat == ReportFormat::Json));
         return Ok(());
     }
@@ -101,20 +81,21 @@ fn run(cli: &Cli) -> Result<()> {
     let mut targets = Vec::new();
     for path in &cli.pvs {
         // --test never resumes or repairs: preflight then says what the device holds.
-        if !cli.test && convert::found(path) != inspect::Found::Other {
+        let state = if cli.test { State::Other } else { inspect::inspect(path) };
+        if state.is_ours() {
             if cli.pvs.len() > 1 {
                 return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
             }
-            return resume_one(cli, path);
+            return resume_one(cli, path, state);
         }
-        targets.push(convert::preflight(cli, path)?);
+        targets.push(preflight::preflight(&opts, path)?);
     }
     if cli.pvs.len() > 1 && cli.name.is_some() {
         return Err(Error::new(Kind::Refused, "--name applies to one PV only."));
     }
     for t in &targets {
         if !cli.quiet || cli.test {
-            poll::out(&convert::describe(cli, t));
+            poll::out(&preflight::describe(&opts, t));
         }
     }
     if cli.test {
@@ -133,9 +114,9 @@ fn run(cli: &Cli) -> Result<()> {
         let fresh;
         let t = match &t.make_room {
             Some(m) => {
-                convert::make_room(cli, t, m)?;
+                convert::make_room(&opts, t, m)?;
                 // The LVs' extents moved: everything is checked again.
-                fresh = convert::preflight(cli, &t.path)?;
+                fresh = preflight::preflight(&opts, &t.path)?;
                 if fresh.make_room.is_some() {
                     return Err(Error::new(
                         Kind::Failed,
@@ -151,7 +132,7 @@ fn run(cli: &Cli) -> Result<()> {
             }
             None => t,
         };
-        convert::convert(cli, t, &key, run)?;
+        convert::convert(&opts, t, &key, run)?;
         if !cli.quiet {
             poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{}.", t.path.display(), t.name));
         }
@@ -167,7 +148,10 @@ fn background(cli: &Cli, runs: &mut Vec<Run>) -> Result<bool> {
     }
     if poll::detach()? {
         for r in runs.drain(..) {
-            poll::out(&format!("{}: converting in the background; progress goes to the system log, pvencrypt --status shows it.", r.pv()));
+            poll::out(&format!(
+                "{}: converting in the background; progress goes to the system log, pvencrypt --status shows it.",
+                r.pv()
+            ));
             r.hand_over();
         }
         return Ok(true);
@@ -206,8 +190,15 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
         return Err(Error::new(Kind::Refused, "Not on a terminal: confirm with --yes."));
     }
     match moves {
-        Some(n) => { let _ = write!(io::stdout(), "Move {n} extents with pvmove to make room, then encrypt in place? The data stays in use throughout. [y/n]: "); }
-        None => { let _ = write!(io::stdout(), "Encrypt in place? The data stays in use throughout. [y/n]: "); }
+        Some(n) => {
+            let _ = write!(
+                io::stdout(),
+                "Move {n} extents with pvmove to make room, then encrypt in place? The data stays in use throughout. [y/n]: "
+            );
+        }
+        None => {
+            let _ = write!(io::stdout(), "Encrypt in place? The data stays in use throughout. [y/n]: ");
+        }
     }
     io::stdout().flush().ok();
     let mut answer = String::new();
@@ -219,44 +210,29 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
     }
 }
 
-fn resume_one(cli: &Cli, path: &std::path::Path) -> Result<()> {
-    let found = convert::found(path);
-    let m = if found == inspect::Found::Luks {
-        let mut cd = luks::open(path)?;
-        let Some((_, m)) = luks::marker(&mut cd) else {
-            return Err(Error::new(Kind::Refused, format!("{} is already a LUKS device.", path.display())));
-        };
-        m
-    } else {
-        let _claim = Run::claim(path, "")?;
-        match convert::repair(path, &found)? {
-            Some(m) => m,
-            None => return Err(Error::new(Kind::Interrupted, format!("{}: run pvencrypt {} to convert it.", path.display(), path.display()))),
-        }
-    };
-    let mut runs = vec![Run::claim(path, &m.name)?];
+/// `pvencrypt PV` on a device that holds a conversion of ours.
+fn resume_one(cli: &Cli, path: &std::path::Path, state: State) -> Result<()> {
+    let opts = Options::from(cli);
+    let mut runs = vec![Run::claim(path, state.name())?];
     let key = key_source(cli).read(&format!("Enter passphrase for {}: ", path.display()), false)?;
     if background(cli, &mut runs)? {
         return Ok(());
     }
-    convert::resume(cli, path, &m, &key, &mut runs[0])?;
+    let name = resume::resume(&opts, path, state, &key, &mut runs[0])?;
     if !cli.quiet {
-        poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{}.", path.display(), m.name));
+        poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
     }
     Ok(())
 }
 
 fn resume_all(cli: &Cli) -> Result<()> {
+    let opts = Options::from(cli);
     // One already being worked on by another process is left to it.
     let mut todo = Vec::new();
     let mut runs = Vec::new();
     let mut restored = Vec::new();
-    for (path, u) in convert::unfinished() {
-        let name = match &u {
-            convert::Unfinished::Luks(m) => m.name.clone(),
-            convert::Unfinished::Torn(_) => String::new(),
-        };
-        let run = match Run::claim(&path, &name) {
+    for (path, state) in resume::unfinished() {
+        let run = match Run::claim(&path, state.name()) {
             Ok(r) => r,
             Err(e) if e.kind == Kind::Refused => {
                 poll::error(&format!("pvencrypt: {e}"));
@@ -264,23 +240,28 @@ fn resume_all(cli: &Cli) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
-        let m = match u {
-            convert::Unfinished::Luks(m) => m,
-            convert::Unfinished::Torn(found) => match convert::repair(&path, &found)? {
-                Some(m) => m,
+        // Torn switches are made whole before any passphrase is asked: one may just be
+        // the plain PV again.
+        let state = match state {
+            State::TornSwitch(_) | State::TornHeader => match resume::repair(&path, &state)? {
+                Some(_) => inspect::inspect(&path),
                 None => {
                     restored.push(path);
                     continue;
                 }
             },
+            s => s,
         };
         runs.push(run);
-        todo.push((path, m));
+        todo.push((path, state));
     }
     if todo.is_empty() {
         if !restored.is_empty() {
             let pvs: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
-            return Err(Error::new(Kind::Interrupted, format!("Plain PVs put back: {}; run pvencrypt on them again.", pvs.join(" "))));
+            return Err(Error::new(
+                Kind::Interrupted,
+                format!("Plain PVs put back: {}; run pvencrypt on them again.", pvs.join(" ")),
+            ));
         }
         if !cli.quiet {
             poll::out("No conversion to resume.");
@@ -295,11 +276,11 @@ fn resume_all(cli: &Cli) -> Result<()> {
     if background(cli, &mut runs)? {
         return Ok(());
     }
-    for (((path, m), key), run) in todo.iter().zip(&keys).zip(&mut runs) {
+    for (((path, state), key), run) in todo.into_iter().zip(&keys).zip(&mut runs) {
         stop_point()?;
-        convert::resume(cli, path, m, key, run)?;
+        let name = resume::resume(&opts, &path, state, key, run)?;
         if !cli.quiet {
-            poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{}.", path.display(), m.name));
+            poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
         }
     }
     Ok(())

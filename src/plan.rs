@@ -33,7 +33,7 @@ pub struct PvShape {
 /// `reduce`: cryptsetup's --reduce-device-size, in bytes. The PV may not fit yet:
 /// see [`Room::short`].
 pub fn room(pv: &PvShape, reduce: u64, sector_size: u32) -> Result<Room> {
-    if reduce % (2 << 20) != 0 || reduce < (8 << 20) {
+    if !reduce.is_multiple_of(2 << 20) || reduce < (8 << 20) {
         return refuse(format!("--reduce-device-size must be a multiple of 2 MiB and at least 8 MiB (got {reduce} bytes)."));
     }
     // libcryptsetup caps a reencryption step at 1 GiB and the step is the shift here.
@@ -41,7 +41,7 @@ pub fn room(pv: &PvShape, reduce: u64, sector_size: u32) -> Result<Room> {
         return refuse("--reduce-device-size may be at most 2 GiB (the data shift is capped at 1 GiB).".to_string());
     }
     let shift = reduce / 512 / 2;
-    if shift % (sector_size as u64 / 512) != 0 {
+    if !shift.is_multiple_of(sector_size as u64 / 512) {
         return refuse(format!("The data shift must be a multiple of the {sector_size}-byte sector size."));
     }
     let pv_end = (pv.pe_start + pv.pe_count * pv.extent_size).max(pv.pv_size);

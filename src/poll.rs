@@ -6,10 +6,9 @@
 //! process dies, however it dies, so a stale status file never lies about that.
 
 use std::{
-    ffi::CString,
     fs::{self, File, OpenOptions},
     io::Write,
-    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -59,7 +58,7 @@ fn status_path(key: &str) -> PathBuf {
 }
 
 fn flock(f: &File, how: libc::c_int) -> bool {
-    unsafe { libc::flock(f.as_raw_fd(), how | libc::LOCK_NB) == 0 }
+    crate::sys::flock(f, how | libc::LOCK_NB).is_ok()
 }
 
 /// True while some process holds the conversion lock of `key`.
@@ -99,7 +98,8 @@ impl Run {
             let pid = read_status(&key).and_then(|s| s.pid).map(|p| format!(" (pid {p})")).unwrap_or_default();
             return refuse(format!("{} is already being converted by another pvencrypt{pid}.", pv.display()));
         }
-        let status = Status { pv: pv.display().to_string(), name: name.into(), pid: Some(std::process::id()), ..Default::default() };
+        let status =
+            Status { pv: pv.display().to_string(), name: name.into(), pid: Some(std::process::id()), ..Default::default() };
         let mut run = Run { key, lock: Some(lock), status, started: None, written: None };
         run.state("preparing");
         Ok(run)
@@ -171,10 +171,8 @@ impl Drop for Run {
 pub fn statuses(unfinished: Vec<Status>) -> Vec<Status> {
     let mut out: Vec<Status> = Vec::new();
     if let Ok(rd) = fs::read_dir(RUN_DIR) {
-        let mut keys: Vec<String> = rd
-            .flatten()
-            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".lock").map(String::from))
-            .collect();
+        let mut keys: Vec<String> =
+            rd.flatten().filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".lock").map(String::from)).collect();
         keys.sort();
         for k in keys {
             if running(&k) {
@@ -208,7 +206,7 @@ pub fn abort(which: &[PathBuf], timeout: Duration) -> Result<Vec<Status>> {
     }
     for s in &running {
         let Some(pid) = s.pid else { continue };
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        crate::sys::kill(pid, libc::SIGTERM);
     }
     let end = Instant::now() + timeout;
     let mut stopped = Vec::new();
@@ -231,21 +229,10 @@ pub fn abort(which: &[PathBuf], timeout: Duration) -> Result<Vec<Status>> {
 /// `-b`: forks; the parent returns true at once, the child (false) carries on in a
 /// session of its own with no terminal, talking to the system log.
 pub fn detach() -> Result<bool> {
-    match unsafe { libc::fork() } {
-        -1 => Err(Error::new(Kind::Failed, format!("Cannot fork: {}", std::io::Error::last_os_error()))),
-        0 => {
-            unsafe {
-                libc::setsid();
-                libc::signal(libc::SIGHUP, libc::SIG_IGN);
-                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-                for fd in 0..3 {
-                    libc::dup2(null, fd);
-                }
-                if null > 2 {
-                    libc::close(null);
-                }
-                libc::chdir(c"/".as_ptr());
-            }
+    match crate::sys::fork() {
+        Err(e) => Err(Error::new(Kind::Failed, format!("Cannot fork: {e}"))),
+        Ok(None) => {
+            crate::sys::become_daemon();
             SYSLOG.store(true, Ordering::Relaxed);
             Ok(false)
         }
@@ -254,11 +241,7 @@ pub fn detach() -> Result<bool> {
 }
 
 fn syslog(prio: libc::c_int, msg: &str) {
-    static OPEN: std::sync::Once = std::sync::Once::new();
-    // SAFETY: a static ident; openlog only records it.
-    OPEN.call_once(|| unsafe { libc::openlog(c"pvencrypt".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) });
-    let m = CString::new(msg.replace('\0', " ")).expect("no NUL left");
-    unsafe { libc::syslog(prio, c"%s".as_ptr(), m.as_ptr()) };
+    crate::sys::syslog(prio, msg);
 }
 
 /// A progress or result line: stdout, or the log once detached or hung up.
@@ -294,7 +277,8 @@ pub fn detached() -> bool {
 /// `--status`, as LVM's reports print: aligned columns, or `--reportformat json`.
 pub fn report(all: &[Status], json: bool) -> String {
     // Before the data phase nothing is encrypted yet, and the total is not known.
-    let pct = |s: &Status| if s.bytes_total == 0 { "0.00%".into() } else { crate::progress::percent(s.bytes_done, s.bytes_total) };
+    let pct =
+        |s: &Status| if s.bytes_total == 0 { "0.00%".into() } else { crate::progress::percent(s.bytes_done, s.bytes_total) };
     if json {
         // LVM's JSON reports give every value as a string.
         let rows: Vec<serde_json::Value> = all

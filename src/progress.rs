@@ -25,8 +25,10 @@ impl Progress {
         let bar = (!quiet && interval.is_none() && !crate::poll::detached() && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template("{prefix}: Encrypted {bar:40} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
-                    .expect("valid template"),
+                ProgressStyle::with_template(
+                    "{prefix}: Encrypted {bar:40} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .expect("valid template"),
             );
             b.set_prefix(pv.to_string());
             b

@@ -24,8 +24,8 @@
 //! signals wait until then, and nothing waits for udev (dm.rs, `unsynced`).
 
 use std::{
-    fs::{File, OpenOptions},
-    os::{fd::AsRawFd, unix::fs::FileExt},
+    fs::File,
+    os::unix::fs::FileExt,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -43,6 +43,7 @@ use crate::{
     fault,
     inspect::SwitchRecord,
     luks::{self, Format, Prepared},
+    sys,
 };
 
 pub struct Switch<'a> {
@@ -61,28 +62,6 @@ pub struct Switched {
     pub retargeted: Vec<String>,
 }
 
-/// LVM's own VG lock (the flock its commands take), so no LVM command changes the VG
-/// or its tables while we move them. While it is held, lvm2cmd runs only with
-/// `--readonly`: the library would wait for it forever.
-pub struct VgLock(#[allow(dead_code)] File);
-
-impl VgLock {
-    pub fn take(dir: &Path, vg: &str) -> Result<VgLock> {
-        let _ = std::fs::create_dir_all(dir);
-        let path = dir.join(format!("V_{vg}"));
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .or_fail(|| format!("Cannot open the LVM lock {}", path.display()))?;
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return fail(format!("Cannot take the LVM lock {}: {}", path.display(), std::io::Error::last_os_error()));
-        }
-        Ok(VgLock(f))
-    }
-}
-
 /// Keeps in RAM every page the freeze may touch: a page fault that has to read the
 /// binary, a library or swap from a suspended disk would never return. The program and
 /// its libraries are locked whole; anonymous memory is locked as it is now resident
@@ -94,22 +73,16 @@ impl MemoryLock {
     pub fn take() -> Result<MemoryLock> {
         // Freed heap (libcryptsetup's copy buffer, LVM's reports) goes back first, so that
         // it is neither locked nor counted for the whole run.
-        unsafe { libc::malloc_trim(0) };
+        sys::malloc_trim();
         let lock = MemoryLock(());
         let maps = std::fs::read_to_string("/proc/self/smaps").or_fail(|| "Cannot read /proc/self/smaps".into())?;
         if maps.lines().any(|l| l.starts_with("Swap:") && l.split_whitespace().nth(1) != Some("0")) {
-            if unsafe { libc::mlockall(libc::MCL_CURRENT) } != 0 {
-                return fail(format!("mlockall: {}", std::io::Error::last_os_error()));
-            }
+            sys::mlockall(libc::MCL_CURRENT).or_fail(|| "mlockall".into())?;
             return Ok(lock);
         }
-        if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_ONFAULT) } != 0 {
-            return fail(format!("mlockall: {}", std::io::Error::last_os_error()));
-        }
+        sys::mlockall(libc::MCL_CURRENT | libc::MCL_ONFAULT).or_fail(|| "mlockall".into())?;
         for (start, end) in file_mappings(&maps) {
-            if unsafe { libc::mlock(start as *const libc::c_void, end - start) } != 0 {
-                return fail(format!("mlock of the program's mappings: {}", std::io::Error::last_os_error()));
-            }
+            sys::mlock(start, end).or_fail(|| "mlock of the program's mappings".into())?;
         }
         Ok(lock)
     }
@@ -132,7 +105,7 @@ fn file_mappings(smaps: &str) -> Vec<(usize, usize)> {
 
 impl Drop for MemoryLock {
     fn drop(&mut self) {
-        unsafe { libc::munlockall() };
+        sys::munlockall();
     }
 }
 
@@ -191,16 +164,13 @@ impl Switch<'_> {
     pub fn run(&self, staged: &mut Staged) -> Result<Switched> {
         // Dirty pages flushed now are pages the suspend does not have to flush.
         fault::trace("sync");
-        unsafe { libc::sync() };
+        sys::sync();
         fault::trace("synced");
         // Read under the lock: no LV can appear or change from here on.
         let mut holders = self.dm.holders(self.raw)?;
         holders.retain(|h| h.name != self.alias_name && h.name != self.name);
-        let direct: Vec<(&Holder, Vec<Target>)> = holders
-            .iter()
-            .filter(|h| h.direct)
-            .map(|h| Ok((h, self.dm.table(&h.name)?)))
-            .collect::<Result<_>>()?;
+        let direct: Vec<(&Holder, Vec<Target>)> =
+            holders.iter().filter(|h| h.direct).map(|h| Ok((h, self.dm.table(&h.name)?))).collect::<Result<_>>()?;
         let crypt = self.dm.device_of(self.name)?;
         let mut touched = vec![crypt];
         for h in &holders {
@@ -355,13 +325,7 @@ pub struct Frozen<'a> {
 impl<'a> Frozen<'a> {
     fn new(dm: &'a Dm, n: usize) -> Frozen<'a> {
         // SAFETY: sigset manipulation on locals; `drop` restores the old mask.
-        let signals = unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            old
-        };
+        let signals = sys::block_signals();
         FROZEN.store(true, Ordering::SeqCst);
         Frozen { dm, names: Vec::with_capacity(n), signals }
     }
@@ -429,7 +393,7 @@ impl Drop for Frozen<'_> {
         }
         FROZEN.store(false, Ordering::SeqCst);
         // SAFETY: restores the mask saved in `new`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.signals, std::ptr::null_mut()) };
+        sys::restore_signals(&self.signals);
     }
 }
 

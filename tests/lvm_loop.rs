@@ -6,10 +6,7 @@
 //! `cargo test --test lvm_loop -- --ignored record_fixtures` re-records the
 //! JSON under tests/fixtures/lvm/ that the unit tests in src/lvm.rs parse.
 
-// The crate is a binary, so the module is compiled into this test directly.
-#[path = "../src/lvm.rs"]
-#[allow(dead_code)]
-mod lvm;
+use pvencrypt::lvm;
 
 use std::{
     env, fs,
@@ -223,18 +220,8 @@ fn loop_pv_vg_lvs() {
     lvm(&["lvextend", "--driverloaded", "n", "-L", "+8M", "--", &format!("{vg}/lv1")]);
 
     let segs = lvm::lvs(&vg).unwrap();
-    let summary: Vec<_> = segs
-        .iter()
-        .map(|l| (l.lv_name.name.as_str(), l.seg_start_pe.0, l.seg_size_pe.0, l.lv_size))
-        .collect();
-    assert_eq!(
-        summary,
-        [
-            ("lv1", 0, 2, Sectors(16 * MIB)),
-            ("lv1", 2, 2, Sectors(16 * MIB)),
-            ("lv2", 0, 3, Sectors(12 * MIB)),
-        ]
-    );
+    let summary: Vec<_> = segs.iter().map(|l| (l.lv_name.name.as_str(), l.seg_start_pe.0, l.seg_size_pe.0, l.lv_size)).collect();
+    assert_eq!(summary, [("lv1", 0, 2, Sectors(16 * MIB)), ("lv1", 2, 2, Sectors(16 * MIB)), ("lv2", 0, 3, Sectors(12 * MIB)),]);
     assert_eq!(segs[0].devices, [area(&dev, 0)]);
     assert_eq!(segs[0].seg_pe_ranges, [range(&dev, 0, 2)]);
     assert_eq!(segs[1].devices, [area(&dev, 5)]);
@@ -258,12 +245,7 @@ fn loop_pv_vg_lvs() {
     assert!(ps.iter().all(|s| s.pv_name == dev));
     assert_eq!(
         seg_summary(&ps),
-        [
-            (0, 2, Some(("lv1", false))),
-            (2, 3, Some(("lv2", false))),
-            (5, 2, Some(("lv1", false))),
-            (7, 42, None),
-        ]
+        [(0, 2, Some(("lv1", false))), (2, 3, Some(("lv2", false))), (5, 2, Some(("lv1", false))), (7, 42, None),]
     );
 
     let v = lvm::vg(&vg).unwrap();
@@ -275,10 +257,7 @@ fn loop_pv_vg_lvs() {
     let p2 = lvm::pvs_with(Some(&dev), &["--config", &only(&format!("a|^{dev}$|"))]).unwrap();
     assert_eq!(p2, [pv(&dev)]);
     let e = lvm::pvs_with(Some(&dev), &["--config", &only("a|^/dev/nothing$|")]).unwrap_err();
-    assert!(
-        e.to_string().contains(&format!("Cannot use {dev}: device is rejected by filter config")),
-        "{e}"
-    );
+    assert!(e.to_string().contains(&format!("Cannot use {dev}: device is rejected by filter config")), "{e}");
 
     let backup = env::temp_dir().join(format!("{vg}.vg"));
     lvm::vgcfgbackup(&vg, Some(&backup)).unwrap();
@@ -293,11 +272,7 @@ fn loop_pv_vg_lvs() {
         for _ in 0..4 {
             sc.spawn(|| {
                 for _ in 0..5 {
-                    let got = (
-                        lvm::pvs(Some(&dev)).unwrap(),
-                        lvm::vg(&vg).unwrap(),
-                        lvm::lvs(&vg).unwrap(),
-                    );
+                    let got = (lvm::pvs(Some(&dev)).unwrap(), lvm::vg(&vg).unwrap(), lvm::lvs(&vg).unwrap());
                     assert_eq!(got, expect);
                 }
             });
@@ -317,16 +292,7 @@ fn loop_second_metadata_area() {
     let vg = s.vg_name("mda2");
     let (two, one) = (s.dev(0).to_owned(), s.dev(1).to_owned());
 
-    lvm(&[
-        "pvcreate",
-        "-y",
-        "--pvmetadatacopies",
-        "2",
-        "--setphysicalvolumesize",
-        "201M",
-        "--",
-        &two,
-    ]);
+    lvm(&["pvcreate", "-y", "--pvmetadatacopies", "2", "--setphysicalvolumesize", "201M", "--", &two]);
     lvm(&["pvcreate", "-y", "--setphysicalvolumesize", "201M", "--", &one]);
     let label = lvm::read_label(Path::new(&two)).unwrap().unwrap();
     assert_eq!(label.device_size, Sectors(201 * MIB));
@@ -363,33 +329,14 @@ fn loop_interrupted_pvmove() {
 
     lvm(&["pvcreate", "-y", "--", &src, &dst]);
     lvm(&["vgcreate", "-s", "4M", "--", &vg, &src, &dst]);
-    lvm(&[
-        "lvcreate",
-        "--driverloaded",
-        "n",
-        "-an",
-        "-Zn",
-        "-L",
-        "8M",
-        "-n",
-        "lv1",
-        "--",
-        &vg,
-        &src,
-    ]);
+    lvm(&["lvcreate", "--driverloaded", "n", "-an", "-Zn", "-L", "8M", "-n", "lv1", "--", &vg, &src]);
     // Without dm the mirror can't be activated, so the move stops right
     // after writing its metadata.
     lvm(&["pvmove", "--driverloaded", "n", "--", &src, &dst]);
 
     let segs = lvm::lvs(&vg).unwrap();
     let names: Vec<&LvName> = segs.iter().map(|l| &l.lv_name).collect();
-    assert_eq!(
-        names,
-        [
-            &LvName { name: "lv1".into(), hidden: false },
-            &LvName { name: "pvmove0".into(), hidden: true },
-        ]
-    );
+    assert_eq!(names, [&LvName { name: "lv1".into(), hidden: false }, &LvName { name: "pvmove0".into(), hidden: true },]);
     let (lv1, mv) = (&segs[0], &segs[1]);
     assert!(lv1.is_locked() && !lv1.is_pvmove());
     assert_eq!(lv1.segtype, "linear");
@@ -402,14 +349,8 @@ fn loop_interrupted_pvmove() {
     assert_eq!(mv.seg_pe_ranges, [range(&src, 0, 2), range(&dst, 0, 2)]);
     assert_eq!((mv.seg_start_pe, mv.seg_size_pe), (Extents(0), Extents(2)));
 
-    assert_eq!(
-        seg_summary(&lvm::pv_segments(&src).unwrap()),
-        [(0, 2, Some(("pvmove0", true))), (2, 13, None)]
-    );
-    assert_eq!(
-        seg_summary(&lvm::pv_segments(&dst).unwrap()),
-        [(0, 2, Some(("pvmove0", true))), (2, 13, None)]
-    );
+    assert_eq!(seg_summary(&lvm::pv_segments(&src).unwrap()), [(0, 2, Some(("pvmove0", true))), (2, 13, None)]);
+    assert_eq!(seg_summary(&lvm::pv_segments(&dst).unwrap()), [(0, 2, Some(("pvmove0", true))), (2, 13, None)]);
     // Visible LVs only.
     assert_eq!(lvm::vg(&vg).unwrap().lv_count, 1);
 }
@@ -459,19 +400,10 @@ fn loop_vg_states() {
     let status = r#"status = ["RESIZEABLE", "READ", "WRITE"]"#;
     let original = metadata(&vg);
     assert!(original.contains(status), "{original}");
-    restore(
-        &vg,
-        &original.replace(status, r#"status = ["RESIZEABLE", "READ", "WRITE", "CLUSTERED"]"#),
-    );
+    restore(&vg, &original.replace(status, r#"status = ["RESIZEABLE", "READ", "WRITE", "CLUSTERED"]"#));
     let e = lvm::vg(&vg).unwrap_err();
     assert!(e.to_string().contains(&format!("Cannot access clustered VG {vg}.")), "{e}");
-    restore(
-        &vg,
-        &original.replace(
-            status,
-            &format!("{status}\n\tlock_type = \"dlm\"\n\tlock_args = \"1.0.0:test\""),
-        ),
-    );
+    restore(&vg, &original.replace(status, &format!("{status}\n\tlock_type = \"dlm\"\n\tlock_args = \"1.0.0:test\"")));
     let e = lvm::vg(&vg).unwrap_err();
     let msg = format!("Cannot access VG {vg} with lock type dlm that requires lvmlockd.");
     assert!(e.to_string().contains(&msg), "{e}");
@@ -487,8 +419,7 @@ fn loop_vg_states() {
     assert_eq!(v.vg_attr.as_str(), "wz-pn-");
     assert!(v.vg_attr.partial() && !v.vg_attr.exported());
     assert_eq!((v.pv_count, v.vg_missing_pv_count), (2, 1));
-    let mut pvs: Vec<_> =
-        lvm::pvs(None).unwrap().into_iter().filter(|p| p.vg_name.as_deref() == Some(&vg)).collect();
+    let mut pvs: Vec<_> = lvm::pvs(None).unwrap().into_iter().filter(|p| p.vg_name.as_deref() == Some(&vg)).collect();
     pvs.sort_by_key(|p| p.pv_missing);
     assert_eq!(pvs.len(), 2);
     assert_eq!((pvs[0].pv_name.as_str(), pvs[0].pv_missing), (a.as_str(), false));
@@ -536,10 +467,7 @@ fn loop_errors_carry_lvm_lines() {
     let e = lvm::vg("pvenc_no_such_vg").unwrap_err();
     let lvm::Error::Command { rc, errors, .. } = &e else { panic!("{e:?}") };
     assert_eq!(*rc, 5);
-    assert!(
-        errors.contains(&r#"Volume group "pvenc_no_such_vg" not found"#.to_owned()),
-        "{errors:?}"
-    );
+    assert!(errors.contains(&r#"Volume group "pvenc_no_such_vg" not found"#.to_owned()), "{errors:?}");
     assert!(e.to_string().contains(r#"Volume group "pvenc_no_such_vg" not found"#), "{e}");
 
     let e = lvm::run(&["frobnicate"]).unwrap_err();
@@ -706,8 +634,7 @@ fn record_fixtures() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lvm");
     fs::create_dir_all(&dir).unwrap();
     let mut s = Setup::new(&[256, 64, 64, 256]);
-    let (d0, d1, d2, d3) =
-        (s.dev(0).to_owned(), s.dev(1).to_owned(), s.dev(2).to_owned(), s.dev(3).to_owned());
+    let (d0, d1, d2, d3) = (s.dev(0).to_owned(), s.dev(1).to_owned(), s.dev(2).to_owned(), s.dev(3).to_owned());
     let lvc = ["--driverloaded", "n", "-an", "-Zn"];
 
     // Orphans: the loop_pv_vg_lvs PV, a plain one, one with a bootloader

@@ -47,7 +47,7 @@ fn pvencrypt(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn status_and_test_leave_a_torn_header_alone() {
-    if unsafe { libc::geteuid() } != 0 {
+    if !pvencrypt::sys::is_root() {
         return eprintln!("skipped: needs root");
     }
     // A PV label beside our secondary LUKS2 header: the state a crash between the header

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Every test: host unit and loop-device tests (cargo), then the VM tests (real kernel,
+# Every test: formatting and lints, host unit and loop-device tests (cargo), then the VM tests (real kernel,
 # real device-mapper). Run as root on Debian 12; installs what it needs itself.
 # The last line is "N passed, N failed" over both.
 set -uo pipefail
@@ -7,12 +7,19 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tests/vm/setup.sh || { echo "setup failed"; exit 1; }
 
+# The code's habits: rustfmt.toml's layout, no clippy warning (with the lints of Cargo.toml).
+lint_fail=0
+cargo fmt --all --check || { echo "FAIL cargo fmt --check"; lint_fail=$((lint_fail + 1)); }
+cargo clippy --workspace --all-targets --features fault-injection -- -D warnings ||
+  { echo "FAIL cargo clippy"; lint_fail=$((lint_fail + 1)); }
+
 log=$(mktemp)
 cargo test --workspace 2>&1 | tee "$log"
 cargo_rc=${PIPESTATUS[0]}
 h_pass=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
 h_fail=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
 [ "$cargo_rc" -eq 0 ] || [ "$h_fail" -gt 0 ] || h_fail=1   # a build failure runs no test
+h_fail=$((h_fail + lint_fail))
 rm -f "$log"
 
 vlog=$(mktemp)

@@ -1,0 +1,393 @@
+//! Step 1 of the conversion: what the device is and whether it can be converted, read
+//! without changing anything; the plan `--test` prints; and the same facts read again
+//! under the VG lock right before the switch. A refusal leaves the disk untouched.
+
+use std::{
+    fs,
+    os::unix::fs::{FileTypeExt, MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use devicemapper::Device;
+use libcryptsetup_rs::{
+    consts::{flags::CryptPbkdf, vals::CryptKdf},
+    CryptPbkdfType, CryptSettingsHandle,
+};
+
+use crate::{
+    boot,
+    cli::Pbkdf,
+    dm::Dm,
+    error::{refuse, Context, Error, Kind, Result},
+    inspect::{inspect, State},
+    luks::{self, Format},
+    lvm,
+    options::Options,
+    plan, poll,
+};
+
+/// What preflight found: everything the later steps need, nothing changed yet.
+pub struct Target {
+    pub path: PathBuf,
+    pub dev: Device,
+    pub size: u64,
+    pub name: String,
+    pub vg: lvm::Vg,
+    pub pv: lvm::Pv,
+    pub room: plan::Room,
+    /// What --make-room has to do first, when the PV reaches into the room LUKS2 needs.
+    pub make_room: Option<plan::MakeRoom>,
+    pub lvs: Vec<String>,
+}
+
+pub fn device_of(path: &Path) -> Result<(Device, u64)> {
+    let md = fs::metadata(path).context(Kind::Refused, || format!("Cannot use {}", path.display()))?;
+    if !md.file_type().is_block_device() {
+        return refuse(format!("{} is not a block device.", path.display()));
+    }
+    let rdev = md.rdev();
+    let dev = Device { major: libc::major(rdev), minor: libc::minor(rdev) };
+    let size = fs::read_to_string(format!("/sys/dev/block/{dev}/size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| Error::new(Kind::Refused, format!("Cannot read the size of {}.", path.display())))?;
+    Ok((dev, size))
+}
+
+pub fn default_name(path: &Path) -> String {
+    format!("{}_crypt", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default())
+}
+
+/// Step 1. Read-only.
+pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
+    let (dev, size) = device_of(path)?;
+    match inspect(path) {
+        State::Other => {}
+        State::Foreign => return refuse(format!("{} is already a LUKS device.", path.display())),
+        State::TornSwitch(_) | State::TornHeader => {
+            return refuse(format!(
+                "{} holds a conversion a crash cut inside its switch; run pvencrypt with no PV to repair it.",
+                path.display()
+            ))
+        }
+        _ => {
+            return refuse(format!(
+                "{} is already LUKS, in an unfinished conversion of pvencrypt; run pvencrypt {} (without --test) \
+                 to resume it.",
+                path.display(),
+                path.display()
+            ))
+        }
+    }
+    let dm = Dm::open()?;
+    let name = opts.name.clone().unwrap_or_else(|| default_name(path));
+    if name.is_empty() || name.contains('/') || name.len() > 127 {
+        return refuse(format!("Invalid device name {name:?}."));
+    }
+    if dm.exists(&name) || Path::new("/dev/mapper").join(&name).exists() {
+        return refuse(format!("A device named {name} already exists."));
+    }
+
+    let pv = lvm::pv(path)
+        .context(Kind::Refused, || format!("Cannot read {} as an LVM physical volume", path.display()))?
+        .ok_or_else(|| Error::new(Kind::Refused, format!("{} is not an LVM physical volume.", path.display())))?;
+    let Some(vg_name) = pv.vg_name.clone() else {
+        return refuse(format!(
+            "{} is a PV in no volume group: there is nothing to keep online; use cryptsetup.",
+            path.display()
+        ));
+    };
+    let vg = lvm::vg(&vg_name).context(Kind::Refused, || format!("Cannot use volume group {vg_name}"))?;
+    if vg.vg_attr.partial() || vg.vg_missing_pv_count > 0 {
+        return refuse(format!("Volume group {vg_name} has missing PVs; repair it first."));
+    }
+    if vg.vg_attr.clustered() || vg.vg_attr.shared() || vg.vg_lock_type.as_deref().is_some_and(|t| !t.is_empty() && t != "none") {
+        return refuse(format!("Volume group {vg_name} is shared or clustered; pvencrypt handles local VGs only."));
+    }
+    if vg.vg_attr.exported() {
+        return refuse(format!("Volume group {vg_name} is exported."));
+    }
+    let segs = lvm::lvs(&vg_name).or_fail(|| format!("Cannot list the LVs of {vg_name}"))?;
+    // Name the move's own LV (pvmove0), the one lvs -a shows, rather than an LV it locks.
+    if let Some(s) = segs.iter().find(|s| s.is_pvmove()).or_else(|| segs.iter().find(|s| s.is_locked())) {
+        return refuse(format!("A pvmove ({}) is in progress in {vg_name}; let it finish or abort it first.", s.lv_name.name));
+    }
+    // The size LVM recorded lives in the VG metadata (pvresize changes it there only);
+    // the device may be larger.
+    let recorded = lvm::metadata_pv_size(&vg_name, &pv.pv_uuid).or_fail(|| format!("Cannot read the metadata of {vg_name}"))?;
+    let shape = plan::PvShape {
+        dev_size: size,
+        pe_start: pv.pe_start.0,
+        pe_count: pv.pv_pe_count.0,
+        extent_size: vg.vg_extent_size.0,
+        pv_size: recorded.0,
+    };
+    let room = plan::room(&shape, opts.reduce_device_size, opts.sector_size)?;
+    let make_room = if !room.short() {
+        None
+    } else if opts.make_room || may_ask(opts) {
+        let segs =
+            lvm::pv_segments(&path.to_string_lossy()).or_fail(|| format!("Cannot list the extents of {}", path.display()))?;
+        let segs: Vec<plan::Segment> = segs.iter().map(|s| (s.pvseg_start.0, s.pvseg_size.0, s.lv_name.is_some())).collect();
+        Some(plan::make_room(&room, &shape, &segs, &vg_name)?)
+    } else {
+        return refuse(room.shortage(&shape));
+    };
+
+    // Only this VG's LVs may sit on the device: anything else would keep reading raw
+    // offsets after the data moved.
+    let vg_prefix = lv_uuid_prefix(&vg.vg_uuid);
+    let holders = dm.holders(dev)?;
+    for h in holders.iter().filter(|h| h.direct) {
+        if !h.uuid.as_deref().unwrap_or("").starts_with(&vg_prefix) {
+            return refuse(format!(
+                "{} is in use by {} ({}), which is not a logical volume of {vg_name}.",
+                path.display(),
+                h.name,
+                h.uuid.as_deref().unwrap_or("no uuid"),
+            ));
+        }
+    }
+    if let Ok(rd) = fs::read_dir(format!("/sys/dev/block/{dev}/holders")) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if !n.starts_with("dm-") {
+                return refuse(format!("{} is held by {n}, which is not a device-mapper device.", path.display()));
+            }
+        }
+    }
+    check_uses(opts, &dm, dev, &holders)?;
+    check_filters(path, &name, &pv.pv_uuid)?;
+    // A throw-away mapping (never resumed, no I/O): the kernel must be able to run the
+    // cipher. This also loads dm-crypt's modules now: inside the freeze their autoloading
+    // would run modprobe from a disk that may be frozen.
+    let fmt = format_of(opts, room.shift)?;
+    dm.probe_crypt(&format!("{name}-pvencrypt-probe"), &opts.cipher, fmt.key_bytes, opts.sector_size, dev).map_err(|e| {
+        Error::new(
+            Kind::Refused,
+            format!("{e}. Is dm-crypt available (modprobe dm-crypt), and does the kernel know this cipher?"),
+        )
+    })?;
+    let lvs = holders.iter().map(|h| h.name.to_string()).collect();
+    Ok(Target { path: path.into(), dev, size, name, vg, pv, room, make_room, lvs })
+}
+
+/// After the switch LVM must find the PV on /dev/mapper/NAME; a device filter that
+/// rejects it would lose the VG at the next boot. The names are those udev and the
+/// kernel will give the device (its dm minor is not known yet: dm-0 stands for it).
+fn check_filters(path: &Path, name: &str, pv_uuid: &str) -> Result<()> {
+    let names = [
+        format!("/dev/mapper/{name}"),
+        format!("/dev/disk/by-id/dm-name-{name}"),
+        format!("/dev/disk/by-id/dm-uuid-CRYPT-LUKS2-{}-{name}", "0".repeat(32)),
+        format!("/dev/disk/by-id/lvm-pv-uuid-{pv_uuid}"),
+        "/dev/dm-0".into(),
+        "/dev/block/253:0".into(),
+    ];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let filters = lvm::device_filters().or_fail(|| "Cannot read LVM's device filters".into())?;
+    for (setting, patterns) in &filters {
+        match lvm::filter_accepts(patterns, &names) {
+            Ok(true) => {}
+            Ok(false) => {
+                return refuse(format!(
+                    "LVM's devices/{setting} rejects /dev/mapper/{name}: after the conversion LVM would not find \
+                     the PV of {}. Add \"a|^/dev/mapper/{name}$|\" before the first \"r\" pattern of {setting} \
+                     in /etc/lvm/lvm.conf, and run pvencrypt again.",
+                    path.display()
+                ))
+            }
+            Err(e) => poll::error(&format!(
+                "WARNING: {}: cannot check devices/{setting} ({e}); make sure it accepts /dev/mapper/{name}.",
+                path.display()
+            )),
+        }
+    }
+    Ok(())
+}
+
+/// On a terminal without --yes, a missing room is planned as with --make-room and the
+/// confirmation asks for it (main.rs).
+fn may_ask(opts: &Options) -> bool {
+    !opts.yes && std::io::IsTerminal::is_terminal(&std::io::stdin())
+}
+
+/// The dm uuid prefix of every LV of the VG (LVM writes the VG uuid without dashes).
+fn lv_uuid_prefix(vg_uuid: &str) -> String {
+    format!("LVM-{}", vg_uuid.replace('-', ""))
+}
+
+/// The active LVs of the VG, on any PV.
+pub fn active_lvs(vg_uuid: &str) -> Vec<Device> {
+    Dm::open().and_then(|dm| dm.devices_with_uuid(&lv_uuid_prefix(vg_uuid))).unwrap_or_default()
+}
+
+/// What the LVs are used for must survive the conversion: /boot must stay readable by
+/// the boot loader, and a larger encryption sector must not break a filesystem that
+/// writes smaller blocks (the LVs inherit the crypt device's logical block size).
+fn check_uses(opts: &Options, dm: &Dm, raw: Device, holders: &[crate::dm::Holder]) -> Result<()> {
+    let mounts = boot::mounts();
+    let lbs = fs::read_to_string(format!("/sys/dev/block/{raw}/queue/logical_block_size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(512);
+    // /boot as a mount of its own, or as a plain directory of a filesystem on the VG.
+    let boot_dev = fs::metadata("/boot").ok().map(|m| Device { major: libc::major(m.dev()), minor: libc::minor(m.dev()) });
+    for h in holders {
+        let dev = dm.device_of(&h.name)?;
+        let mounted: Vec<&boot::Mount> = mounts.iter().filter(|m| m.dev == dev).collect();
+        if boot_dev == Some(dev) {
+            let on = match mounted.iter().find(|m| m.point == "/boot") {
+                Some(_) => format!("{} is mounted on /boot", h.name),
+                None => format!("/boot is a directory of the filesystem on {}", h.name),
+            };
+            // GRUB_ENABLE_CRYPTODISK reads LUKS2 with PBKDF2 keyslots only, and no boot
+            // loader reads a device in the middle of its reencryption.
+            return refuse(format!(
+                "{on}: the boot loader could not read the kernel and initramfs from an encrypted device (GRUB \
+                 cannot read LUKS2 in reencryption at all). Move /boot to a partition of its own first."
+            ));
+        }
+        if opts.sector_size <= lbs {
+            continue;
+        }
+        for m in &mounted {
+            let bsize = crate::sys::statvfs_bsize(&m.point);
+            if !m.fstype.starts_with("ext") || bsize.is_none_or(|b| b < opts.sector_size as u64) {
+                return refuse(format!(
+                    "--sector-size {} is larger than what {} ({} on {}, blocks of {} bytes) may write; \
+                     use --sector-size {lbs}.",
+                    opts.sector_size,
+                    h.name,
+                    m.fstype,
+                    m.point,
+                    bsize.map_or("unknown".into(), |b| b.to_string())
+                ));
+            }
+        }
+        let stacked = fs::read_dir(format!("/sys/dev/block/{dev}/holders")).is_ok_and(|mut d| d.next().is_some());
+        if mounted.is_empty() && !stacked && dm.open_count(&h.name)? > 0 {
+            return refuse(format!(
+                "--sector-size {} is larger than the {lbs}-byte blocks {} is used with now, by a user pvencrypt \
+                 cannot check (swap, a process, a virtual machine); use --sector-size {lbs}.",
+                opts.sector_size, h.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn pbkdf(opts: &Options) -> Result<CryptPbkdfType> {
+    let kdf = match opts.pbkdf {
+        Some(Pbkdf::Pbkdf2) => CryptKdf::Pbkdf2,
+        Some(Pbkdf::Argon2i) => CryptKdf::Argon2I,
+        Some(Pbkdf::Argon2id) | None => CryptKdf::Argon2Id,
+    };
+    let mut p = CryptSettingsHandle::get_pbkdf_type_params(&kdf).or_fail(|| "Cannot read the PBKDF defaults".into())?;
+    if let Some(m) = opts.pbkdf_memory {
+        p.max_memory_kb = m;
+    }
+    if let Some(t) = opts.pbkdf_parallel {
+        p.parallel_threads = t;
+    }
+    if let Some(t) = opts.iter_time {
+        p.time_ms = t;
+    }
+    if let Some(i) = opts.pbkdf_force_iterations {
+        p.iterations = i;
+        p.flags |= CryptPbkdf::NO_BENCHMARK;
+    }
+    Ok(p)
+}
+
+pub fn format_of(opts: &Options, shift: u64) -> Result<Format> {
+    let (cipher, cipher_mode) = luks::split_cipher(&opts.cipher)?;
+    if opts.key_size == 0 || !opts.key_size.is_multiple_of(8) {
+        return refuse(format!("--key-size must be a multiple of 8 bits (got {}).", opts.key_size));
+    }
+    Ok(Format {
+        cipher,
+        cipher_mode,
+        key_bytes: opts.key_size as usize / 8,
+        sector_size: opts.sector_size,
+        label: opts.label.clone(),
+        uuid: uuid::Uuid::new_v4(),
+        shift,
+        pbkdf: pbkdf(opts)?,
+    })
+}
+
+/// The plan, as `--test` prints it (and the conversion announces it).
+pub fn describe(opts: &Options, t: &Target) -> String {
+    let mib = |sectors: u64| sectors / plan::MIB;
+    let mut out = format!(
+        "{path}: PV of volume group {vg}, {size} MiB. It becomes a LUKS2 device opened as /dev/mapper/{name}.\n  \
+         header and data shift: {h} MiB each; the PV ends at {end} MiB, the room needed starts at {limit} MiB.\n  \
+         suspended for the switch: {lvs}.",
+        path = t.path.display(),
+        vg = t.vg.vg_name,
+        size = mib(t.size),
+        name = t.name,
+        h = mib(t.room.shift),
+        end = mib(t.room.pv_end),
+        limit = mib(t.room.limit),
+        lvs = if t.lvs.is_empty() { "none (no LV is active)".to_string() } else { t.lvs.join(", ") },
+    );
+    if let Some(m) = &t.make_room {
+        let ranges: Vec<String> = m.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        out += &format!(
+            "\n  first, to make room: pvmove extents {} (of LVs in use) to free extents below {}, then pvresize the PV to {} MiB.",
+            if ranges.is_empty() { "none".to_string() } else { ranges.join(", ") },
+            m.keep,
+            mib(m.size)
+        );
+    }
+    if !opts.no_crypttab {
+        out += &format!(
+            "\n  {} gets: {}",
+            boot::CRYPTTAB,
+            boot::crypttab_line(&t.name, "<new LUKS UUID>", boot::supports_discard(t.dev)).trim()
+        );
+    }
+    let on_vg = active_lvs(&t.vg.vg_uuid);
+    if let Some(why) = boot::boot_needs(&on_vg) {
+        out += &format!(
+            "\n  the initramfs {} ({why}).",
+            if opts.no_initramfs { "is NOT rebuilt (--no-initramfs)" } else { "is rebuilt" }
+        );
+    }
+    for a in boot::cmdline_advice(&fs::read_to_string("/proc/cmdline").unwrap_or_default(), "<new LUKS UUID>") {
+        out += &format!("\n  you must change the kernel command line: {a}.");
+    }
+    out
+}
+
+/// Between preflight and the switch came the prompt and the PBKDF: under the VG lock,
+/// the VG (its metadata sequence number: any change of a PV's size or extents, any LV
+/// or pvmove bumps it), the PV and the device must be what preflight planned with.
+/// Read with `--readonly`, which grants LVM's read lock without taking it: we hold it.
+/// (`--nolocking` does not work in process: LVM 2.03.16 keeps the file locking a former
+/// command set up in a static, lib/locking/locking.c `_locking`, and only skips setting
+/// it up again; `--readonly` resets `_file_locking_readonly` at every command.)
+pub fn unchanged_since_preflight(t: &Target) -> Result<()> {
+    let dev = t.path.to_string_lossy();
+    let vg = lvm::vg_with(&t.vg.vg_name, &["--readonly"]).or_fail(|| format!("Cannot read volume group {}", t.vg.vg_name))?;
+    let pv = lvm::pvs_with(Some(&dev), &["--readonly"]).or_fail(|| format!("Cannot read the PV {dev}"))?;
+    let segs = lvm::lvs_with(&t.vg.vg_name, &["--readonly"]).or_fail(|| format!("Cannot list the LVs of {}", t.vg.vg_name))?;
+    let (_, size) = device_of(&t.path)?;
+    let changed = if vg.vg_seqno != t.vg.vg_seqno {
+        format!("its metadata changed (seqno {} → {})", t.vg.vg_seqno, vg.vg_seqno)
+    } else if pv.first() != Some(&t.pv) {
+        "the PV changed".into()
+    } else if segs.iter().any(|s| s.is_pvmove() || s.is_locked()) {
+        "a pvmove started".into()
+    } else if size != t.size {
+        format!("the device's size changed ({} → {size} sectors)", t.size)
+    } else {
+        return Ok(());
+    };
+    refuse(format!(
+        "{dev}: volume group {} changed while pvencrypt was preparing: {changed}. Nothing was changed; run pvencrypt again.",
+        t.vg.vg_name
+    ))
+}

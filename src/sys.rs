@@ -1,0 +1,201 @@
+//! The libc calls pvencrypt makes on its own process and files, behind safe functions:
+//! the one place where plain syscalls are `unsafe`. FFI that needs the caller's context
+//! (the dm ioctl, libcryptsetup's and LVM's callbacks, the OpenSSL hook, aligned
+//! allocation) stays where it is used, each block with its `SAFETY:` note.
+
+use std::{
+    ffi::{c_int, CString},
+    fs::File,
+    io,
+    os::fd::{AsRawFd, FromRawFd},
+    path::{Path, PathBuf},
+};
+
+fn check(rc: c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Flushes every filesystem's dirty data (sync(2)).
+pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() }
+}
+
+/// flock(2) on `f`: `op` is LOCK_EX, LOCK_SH, possibly with LOCK_NB.
+pub fn flock(f: &impl AsRawFd, op: c_int) -> io::Result<()> {
+    // SAFETY: flock on a descriptor `f` keeps open for the call.
+    check(unsafe { libc::flock(f.as_raw_fd(), op) })
+}
+
+/// The block size of the filesystem mounted at `path`.
+pub fn statvfs_bsize(path: &str) -> Option<u64> {
+    let c = CString::new(path).ok()?;
+    // SAFETY: statvfs is plain data; all zeros is a valid value for it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statvfs.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_bsize)
+}
+
+/// An anonymous file in memory (memfd_create(2)), closed on exec.
+pub fn memfd(name: &str) -> io::Result<File> {
+    let name = CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: `name` is NUL-terminated; the flags are valid.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Installs `handler` for `sig`. The handler may only touch atomics.
+pub fn on_signal(sig: c_int, handler: extern "C" fn(c_int)) {
+    // SAFETY: a valid signal number and a handler with the signature signal(2) expects.
+    unsafe { libc::signal(sig, handler as *const () as libc::sighandler_t) };
+}
+
+pub fn ignore_signal(sig: c_int) {
+    // SAFETY: a valid signal number; SIG_IGN is always a valid disposition.
+    unsafe { libc::signal(sig, libc::SIG_IGN) };
+}
+
+pub fn kill(pid: u32, sig: c_int) {
+    // SAFETY: kill(2) touches no memory of ours.
+    unsafe { libc::kill(pid as libc::pid_t, sig) };
+}
+
+/// No core file, and no reading of this process's memory through /proc or ptrace by
+/// anyone less than root.
+pub fn no_core_dumps() {
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid rlimit for the call; prctl with an integer argument.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+        libc::prctl(libc::PR_SET_DUMPABLE, 0);
+    }
+}
+
+/// fork(2): `Some(pid)` in the parent, `None` in the child. pvencrypt has one thread.
+pub fn fork() -> io::Result<Option<u32>> {
+    // SAFETY: the process is single-threaded, so the child may run any code.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// In a forked child: a session of its own, no terminal (stdio on /dev/null), cwd /.
+pub fn become_daemon() {
+    // SAFETY: plain syscalls on constant, NUL-terminated paths and our own descriptors.
+    unsafe {
+        libc::setsid();
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        for fd in 0..3 {
+            libc::dup2(null, fd);
+        }
+        if null > 2 {
+            libc::close(null);
+        }
+        libc::chdir(c"/".as_ptr());
+    }
+}
+
+/// One message to the system log, as pvencrypt[PID], facility daemon.
+pub fn syslog(prio: c_int, msg: &str) {
+    static OPEN: std::sync::Once = std::sync::Once::new();
+    // SAFETY: a static ident; openlog only records it.
+    OPEN.call_once(|| unsafe { libc::openlog(c"pvencrypt".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON) });
+    let m = CString::new(msg.replace('\0', " ")).expect("no NUL left");
+    // SAFETY: a constant format taking one NUL-terminated string.
+    unsafe { libc::syslog(prio, c"%s".as_ptr(), m.as_ptr()) };
+}
+
+/// Gives freed heap back to the system.
+pub fn malloc_trim() {
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe { libc::malloc_trim(0) };
+}
+
+/// mlockall(2) with `flags` (MCL_CURRENT, MCL_ONFAULT...).
+pub fn mlockall(flags: c_int) -> io::Result<()> {
+    // SAFETY: locking pages touches no memory.
+    check(unsafe { libc::mlockall(flags) })
+}
+
+/// mlock(2) of the address range [start, end).
+pub fn mlock(start: usize, end: usize) -> io::Result<()> {
+    // SAFETY: mlock only pins pages; a range that is not mapped is an error, not UB.
+    check(unsafe { libc::mlock(start as *const libc::c_void, end - start) })
+}
+
+pub fn munlockall() {
+    // SAFETY: as mlockall.
+    unsafe { libc::munlockall() };
+}
+
+/// Blocks every signal that can be blocked; returns the mask to restore.
+pub fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask write only into
+    // the two local sets.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        old
+    }
+}
+
+pub fn restore_signals(mask: &libc::sigset_t) {
+    // SAFETY: a mask returned by `block_signals`.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+}
+
+/// Sets the umask, returns the former one.
+pub fn umask(mode: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mode) }
+}
+
+/// A new directory, mode 0700, named `prefix` and six random characters.
+pub fn mkdtemp(prefix: &Path) -> io::Result<PathBuf> {
+    let mut template = format!("{}XXXXXX", prefix.display()).into_bytes();
+    template.push(0);
+    // SAFETY: a NUL-terminated template that mkdtemp fills in place.
+    if unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) }.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    template.pop();
+    Ok(PathBuf::from(String::from_utf8(template).map_err(io::Error::other)?))
+}
+
+/// Ends the process at once: no destructors, no buffered output.
+pub fn exit_now(code: c_int) -> ! {
+    // SAFETY: _exit never returns and touches no memory.
+    unsafe { libc::_exit(code) }
+}
+
+/// Powers the machine off without a sync (crash tests only), else exits.
+pub fn power_off_now() -> ! {
+    // SAFETY: reboot(2) with a valid command; it returns only on failure.
+    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    exit_now(99)
+}
+
+/// malloc's own counts: (in use, free, mmapped), in KiB.
+pub fn malloc_kib() -> (usize, usize, usize) {
+    // SAFETY: mallinfo2 only reads malloc's statistics.
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks >> 10, m.fordblks >> 10, m.hblkhd >> 10)
+}

@@ -1,0 +1,87 @@
+//! Sizes with their unit: 512-byte sectors and VG extents (whose size is a number of
+//! sectors), never bare integers, so that the units cannot be mixed up by accident.
+
+use std::{
+    fmt,
+    ops::{Add, Sub},
+};
+
+/// A count of 512-byte sectors: LVM's and the kernel's unit for block
+/// addresses, whatever the device's logical block size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sectors(pub u64);
+
+impl Sectors {
+    pub const SIZE: u64 = 512;
+
+    pub fn bytes(self) -> u64 {
+        self.0 * Self::SIZE
+    }
+
+    /// `None` unless `bytes` is a whole number of sectors.
+    pub fn from_bytes(bytes: u64) -> Option<Sectors> {
+        bytes.is_multiple_of(Self::SIZE).then_some(Sectors(bytes / Self::SIZE))
+    }
+}
+
+impl Add for Sectors {
+    type Output = Sectors;
+    fn add(self, rhs: Sectors) -> Sectors {
+        Sectors(self.0 + rhs.0)
+    }
+}
+
+impl Sub for Sectors {
+    type Output = Sectors;
+    fn sub(self, rhs: Sectors) -> Sectors {
+        Sectors(self.0 - rhs.0)
+    }
+}
+
+impl fmt::Display for Sectors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.0)
+    }
+}
+
+/// A count (or index) of physical/logical extents. Only meaningful together
+/// with the VG's extent size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Extents(pub u64);
+
+impl Extents {
+    pub fn to_sectors(self, extent_size: Sectors) -> Sectors {
+        Sectors(self.0 * extent_size.0)
+    }
+}
+
+impl Add for Extents {
+    type Output = Extents;
+    fn add(self, rhs: Extents) -> Extents {
+        Extents(self.0 + rhs.0)
+    }
+}
+
+impl fmt::Display for Extents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} extents", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units() {
+        assert_eq!(Sectors(3).bytes(), 1536);
+        assert_eq!(Sectors::from_bytes(1536), Some(Sectors(3)));
+        assert_eq!(Sectors::from_bytes(1537), None);
+        assert_eq!(Extents(49).to_sectors(Sectors(8192)), Sectors(401408));
+        assert_eq!(Sectors(2048) + Sectors(1), Sectors(2049));
+        assert_eq!(Sectors(2048) - Sectors(48), Sectors(2000));
+        assert_eq!(Extents(2) + Extents(3), Extents(5));
+        assert_eq!(Sectors(8).to_string(), "8s");
+        assert_eq!(Extents(8).to_string(), "8 extents");
+    }
+}
