@@ -22,8 +22,6 @@ use crate::{
     preflight::device_of,
 };
 
-/// What the device holds (inspect.rs); an unreadable device is "other" here, and the
-/// checks that follow say why they cannot use it.
 /// A conversion a crash cut inside the switch, made whole; only in a run meant to change
 /// the disk, and only while nothing holds the raw device. Returns the marker when the
 /// device is now LUKS2 in our conversion, `None` when the plain PV was put back.
@@ -69,7 +67,6 @@ pub fn repair(path: &Path, state: &State) -> Result<Option<Marker>> {
     }
 }
 
-/// A device with an unfinished conversion of ours.
 /// Devices with an unfinished conversion of ours, and the state of each. Read-only.
 pub fn unfinished() -> Vec<(PathBuf, State)> {
     let mut out = Vec::new();
