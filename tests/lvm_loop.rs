@@ -1,10 +1,10 @@
-//! src/lvm.rs against real LVM on loop devices. Metadata only
+//! src/lvm/ against real LVM on loop devices. Metadata only
 //! (`--driverloaded n`, LVs never activated), so it runs without
 //! device-mapper. Needs root: every test returns early with a message
 //! otherwise.
 //!
 //! `cargo test --test lvm_loop -- --ignored record_fixtures` re-records the
-//! JSON under tests/fixtures/lvm/ that the unit tests in src/lvm.rs parse.
+//! JSON under tests/fixtures/lvm/ that the unit tests in src/lvm/report.rs parse.
 
 use pvencrypt::lvm;
 
@@ -430,7 +430,7 @@ fn loop_vg_states() {
 }
 
 /// The device changes size between calls; each call must see the current
-/// size. (A long-lived LVM context fails this: see `LVM` in src/lvm.rs.)
+/// size. (A long-lived LVM context fails this: see `LVM` in src/lvm/command.rs.)
 #[test]
 fn loop_sees_device_changes() {
     if !is_root() {
