@@ -7,7 +7,7 @@
 use std::{
     fs,
     io::Write,
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::Command,
 };
@@ -74,14 +74,9 @@ pub fn add_crypttab(path: &Path, name: &str, uuid: &str, discard: bool) -> Resul
 /// An exclusive flock on a file of its own under /run/pvencrypt (the file itself is
 /// replaced by rename, so it cannot carry the lock), released when dropped.
 fn lock_for(path: &Path) -> Result<fs::File> {
-    let dir = Path::new("/run/pvencrypt");
     let key: String = path.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    let lock = dir.join(format!("{key}.lock"));
-    let f = fs::create_dir_all(dir)
-        .and_then(|_| fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&lock))
-        .or_fail(|| format!("Cannot open the lock {}", lock.display()))?;
-    crate::sys::flock(&f, libc::LOCK_EX).or_fail(|| format!("Cannot lock {}", lock.display()))?;
-    Ok(f)
+    let lock = Path::new("/run/pvencrypt").join(format!("{key}.lock"));
+    crate::sys::lock_file(&lock).or_fail(|| format!("Cannot lock {}", lock.display()))
 }
 
 pub fn supports_discard(dev: Device) -> bool {

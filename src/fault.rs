@@ -37,12 +37,9 @@ pub fn init() {
 /// failures left; allocates nothing.
 pub fn fails(op: &str, arg: &str) -> bool {
     let Some(Some((s, how))) = FAULT.get() else { return false };
-    let hit = how.starts_with("fail")
-        && s.len() == op.len() + 1 + arg.len()
-        && s.starts_with(op)
-        && s.ends_with(arg)
-        && s.as_bytes()[op.len()] == b' ';
-    hit && FAILURES_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
+    how.starts_with("fail")
+        && s.split_once(' ') == Some((op, arg))
+        && FAILURES_LEFT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok()
 }
 
 static TRACE: OnceLock<Option<String>> = OnceLock::new();

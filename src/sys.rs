@@ -36,6 +36,18 @@ pub fn flock(f: &impl AsRawFd, op: c_int) -> io::Result<()> {
     check(unsafe { libc::flock(f.as_raw_fd(), op) })
 }
 
+/// An exclusive flock on `path` (created 0600 with its directory), held until the file
+/// is dropped; waits for it.
+pub fn lock_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)?;
+    flock(&f, libc::LOCK_EX)?;
+    Ok(f)
+}
+
 /// The block size of the filesystem mounted at `path`.
 pub fn statvfs_bsize(path: &str) -> Option<u64> {
     let c = CString::new(path).ok()?;

@@ -1,9 +1,8 @@
 //! LVM's VG lock, taken by pvencrypt itself.
 
-use std::{
-    fs::{File, OpenOptions},
-    path::Path,
-};
+use std::{fs::File, path::Path};
+
+use crate::error::{Context, Result};
 
 /// LVM's own VG lock (the flock its commands take), so no LVM command changes the VG
 /// or its tables while we move them. While it is held, lvm2cmd runs only with
@@ -11,15 +10,8 @@ use std::{
 pub struct VgLock(#[allow(dead_code)] File);
 
 impl VgLock {
-    pub fn take(dir: &Path, vg: &str) -> crate::error::Result<VgLock> {
-        let _ = std::fs::create_dir_all(dir);
+    pub fn take(dir: &Path, vg: &str) -> Result<VgLock> {
         let path = dir.join(format!("V_{vg}"));
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| {
-            crate::error::Error::new(crate::error::Kind::Failed, format!("Cannot open the LVM lock {}: {e}", path.display()))
-        })?;
-        crate::sys::flock(&f, libc::LOCK_EX).map_err(|e| {
-            crate::error::Error::new(crate::error::Kind::Failed, format!("Cannot take the LVM lock {}: {e}", path.display()))
-        })?;
-        Ok(VgLock(f))
+        crate::sys::lock_file(&path).map(VgLock).or_fail(|| format!("Cannot take the LVM lock {}", path.display()))
     }
 }
