@@ -26,6 +26,7 @@ use crate::{
     key::Passphrase,
     luks::{self, Marker},
     lvm,
+    mover::{self, Mover},
     options::Options,
     plan,
     poll::{self, Run},
@@ -210,12 +211,11 @@ fn update_boot_files(opts: &Options, path: &Path, name: &str, vg_uuid: &str) {
 
 /// Steps 4 and 5, for a fresh conversion or a resumed one.
 pub fn encrypt(opts: &Options, path: &Path, name: &str, slot: Option<u32>, key: &Passphrase, run: &mut Run) -> Result<()> {
-    let mut cd = luks::open(path)?;
     let label = path.display().to_string();
     let mut shown = Progress::new(&label, opts.interval, opts.quiet);
     let t0 = Instant::now();
     let mut last = (0, 0);
-    let finished = luks::run(&mut cd, name, slot, key, &mut |done, total| {
+    let mut report = |done: u64, total: u64| {
         // libcryptsetup may report (0, 0) once it has torn the reencryption down.
         if total == 0 {
             return !STOP.load(Ordering::Relaxed);
@@ -231,7 +231,19 @@ pub fn encrypt(opts: &Options, path: &Path, name: &str, slot: Option<u32>, key: 
             }
         }
         !STOP.load(Ordering::Relaxed)
-    });
+    };
+    let dm = Dm::open()?;
+    let finished = match mover::usable(&dm) {
+        Ok(()) => in_kernel(&dm, path, name, slot, key, &mut report),
+        Err(why) => {
+            poll::error(&format!(
+                "WARNING: {label}: the kernel cannot move the data ({why}); libcryptsetup moves it instead, \
+                 step by step, each step holding back the I/O of its area."
+            ));
+            let mut cd = luks::open(path)?;
+            luks::run(&mut cd, name, slot, key, &mut report)
+        }
+    };
     let elapsed = shown.finish();
     crate::fault::memory("encrypted");
     for m in luks::take_log(opts.verbose > 1) {
@@ -257,6 +269,34 @@ pub fn encrypt(opts: &Options, path: &Path, name: &str, slot: Option<u32>, key: 
         ));
     }
     finish(path)
+}
+
+/// The data moved by the kernel (mover.rs), under memory locked for the whole phase:
+/// NAME is suspended at every commit, and a page fault on a root that lives on the VG
+/// would wait for it.
+fn in_kernel(
+    dm: &Dm,
+    path: &Path,
+    name: &str,
+    slot: Option<u32>,
+    key: &Passphrase,
+    report: &mut dyn FnMut(u64, u64) -> bool,
+) -> Result<bool> {
+    let mut mover = open_mover(dm, path, name, slot, key)?;
+    crate::sys::protect_from_oom_killer();
+    let _locked = switch::MemoryLock::take()?;
+    mover.run(report)
+}
+
+/// The volume key unlocked, libcryptsetup's handle closed again (it must hold no lock
+/// of its own while the mover holds the device's).
+pub(crate) fn open_mover<'a>(dm: &'a Dm, path: &Path, name: &'a str, slot: Option<u32>, key: &Passphrase) -> Result<Mover<'a>> {
+    let (raw, _) = device_of(path)?;
+    let mut cd = luks::open(path)?;
+    let vk = luks::volume_key(&mut cd, slot, key)?;
+    let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())?;
+    drop(cd);
+    Mover::new(dm, name, path, raw, &uuid, &vk)
 }
 
 /// Step 5. Idempotent: a resumed run may find part of it done.

@@ -129,7 +129,14 @@ impl Dm {
         if crate::fault::fails("resume", name) {
             return fail(format!("Cannot resume {name}: injected failure"));
         }
-        self.unsynced(devicemapper_sys::DM_DEV_SUSPEND_CMD, name).or_fail(|| format!("Cannot resume {name}"))
+        self.unsynced(devicemapper_sys::DM_DEV_SUSPEND_CMD, name, 0).or_fail(|| format!("Cannot resume {name}"))
+    }
+
+    /// Suspends without waiting for udev, and without freezing a filesystem (none sits
+    /// directly on the devices the data mover suspends).
+    pub fn suspend_unsynced(&self, name: &str) -> Result<()> {
+        let flags = (DmFlags::DM_SUSPEND | DmFlags::DM_SKIP_LOCKFS).bits();
+        self.unsynced(devicemapper_sys::DM_DEV_SUSPEND_CMD, name, flags).or_fail(|| format!("Cannot suspend {name}"))
     }
 
     /// A resume or remove with no udev cookie. devicemapper-rs attaches one to every
@@ -139,11 +146,11 @@ impl Dm {
     /// there: a deadlock. The kernel still sends its uevent; udev treats it as one not
     /// from libdevmapper and keeps the flags in its database (10-dm.rules); `udev_catch_up`
     /// lets it settle once nothing is suspended.
-    fn unsynced(&self, cmd: u32, name: &str) -> std::io::Result<()> {
+    fn unsynced(&self, cmd: u32, name: &str, flags: u32) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         type Hdr = devicemapper_sys::dm_ioctl;
         let size = std::mem::size_of::<Hdr>();
-        let mut hdr = Hdr { version: [4, 0, 0], data_size: size as u32, data_start: size as u32, ..Default::default() };
+        let mut hdr = Hdr { version: [4, 0, 0], data_size: size as u32, data_start: size as u32, flags, ..Default::default() };
         if name.len() >= hdr.name.len() {
             return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
         }
@@ -183,6 +190,53 @@ impl Dm {
     pub fn clear_inactive(&self, name: &str) -> Result<()> {
         self.dm.table_clear(&id(name)).or_fail(|| format!("Cannot clear the new table of {name}"))?;
         Ok(())
+    }
+
+    /// A new device with `table` loaded but not live: a resume makes it so. Its uevents
+    /// carry no udev cookie, so udev's dm rules keep it private (10-dm.rules sends such
+    /// an "add" to dm_disable and later events take their flags from that).
+    pub fn create(&self, name: &str, uuid: &str, table: &[Target]) -> Result<Device> {
+        let n = DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
+        let u = DmUuid::new(uuid).or_fail(|| format!("Bad dm uuid {uuid}"))?;
+        let info = self.dm.device_create(n, Some(u), DmOptions::private()).or_fail(|| format!("Cannot create {name}"))?;
+        if let Err(e) = self.load_verified(name, table) {
+            self.remove(name);
+            return Err(e);
+        }
+        Ok(info.device())
+    }
+
+    /// The targets' status lines (not their tables).
+    pub fn status(&self, name: &str) -> Result<Vec<Target>> {
+        let (_, t) =
+            self.dm.table_status(&id(name), DmOptions::default()).or_fail(|| format!("Cannot read the status of {name}"))?;
+        Ok(t)
+    }
+
+    /// Every dm device whose uuid starts with `prefix`: (name, uuid).
+    pub fn named_with_uuid(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for (name, _, _) in self.dm.list_devices().or_fail(|| "Cannot list dm devices".into())? {
+            let name = name.to_string();
+            if let Ok(info) = self.dm.device_info(&id(&name)) {
+                if let Some(u) = info.uuid().map(|u| u.to_string()).filter(|u| u.starts_with(prefix)) {
+                    out.push((name, u));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits up to `ms` for an event on any dm device (a mirror in sync, a leg failing),
+    /// or a signal. Arm first, then look, then wait: no event is missed.
+    pub fn arm_events(&self) -> Result<()> {
+        self.dm.arm_poll().or_fail(|| "Cannot arm device-mapper events".into())?;
+        Ok(())
+    }
+
+    pub fn wait_events(&self, ms: i32) {
+        use std::os::fd::AsRawFd;
+        crate::sys::poll_in(self.dm.file().as_raw_fd(), ms);
     }
 
     /// A linear alias of the whole of `dev`, invisible to LVM and udev rules.
@@ -264,7 +318,7 @@ impl Dm {
     /// udev, nobody else removes the node libcryptsetup made for it (libdevmapper's
     /// fallback creates /dev/mapper nodes itself then).
     pub fn remove(&self, name: &str) {
-        if self.unsynced(devicemapper_sys::DM_DEV_REMOVE_CMD, name).is_ok() && !Path::new(UDEV_CONTROL).exists() {
+        if self.unsynced(devicemapper_sys::DM_DEV_REMOVE_CMD, name, 0).is_ok() && !Path::new(UDEV_CONTROL).exists() {
             let _ = std::fs::remove_file(Path::new("/dev/mapper").join(name));
         }
     }

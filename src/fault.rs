@@ -1,8 +1,9 @@
 //! Fault injection for the crash tests, and timed traces.
 //!
 //! Only a test build (`--features fault-injection`, which the VM rig uses) reads
-//! PVENCRYPT_FAULT=STEP[:halt|:exit|:failN]: it stops the program at a named step, by
-//! cutting the (virtual) machine's power without a sync or by exiting at once, or makes
+//! PVENCRYPT_FAULT=STEP[|STEP...][:halt|:exit|:stop|:failN]: it stops the program at a named
+//! step, by cutting the (virtual) machine's power without a sync, by exiting at once, or by
+//! stopping itself (SIGSTOP) until a test has looked at the disk, or makes
 //! the first N attempts of an operation fail, so that tests can prove every step's
 //! story. In a release binary `point` and `fails` do nothing.
 
@@ -69,9 +70,14 @@ pub fn trace(what: impl std::fmt::Display) {
 pub fn point(step: &str) {
     trace(step);
     if let Some(Some((s, how))) = FAULT.get() {
-        if s == step && !how.starts_with("fail") {
+        if s.split('|').any(|s| s == step) && !how.starts_with("fail") {
             if how == "exit" {
                 crate::sys::exit_now(99);
+            }
+            if how == "stop" {
+                // For a test to look at the disk at this instant, then SIGCONT.
+                crate::sys::stop_self();
+                return;
             }
             // No sync: whatever the kernel has not written is lost, as in a power cut.
             crate::sys::power_off_now();

@@ -344,6 +344,18 @@ pub fn check_key(cd: &mut CryptDevice, key: &Passphrase) -> Result<u32> {
         .map_err(|e| key_error(e, || "Cannot check the passphrase".into()))
 }
 
+/// The volume key, unlocked by `key` (from `slot`, or any).
+pub fn volume_key(cd: &mut CryptDevice, slot: Option<u32>, key: &Passphrase) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let len = cd.status_handle().get_volume_key_size().max(0) as usize;
+    let mut vk = zeroize::Zeroizing::new(vec![0u8; len.max(1)]);
+    let (_, n) = cd
+        .volume_key_handle()
+        .get(slot, &mut vk, Some(key.bytes()))
+        .map_err(|e| key_error(e, || "Cannot unlock the volume key".into()))?;
+    vk.truncate(n);
+    Ok(vk)
+}
+
 /// Progress callback: (bytes done, bytes total) → keep going?
 pub type Progress<'a> = dyn FnMut(u64, u64) -> bool + 'a;
 
@@ -689,6 +701,49 @@ mod image_tests {
         let disk = std::fs::read(&lo.path).unwrap();
         assert!(disk[end as usize..16 << 20].iter().all(|&b| b == 0), "unused header area wiped");
         assert!(disk[16 << 20..48 << 20] == pattern[16 << 20..48 << 20], "the PV's data beyond the header untouched");
+    }
+
+    /// The mover's hand-made commits (header.rs), read back by libcryptsetup: every
+    /// boundary is a reencryption it loads with the right progress, and the last commit
+    /// gives exactly the header the conversion began with, before the reencryption.
+    #[test]
+    fn hand_committed_states_are_what_libcryptsetup_reads() {
+        use crate::header::{self, Header, Layout};
+        let Some(lo) = Loop::new(64) else { return };
+        capture_log();
+        let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
+        let fmt = cheap_format(8192);
+        let p = prepare(&fmt, &lo.path, &key, &super::loop_tests::test_marker()).unwrap();
+        let before = open(&p.header.path()).unwrap().status_handle().dump_json().unwrap();
+        init_reencryption(&p, &fmt, &lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let img = header_image(&p).unwrap();
+        let f = crate::direct::open(&lo.path).unwrap();
+        f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();
+
+        let mut h = Header::read(&f).unwrap();
+        let l = Layout::of(&h.json).unwrap();
+        let mut cd = open(&lo.path).unwrap();
+        let vk = volume_key(&mut cd, None, &key).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        assert_eq!(vk.len(), 64);
+        assert_eq!(*volume_key(&mut cd, Some(p.temp_slot), &p.temp_key).unwrap(), *vk);
+        drop(cd);
+        assert_eq!((l.total, l.shift, l.boundary, l.data_offset), (56 << 20, 4 << 20, 56 << 20, 4 << 20));
+        for b in [(52 << 20) + 4096, 40 << 20, 4 << 20] {
+            let json = header::at_boundary(&h.json, &l, b).unwrap();
+            h.write(&f, &h.images(&json).unwrap()).unwrap();
+            h.committed(json);
+            let mut cd = open(&lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+            assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::Clean, "at {b}");
+            assert_eq!(progress(&mut cd), Some((l.total - b, l.total)), "at {b}");
+            assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
+        }
+        let json = header::finished(&h.json).unwrap();
+        h.write(&f, &h.images(&json).unwrap()).unwrap();
+        let mut cd = open(&lo.path).unwrap();
+        assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
+        assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
+        let after = cd.status_handle().dump_json().unwrap();
+        assert_eq!(after, before, "the finished header is the one formatted before the reencryption");
     }
 
     #[test]

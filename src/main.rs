@@ -25,6 +25,9 @@ use pvencrypt::{
 fn main() -> ExitCode {
     // Key material lives in this process's memory.
     sys::no_core_dumps();
+    if let Ok(name) = std::env::var(pvencrypt::mover::GUARD_ENV) {
+        pvencrypt::mover::guard(&name);
+    }
     let cli = Cli::parse();
     fault::init();
     luks::capture_log();

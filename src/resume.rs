@@ -9,7 +9,7 @@ use std::{
 };
 
 use crate::{
-    convert::{encrypt, finish, integrate_boot},
+    convert::{encrypt, finish, integrate_boot, open_mover},
     direct,
     dm::Dm,
     error::{fail, refuse, Context, Error, Kind, Result},
@@ -145,6 +145,9 @@ pub fn resume(opts: &Options, path: &Path, state: State, key: &Passphrase, run: 
         // Stopped after the data phase (a crash during `finish`): finish again.
         State::Finishing(m) => {
             open_and_integrate(opts, path, &m, key)?;
+            // Killed right after its last commit, the mover left NAME on a mirror.
+            let dm = Dm::open()?;
+            open_mover(&dm, path, &m.name, None, key)?.take_over()?;
             finish(path).map(|_| m.name)
         }
         // Stopped (--abort, a signal), or a crash or reboot in the data phase: go on.

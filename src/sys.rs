@@ -7,7 +7,7 @@ use std::{
     ffi::{c_int, CString},
     fs::File,
     io,
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::{AsRawFd, FromRawFd, RawFd},
     path::{Path, PathBuf},
 };
 
@@ -210,4 +210,56 @@ pub fn malloc_kib() -> (usize, usize, usize) {
     // SAFETY: mallinfo2 only reads malloc's statistics.
     let m = unsafe { libc::mallinfo2() };
     (m.uordblks >> 10, m.fordblks >> 10, m.hblkhd >> 10)
+}
+
+/// poll(2) for input on one descriptor, up to `ms`; an interrupting signal ends it too.
+pub fn poll_in(fd: RawFd, ms: i32) {
+    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, ms) };
+}
+
+/// Puts `payload` in this process's keyring as a "logon" key (readable by the kernel
+/// only, as dm-crypt reads it: `:LEN:logon:DESC` in a table) and returns its serial.
+pub fn add_logon_key(desc: &str, payload: &[u8]) -> io::Result<i64> {
+    let (ty, desc) = (CString::new("logon").expect("no NUL"), CString::new(desc).map_err(io::Error::other)?);
+    // SAFETY: add_key(2) with NUL-terminated strings and a payload valid for its length.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            ty.as_ptr(),
+            desc.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            libc::KEY_SPEC_PROCESS_KEYRING,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// Revokes a key: no table loaded later can name it (loaded ones keep their copy).
+pub fn revoke_key(serial: i64) {
+    // SAFETY: keyctl(KEYCTL_REVOKE) takes a serial; a stale one is an error, not UB.
+    unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_REVOKE, serial) };
+}
+
+/// -1000: the OOM killer never picks this process (LVM does the same while it holds
+/// devices suspended, lib/mm/memlock.c).
+pub fn protect_from_oom_killer() {
+    let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
+}
+
+/// setsid(2): out of the terminal's session, so that its hang-up does not reach us.
+pub fn setsid() {
+    // SAFETY: no arguments; failure (already a group leader) is harmless.
+    unsafe { libc::setsid() };
+}
+
+/// SIGSTOP to this process: it waits for a SIGCONT.
+pub fn stop_self() {
+    // SAFETY: raise(3) with a valid signal number.
+    unsafe { libc::raise(libc::SIGSTOP) };
 }

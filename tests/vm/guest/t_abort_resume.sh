@@ -32,8 +32,12 @@ pve=$!
 wait_for '[ "$(field state)" = encrypting ] && [ "$(pct100)" -ge 500 ]' 300 || die "no progress: $(cat /tmp/pve1.out)"
 status_json
 check_eq "--status names the running process" "$(field pid)" "$pve"
-check "the kernel encrypts: libcryptsetup writes through its dm-crypt mapping of vda" \
-  'dmsetup ls | grep -q "^temporary-cryptsetup-$pve-" && dm_refs "$(dmsetup ls | sed -n "s/^\(temporary-cryptsetup-$pve-[0-9]*\).*/\1/p")" "$(majmin /dev/vda)"'
+# The mover's devices: pvencrypt-UUID8-mSECTOR (dm-raid1) and -cSECTOR (dm-crypt).
+mirror_mm() { dmsetup info -c --noheadings -o major,minor,name | awk -F: '$3 ~ /^pvencrypt-[0-9a-f]+-m[0-9]+$/ {print $1":"$2; exit}'; }
+check "the kernel moves the data: vda_crypt maps a chunk through a dm mirror of vda into dm-crypt" \
+  'mm=$(mirror_mm); [ -n "$mm" ] && dm_refs vda_crypt "$mm" &&
+   m=$(dmsetup info -c --noheadings -o name -j ${mm%:*} -m ${mm#*:}) && dmsetup table "$m" | grep -q " mirror core " &&
+   dm_refs "$m" "$(majmin /dev/vda)" && [ "$(dmsetup table --target crypt | grep -c "^pvencrypt-")" -ge 1 ]'
 check "--status has a rate and bytes" '[ -n "$(field rate)" ] && [ "$(field bytes_total)" -gt 400000000 ]'
 pvencrypt --key-file /tmp/key $cheap -y /dev/vda > /tmp/second.out 2>&1
 check_eq "a second pvencrypt on the same PV is refused" "$?" 3
@@ -55,7 +59,7 @@ check_eq "--status: stopped" "$(field state)" stopped
 p=$(pct100)
 check "--status: stopped part-way ($p/10000)" '[ "$p" -gt 0 ] && [ "$p" -lt 10000 ]'
 check "pvencrypt --status | grep -qw stopped (the boot unit's condition)" 'pvencrypt --status | grep -qw stopped'
-check "no temporary mapping left after the abort" '! dmsetup ls | grep -q temporary-cryptsetup'
+check "no temporary mapping left after the abort" '! dmsetup ls | grep -q "temporary-cryptsetup\|^pvencrypt-"'
 check "vda_crypt stays open" '[ -b /dev/mapper/vda_crypt ]'
 check_eq "raw LV unchanged after the abort" "$(sha /dev/mapper/vg-raw)" "$raw_sha"
 check "the writer goes on after the abort" wait_for '[ "$(writer_acked)" -gt $((acked_before + 20)) ]' 60
@@ -77,7 +81,7 @@ cat /tmp/messages | grep pvencrypt | tail -5
 check "syslog has its progress lines" "grep -q 'pvencrypt\[[0-9]*\]: /dev/vda: Encrypted: [0-9.]*%' /tmp/messages"
 check "syslog has its result" "grep -q 'vda: encrypted; the volume group runs on /dev/mapper/vda_crypt' /tmp/messages"
 check "no reencryption left" '! cryptsetup luksDump /dev/vda | grep -q online-reencrypt'
-check "no temporary mapping left at the end" '! dmsetup ls | grep -q temporary-cryptsetup'
+check "no temporary mapping left at the end" '! dmsetup ls | grep -q "temporary-cryptsetup\|^pvencrypt-"'
 check "no pvencrypt token left" '! cryptsetup luksDump /dev/vda | grep -q pvencrypt'
 check "writer: every acknowledged record is there ($acked)" pvwriter verify /mnt/fs/log "$acked"
 check_eq "raw LV unchanged" "$(sha /dev/mapper/vg-raw)" "$raw_sha"

@@ -1,0 +1,570 @@
+//! The data phase, moved by the kernel as pvmove moves extents: for each chunk of
+//! plaintext, backward, a dm-crypt device over the chunk's new place and a dm `mirror`
+//! (core log) whose legs are the plaintext and that device; NAME maps the chunk through
+//! the mirror while kcopyd copies. Writes to a region go to the plain leg until it is
+//! copied, then to both; reads come from the plain leg; a flush waits for no copy.
+//!
+//! When the mirror nearest the boundary is in sync, one suspension of NAME commits it:
+//! the mirror checked healthy and in sync once more (nothing can write meanwhile), the
+//! LUKS2 header written with the boundary moved past the chunk (header.rs), the next
+//! chunk's mirror started, NAME resumed with the chunk on its final dm-crypt mapping.
+//! Until that header write the plaintext is complete and authoritative; after it, the
+//! encrypted copy is, and both hold the same bytes at that instant. Every state on the
+//! disk is a clean LUKS2 reencryption state that stock cryptsetup opens and resumes.
+//!
+//! Several chunks are in flight: their new places lie inside the shift's room beyond the
+//! boundary, which no segment of the committed header maps. A killed pvencrypt leaves
+//! mirrors that keep working; a guardian process resumes NAME should the kill land
+//! while it is suspended; `take_over` unwinds what a dead run left.
+//!
+//! dm-raid1 without `handle_errors` completes a write that failed on one leg and marks
+//! its region out of sync (`do_failures`): a chunk whose mirror is not entirely in sync
+//! with both legs alive is never committed.
+
+use std::{collections::VecDeque, fs::File, path::Path, process::Child};
+
+use devicemapper::Device;
+use serde_json::Value;
+
+use crate::{
+    direct::{self, Aligned},
+    dm::{Dm, Target},
+    error::{fail, Context, Error, Kind, Result},
+    fault,
+    header::{self, Header, Layout, ReencryptLock},
+    poll, sys,
+};
+
+/// Chunk and region sizes, and how much may be in flight (PVENCRYPT_MOVER=chunk=4M,region=1M
+/// overrides them, for the benchmark).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    pub chunk: u64,
+    pub region: u64,
+}
+
+impl Tuning {
+    pub fn for_shift(shift: u64) -> Tuning {
+        let mut t = Tuning { chunk: (shift / 4).max(1 << 20), region: 1 << 20 };
+        for kv in std::env::var("PVENCRYPT_MOVER").unwrap_or_default().split(',') {
+            let parse = |v: &str| crate::cli::parse_size(v).ok();
+            match kv.split_once('=') {
+                Some(("chunk", v)) => t.chunk = parse(v).unwrap_or(t.chunk),
+                Some(("region", v)) => t.region = parse(v).unwrap_or(t.region),
+                _ => {}
+            }
+        }
+        t.chunk = t.chunk.min(shift).max(64 << 10) / 4096 * 4096;
+        t.region = t.region.clamp(4096, t.chunk).next_power_of_two();
+        t
+    }
+}
+
+/// Whether this kernel can move the data: dm-mirror (with dm-log and dm-region-hash)
+/// loads, tried on throw-away devices (which also loads the modules before any
+/// suspension), and the kernel keyring takes a key.
+pub fn usable(dm: &Dm) -> std::result::Result<(), String> {
+    let serial = sys::add_logon_key("pvencrypt:probe", &[0u8; 32]).map_err(|e| format!("the kernel keyring: {e}"))?;
+    sys::revoke_key(serial);
+    let pid = std::process::id();
+    let create = |n: &str, t: &Target| {
+        dm.create(
+            &format!("pvencrypt-probe-{pid}-{n}"),
+            &format!("CRYPT-TEMP-pvencrypt-probe-{pid}-{n}"),
+            std::slice::from_ref(t),
+        )
+    };
+    let r = (|| {
+        let a = create("a", &(0, 16, "zero".into(), String::new()))?;
+        let b = create("b", &(0, 16, "zero".into(), String::new()))?;
+        create("m", &(0, 16, "mirror".into(), format!("core 1 8 2 {a} 0 {b} 0")))
+    })();
+    for n in ["m", "a", "b"] {
+        dm.remove(&format!("pvencrypt-probe-{pid}-{n}"));
+    }
+    r.map(|_| ()).map_err(|e| e.msg)
+}
+
+struct Chunk {
+    /// Logical start and length, bytes.
+    start: u64,
+    len: u64,
+    mirror: String,
+    crypt: String,
+    mirror_dev: Device,
+}
+
+/// What `wait` saw.
+enum Waited {
+    Synced,
+    Stopped,
+}
+
+pub struct Mover<'a> {
+    dm: &'a Dm,
+    name: &'a str,
+    raw: Device,
+    disk: File,
+    header: Header,
+    layout: Layout,
+    /// The volume key as dm-crypt tables name it: `:LEN:logon:DESC`.
+    key_ref: String,
+    key_serial: i64,
+    /// Our devices' uuids start with this (LVM ignores CRYPT-TEMP-: dev_manager.c).
+    uuid_prefix: String,
+    name_prefix: String,
+    tuning: Tuning,
+    /// Chunks NAME maps through their mirrors, the one next to the boundary first.
+    flight: VecDeque<Chunk>,
+    /// Set when the header on the disk cannot be told: the mirrors then stay.
+    keep_mirrors: bool,
+    _lock: ReencryptLock,
+}
+
+impl<'a> Mover<'a> {
+    /// `volume_key`: the key of the new segment; it goes to the kernel keyring and is
+    /// named, never spelt, in the tables.
+    pub fn new(dm: &'a Dm, name: &'a str, path: &Path, raw: Device, uuid: &str, volume_key: &[u8]) -> Result<Mover<'a>> {
+        let lock = ReencryptLock::take(uuid)?;
+        let disk = direct::open(path).or_fail(|| format!("Cannot open {}", path.display()))?;
+        let header = Header::read(&disk).or_fail(|| format!("Cannot read the LUKS2 header of {}", path.display()))?;
+        let mut layout = Layout::of(&header.json)?;
+        if layout.total == 0 {
+            layout.total = dm.table(name)?.iter().map(|t| t.1 * 512).sum();
+        }
+        let desc = format!("pvencrypt:{uuid}");
+        let key_serial =
+            sys::add_logon_key(&desc, volume_key).or_fail(|| "Cannot put the volume key in the kernel keyring".into())?;
+        Ok(Mover {
+            dm,
+            name,
+            raw,
+            disk,
+            tuning: Tuning::for_shift(layout.shift),
+            layout,
+            header,
+            key_ref: format!(":{}:logon:{desc}", volume_key.len()),
+            key_serial,
+            uuid_prefix: format!("CRYPT-TEMP-pvencrypt-{uuid}-"),
+            name_prefix: format!("pvencrypt-{}-", &uuid[..8.min(uuid.len())]),
+            flight: VecDeque::new(),
+            keep_mirrors: false,
+            _lock: lock,
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// dm-crypt of logical [start, start + len) at its final place.
+    fn crypt_target(&self, at: u64, start: u64, len: u64) -> Target {
+        let l = &self.layout;
+        let mut p = format!(
+            "{} {} {} {} {}",
+            l.encryption,
+            self.key_ref,
+            l.iv_tweak + start / 512,
+            self.raw,
+            (l.data_offset + start) / 512
+        );
+        if l.sector_size != 512 {
+            p.push_str(&format!(" 1 sector_size:{}", l.sector_size));
+        }
+        (at / 512, len / 512, "crypt".into(), p)
+    }
+
+    /// Where the plaintext of logical `start` lies.
+    fn plain_at(&self, start: u64) -> u64 {
+        if start < self.layout.shift {
+            self.layout.moved_offset + start
+        } else {
+            start
+        }
+    }
+
+    /// NAME's table for `boundary` with `flight` (highest first) mapped through mirrors.
+    fn name_table<'c>(&self, boundary: u64, flight: impl DoubleEndedIterator<Item = &'c Chunk>) -> Vec<Target> {
+        let l = &self.layout;
+        let mut t: Vec<Target> = Vec::new();
+        let chunks: Vec<&Chunk> = flight.rev().collect();
+        let lo = chunks.first().map_or(boundary, |c| c.start);
+        let plain = |from: u64, to: u64, t: &mut Vec<Target>| {
+            if to > from {
+                t.push((from / 512, (to - from) / 512, "linear".into(), format!("{} {}", self.raw, self.plain_at(from) / 512)));
+            }
+        };
+        plain(0, lo.min(l.shift), &mut t);
+        plain(l.shift.min(lo), lo, &mut t);
+        for c in chunks {
+            t.push((c.start / 512, c.len / 512, "linear".into(), format!("{} 0", c.mirror_dev)));
+        }
+        if boundary < l.total {
+            t.push(self.crypt_target(boundary, boundary, l.total - boundary));
+        }
+        t
+    }
+
+    /// The next chunk below `lowest`, if its new place is free once the boundary is at
+    /// `boundary`: inside [boundary, boundary + shift).
+    fn next_chunk(&self, lowest: u64, boundary: u64) -> Option<(u64, u64)> {
+        let (shift, step) = (self.layout.shift, self.tuning.chunk);
+        if lowest == 0 {
+            return None;
+        }
+        // The moved first segment goes in one piece, as libcryptsetup moves it: no state
+        // ever splits it.
+        let mut start = if lowest <= shift { 0 } else { ((lowest - 1) / step * step).max(shift) };
+        if start > shift && lowest - start < 64 << 10 {
+            start = (start - step).max(shift);
+        }
+        (boundary - start <= shift).then_some((start, lowest - start))
+    }
+
+    /// The dm-crypt device and the (not yet live) mirror of a new chunk.
+    fn prepare(&self, start: u64, len: u64) -> Result<Chunk> {
+        let tag = start / 512;
+        let (crypt, mirror) = (format!("{}c{tag}", self.name_prefix), format!("{}m{tag}", self.name_prefix));
+        let crypt_dev = self.dm.create(&crypt, &format!("{}c{tag}", self.uuid_prefix), &[self.crypt_target(0, start, len)])?;
+        let made = self.dm.resume(&crypt).and_then(|_| {
+            let sectors = len / 512;
+            let region = (self.tuning.region / 512).min(1 << sectors.ilog2()).max(2);
+            let params = format!("core 1 {region} 2 {} {} {crypt_dev} 0", self.raw, self.plain_at(start) / 512);
+            self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[(0, sectors, "mirror".into(), params)])
+        });
+        match made {
+            Ok(mirror_dev) => Ok(Chunk { start, len, mirror, crypt, mirror_dev }),
+            Err(e) => {
+                self.dm.remove(&crypt);
+                Err(e)
+            }
+        }
+    }
+
+    fn discard(&self, c: &Chunk) {
+        for n in [&c.mirror, &c.crypt] {
+            remove_patiently(self.dm, n);
+        }
+    }
+
+    /// (bytes in sync, all in sync). A leg that failed is an error: the plain leg's
+    /// means the plaintext may lack writes the encrypted copy has.
+    fn sync_of(&self, c: &Chunk) -> Result<(u64, bool)> {
+        let st = self.dm.status(&c.mirror)?;
+        let s = st.first().map(|t| t.3.as_str()).unwrap_or("");
+        let m = mirror_status(s).ok_or_else(|| Error::new(Kind::Failed, format!("Unexpected status of {}: {s}", c.mirror)))?;
+        if let Some(i) = m.health.find(|h| h != 'A') {
+            let which = if i == 0 { "the plaintext" } else { "the encrypted copy" };
+            return fail(format!(
+                "A write to {which} of the chunk at byte {} failed ({} health {}). Check the disk (dmesg).",
+                c.start, c.mirror, m.health
+            ));
+        }
+        Ok(((c.len * m.synced / m.regions.max(1)).min(c.len), m.synced == m.regions))
+    }
+
+    /// One suspension of NAME: commit the chunk next to the boundary (when `commit`
+    /// carries its header), start `new` chunks, NAME onto its next table.
+    fn swap(&mut self, commit: Option<(Value, [Aligned; 2])>, new: Vec<Chunk>) -> Result<()> {
+        let head = commit.is_some().then(|| self.flight.front().expect("a chunk to commit"));
+        let boundary = head.map_or(self.layout.boundary, |h| h.start);
+        let skip = usize::from(head.is_some());
+        let table = self.name_table(boundary, self.flight.iter().skip(skip).chain(new.iter()));
+        if let Err(e) = self.dm.load_verified(self.name, &table) {
+            new.iter().for_each(|c| self.discard(c));
+            return Err(e);
+        }
+        let mut wrote = false;
+        let r = self.suspended(head, commit.as_ref().map(|c| &c.1), &new, &mut wrote);
+        if let Err(e) = r {
+            // NAME keeps its live table: the chunk being committed stays mirrored, right
+            // for the header before the commit and for the one after.
+            let _ = self.dm.clear_inactive(self.name);
+            self.dm.resume(self.name)?;
+            new.iter().for_each(|c| self.discard(c));
+            if wrote {
+                // Which state won on the disk decides how to unwind; unreadable, nothing
+                // is unwound: the mirrors are right for either.
+                match Header::read(&self.disk).map(|h| h.seqid) {
+                    Ok(s) if s == self.header.seqid => {}
+                    Ok(s) if s == self.header.seqid + 1 => {
+                        let start = self.flight[0].start;
+                        self.header.committed(commit.expect("a commit was written").0);
+                        self.layout.boundary = start;
+                    }
+                    _ => self.keep_mirrors = true,
+                }
+            }
+            return Err(e);
+        }
+        if let Some((json, _)) = commit {
+            let done = self.flight.pop_front().expect("the committed chunk");
+            self.header.committed(json);
+            self.layout.boundary = done.start;
+            self.discard(&done);
+        }
+        self.flight.extend(new);
+        Ok(())
+    }
+
+    /// The part of `swap` while NAME is suspended: ioctls and prepared O_DIRECT writes
+    /// only; nothing that allocates, logs, or could wait for udev or a filesystem.
+    fn suspended(&self, head: Option<&Chunk>, images: Option<&[Aligned; 2]>, new: &[Chunk], wrote: &mut bool) -> Result<()> {
+        self.dm.suspend_unsynced(self.name)?;
+        let r = (|| {
+            if let (Some(h), Some(images)) = (head, images) {
+                // Nothing can write now: what is in sync stays so.
+                if !self.sync_of(h)?.1 {
+                    return fail(format!("{} fell out of sync", h.mirror));
+                }
+                fault::point("commit");
+                *wrote = true;
+                self.header.write(&self.disk, images).or_fail(|| "Cannot write the LUKS2 header".into())?;
+                fault::point("committed");
+            }
+            for c in new {
+                self.dm.resume(&c.mirror)?;
+            }
+            Ok(())
+        })();
+        match r {
+            Ok(()) => self.dm.resume(self.name),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits until the chunk next to the boundary is in sync, reporting progress.
+    fn wait(&self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<Waited> {
+        let total = self.layout.total;
+        loop {
+            self.dm.arm_events()?;
+            let mut moving = 0;
+            let mut head_synced = false;
+            for (i, c) in self.flight.iter().enumerate() {
+                let (bytes, all) = self.sync_of(c)?;
+                moving += bytes;
+                head_synced |= i == 0 && all;
+            }
+            if !progress(total - self.layout.boundary + moving, total) {
+                return Ok(Waited::Stopped);
+            }
+            if head_synced {
+                return Ok(Waited::Synced);
+            }
+            self.dm.wait_events(1000);
+        }
+    }
+
+    /// Chunks to start once the boundary is at `boundary`.
+    fn fill(&self, boundary: u64) -> Result<Vec<Chunk>> {
+        let mut new: Vec<Chunk> = Vec::new();
+        let mut lowest = self.flight.back().map_or(boundary, |c| c.start);
+        while let Some((start, len)) = self.next_chunk(lowest, boundary) {
+            match self.prepare(start, len) {
+                Ok(c) => new.push(c),
+                Err(e) => {
+                    new.iter().for_each(|c| self.discard(c));
+                    return Err(e);
+                }
+            }
+            lowest = start;
+        }
+        Ok(new)
+    }
+
+    /// The whole data phase; false when `progress` asked to stop (the chunks in flight
+    /// are unwound: the boundary stays at the last commit).
+    pub fn run(&mut self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
+        self.take_over()?;
+        let _guard = Guardian::spawn(self.name)?;
+        let r = self.chunks(progress);
+        if !matches!(r, Ok(true)) {
+            if let Err(e) = self.unwind() {
+                poll::error(&format!("{}: {}", self.name, e.msg));
+            }
+        }
+        r
+    }
+
+    fn chunks(&mut self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
+        let new = self.fill(self.layout.boundary)?;
+        self.swap(None, new)?;
+        while !self.flight.is_empty() {
+            if let Waited::Stopped = self.wait(progress)? {
+                return Ok(false);
+            }
+            let b = self.flight[0].start;
+            let json = if b == 0 {
+                header::finished(&self.header.json)?
+            } else {
+                header::at_boundary(&self.header.json, &self.layout, b)?
+            };
+            let images = self.header.images(&json)?;
+            let new = self.fill(b)?;
+            self.swap(Some((json, images)), new)?;
+        }
+        progress(self.layout.total, self.layout.total);
+        Ok(true)
+    }
+
+    /// NAME back to the committed state with nothing in flight; every chunk's plain leg
+    /// has all its writes.
+    fn unwind(&mut self) -> Result<()> {
+        if self.flight.is_empty() {
+            return Ok(());
+        }
+        if self.keep_mirrors {
+            return fail(format!(
+                "The LUKS2 header cannot be read back; {} stays on its mirrors, which are right whatever it holds. \
+                 Run pvencrypt again once the disk answers.",
+                self.name
+            ));
+        }
+        self.swap_to_committed()?;
+        while let Some(c) = self.flight.pop_front() {
+            self.discard(&c);
+        }
+        Ok(())
+    }
+
+    fn swap_to_committed(&self) -> Result<()> {
+        let table = self.name_table(self.layout.boundary, std::iter::empty());
+        if self.dm.has_inactive(self.name)? {
+            self.dm.clear_inactive(self.name)?;
+        }
+        self.dm.load_verified(self.name, &table)?;
+        if !self.dm.is_suspended(self.name) {
+            self.dm.suspend_unsynced(self.name)?;
+        }
+        self.dm.resume(self.name)
+    }
+
+    /// What a killed run left: NAME (maybe suspended) mapping chunks through mirrors, and
+    /// their devices. The header says which copy of each chunk is authoritative.
+    pub fn take_over(&mut self) -> Result<()> {
+        let ours = self.dm.named_with_uuid(&self.uuid_prefix)?;
+        if ours.is_empty() && !self.dm.is_suspended(self.name) && !self.dm.has_inactive(self.name)? {
+            return Ok(());
+        }
+        for (n, u) in &ours {
+            if u.starts_with(&format!("{}m", self.uuid_prefix)) {
+                let st = self.dm.status(n)?;
+                // No live table: a mirror the dead run had prepared but not started.
+                let Some(s) = st.first().map(|t| t.3.as_str()) else { continue };
+                if mirror_status(s).is_none_or(|m| !m.health.starts_with('A')) {
+                    return fail(format!(
+                        "{n}, left by a run that died, reports a failed plaintext leg ({s}); not unwinding it. Check the disk."
+                    ));
+                }
+            }
+        }
+        self.swap_to_committed()?;
+        // Mirrors first: each holds its dm-crypt device.
+        let mut ours = ours;
+        ours.sort_by_key(|(_, u)| !u.starts_with(&format!("{}m", self.uuid_prefix)));
+        for (n, _) in &ours {
+            remove_patiently(self.dm, n);
+        }
+        poll::info(&format!("{}: took over from a run that died ({} device(s) of it removed).", self.name, ours.len()));
+        Ok(())
+    }
+}
+
+impl Drop for Mover<'_> {
+    fn drop(&mut self) {
+        sys::revoke_key(self.key_serial);
+    }
+}
+
+/// udev may hold a device open for a moment after its events; the remove is retried
+/// (outside any suspension).
+fn remove_patiently(dm: &Dm, name: &str) {
+    for _ in 0..100 {
+        dm.remove(name);
+        if !dm.exists(name) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    poll::error(&format!("WARNING: cannot remove {name}; pvencrypt removes it when run again."));
+}
+
+#[derive(Debug, PartialEq)]
+struct MirrorStatus {
+    synced: u64,
+    regions: u64,
+    health: String,
+}
+
+/// dm-raid1's status line: `N dev... SYNCED/REGIONS 1 HEALTH log-status...`.
+fn mirror_status(s: &str) -> Option<MirrorStatus> {
+    let t: Vec<&str> = s.split_whitespace().collect();
+    let n: usize = t.first()?.parse().ok()?;
+    let (synced, regions) = t.get(1 + n)?.split_once('/')?;
+    let health = t.get(3 + n)?.to_string();
+    (health.len() == n).then_some(MirrorStatus { synced: synced.parse().ok()?, regions: regions.parse().ok()?, health })
+}
+
+/// A child that resumes NAME if pvencrypt dies while NAME is suspended (SIGKILL, the
+/// OOM killer): it waits for its stdin to close, which happens however we end.
+struct Guardian(Child);
+
+impl Guardian {
+    fn spawn(name: &str) -> Result<Guardian> {
+        let child = std::process::Command::new("/proc/self/exe")
+            .env(GUARD_ENV, name)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .or_fail(|| "Cannot start the guardian process".into())?;
+        Ok(Guardian(child))
+    }
+}
+
+impl Drop for Guardian {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+pub const GUARD_ENV: &str = "PVENCRYPT_GUARD";
+
+/// The guardian's whole life (main.rs runs it when GUARD_ENV is set).
+pub fn guard(name: &str) -> ! {
+    sys::setsid();
+    for s in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT] {
+        sys::ignore_signal(s);
+    }
+    sys::protect_from_oom_killer();
+    let _ = sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
+    let dm = Dm::open();
+    let mut buf = [0u8; 64];
+    while !matches!(std::io::Read::read(&mut std::io::stdin(), &mut buf), Ok(0) | Err(_)) {}
+    if let Ok(dm) = dm {
+        if dm.is_suspended(name) {
+            // The live table is right for either header a kill there can leave (mover.rs).
+            let _ = dm.clear_inactive(name);
+            let ok = dm.resume(name).is_ok();
+            sys::syslog(
+                libc::LOG_WARNING,
+                &format!("pvencrypt died while {name} was suspended; {}", if ok { "resumed it" } else { "cannot resume it" }),
+            );
+        }
+    }
+    sys::exit_now(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_status_parsed() {
+        let m = mirror_status("2 254:0 253:5 120/128 1 AA 1 core").unwrap();
+        assert_eq!(m, MirrorStatus { synced: 120, regions: 128, health: "AA".into() });
+        assert_eq!(mirror_status("2 254:0 253:5 128/128 1 AD 1 core").unwrap().health, "AD");
+        assert!(mirror_status("2 254:0 253:5 1 AA").is_none());
+        assert!(mirror_status("").is_none());
+    }
+}
