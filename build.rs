@@ -12,8 +12,6 @@ mod cli {
 
 fn main() -> io::Result<()> {
     println!("cargo:rerun-if-changed=src/cli.rs");
-    // libcryptsetup must reach pvencrypt's OpenSSL hook first (src/kernel_cipher.rs).
-    println!("cargo:rustc-link-arg-bins=-Wl,--export-dynamic-symbol=EVP_CIPHER_fetch");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let cmd = cli::Cli::command();
 

@@ -16,7 +16,7 @@ complete -c pvencrypt -l sector-size -d 'Encryption sector size in bytes: 512 ke
 2048\t''
 4096\t''"
 complete -c pvencrypt -l name -d 'Name of the opened device, /dev/mapper/NAME (default: the PV\'s basename + "_crypt")' -r
-complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the device, as cryptsetup\'s --reduce-device-size: half holds the LUKS2 header, half is the shift buffer, which is also the size of each reencryption step. Writes to the step being encrypted wait for it: a smaller value shortens those pauses, a larger one means fewer checkpoints. Suffixes K, M, G (powers of 1024)' -r
+complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the device, as cryptsetup\'s --reduce-device-size: half holds the LUKS2 header, half is the data shift, the room into which chunks are encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G (powers of 1024)' -r
 complete -c pvencrypt -s i -l interval -d 'Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar' -r
 complete -c pvencrypt -l reportformat -d 'Report format for --status' -r -f -a "basic\t''
 json\t''"
@@ -25,7 +25,7 @@ complete -c pvencrypt -l no-crypttab -d 'Do not add the new device to /etc/crypt
 complete -c pvencrypt -l no-initramfs -d 'Do not rebuild the initramfs, even when root, /usr or the resume device is on the volume group (the next boot then cannot open the device by itself)'
 complete -c pvencrypt -s y -l yes -d 'Do not ask for confirmation'
 complete -c pvencrypt -s b -l background -d 'Run in the background: return once the PVs are checked and the passphrase read; the conversion goes on detached, its progress and result go to the system log'
-complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, or all) at their next checkpoint, and wait until they have stopped. The data stays in use; running pvencrypt again resumes'
+complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, or all) and wait until they have stopped: the chunks in flight go back to their plaintext, the last checkpoint stands. The data stays in use; running pvencrypt again resumes'
 complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA'
 complete -c pvencrypt -s t -l test -d 'Check everything and print the plan; change nothing'
 complete -c pvencrypt -s v -l verbose -d 'More detail (freeze duration, throughput); repeat for debug output'

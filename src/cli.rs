@@ -22,7 +22,7 @@ EXAMPLES:
   pvencrypt --key-file /root/key -y -b /dev/sda5
                                           unattended, in the background
   pvencrypt                               resume every unfinished conversion
-  pvencrypt --abort                       stop running conversions at their next checkpoint
+  pvencrypt --abort                       stop running conversions at their last checkpoint
   pvencrypt --status --reportformat json  progress for scripts
 
 FILES:
@@ -34,10 +34,12 @@ FILES:
 ///
 /// pvencrypt turns PV into a LUKS2 device that carries the same PV: when it returns,
 /// PV holds a LUKS2 header, /dev/mapper/NAME is open and every logical volume runs on it.
-/// The data is encrypted by libcryptsetup's LUKS2 online reencryption (data shift mode),
-/// so at every instant, even after a crash, the device is either the plain PV or a
-/// LUKS2 device that stock `cryptsetup open` recovers. pvencrypt does the live switch
-/// of the logical volumes onto the new device under a short freeze.
+/// The device follows libcryptsetup's LUKS2 reencryption format (data shift mode), so at
+/// every instant, even after a crash or a kill, it is either the plain PV or a LUKS2
+/// device that stock `cryptsetup open` opens and `cryptsetup reencrypt` can finish.
+/// pvencrypt switches the logical volumes onto the new device under a short freeze; then
+/// the kernel moves the data, as for pvmove: chunk by chunk, a device-mapper mirror copies
+/// the plaintext into dm-crypt while the logical volumes keep using it.
 ///
 /// Run without PV, pvencrypt resumes every conversion left unfinished, like pvmove.
 #[derive(Parser, Debug, Clone)]
@@ -105,9 +107,8 @@ pub struct Cli {
     pub name: Option<String>,
 
     /// Space taken from the end of the device, as cryptsetup's --reduce-device-size: half
-    /// holds the LUKS2 header, half is the shift buffer, which is also the size of each
-    /// reencryption step. Writes to the step being encrypted wait for it: a smaller value
-    /// shortens those pauses, a larger one means fewer checkpoints. Suffixes K, M, G
+    /// holds the LUKS2 header, half is the data shift, the room into which chunks are
+    /// encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G
     /// (powers of 1024).
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
     pub reduce_device_size: u64,
@@ -142,8 +143,9 @@ pub struct Cli {
     #[arg(short = 'i', long, value_name = "SECONDS")]
     pub interval: Option<u32>,
 
-    /// Stop running conversions (of the PVs given, or all) at their next checkpoint, and wait
-    /// until they have stopped. The data stays in use; running pvencrypt again resumes.
+    /// Stop running conversions (of the PVs given, or all) and wait until they have stopped:
+    /// the chunks in flight go back to their plaintext, the last checkpoint stands. The data
+    /// stays in use; running pvencrypt again resumes.
     #[arg(long)]
     pub abort: bool,
 

@@ -29,13 +29,13 @@ use crate::{
     mover::{self, Mover},
     options::Options,
     plan,
-    poll::{self, Run},
+    poll::{self, Phase, Run},
     preflight::{active_lvs, device_of, format_of, unchanged_since_preflight, Target},
     progress::Progress,
     switch::{self, Switch},
 };
 
-/// Set by SIGINT/SIGTERM (and --abort): stop at the next checkpoint.
+/// Set by SIGINT/SIGTERM (and --abort): stop, keeping the last checkpoint.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Steps 2–5 for one PV.
@@ -76,7 +76,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
             name: &t.name,
             pv_uuid: &t.pv.pv_uuid,
         };
-        run.state("switching");
+        run.state(Phase::Switching);
         // Held from before the tail is written until the LVs run on NAME: no LVM command
         // can change the VG meanwhile.
         let lock_dir = lvm::locking_dir();
@@ -85,6 +85,9 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
         crate::fault::trace("vg locked");
         unchanged_since_preflight(t)?;
         crate::fault::trace("vg unchanged");
+        // LVM's reports leave megabytes of freed heap resident; libcryptsetup's init adds a
+        // buffer of the data shift on top (the process's peak).
+        crate::sys::malloc_trim();
         let switched = sw.stage(&prepared, &fmt, t.size * 512).and_then(|mut staged| {
             // Exercised once here so that nothing it needs is first touched in the freeze.
             luks::take_log(false);

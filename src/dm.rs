@@ -296,7 +296,7 @@ impl Dm {
     }
 
     /// Removes the dm-crypt mappings on `base` through which the reencryption of a process
-    /// that died wrote (libcryptsetup's `temporary-cryptsetup-PID-N`, see kernel_cipher.rs):
+    /// that died wrote (libcryptsetup's `temporary-cryptsetup-PID-N`, when its crypto library lacks the cipher):
     /// nothing else would, and each keeps the volume key in the kernel.
     pub fn remove_stale_temporaries(&self, base: Device) -> Result<Vec<String>> {
         let mut removed = Vec::new();

@@ -67,8 +67,28 @@ pub fn trace(what: impl std::fmt::Display) {
     }
 }
 
+/// Every step `point` knows, in the order a conversion passes them; the crash tests
+/// name them (tests/fault_points.rs checks the scripts against this list).
+pub const POINTS: &[&str] = &[
+    "suspended",
+    "moved",
+    "unlabeled",
+    "secondary",
+    "header",
+    "activated",
+    "loaded",
+    "resumed",
+    "run-25",
+    "run-50",
+    "run-75",
+    "commit",
+    "commit-primary",
+    "committed",
+];
+
 pub fn point(step: &str) {
     trace(step);
+    debug_assert!(POINTS.contains(&step), "unknown fault point {step}");
     if let Some(Some((s, how))) = FAULT.get() {
         if s.split('|').any(|s| s == step) && !how.starts_with("fail") {
             if how == "exit" {
@@ -104,6 +124,9 @@ pub fn memory(at: &str) {
         for l in smaps.lines() {
             if l.split_whitespace().next().is_some_and(|w| w.contains('-')) {
                 name = l.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+                if name.is_empty() {
+                    name = format!("anonymous {}", l.split_whitespace().next().unwrap_or(""));
+                }
             } else if let Some(kb) = l.strip_prefix("Rss:") {
                 maps.push((kb.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0), name.clone()));
             }

@@ -117,14 +117,21 @@ impl Header {
         Ok([copy(0, MAGIC_1ST), copy(self.hdr_size, MAGIC_2ND)])
     }
 
-    /// Writes prepared copies: the primary, a flush, the secondary, a flush. Allocates
-    /// nothing (it runs while NAME is suspended).
+    /// Writes prepared copies: the primary, a flush, then the secondary. Allocates nothing
+    /// (it runs while NAME is suspended). The secondary is left to the caller's next flush
+    /// (`flush`, which must come before the next `write`): until then the primary, durable
+    /// and newer, is the copy libcryptsetup loads.
     pub fn write(&self, f: &File, images: &[Aligned; 2]) -> std::io::Result<()> {
         let len = self.hdr_size as usize;
         f.write_all_at(&images[0][..len], 0)?;
         f.sync_data()?;
         crate::fault::point("commit-primary");
-        f.write_all_at(&images[1][..len], self.hdr_size)?;
+        f.write_all_at(&images[1][..len], self.hdr_size)
+    }
+
+    /// Makes everything written to the device durable: the previous commit's secondary,
+    /// and data the next commit will declare authoritative.
+    pub fn flush(f: &File) -> std::io::Result<()> {
         f.sync_data()
     }
 
@@ -474,6 +481,7 @@ mod tests {
         assert!(Header::read(&f).is_err());
         let imgs = h.images(&state()).unwrap();
         h.write(&f, &imgs).unwrap();
+        Header::flush(&f).unwrap();
         h.committed(state());
         let r = Header::read(&f).unwrap();
         assert_eq!((r.seqid, r.hdr_size), (8, 0x4000));

@@ -11,7 +11,6 @@ pub mod error;
 pub mod fault;
 pub mod header;
 pub mod inspect;
-pub mod kernel_cipher;
 pub mod key;
 pub mod luks;
 pub mod lvm;

@@ -27,7 +27,6 @@ use uuid::Uuid;
 
 use crate::{
     error::{Context, Error, Kind, Result},
-    kernel_cipher,
     key::Passphrase,
 };
 
@@ -378,9 +377,6 @@ pub fn run(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase
     // repeat the recorded shift.
     let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
     let shift = json_reencrypt_shift(&json).unwrap_or(0);
-    // From the load (which sets up the storage of the new segment) to the last step.
-    let kernel = final_encryption_in(&json).and_then(kernel_cipher::Hidden::new);
-    crate::fault::trace(if kernel.is_some() { "data encrypted by the kernel" } else { "data encrypted in user space" });
     cd.reencrypt_handle()
         .reencrypt_init_by_passphrase(
             Some(name),

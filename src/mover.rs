@@ -35,8 +35,8 @@ use crate::{
     poll, sys,
 };
 
-/// Chunk and region sizes, and how much may be in flight (PVENCRYPT_MOVER=chunk=4M,region=1M
-/// overrides them, for the benchmark).
+/// Chunk and region sizes (PVENCRYPT_MOVER=chunk=4M,region=1M overrides them, for the
+/// benchmark); as many chunks are in flight as fit in the data shift.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
     pub chunk: u64,
@@ -45,7 +45,10 @@ pub struct Tuning {
 
 impl Tuning {
     pub fn for_shift(shift: u64) -> Tuning {
-        let mut t = Tuning { chunk: (shift / 4).max(1 << 20), region: 1 << 20 };
+        // Measured by tests/vm/guest/benchmark.sh: each chunk costs a dm-crypt and a mirror
+        // set up and torn down, and NAME's reload (tens of ms under TCG), so two large chunks
+        // in flight beat four small ones; 2 MiB regions keep kcopyd busy.
+        let mut t = Tuning { chunk: (shift / 2).max(1 << 20), region: 2 << 20 };
         for kv in std::env::var("PVENCRYPT_MOVER").unwrap_or_default().split(',') {
             let parse = |v: &str| crate::cli::parse_size(v).ok();
             match kv.split_once('=') {
@@ -116,8 +119,11 @@ pub struct Mover<'a> {
     tuning: Tuning,
     /// Chunks NAME maps through their mirrors, the one next to the boundary first.
     flight: VecDeque<Chunk>,
+    /// Chunks prepared ahead of the commit that lets them start (not mapped yet).
+    ready: Vec<Chunk>,
     /// Set when the header on the disk cannot be told: the mirrors then stay.
     keep_mirrors: bool,
+    remover: Remover,
     _lock: ReencryptLock,
 }
 
@@ -148,7 +154,9 @@ impl<'a> Mover<'a> {
             uuid_prefix: format!("CRYPT-TEMP-pvencrypt-{uuid}-"),
             name_prefix: format!("pvencrypt-{}-", &uuid[..8.min(uuid.len())]),
             flight: VecDeque::new(),
+            ready: Vec::new(),
             keep_mirrors: false,
+            remover: Remover::start()?,
             _lock: lock,
         })
     }
@@ -205,20 +213,8 @@ impl<'a> Mover<'a> {
         t
     }
 
-    /// The next chunk below `lowest`, if its new place is free once the boundary is at
-    /// `boundary`: inside [boundary, boundary + shift).
     fn next_chunk(&self, lowest: u64, boundary: u64) -> Option<(u64, u64)> {
-        let (shift, step) = (self.layout.shift, self.tuning.chunk);
-        if lowest == 0 {
-            return None;
-        }
-        // The moved first segment goes in one piece, as libcryptsetup moves it: no state
-        // ever splits it.
-        let mut start = if lowest <= shift { 0 } else { ((lowest - 1) / step * step).max(shift) };
-        if start > shift && lowest - start < 64 << 10 {
-            start = (start - step).max(shift);
-        }
-        (boundary - start <= shift).then_some((start, lowest - start))
+        chunk_below(lowest, boundary, self.layout.shift, self.tuning.chunk)
     }
 
     /// The dm-crypt device and the (not yet live) mirror of a new chunk.
@@ -242,9 +238,9 @@ impl<'a> Mover<'a> {
     }
 
     fn discard(&self, c: &Chunk) {
-        for n in [&c.mirror, &c.crypt] {
-            remove_patiently(self.dm, n);
-        }
+        // The mirror first: it holds the dm-crypt device.
+        self.remover.remove(&c.mirror);
+        self.remover.remove(&c.crypt);
     }
 
     /// (bytes in sync, all in sync). A leg that failed is an error: the plain leg's
@@ -263,21 +259,22 @@ impl<'a> Mover<'a> {
         Ok(((c.len * m.synced / m.regions.max(1)).min(c.len), m.synced == m.regions))
     }
 
-    /// One suspension of NAME: commit the chunk next to the boundary (when `commit`
-    /// carries its header), start `new` chunks, NAME onto its next table.
-    fn swap(&mut self, commit: Option<(Value, [Aligned; 2])>, new: Vec<Chunk>) -> Result<()> {
-        let head = commit.is_some().then(|| self.flight.front().expect("a chunk to commit"));
-        let boundary = head.map_or(self.layout.boundary, |h| h.start);
-        let skip = usize::from(head.is_some());
-        let table = self.name_table(boundary, self.flight.iter().skip(skip).chain(new.iter()));
+    /// One suspension of NAME: commit the `n` chunks next to the boundary (when `commit`
+    /// carries their header), start `new` chunks, NAME onto its next table.
+    fn swap(&mut self, commit: Option<(usize, Value, [Aligned; 2])>, new: Vec<Chunk>) -> Result<()> {
+        let n = commit.as_ref().map_or(0, |c| c.0);
+        let boundary = if n > 0 { self.flight[n - 1].start } else { self.layout.boundary };
+        let table = self.name_table(boundary, self.flight.iter().skip(n).chain(new.iter()));
         if let Err(e) = self.dm.load_verified(self.name, &table) {
             new.iter().for_each(|c| self.discard(c));
             return Err(e);
         }
+        fault::trace("mover: loaded");
         let mut wrote = false;
-        let r = self.suspended(head, commit.as_ref().map(|c| &c.1), &new, &mut wrote);
+        let heads: Vec<&Chunk> = self.flight.iter().take(n).collect();
+        let r = self.suspended(&heads, commit.as_ref().map(|c| &c.2), &new, &mut wrote);
         if let Err(e) = r {
-            // NAME keeps its live table: the chunk being committed stays mirrored, right
+            // NAME keeps its live table: the chunks being committed stay mirrored, right
             // for the header before the commit and for the one after.
             let _ = self.dm.clear_inactive(self.name);
             self.dm.resume(self.name)?;
@@ -288,34 +285,38 @@ impl<'a> Mover<'a> {
                 match Header::read(&self.disk).map(|h| h.seqid) {
                     Ok(s) if s == self.header.seqid => {}
                     Ok(s) if s == self.header.seqid + 1 => {
-                        let start = self.flight[0].start;
-                        self.header.committed(commit.expect("a commit was written").0);
-                        self.layout.boundary = start;
+                        self.header.committed(commit.expect("a commit was written").1);
+                        self.layout.boundary = boundary;
                     }
                     _ => self.keep_mirrors = true,
                 }
             }
             return Err(e);
         }
-        if let Some((json, _)) = commit {
-            let done = self.flight.pop_front().expect("the committed chunk");
+        fault::trace("mover: resumed");
+        if let Some((_, json, _)) = commit {
             self.header.committed(json);
-            self.layout.boundary = done.start;
-            self.discard(&done);
+            self.layout.boundary = boundary;
+            for c in self.flight.drain(..n).collect::<Vec<_>>() {
+                self.discard(&c);
+            }
         }
         self.flight.extend(new);
+        fault::trace("mover: discarded");
         Ok(())
     }
 
     /// The part of `swap` while NAME is suspended: ioctls and prepared O_DIRECT writes
     /// only; nothing that allocates, logs, or could wait for udev or a filesystem.
-    fn suspended(&self, head: Option<&Chunk>, images: Option<&[Aligned; 2]>, new: &[Chunk], wrote: &mut bool) -> Result<()> {
+    fn suspended(&self, heads: &[&Chunk], images: Option<&[Aligned; 2]>, new: &[Chunk], wrote: &mut bool) -> Result<()> {
         self.dm.suspend_unsynced(self.name)?;
         let r = (|| {
-            if let (Some(h), Some(images)) = (head, images) {
+            if let Some(images) = images {
                 // Nothing can write now: what is in sync stays so.
-                if !self.sync_of(h)?.1 {
-                    return fail(format!("{} fell out of sync", h.mirror));
+                for h in heads {
+                    if !self.sync_of(h)?.1 {
+                        return fail(format!("{} fell out of sync", h.mirror));
+                    }
                 }
                 fault::point("commit");
                 *wrote = true;
@@ -334,7 +335,7 @@ impl<'a> Mover<'a> {
     }
 
     /// Waits until the chunk next to the boundary is in sync, reporting progress.
-    fn wait(&self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<Waited> {
+    fn wait(&mut self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<Waited> {
         let total = self.layout.total;
         loop {
             self.dm.arm_events()?;
@@ -351,14 +352,31 @@ impl<'a> Mover<'a> {
             if head_synced {
                 return Ok(Waited::Synced);
             }
-            self.dm.wait_events(1000);
+            // Meanwhile, the devices of the chunk the next commit will start.
+            if !self.prepare_ahead()? {
+                self.dm.wait_events(1000);
+            }
         }
     }
 
-    /// Chunks to start once the boundary is at `boundary`.
-    fn fill(&self, boundary: u64) -> Result<Vec<Chunk>> {
-        let mut new: Vec<Chunk> = Vec::new();
-        let mut lowest = self.flight.back().map_or(boundary, |c| c.start);
+    /// Prepares the next chunk that will fit once the head is committed, if none is
+    /// ready; false when there is none to prepare.
+    fn prepare_ahead(&mut self) -> Result<bool> {
+        let Some(head) = self.flight.front() else { return Ok(false) };
+        let lowest = self.ready.last().or(self.flight.back()).map_or(head.start, |c| c.start);
+        if !self.ready.is_empty() {
+            return Ok(false);
+        }
+        let Some((start, len)) = self.next_chunk(lowest, head.start) else { return Ok(false) };
+        let c = self.prepare(start, len)?;
+        self.ready.push(c);
+        Ok(true)
+    }
+
+    /// Chunks to start once the boundary is at `boundary`: those prepared ahead first.
+    fn fill(&mut self, boundary: u64) -> Result<Vec<Chunk>> {
+        let mut new: Vec<Chunk> = std::mem::take(&mut self.ready);
+        let mut lowest = new.last().or(self.flight.back()).map_or(boundary, |c| c.start);
         while let Some((start, len)) = self.next_chunk(lowest, boundary) {
             match self.prepare(start, len) {
                 Ok(c) => new.push(c),
@@ -382,7 +400,10 @@ impl<'a> Mover<'a> {
             if let Err(e) = self.unwind() {
                 poll::error(&format!("{}: {}", self.name, e.msg));
             }
+            // The last commit's secondary copy.
+            let _ = Header::flush(&self.disk);
         }
+        self.remover.finish();
         r
     }
 
@@ -393,7 +414,20 @@ impl<'a> Mover<'a> {
             if let Waited::Stopped = self.wait(progress)? {
                 return Ok(false);
             }
-            let b = self.flight[0].start;
+            // Every chunk in sync next to the boundary goes in this commit: when commits
+            // cannot keep up with the copies, they take more at a time.
+            let mut n = 1;
+            while n < self.flight.len() && self.sync_of(&self.flight[n])?.1 {
+                n += 1;
+            }
+            fault::trace(format_args!("mover: {n} in sync"));
+            // kcopyd's copy is acknowledged, maybe not yet durable: a disk's write cache could
+            // keep the chunks' encrypted bytes behind the header that makes them authoritative.
+            // This flush is that barrier (libcryptsetup syncs its data before each commit too);
+            // it also makes the previous commit's secondary copy durable.
+            Header::flush(&self.disk).or_fail(|| "Cannot flush the disk".into())?;
+            fault::trace("mover: flushed");
+            let b = self.flight[n - 1].start;
             let json = if b == 0 {
                 header::finished(&self.header.json)?
             } else {
@@ -401,8 +435,10 @@ impl<'a> Mover<'a> {
             };
             let images = self.header.images(&json)?;
             let new = self.fill(b)?;
-            self.swap(Some((json, images)), new)?;
+            fault::trace(format_args!("mover: {} new", new.len()));
+            self.swap(Some((n, json, images)), new)?;
         }
+        Header::flush(&self.disk).or_fail(|| "Cannot flush the disk".into())?;
         progress(self.layout.total, self.layout.total);
         Ok(true)
     }
@@ -410,6 +446,9 @@ impl<'a> Mover<'a> {
     /// NAME back to the committed state with nothing in flight; every chunk's plain leg
     /// has all its writes.
     fn unwind(&mut self) -> Result<()> {
+        for c in std::mem::take(&mut self.ready) {
+            self.discard(&c);
+        }
         if self.flight.is_empty() {
             return Ok(());
         }
@@ -420,11 +459,29 @@ impl<'a> Mover<'a> {
                 self.name
             ));
         }
+        for c in &self.flight {
+            if let Some(s) = self.plain_leg_failed(&c.mirror)? {
+                return fail(format!(
+                    "{} reports a failed write to the plaintext ({s}); {} stays on its mirrors, which serve the \
+                     data from the encrypted copy. Check the disk (dmesg).",
+                    c.mirror, self.name
+                ));
+            }
+        }
         self.swap_to_committed()?;
         while let Some(c) = self.flight.pop_front() {
             self.discard(&c);
         }
         Ok(())
+    }
+
+    /// The status line of `mirror` when its plaintext leg failed a write: the plaintext may
+    /// then lack writes only the encrypted copy has, and must not be the only copy again.
+    fn plain_leg_failed(&self, mirror: &str) -> Result<Option<String>> {
+        let st = self.dm.status(mirror)?;
+        // No live table: a mirror prepared but never started.
+        let Some(s) = st.first().map(|t| t.3.clone()) else { return Ok(None) };
+        Ok(mirror_status(&s).is_none_or(|m| !m.health.starts_with('A')).then_some(s))
     }
 
     fn swap_to_committed(&self) -> Result<()> {
@@ -448,12 +505,10 @@ impl<'a> Mover<'a> {
         }
         for (n, u) in &ours {
             if u.starts_with(&format!("{}m", self.uuid_prefix)) {
-                let st = self.dm.status(n)?;
-                // No live table: a mirror the dead run had prepared but not started.
-                let Some(s) = st.first().map(|t| t.3.as_str()) else { continue };
-                if mirror_status(s).is_none_or(|m| !m.health.starts_with('A')) {
+                if let Some(s) = self.plain_leg_failed(n)? {
                     return fail(format!(
-                        "{n}, left by a run that died, reports a failed plaintext leg ({s}); not unwinding it. Check the disk."
+                        "{n}, left by a run that died, reports a failed write to the plaintext ({s}); not unwinding \
+                         it. Check the disk (dmesg)."
                     ));
                 }
             }
@@ -476,6 +531,46 @@ impl Drop for Mover<'_> {
     }
 }
 
+/// Removes discarded devices on a thread of its own: a removal waits for RCU grace
+/// periods and workqueue teardown (tens of milliseconds in the VM), which would otherwise
+/// hold up every commit. In order: a mirror is queued before its dm-crypt device.
+struct Remover {
+    tx: Option<std::sync::mpsc::Sender<String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Remover {
+    fn start() -> Result<Remover> {
+        let dm = Dm::open()?;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let thread = std::thread::Builder::new()
+            .name("pvencrypt-rm".into())
+            .spawn(move || rx.iter().for_each(|n| remove_patiently(&dm, &n)))
+            .or_fail(|| "Cannot start a thread".into())?;
+        Ok(Remover { tx: Some(tx), thread: Some(thread) })
+    }
+
+    fn remove(&self, name: &str) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(name.to_string());
+        }
+    }
+
+    /// Waits until everything queued is removed.
+    fn finish(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Remover {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 /// udev may hold a device open for a moment after its events; the remove is retried
 /// (outside any suspension).
 fn remove_patiently(dm: &Dm, name: &str) {
@@ -487,6 +582,22 @@ fn remove_patiently(dm: &Dm, name: &str) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     poll::error(&format!("WARNING: cannot remove {name}; pvencrypt removes it when run again."));
+}
+
+/// The next chunk below `lowest` (start, length), if its new place is free once the
+/// boundary is at `boundary`: inside [boundary, boundary + shift), which no segment of
+/// that header maps. Chunks are aligned to `step`; a sliver at the top joins the chunk
+/// below it; the moved first segment [0, shift) goes in one piece, as libcryptsetup moves
+/// it, so that no state splits it.
+fn chunk_below(lowest: u64, boundary: u64, shift: u64, step: u64) -> Option<(u64, u64)> {
+    if lowest == 0 {
+        return None;
+    }
+    let mut start = if lowest <= shift { 0 } else { ((lowest - 1) / step * step).max(shift) };
+    if start > shift && lowest - start < 64 << 10 {
+        start = (start - step).max(shift);
+    }
+    (boundary - start <= shift).then_some((start, lowest - start))
 }
 
 #[derive(Debug, PartialEq)]
@@ -558,6 +669,39 @@ pub fn guard(name: &str) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every chunk a conversion starts, committing each as soon as it may.
+    fn walk(total: u64, shift: u64, step: u64) -> Vec<(u64, u64)> {
+        let (mut b, mut flight, mut all) = (total, std::collections::VecDeque::new(), vec![]);
+        loop {
+            let mut lowest = flight.back().map_or(b, |c: &(u64, u64)| c.0);
+            while let Some(c) = chunk_below(lowest, b, shift, step) {
+                assert!(c.0 + shift >= b, "{c:?}'s new place must lie beyond the boundary {b}");
+                flight.push_back(c);
+                all.push(c);
+                lowest = c.0;
+            }
+            let Some(head) = flight.pop_front() else { return all };
+            assert_eq!(head.0 + head.1, b, "commits go in order");
+            b = head.0;
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_data_backward_within_the_shift() {
+        const M: u64 = 1 << 20;
+        let c = walk(24 * M, 4 * M, M);
+        assert_eq!(c.len(), 21);
+        assert_eq!(c[0], (23 * M, M));
+        assert_eq!(c[19], (4 * M, M));
+        assert_eq!(c[20], (0, 4 * M));
+        // A sliver at the top joins the next chunk; an odd size still ends at the top.
+        let c = walk(24 * M + 8192, 16 * M, 4 * M);
+        assert_eq!(c[0], (20 * M, 4 * M + 8192));
+        assert_eq!(c.last(), Some(&(0, 16 * M)));
+        // One chunk as large as the shift: one in flight at a time.
+        assert_eq!(walk(64 * M, 16 * M, 16 * M), vec![(48 * M, 16 * M), (32 * M, 16 * M), (16 * M, 16 * M), (0, 16 * M)]);
+    }
 
     #[test]
     fn mirror_status_parsed() {

@@ -26,13 +26,36 @@ static SYSLOG: AtomicBool = AtomicBool::new(false);
 /// messages go to the system log too.
 pub static HUNG_UP: AtomicBool = AtomicBool::new(false);
 
+/// Where a conversion is, as `--status` names it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Running: checks, passphrase, header in memory.
+    #[default]
+    Preparing,
+    /// Running: the freeze is near or on.
+    Switching,
+    /// Running: the data phase.
+    Encrypting,
+    /// Nobody works on it; `pvencrypt` resumes it.
+    Stopped,
+    /// A crash cut its switch; `pvencrypt` repairs it.
+    Interrupted,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self).expect("serializes");
+        f.pad(s.as_str().expect("a name"))
+    }
+}
+
 /// What `--status` shows of one conversion; the running process rewrites it as it goes.
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
 pub struct Status {
     pub pv: String,
     pub name: String,
-    /// preparing, switching, encrypting (running), or stopped (nobody is working on it).
-    pub state: String,
+    pub state: Phase,
     pub pid: Option<u32>,
     pub bytes_done: u64,
     pub bytes_total: u64,
@@ -101,12 +124,12 @@ impl Run {
         let status =
             Status { pv: pv.display().to_string(), name: name.into(), pid: Some(std::process::id()), ..Default::default() };
         let mut run = Run { key, lock: Some(lock), status, started: None, written: None };
-        run.state("preparing");
+        run.state(Phase::Preparing);
         Ok(run)
     }
 
-    pub fn state(&mut self, state: &str) {
-        self.status.state = state.into();
+    pub fn state(&mut self, state: Phase) {
+        self.status.state = state;
         self.write();
     }
 
@@ -115,7 +138,7 @@ impl Run {
         let now = Instant::now();
         let (t0, done0) = *self.started.get_or_insert((now, done));
         let s = &mut self.status;
-        s.state = "encrypting".into();
+        s.state = Phase::Encrypting;
         s.bytes_done = done;
         s.bytes_total = total;
         let secs = now.duration_since(t0).as_secs_f64();
@@ -285,7 +308,7 @@ pub fn report(all: &[Status], json: bool) -> String {
             .iter()
             .map(|s| {
                 serde_json::json!({
-                    "pv": s.pv, "name": s.name, "state": s.state,
+                    "pv": s.pv, "name": s.name, "state": s.state.to_string(),
                     "pid": s.pid.map(|p| p.to_string()).unwrap_or_default(),
                     "percent": pct(s).trim_end_matches('%'),
                     "bytes_done": s.bytes_done.to_string(), "bytes_total": s.bytes_total.to_string(),
@@ -305,7 +328,7 @@ pub fn report(all: &[Status], json: bool) -> String {
         rows.push([
             s.pv.clone(),
             s.name.clone(),
-            s.state.clone(),
+            s.state.to_string(),
             pct(s),
             mib(s.bytes_done),
             mib(s.bytes_total),
@@ -327,11 +350,11 @@ pub fn report(all: &[Status], json: bool) -> String {
 mod tests {
     use super::*;
 
-    fn st(state: &str, done: u64) -> Status {
+    fn st(state: Phase, done: u64) -> Status {
         Status {
             pv: "/dev/sda5".into(),
             name: "sda5_crypt".into(),
-            state: state.into(),
+            state,
             pid: Some(42),
             bytes_done: done,
             bytes_total: 8 << 20,
@@ -343,7 +366,7 @@ mod tests {
 
     #[test]
     fn basic_report_has_aligned_columns() {
-        let r = report(&[st("encrypting", 1 << 20)], false);
+        let r = report(&[st(Phase::Encrypting, 1 << 20)], false);
         let lines: Vec<&str> = r.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("  PV "));
@@ -355,7 +378,7 @@ mod tests {
 
     #[test]
     fn json_report_is_lvm_shaped() {
-        let v: serde_json::Value = serde_json::from_str(&report(&[st("stopped", 4 << 20)], true)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&report(&[st(Phase::Stopped, 4 << 20)], true)).unwrap();
         let row = &v["report"][0]["conversion"][0];
         assert_eq!(row["percent"], "50.00");
         assert_eq!(row["state"], "stopped");

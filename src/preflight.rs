@@ -136,7 +136,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
 
     // Only this VG's LVs may sit on the device: anything else would keep reading raw
     // offsets after the data moved.
-    let vg_prefix = lv_uuid_prefix(&vg.vg_uuid);
+    let vg_prefix = lvm::lv_uuid_prefix(&vg.vg_uuid);
     let holders = dm.holders(dev)?;
     for h in holders.iter().filter(|h| h.direct) {
         if !h.uuid.as_deref().unwrap_or("").starts_with(&vg_prefix) {
@@ -168,6 +168,13 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
             format!("{e}. Is dm-crypt available (modprobe dm-crypt), and does the kernel know this cipher?"),
         )
     })?;
+    // The data mover's modules too (dm-mirror, dm-log, dm-region-hash), before any suspension.
+    if let Err(why) = crate::mover::usable(&dm) {
+        crate::poll::error(&format!(
+            "WARNING: {}: the kernel cannot move the data ({why}); libcryptsetup will, step by step.",
+            path.display()
+        ));
+    }
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
     Ok(Target { path: path.into(), dev, size, name, vg, pv, room, make_room, lvs })
 }
@@ -212,14 +219,9 @@ fn may_ask(opts: &Options) -> bool {
     !opts.yes && std::io::IsTerminal::is_terminal(&std::io::stdin())
 }
 
-/// The dm uuid prefix of every LV of the VG (LVM writes the VG uuid without dashes).
-fn lv_uuid_prefix(vg_uuid: &str) -> String {
-    format!("LVM-{}", vg_uuid.replace('-', ""))
-}
-
 /// The active LVs of the VG, on any PV.
 pub fn active_lvs(vg_uuid: &str) -> Vec<Device> {
-    Dm::open().and_then(|dm| dm.devices_with_uuid(&lv_uuid_prefix(vg_uuid))).unwrap_or_default()
+    Dm::open().and_then(|dm| dm.devices_with_uuid(&lvm::lv_uuid_prefix(vg_uuid))).unwrap_or_default()
 }
 
 /// What the LVs are used for must survive the conversion: /boot must stay readable by

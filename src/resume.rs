@@ -18,7 +18,7 @@ use crate::{
     luks::{self, Marker},
     lvm,
     options::Options,
-    poll::{self, Run, Status},
+    poll::{self, Phase, Run, Status},
     preflight::device_of,
 };
 
@@ -158,7 +158,8 @@ pub fn resume(opts: &Options, path: &Path, state: State, key: &Passphrase, run: 
     }
 }
 
-/// libcryptsetup's temporary dm-crypt mappings of a process that died (kernel_cipher.rs).
+/// libcryptsetup's temporary dm-crypt mappings of a process that died (it writes through one when its
+/// crypto library lacks the cipher).
 fn remove_temporaries(opts: &Options, path: &Path) -> Result<()> {
     for t in Dm::open()?.remove_stale_temporaries(device_of(path)?.0)? {
         if !opts.quiet {
@@ -196,12 +197,10 @@ pub fn unfinished_status() -> Vec<Status> {
             let name = state.name().to_string();
             match state {
                 // Cut inside the switch: nothing encrypted; `pvencrypt` repairs it.
-                State::TornSwitch(_) | State::TornHeader => {
-                    Status { pv, name, state: "interrupted".into(), ..Default::default() }
-                }
+                State::TornSwitch(_) | State::TornHeader => Status { pv, name, state: Phase::Interrupted, ..Default::default() },
                 _ => {
                     let (done, total) = luks::open(&path).ok().and_then(|mut cd| luks::progress(&mut cd)).unwrap_or((0, 0));
-                    Status { pv, name, state: "stopped".into(), bytes_done: done, bytes_total: total, ..Default::default() }
+                    Status { pv, name, state: Phase::Stopped, bytes_done: done, bytes_total: total, ..Default::default() }
                 }
             }
         })

@@ -110,6 +110,11 @@ fn write_lines(f: &mut fmt::Formatter<'_>, lines: &[String]) -> fmt::Result {
 
 impl std::error::Error for Error {}
 
+/// The dm uuid prefix of every LV of the VG (LVM writes the VG uuid without dashes).
+pub fn lv_uuid_prefix(vg_uuid: &str) -> String {
+    format!("LVM-{}", vg_uuid.replace('-', ""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,12 +32,6 @@ pve=$!
 wait_for '[ "$(field state)" = encrypting ] && [ "$(pct100)" -ge 500 ]' 300 || die "no progress: $(cat /tmp/pve1.out)"
 status_json
 check_eq "--status names the running process" "$(field pid)" "$pve"
-# The mover's devices: pvencrypt-UUID8-mSECTOR (dm-raid1) and -cSECTOR (dm-crypt).
-mirror_mm() { dmsetup info -c --noheadings -o major,minor,name | awk -F: '$3 ~ /^pvencrypt-[0-9a-f]+-m[0-9]+$/ {print $1":"$2; exit}'; }
-check "the kernel moves the data: vda_crypt maps a chunk through a dm mirror of vda into dm-crypt" \
-  'mm=$(mirror_mm); [ -n "$mm" ] && dm_refs vda_crypt "$mm" &&
-   m=$(dmsetup info -c --noheadings -o name -j ${mm%:*} -m ${mm#*:}) && dmsetup table "$m" | grep -q " mirror core " &&
-   dm_refs "$m" "$(majmin /dev/vda)" && [ "$(dmsetup table --target crypt | grep -c "^pvencrypt-")" -ge 1 ]'
 check "--status has a rate and bytes" '[ -n "$(field rate)" ] && [ "$(field bytes_total)" -gt 400000000 ]'
 pvencrypt --key-file /tmp/key $cheap -y /dev/vda > /tmp/second.out 2>&1
 check_eq "a second pvencrypt on the same PV is refused" "$?" 3

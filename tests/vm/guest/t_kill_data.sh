@@ -31,6 +31,16 @@ serving() {
   check "$1: vda_crypt is not suspended" "! dmsetup info vda_crypt | grep -q SUSPENDED"
 }
 leftovers() { dmsetup ls | grep -c "^pvencrypt-"; }
+# The mover's devices: pvencrypt-UUID8-mSECTOR (dm-raid1) and -cSECTOR (dm-crypt). A mirror
+# vda_crypt maps, whose table mirrors vda; some may be prepared ahead or on their way out.
+mapped_mirror() {
+  local mm m
+  for mm in $(dmsetup info -c --noheadings -o major,minor,name | awk -F: '$3 ~ /^pvencrypt-[0-9a-f]+-m[0-9]+$/ {print $1":"$2}'); do
+    m=$(dmsetup info -c --noheadings -o name -j ${mm%:*} -m ${mm#*:})
+    dm_refs vda_crypt "$mm" && dmsetup table "$m" | grep -q " mirror core " && dm_refs "$m" "$(majmin /dev/vda)" && return 0
+  done
+  return 1
+}
 
 echo "=== 1. killed while the kernel copies"
 pvencrypt --key-file /tmp/key $cheap -y -i 1 /dev/vda > /tmp/pve1.out 2>&1 &
@@ -38,22 +48,23 @@ pve=$!
 wait_for '[ "$(leftovers)" -ge 2 ] && grep -q "Encrypted: [2-9][0-9]" /tmp/pve1.out' 300 || die "no progress: $(cat /tmp/pve1.out)"
 kill -9 $pve; wait $pve
 serving "killed while copying"
-check "it left mirrors in vda_crypt's table, still working" '[ "$(leftovers)" -ge 2 ]'
+check "it left vda_crypt mapping a chunk through a dm mirror of vda into dm-crypt, still working" \
+  'mapped_mirror && [ "$(dmsetup table --target crypt | grep -c "^pvencrypt-")" -ge 1 ]'
 timeout 30 pvencrypt --status > /tmp/status.out 2>&1; rc=$?
 cat /tmp/status.out
 check_eq "--status answers" "$rc" 0
 check "--status: stopped" 'grep -q "vda_crypt stopped" /tmp/status.out'
 
-for at in commit committed; do
-  echo "=== 2. killed while vda_crypt is suspended, at '$at'"
-  PVENCRYPT_FAULT="$at:stop" pvencrypt --key-file /tmp/key -i 1 > /tmp/pve2.out 2>&1 &
+for step in commit committed; do
+  echo "=== 2. killed while vda_crypt is suspended, at '$step'"
+  PVENCRYPT_FAULT="$step:stop" pvencrypt --key-file /tmp/key -i 1 > /tmp/pve2.out 2>&1 &
   pve=$!
-  wait_for '[ "$(state $pve)" = T ]' 300 || die "the run did not stop at $at: $(cat /tmp/pve2.out)"
-  check "$at: stopped inside the commit, vda_crypt suspended" "dmsetup info vda_crypt | grep -q SUSPENDED"
-  check "$at: it took over the dead run's devices" "grep -q 'took over from a run that died' /tmp/pve2.out"
+  wait_for '[ "$(state $pve)" = T ]' 300 || die "the run did not stop at $step: $(cat /tmp/pve2.out)"
+  check "$step: stopped inside the commit, vda_crypt suspended" "dmsetup info vda_crypt | grep -q SUSPENDED"
+  check "$step: it took over the dead run's devices" "grep -q 'took over from a run that died' /tmp/pve2.out"
   kill -9 $pve; wait $pve
-  serving "killed at $at"
-  check "$at: the guardian said so" "wait_for 'grep -q \"pvencrypt died while vda_crypt was suspended; resumed it\" /tmp/messages' 5"
+  serving "killed at $step"
+  check "$step: the guardian said so" "wait_for 'grep -q \"pvencrypt died while vda_crypt was suspended; resumed it\" /tmp/messages' 5"
 done
 
 echo "=== 3. pvencrypt with no PV finishes, no reboot"

@@ -1,10 +1,10 @@
 # The switch's crash story, step by step: the power is cut (no sync) at each named step
 # of pvencrypt, and a fresh boot on the same disks must find the plain PV or a LUKS2
 # device stock cryptsetup opens, the data intact, and pvencrypt must finish the job.
-# timeout: 1500
+# timeout: 1800
 . "$(dirname "$0")/../lib.sh"
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
-for step in suspended moved unlabeled secondary header activated loaded resumed run-25 run-50 run-75; do
+for step in suspended moved unlabeled secondary header activated loaded resumed run-25 run-50 run-75 commit-primary committed; do
   disks=$(vm_disks "$run/$step" 512M 16M)
   VM_APPEND="pvphase=1 pvfault=$step" vm_boot "$logs/t_crash_switch.$step.1.log" crash_switch $disks
   check "$step: power cut inside pvencrypt" "! grep -aq '^VM-EXIT' '$logs/t_crash_switch.$step.1.log'"
