@@ -161,10 +161,6 @@ impl<'a> Mover<'a> {
         })
     }
 
-    pub fn layout(&self) -> &Layout {
-        &self.layout
-    }
-
     /// dm-crypt of logical [start, start + len) at its final place.
     fn crypt_target(&self, at: u64, start: u64, len: u64) -> Target {
         let l = &self.layout;
