@@ -142,6 +142,23 @@ impl Header {
     }
 }
 
+/// The LUKS2 metadata of `path` as libcryptsetup would load it, read without writing:
+/// libcryptsetup's loader repairs a stale copy on the spot (a crash between a commit's
+/// two writes leaves one), which a read-only command must not do.
+pub fn read_json(path: &std::path::Path) -> Option<Value> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok()?;
+    Header::read(&f).ok().map(|h| h.json)
+}
+
+/// Whether the metadata carries the online reencryption requirement (libcryptsetup's
+/// `online-reencrypt`, `online-reencrypt-v2`, ...).
+pub fn in_reencryption(json: &Value) -> bool {
+    json["config"]["requirements"]["mandatory"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.starts_with("online-reencrypt"))))
+}
+
 /// Where everything lies in a LUKS2 encryption with a data shift and a moved first
 /// segment, backward, read from the header. Bytes throughout.
 #[derive(Debug, Clone, PartialEq)]
@@ -345,18 +362,35 @@ pub fn finished(json: &Value) -> Result<Value> {
     Ok(new)
 }
 
-/// libcryptsetup's lock against a second reencryption of the same device
-/// (`reencrypt_lock_internal`: an exclusive flock on /run/cryptsetup/LN_LUKS2-reencryption-UUID).
-/// Held, a stock `cryptsetup reencrypt` of the device refuses to run beside us.
-pub struct ReencryptLock {
+/// One of libcryptsetup's locks: an flock on a file in /run/cryptsetup, which libcryptsetup
+/// unlinks when it lets go (so a lock is only good on the file still at that path).
+pub struct CryptsetupLock {
     _held: File,
 }
 
-impl ReencryptLock {
-    pub fn take(uuid: &str) -> Result<ReencryptLock> {
+impl CryptsetupLock {
+    /// Its lock against a second reencryption of the device (`reencrypt_lock_internal`):
+    /// held, a stock `cryptsetup reencrypt` of it refuses to run beside us.
+    pub fn reencryption(uuid: &str) -> Result<CryptsetupLock> {
+        Self::take(&format!("LN_LUKS2-reencryption-{uuid}"), false)?.ok_or_else(|| {
+            Error::new(
+                Kind::Refused,
+                format!("Another reencryption of LUKS2 device {uuid} is running (cryptsetup holds its lock)."),
+            )
+        })
+    }
+
+    /// Its lock on a device's metadata (`L_MAJOR:MINOR`, taken shared to read a header and
+    /// exclusive to write one): no stock cryptsetup reads a header half committed.
+    pub fn metadata(dev: devicemapper::Device) -> Result<CryptsetupLock> {
+        Ok(Self::take(&format!("L_{}:{}", dev.major, dev.minor), true)?.expect("a blocking lock is taken"))
+    }
+
+    fn take(resource: &str, wait: bool) -> Result<Option<CryptsetupLock>> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         let dir = std::path::Path::new("/run/cryptsetup");
-        let _ = std::fs::create_dir(dir);
-        let path = dir.join(format!("LN_LUKS2-reencryption-{uuid}"));
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(dir);
+        let path = dir.join(resource);
         loop {
             let f = std::fs::OpenOptions::new()
                 .create(true)
@@ -365,19 +399,14 @@ impl ReencryptLock {
                 .write(true)
                 .open(&path)
                 .or_fail(|| format!("Cannot open {}", path.display()))?;
-            if crate::sys::flock(&f, libc::LOCK_EX | libc::LOCK_NB).is_err() {
-                return Err(Error::new(
-                    Kind::Refused,
-                    format!("Another reencryption of LUKS2 device {uuid} is running (it holds {}).", path.display()),
-                ));
+            let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+            if crate::sys::flock(&f, op).is_err() {
+                return Ok(None);
             }
-            // libcryptsetup unlinks the file when it lets go: a lock on a file no
-            // longer at that path protects nothing.
-            use std::os::unix::fs::MetadataExt;
             let (a, b) = (f.metadata(), std::fs::metadata(&path));
             if let (Ok(a), Ok(b)) = (a, b) {
                 if a.ino() == b.ino() && a.dev() == b.dev() {
-                    return Ok(ReencryptLock { _held: f });
+                    return Ok(Some(CryptsetupLock { _held: f }));
                 }
             }
         }
@@ -463,6 +492,7 @@ mod tests {
         assert!(f["config"].get("requirements").is_none());
         let l = Layout::of(&f).unwrap();
         assert_eq!((l.total, l.boundary, l.data_offset, l.encryption.as_str()), (0, 0, 16 << 20, "aes-xts-plain64"));
+        assert!(in_reencryption(&state()) && !in_reencryption(&f));
     }
 
     #[test]

@@ -17,8 +17,6 @@
 
 use std::{fs::File, io, os::unix::fs::FileExt, path::Path};
 
-use libcryptsetup_rs::consts::vals::CryptReencryptInfo;
-
 use crate::{
     dm::Dm,
     luks::{self, Marker},
@@ -195,15 +193,16 @@ pub fn inspect(path: &Path) -> State {
 }
 
 fn luks_state(path: &Path) -> State {
-    let Ok(mut cd) = luks::open(path) else { return State::Foreign };
-    let Some((_, m)) = luks::marker(&mut cd) else { return State::Foreign };
-    if luks::reencrypt_state(&mut cd).is_ok_and(|s| s == CryptReencryptInfo::None) {
+    // Read by hand, not through libcryptsetup, whose loader would repair a stale copy.
+    let Some(json) = crate::header::read_json(path) else { return State::Foreign };
+    let Some((_, m)) = luks::marker_in(&json) else { return State::Foreign };
+    if !crate::header::in_reencryption(&json) {
         return State::Finishing(m);
     }
     if Dm::open().is_ok_and(|dm| luks::helpers_of(&m.name).iter().any(|h| dm.exists(h))) {
         return State::Killed(m);
     }
-    if cd.status_handle().dump_json().is_ok_and(|j| luks::all_encrypted_in(&j)) {
+    if luks::all_encrypted_in(&json) {
         return State::LastStep(m);
     }
     State::Converting(m)

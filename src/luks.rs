@@ -433,7 +433,7 @@ pub fn marker(cd: &mut CryptDevice) -> Option<(u32, Marker)> {
     marker_in(&json)
 }
 
-fn marker_in(json: &serde_json::Value) -> Option<(u32, Marker)> {
+pub fn marker_in(json: &serde_json::Value) -> Option<(u32, Marker)> {
     json["tokens"].as_object()?.iter().find_map(|(id, t)| {
         if t["type"] == TOKEN_TYPE {
             Some((id.parse().ok()?, serde_json::from_value(t.clone()).ok()?))

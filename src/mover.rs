@@ -31,7 +31,7 @@ use crate::{
     dm::{Dm, Target},
     error::{fail, Context, Error, Kind, Result},
     fault,
-    header::{self, Header, Layout, ReencryptLock},
+    header::{self, CryptsetupLock, Header, Layout},
     poll, sys,
 };
 
@@ -124,14 +124,14 @@ pub struct Mover<'a> {
     /// Set when the header on the disk cannot be told: the mirrors then stay.
     keep_mirrors: bool,
     remover: Remover,
-    _lock: ReencryptLock,
+    _lock: CryptsetupLock,
 }
 
 impl<'a> Mover<'a> {
     /// `volume_key`: the key of the new segment; it goes to the kernel keyring and is
     /// named, never spelt, in the tables.
     pub fn new(dm: &'a Dm, name: &'a str, path: &Path, raw: Device, uuid: &str, volume_key: &[u8]) -> Result<Mover<'a>> {
-        let lock = ReencryptLock::take(uuid)?;
+        let lock = CryptsetupLock::reencryption(uuid)?;
         let disk = direct::open(path).or_fail(|| format!("Cannot open {}", path.display()))?;
         let header = Header::read(&disk).or_fail(|| format!("Cannot read the LUKS2 header of {}", path.display()))?;
         let mut layout = Layout::of(&header.json)?;
@@ -268,7 +268,11 @@ impl<'a> Mover<'a> {
         fault::trace("mover: loaded");
         let mut wrote = false;
         let heads: Vec<&Chunk> = self.flight.iter().take(n).collect();
-        let r = self.suspended(&heads, commit.as_ref().map(|c| &c.2), &new, &mut wrote);
+        let metadata = if commit.is_some() { Some(CryptsetupLock::metadata(self.raw)) } else { None };
+        let r = match metadata {
+            Some(Err(e)) => Err(e),
+            _ => self.suspended(&heads, commit.as_ref().map(|c| &c.2), &new, &mut wrote),
+        };
         if let Err(e) = r {
             // NAME keeps its live table: the chunks being committed stay mirrored, right
             // for the header before the commit and for the one after.
@@ -649,9 +653,13 @@ pub fn guard(name: &str) -> ! {
     let mut buf = [0u8; 64];
     while !matches!(std::io::Read::read(&mut std::io::stdin(), &mut buf), Ok(0) | Err(_)) {}
     if let Ok(dm) = dm {
+        // A table loaded for the next commit names mirrors that never started: a later
+        // `dmsetup resume` would hang on them.
+        if dm.has_inactive(name).unwrap_or(false) {
+            let _ = dm.clear_inactive(name);
+        }
         if dm.is_suspended(name) {
             // The live table is right for either header a kill there can leave (mover.rs).
-            let _ = dm.clear_inactive(name);
             let ok = dm.resume(name).is_ok();
             sys::syslog(
                 libc::LOG_WARNING,

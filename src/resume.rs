@@ -199,7 +199,7 @@ pub fn unfinished_status() -> Vec<Status> {
                 // Cut inside the switch: nothing encrypted; `pvencrypt` repairs it.
                 State::TornSwitch(_) | State::TornHeader => Status { pv, name, state: Phase::Interrupted, ..Default::default() },
                 _ => {
-                    let (done, total) = luks::open(&path).ok().and_then(|mut cd| luks::progress(&mut cd)).unwrap_or((0, 0));
+                    let (done, total) = crate::header::read_json(&path).and_then(|j| luks::progress_in(&j)).unwrap_or((0, 0));
                     Status { pv, name, state: Phase::Stopped, bytes_done: done, bytes_total: total, ..Default::default() }
                 }
             }

@@ -1,9 +1,10 @@
-# pvencrypt killed (SIGKILL: the OOM killer, kill -9) in the data phase, the machine still up,
-# with a writer running on a mounted LV: the LVs keep serving reads and writes at once (within
-# a second), and `pvencrypt` with no PV takes over what the dead run left and finishes. Three
-# kills: while kcopyd copies; and twice while vda_crypt is suspended for a commit, before and
-# after the header write (the run stops itself there, PVENCRYPT_FAULT=...:stop, and is then
-# killed), which only its guardian process can undo.
+# pvencrypt killed (SIGKILL: the OOM killer, kill -9) or hung up (SIGHUP: a dropped ssh
+# session) in the data phase, the machine still up, with a writer running on a mounted LV: the
+# LVs keep serving reads and writes at once (within a second), and `pvencrypt` with no PV takes
+# over what the dead run left and finishes. Three kills: while kcopyd copies; and twice while
+# vda_crypt is suspended for a commit, before and after the header write (the run stops itself
+# there, PVENCRYPT_FAULT=...:stop, and is then killed), which only its guardian process can
+# undo. Then the resume is hung up half-way: it goes on to the end.
 # disks: 512M
 # timeout: 900
 . /tests/lib.sh
@@ -28,7 +29,8 @@ serving() {
   check "$1: the filesystem takes a synchronous write within 1 s" \
     "timeout 1 dd if=/dev/zero of=/mnt/fs/probe bs=4k count=1 conv=fsync 2>/dev/null"
   check "$1: the writer goes on" "wait_for '[ \$(writer_acked) -gt $before ]' 2"
-  check "$1: vda_crypt is not suspended" "! dmsetup info vda_crypt | grep -q SUSPENDED"
+  check "$1: vda_crypt is not left suspended" "wait_for '! dmsetup info vda_crypt | grep -q SUSPENDED' 1"
+  check "$1: no table of the dead run waits inactive on vda_crypt" "wait_for '! dmsetup info vda_crypt | grep -q INACTIVE' 1"
 }
 leftovers() { dmsetup ls | grep -c "^pvencrypt-"; }
 # The mover's devices: pvencrypt-UUID8-mSECTOR (dm-raid1) and -cSECTOR (dm-crypt). A mirror
@@ -67,11 +69,17 @@ for step in commit committed; do
   check "$step: the guardian said so" "wait_for 'grep -q \"pvencrypt died while vda_crypt was suspended; resumed it\" /tmp/messages' 5"
 done
 
-echo "=== 3. pvencrypt with no PV finishes, no reboot"
-pvencrypt --key-file /tmp/key -v > /tmp/res.out 2>&1; rc=$?
+echo "=== 3. pvencrypt with no PV takes over, is hung up (SIGHUP) half-way, and finishes; no reboot"
+pvencrypt --key-file /tmp/key -v -i 1 > /tmp/res.out 2>&1 &
+pve=$!
+wait_for 'grep -q "Encrypted: [5-9][0-9]" /tmp/res.out' 300 || die "no progress: $(cat /tmp/res.out)"
+kill -HUP $pve
+serving "hung up"
+wait $pve; rc=$?
 cat /tmp/res.out
 check_eq "the resume finishes (exit 0)" "$rc" 0
 check "it took over the dead run's devices" "grep -q 'took over from a run that died' /tmp/res.out"
+check "after the hangup it logged to syslog" "grep -q 'pvencrypt\[$pve\]: /dev/vda: encrypted; the volume group runs on /dev/mapper/vda_crypt' /tmp/messages"
 check_eq "no mover device left" "$(leftovers)" 0
 check "no reencryption left" '! cryptsetup luksDump /dev/vda | grep -q online-reencrypt'
 writer_stop; acked=$(writer_acked)
