@@ -21,7 +21,7 @@ use libcryptsetup_rs::consts::vals::CryptReencryptInfo;
 
 use crate::{
     boot, direct,
-    dm::Dm,
+    dm::{Dm, DmName},
     error::{fail, Context, Error, Kind, Result},
     key::Passphrase,
     luks::{self, Marker},
@@ -45,7 +45,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
 
     // Step 2: the alias is an exclusive-openable view of the raw device for
     // libcryptsetup (the LVs' claim makes the raw device itself refuse O_EXCL).
-    let alias = format!("{}-pvencrypt-alias", t.name);
+    let alias = DmName::new(format!("{}-pvencrypt-alias", t.name))?;
     let alias_uuid = format!("CRYPT-SUBDEV-pvencrypt-{}", fmt.uuid.simple());
     let alias_dev = dm.create_alias(&alias, &alias_uuid, t.dev, t.size)?;
     let alias_path = PathBuf::from(format!("/dev/dm-{}", alias_dev.minor));
@@ -88,7 +88,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
         // LVM's reports leave megabytes of freed heap resident; libcryptsetup's init adds a
         // buffer of the data shift on top (the process's peak).
         crate::sys::malloc_trim();
-        let switched = sw.stage(&prepared, &fmt, t.size * 512).and_then(|mut staged| {
+        let switched = sw.stage(&prepared, &fmt, t.size.bytes()).and_then(|mut staged| {
             // Exercised once here so that nothing it needs is first touched in the freeze.
             luks::take_log(false);
             crate::fault::memory("staged");
@@ -131,15 +131,15 @@ pub fn make_room(opts: &Options, t: &Target, m: &plan::MakeRoom) -> Result<()> {
             poll::info(&format!("{dev}: moving {} extents out of the room LUKS2 needs (pvmove)...", m.moved()));
         }
         let mut args: Vec<String> = ["pvmove", "--alloc", "anywhere", "-i", "1"].map(String::from).to_vec();
-        args.extend(m.ranges.iter().map(|(a, b)| format!("{dev}:{a}-{b}")));
-        args.push(format!("{dev}:0-{}", m.keep - 1));
+        args.extend(m.ranges.iter().map(|(a, b)| format!("{dev}:{}-{}", a.0, b.0)));
+        args.push(format!("{dev}:0-{}", m.keep.0 - 1));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         lvm::run(&args).or_fail(|| format!("pvmove on {dev}"))?;
     }
-    let size = format!("{}s", m.size);
+    let size = m.size.to_string();
     lvm::run(&["pvresize", "-y", "--setphysicalvolumesize", &size, &dev]).or_fail(|| format!("pvresize of {dev} to {size}"))?;
     if !opts.quiet {
-        poll::info(&format!("{dev}: the PV now ends at {} MiB.", m.size / plan::MIB));
+        poll::info(&format!("{dev}: the PV now ends at {} MiB.", m.size.mib()));
     }
     Ok(())
 }
@@ -148,14 +148,14 @@ pub fn make_room(opts: &Options, t: &Target, m: &plan::MakeRoom) -> Result<()> {
 /// devices file, the crypttab entry, and the initramfs when the system boots from the
 /// VG. A failure here does not stop the conversion, which is safe either way; it is
 /// reported for the admin to fix before the next reboot.
-pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &str, vg_uuid: &str) {
+pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid: &str) {
     update_boot_files(opts, path, name, vg_uuid);
     // A power cut during the hours of the data phase must boot with these files, and LVM
     // 2.03.16 renames its new devices file into place without an fsync of the file.
     crate::sys::sync();
 }
 
-fn update_boot_files(opts: &Options, path: &Path, name: &str, vg_uuid: &str) {
+fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: &str) {
     let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
     // With a devices file, LVM would not look at the new device at all.
     match lvm::devices_file_replace(&format!("/dev/mapper/{name}"), &path.to_string_lossy()) {
@@ -180,12 +180,12 @@ fn update_boot_files(opts: &Options, path: &Path, name: &str, vg_uuid: &str) {
             poll::info(&format!(
                 "{}: not touching /etc/crypttab; the next boot needs: {}",
                 path.display(),
-                boot::crypttab_line(name, &uuid, false).trim()
+                boot::crypttab_line(name.as_str(), &uuid, false).trim()
             ));
         }
     } else {
         let discard = device_of(path).is_ok_and(|(dev, _)| boot::supports_discard(dev));
-        match boot::add_crypttab(Path::new(boot::CRYPTTAB), name, &uuid, discard) {
+        match boot::add_crypttab(Path::new(boot::CRYPTTAB), name.as_str(), &uuid, discard) {
             Ok(boot::Entry::Added) if !opts.quiet => {
                 poll::info(&format!("{}: added {name} to {}.", path.display(), boot::CRYPTTAB))
             }
@@ -213,7 +213,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &str, vg_uuid: &str) {
 }
 
 /// Steps 4 and 5, for a fresh conversion or a resumed one.
-pub fn encrypt(opts: &Options, path: &Path, name: &str, slot: Option<u32>, key: &Passphrase, run: &mut Run) -> Result<()> {
+pub fn encrypt(opts: &Options, path: &Path, name: &DmName, slot: Option<u32>, key: &Passphrase, run: &mut Run) -> Result<()> {
     let label = path.display().to_string();
     let mut shown = Progress::new(&label, opts.interval, opts.quiet);
     let t0 = Instant::now();
@@ -244,7 +244,7 @@ pub fn encrypt(opts: &Options, path: &Path, name: &str, slot: Option<u32>, key: 
                  step by step, each step holding back the I/O of its area."
             ));
             let mut cd = luks::open(path)?;
-            luks::run(&mut cd, name, slot, key, &mut report)
+            luks::run(&mut cd, name.as_str(), slot, key, &mut report)
         }
     };
     let elapsed = shown.finish();
@@ -280,7 +280,7 @@ pub fn encrypt(opts: &Options, path: &Path, name: &str, slot: Option<u32>, key: 
 fn in_kernel(
     dm: &Dm,
     path: &Path,
-    name: &str,
+    name: &DmName,
     slot: Option<u32>,
     key: &Passphrase,
     report: &mut dyn FnMut(u64, u64) -> bool,
@@ -293,7 +293,13 @@ fn in_kernel(
 
 /// The volume key unlocked, libcryptsetup's handle closed again (it must hold no lock
 /// of its own while the mover holds the device's).
-pub(crate) fn open_mover<'a>(dm: &'a Dm, path: &Path, name: &'a str, slot: Option<u32>, key: &Passphrase) -> Result<Mover<'a>> {
+pub(crate) fn open_mover<'a>(
+    dm: &'a Dm,
+    path: &Path,
+    name: &'a DmName,
+    slot: Option<u32>,
+    key: &Passphrase,
+) -> Result<Mover<'a>> {
     let (raw, _) = device_of(path)?;
     let mut cd = luks::open(path)?;
     let vk = luks::volume_key(&mut cd, slot, key)?;
@@ -335,7 +341,7 @@ fn wipe_leftovers(cd: &mut libcryptsetup_rs::CryptDevice, path: &Path, m: &Marke
     direct::zero(path, &unused).or_fail(|| format!("Cannot wipe the unused header area of {}", path.display()))?;
 
     let (_, size) = device_of(path)?;
-    let tail = size * 512 - 2 * offset;
+    let tail = size.bytes() - 2 * offset;
     let pv_end =
         lvm::metadata_pv_size(&m.vg_name, &m.pv_uuid).or_fail(|| format!("Cannot read the metadata of {}", m.vg_name))?.bytes();
     if pv_end > tail {
@@ -349,7 +355,7 @@ fn wipe_leftovers(cd: &mut libcryptsetup_rs::CryptDevice, path: &Path, m: &Marke
 }
 
 /// LVM learns that the PV now lives on the crypt device, and its metadata is backed up.
-fn refresh_lvm(vg: &str) -> Result<()> {
+fn refresh_lvm(vg: &lvm::VgName) -> Result<()> {
     lvm::pvscan_cache().or_fail(|| "pvscan --cache".into())?;
     lvm::vgcfgbackup(vg, None).or_fail(|| format!("vgcfgbackup {vg}"))?;
     Ok(())

@@ -10,17 +10,100 @@ use std::{
     path::Path,
 };
 
-use devicemapper::{DevId, Device, DmFlags, DmName, DmOptions, DmUuid, DM};
+use devicemapper::{DevId, Device, DmFlags, DmOptions, DmUuid, DM};
 
-use crate::error::{fail, Context, Error, Kind, Result};
+use crate::{
+    error::{fail, Context, Error, Kind, Result},
+    units::Sectors,
+};
 
-/// One target line: start, length, type, parameters.
-pub type Target = (u64, u64, String, String);
+/// One line of a table (or of a status).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub start: Sectors,
+    pub len: Sectors,
+    /// The target type: linear, crypt, mirror...
+    pub kind: String,
+    pub params: String,
+}
+
+impl Target {
+    pub fn new(start: Sectors, len: Sectors, kind: &str, params: impl Into<String>) -> Target {
+        Target { start, len, kind: kind.into(), params: params.into() }
+    }
+}
+
+/// devicemapper-rs's form of a table.
+type RawTable = Vec<(u64, u64, String, String)>;
+
+fn to_raw(table: &[Target]) -> RawTable {
+    table.iter().map(|t| (t.start.0, t.len.0, t.kind.clone(), t.params.clone())).collect()
+}
+
+fn from_raw(raw: RawTable) -> Vec<Target> {
+    raw.into_iter().map(|(s, l, kind, params)| Target { start: Sectors(s), len: Sectors(l), kind, params }).collect()
+}
+
+/// A device-mapper device name (/dev/mapper/NAME), checked once where it enters: the
+/// kernel's list, `--name`, the names we make. The dm calls below take nothing else,
+/// so a VG, LV or PV name cannot reach them by mistake.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct DmName(String);
+
+impl DmName {
+    /// What the kernel takes (`dev_create` in dm-ioctl.c: shorter than DM_NAME_LEN, no
+    /// '/') and what can be a file under /dev/mapper.
+    pub fn new(name: impl Into<String>) -> Result<DmName> {
+        let name = name.into();
+        if name.is_empty() || name.len() >= 128 || name.contains(['/', '\0']) || name == "." || name == ".." {
+            return Err(Error::new(Kind::Refused, format!("Invalid device-mapper name {name:?}.")));
+        }
+        Ok(DmName(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn id(&self) -> DevId<'_> {
+        DevId::Name(devicemapper::DmName::new(&self.0).expect("checked by DmName::new"))
+    }
+
+    fn raw(&self) -> &devicemapper::DmName {
+        devicemapper::DmName::new(&self.0).expect("checked by DmName::new")
+    }
+}
+
+impl TryFrom<String> for DmName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<DmName> {
+        DmName::new(s)
+    }
+}
+
+impl From<DmName> for String {
+    fn from(n: DmName) -> String {
+        n.0
+    }
+}
+
+impl std::fmt::Display for DmName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+impl PartialEq<str> for DmName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
 
 /// A dm device stacked (directly or not) on the PV.
 #[derive(Debug, Clone)]
 pub struct Holder {
-    pub name: String,
+    pub name: DmName,
     pub uuid: Option<String>,
     /// Its table names the PV itself (so it must be retargeted).
     pub direct: bool,
@@ -32,11 +115,6 @@ pub struct Dm {
     dm: DM,
 }
 
-fn id(name: &str) -> DevId<'_> {
-    // Names come from the kernel or are checked at creation, so they are valid.
-    DevId::Name(DmName::new(name).expect("valid dm name"))
-}
-
 impl Dm {
     pub fn open() -> Result<Dm> {
         let dm = DM::new().or_fail(|| "Cannot open /dev/mapper/control (is device-mapper available?)".into())?;
@@ -45,12 +123,12 @@ impl Dm {
 
     /// Every dm device that depends on `base`, ordered top-down (suspend order).
     pub fn holders(&self, base: Device) -> Result<Vec<Holder>> {
-        let mut deps: HashMap<Device, (String, Vec<Device>)> = HashMap::new();
+        let mut deps: HashMap<Device, (DmName, Vec<Device>)> = HashMap::new();
         for (name, dev, _) in self.dm.list_devices().or_fail(|| "Cannot list dm devices".into())? {
-            let name = name.to_string();
+            let name = DmName::new(name.to_string())?;
             let d = self
                 .dm
-                .table_deps(&id(&name), DmOptions::default())
+                .table_deps(&name.id(), DmOptions::default())
                 .or_fail(|| format!("Cannot read the dependencies of {name}"))?;
             deps.insert(dev, (name, d));
         }
@@ -77,7 +155,7 @@ impl Dm {
         let mut out = Vec::new();
         for (dev, h) in height {
             let (name, d) = &deps[&dev];
-            let info = self.dm.device_info(&id(name)).or_fail(|| format!("Cannot query {name}"))?;
+            let info = self.dm.device_info(&name.id()).or_fail(|| format!("Cannot query {name}"))?;
             out.push(Holder {
                 name: name.clone(),
                 uuid: info.uuid().map(|u| u.to_string()),
@@ -93,8 +171,7 @@ impl Dm {
     pub fn devices_with_uuid(&self, prefix: &str) -> Result<Vec<Device>> {
         let mut out = Vec::new();
         for (name, dev, _) in self.dm.list_devices().or_fail(|| "Cannot list dm devices".into())? {
-            let name = name.to_string();
-            let info = self.dm.device_info(&id(&name)).or_fail(|| format!("Cannot query {name}"))?;
+            let info = self.dm.device_info(&DevId::Name(&name)).or_fail(|| format!("Cannot query {}", &*name))?;
             if info.uuid().is_some_and(|u| u.to_string().starts_with(prefix)) {
                 out.push(dev);
             }
@@ -102,31 +179,31 @@ impl Dm {
         Ok(out)
     }
 
-    pub fn table(&self, name: &str) -> Result<Vec<Target>> {
+    pub fn table(&self, name: &DmName) -> Result<Vec<Target>> {
         let (_, t) = self
             .dm
-            .table_status(&id(name), DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
+            .table_status(&name.id(), DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
             .or_fail(|| format!("Cannot read the table of {name}"))?;
-        Ok(t)
+        Ok(from_raw(t))
     }
 
-    fn inactive_table(&self, name: &str) -> Result<Vec<Target>> {
+    fn inactive_table(&self, name: &DmName) -> Result<Vec<Target>> {
         let opts = DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE | DmFlags::DM_QUERY_INACTIVE_TABLE);
-        let (_, t) = self.dm.table_status(&id(name), opts).or_fail(|| format!("Cannot read the new table of {name}"))?;
-        Ok(t)
+        let (_, t) = self.dm.table_status(&name.id(), opts).or_fail(|| format!("Cannot read the new table of {name}"))?;
+        Ok(from_raw(t))
     }
 
     /// Suspends, flushing queued I/O; a filesystem on top is frozen by the kernel.
-    pub fn suspend(&self, name: &str) -> Result<()> {
+    pub fn suspend(&self, name: &DmName) -> Result<()> {
         self.dm
-            .device_suspend(&id(name), DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
+            .device_suspend(&name.id(), DmOptions::default().set_flags(DmFlags::DM_SUSPEND))
             .or_fail(|| format!("Cannot suspend {name}"))?;
         Ok(())
     }
 
     /// Resumes without waiting for udev (see `unsynced`): safe inside the freeze.
-    pub fn resume(&self, name: &str) -> Result<()> {
-        if crate::fault::fails("resume", name) {
+    pub fn resume(&self, name: &DmName) -> Result<()> {
+        if crate::fault::fails("resume", name.as_str()) {
             return fail(format!("Cannot resume {name}: injected failure"));
         }
         self.unsynced(devicemapper_sys::DM_DEV_SUSPEND_CMD, name, 0).or_fail(|| format!("Cannot resume {name}"))
@@ -134,7 +211,7 @@ impl Dm {
 
     /// Suspends without waiting for udev, and without freezing a filesystem (none sits
     /// directly on the devices the data mover suspends).
-    pub fn suspend_unsynced(&self, name: &str) -> Result<()> {
+    pub fn suspend_unsynced(&self, name: &DmName) -> Result<()> {
         let flags = (DmFlags::DM_SUSPEND | DmFlags::DM_SKIP_LOCKFS).bits();
         self.unsynced(devicemapper_sys::DM_DEV_SUSPEND_CMD, name, flags).or_fail(|| format!("Cannot suspend {name}"))
     }
@@ -146,15 +223,15 @@ impl Dm {
     /// there: a deadlock. The kernel still sends its uevent; udev treats it as one not
     /// from libdevmapper and keeps the flags in its database (10-dm.rules); `udev_catch_up`
     /// lets it settle once nothing is suspended.
-    fn unsynced(&self, cmd: u32, name: &str, flags: u32) -> std::io::Result<()> {
+    fn unsynced(&self, cmd: u32, name: &DmName, flags: u32) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         type Hdr = devicemapper_sys::dm_ioctl;
         let size = std::mem::size_of::<Hdr>();
         let mut hdr = Hdr { version: [4, 0, 0], data_size: size as u32, data_start: size as u32, flags, ..Default::default() };
-        if name.len() >= hdr.name.len() {
+        if name.as_str().len() >= hdr.name.len() {
             return Err(std::io::Error::from_raw_os_error(libc::ENAMETOOLONG));
         }
-        for (d, s) in hdr.name.iter_mut().zip(name.bytes()) {
+        for (d, s) in hdr.name.iter_mut().zip(name.as_str().bytes()) {
             *d = s as libc::c_char;
         }
         // _IOWR(DM_IOCTL, cmd, struct dm_ioctl), as <linux/dm-ioctl.h> defines the requests.
@@ -168,37 +245,39 @@ impl Dm {
     }
 
     /// Whether `name` has a table loaded that a resume would make live.
-    pub fn has_inactive(&self, name: &str) -> Result<bool> {
-        let info = self.dm.device_info(&id(name)).or_fail(|| format!("Cannot query {name}"))?;
+    pub fn has_inactive(&self, name: &DmName) -> Result<bool> {
+        let info = self.dm.device_info(&name.id()).or_fail(|| format!("Cannot query {name}"))?;
         Ok(info.flags().contains(DmFlags::DM_INACTIVE_PRESENT))
     }
 
     /// Loads `table` as the inactive table and checks the kernel's copy equals it.
-    pub fn load_verified(&self, name: &str, table: &[Target]) -> Result<()> {
-        if crate::fault::fails("load", name) {
+    pub fn load_verified(&self, name: &DmName, table: &[Target]) -> Result<()> {
+        if crate::fault::fails("load", name.as_str()) {
             return fail(format!("Cannot load the new table of {name}: injected failure"));
         }
-        self.dm.table_load(&id(name), table, DmOptions::default()).or_fail(|| format!("Cannot load the new table of {name}"))?;
+        self.dm
+            .table_load(&name.id(), &to_raw(table), DmOptions::default())
+            .or_fail(|| format!("Cannot load the new table of {name}"))?;
         let back = self.inactive_table(name)?;
         if !same_table(&back, table) {
-            let _ = self.dm.table_clear(&id(name));
+            let _ = self.dm.table_clear(&name.id());
             return fail(format!("The kernel's copy of the new table of {name} differs: {back:?}"));
         }
         Ok(())
     }
 
-    pub fn clear_inactive(&self, name: &str) -> Result<()> {
-        self.dm.table_clear(&id(name)).or_fail(|| format!("Cannot clear the new table of {name}"))?;
+    pub fn clear_inactive(&self, name: &DmName) -> Result<()> {
+        self.dm.table_clear(&name.id()).or_fail(|| format!("Cannot clear the new table of {name}"))?;
         Ok(())
     }
 
     /// A new device with `table` loaded but not live: a resume makes it so. Its uevents
     /// carry no udev cookie, so udev's dm rules keep it private (10-dm.rules sends such
     /// an "add" to dm_disable and later events take their flags from that).
-    pub fn create(&self, name: &str, uuid: &str, table: &[Target]) -> Result<Device> {
-        let n = DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
+    pub fn create(&self, name: &DmName, uuid: &str, table: &[Target]) -> Result<Device> {
         let u = DmUuid::new(uuid).or_fail(|| format!("Bad dm uuid {uuid}"))?;
-        let info = self.dm.device_create(n, Some(u), DmOptions::private()).or_fail(|| format!("Cannot create {name}"))?;
+        let info =
+            self.dm.device_create(name.raw(), Some(u), DmOptions::private()).or_fail(|| format!("Cannot create {name}"))?;
         if let Err(e) = self.load_verified(name, table) {
             self.remove(name);
             return Err(e);
@@ -207,18 +286,18 @@ impl Dm {
     }
 
     /// The targets' status lines (not their tables).
-    pub fn status(&self, name: &str) -> Result<Vec<Target>> {
+    pub fn status(&self, name: &DmName) -> Result<Vec<Target>> {
         let (_, t) =
-            self.dm.table_status(&id(name), DmOptions::default()).or_fail(|| format!("Cannot read the status of {name}"))?;
-        Ok(t)
+            self.dm.table_status(&name.id(), DmOptions::default()).or_fail(|| format!("Cannot read the status of {name}"))?;
+        Ok(from_raw(t))
     }
 
     /// Every dm device whose uuid starts with `prefix`: (name, uuid).
-    pub fn named_with_uuid(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+    pub fn named_with_uuid(&self, prefix: &str) -> Result<Vec<(DmName, String)>> {
         let mut out = Vec::new();
         for (name, _, _) in self.dm.list_devices().or_fail(|| "Cannot list dm devices".into())? {
-            let name = name.to_string();
-            if let Ok(info) = self.dm.device_info(&id(&name)) {
+            let name = DmName::new(name.to_string())?;
+            if let Ok(info) = self.dm.device_info(&name.id()) {
                 if let Some(u) = info.uuid().map(|u| u.to_string()).filter(|u| u.starts_with(prefix)) {
                     out.push((name, u));
                 }
@@ -240,18 +319,15 @@ impl Dm {
     }
 
     /// A linear alias of the whole of `dev`, invisible to LVM and udev rules.
-    pub fn create_alias(&self, name: &str, uuid: &str, dev: Device, len: u64) -> Result<Device> {
+    pub fn create_alias(&self, name: &DmName, uuid: &str, dev: Device, len: Sectors) -> Result<Device> {
         let n = name;
-        DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
         let u = DmUuid::new(uuid).or_fail(|| format!("Bad dm uuid {uuid}"))?;
-        let info = self
-            .dm
-            .device_create(DmName::new(n).expect("checked"), Some(u), DmOptions::private())
-            .or_fail(|| format!("Cannot create {name}"))?;
-        let table = [(0, len, "linear".to_string(), format!("{dev} 0"))];
+        let info =
+            self.dm.device_create(name.raw(), Some(u), DmOptions::private()).or_fail(|| format!("Cannot create {name}"))?;
+        let table = [Target::new(Sectors(0), len, "linear", format!("{dev} 0"))];
         let loaded = self
             .load_verified(n, &table)
-            .and_then(|_| self.dm.device_suspend(&id(n), DmOptions::private()).or_fail(|| format!("Cannot resume {name}")));
+            .and_then(|_| self.dm.device_suspend(&n.id(), DmOptions::private()).or_fail(|| format!("Cannot resume {name}")));
         if let Err(e) = loaded {
             self.remove(n);
             return Err(e);
@@ -262,7 +338,7 @@ impl Dm {
     /// Loads dm-crypt and the cipher's kernel modules now, with a throw-away mapping:
     /// inside the freeze their autoloading would run modprobe from a disk that may be
     /// frozen.
-    pub fn probe_crypt(&self, name: &str, cipher: &str, key_bytes: usize, sector_size: u32, dev: Device) -> Result<()> {
+    pub fn probe_crypt(&self, name: &DmName, cipher: &str, key_bytes: usize, sector_size: u32, dev: Device) -> Result<()> {
         use std::fmt::Write;
         use zeroize::Zeroize;
         // A throw-away random key; still, no copy of it outlives this function.
@@ -280,14 +356,17 @@ impl Dm {
             let _ = write!(params, " 1 sector_size:{sector_size}");
         }
         let mut table = [(0, (sector_size / 512) as u64, "crypt".to_string(), params)];
-        let dn = DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
-        let r =
-            self.dm.device_create(dn, None, DmOptions::private()).or_fail(|| format!("Cannot create {name}")).and_then(|_| {
-                let r =
-                    self.dm.table_load(&id(name), &table, DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA)).map_err(|e| {
+        let r = self
+            .dm
+            .device_create(name.raw(), None, DmOptions::private())
+            .or_fail(|| format!("Cannot create {name}"))
+            .and_then(|_| {
+                let r = self.dm.table_load(&name.id(), &table, DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA)).map_err(
+                    |e| {
                         let msg = format!("The kernel cannot set up dm-crypt with cipher {cipher} ({})", errno_of(&e));
                         Error::new(Kind::Failed, msg)
-                    });
+                    },
+                );
                 self.remove(name);
                 r
             });
@@ -298,16 +377,18 @@ impl Dm {
     /// Removes the dm-crypt mappings on `base` through which the reencryption of a process
     /// that died wrote (libcryptsetup's `temporary-cryptsetup-PID-N`, when its crypto library lacks the cipher):
     /// nothing else would, and each keeps the volume key in the kernel.
-    pub fn remove_stale_temporaries(&self, base: Device) -> Result<Vec<String>> {
+    pub fn remove_stale_temporaries(&self, base: Device) -> Result<Vec<DmName>> {
         let mut removed = Vec::new();
         for (name, _, _) in self.dm.list_devices().or_fail(|| "Cannot list dm devices".into())? {
-            let name = name.to_string();
-            let Some(pid) = name.strip_prefix("temporary-cryptsetup-").and_then(|r| r.split('-').next()) else { continue };
+            let name = DmName::new(name.to_string())?;
+            let Some(pid) = name.as_str().strip_prefix("temporary-cryptsetup-").and_then(|r| r.split('-').next()) else {
+                continue;
+            };
             if pid.parse::<u32>().is_err() || std::path::Path::new("/proc").join(pid).exists() {
                 continue;
             }
-            if self.dm.table_deps(&id(&name), DmOptions::default()).is_ok_and(|d| d.contains(&base)) {
-                self.dm.device_remove(&id(&name), DmOptions::private()).or_fail(|| format!("Cannot remove {name}"))?;
+            if self.dm.table_deps(&name.id(), DmOptions::default()).is_ok_and(|d| d.contains(&base)) {
+                self.dm.device_remove(&name.id(), DmOptions::private()).or_fail(|| format!("Cannot remove {name}"))?;
                 removed.push(name);
             }
         }
@@ -317,28 +398,27 @@ impl Dm {
     /// Removes `name` if nothing uses it; never waits for udev (see `unsynced`). Without
     /// udev, nobody else removes the node libcryptsetup made for it (libdevmapper's
     /// fallback creates /dev/mapper nodes itself then).
-    pub fn remove(&self, name: &str) {
+    pub fn remove(&self, name: &DmName) {
         if self.unsynced(devicemapper_sys::DM_DEV_REMOVE_CMD, name, 0).is_ok() && !Path::new(UDEV_CONTROL).exists() {
-            let _ = std::fs::remove_file(Path::new("/dev/mapper").join(name));
+            let _ = std::fs::remove_file(Path::new("/dev/mapper").join(name.as_str()));
         }
     }
 
-    pub fn is_suspended(&self, name: &str) -> bool {
-        DmName::new(name).is_ok() && self.dm.device_info(&id(name)).is_ok_and(|i| i.flags().contains(DmFlags::DM_SUSPEND))
+    pub fn is_suspended(&self, name: &DmName) -> bool {
+        self.dm.device_info(&name.id()).is_ok_and(|i| i.flags().contains(DmFlags::DM_SUSPEND))
     }
 
-    pub fn exists(&self, name: &str) -> bool {
-        DmName::new(name).is_ok() && self.dm.device_info(&id(name)).is_ok()
+    pub fn exists(&self, name: &DmName) -> bool {
+        self.dm.device_info(&name.id()).is_ok()
     }
 
     /// How many openers the device has (a mount, a process, a dm device stacked on it).
-    pub fn open_count(&self, name: &str) -> Result<i32> {
-        Ok(self.dm.device_info(&id(name)).or_fail(|| format!("No dm device {name}"))?.open_count())
+    pub fn open_count(&self, name: &DmName) -> Result<i32> {
+        Ok(self.dm.device_info(&name.id()).or_fail(|| format!("No dm device {name}"))?.open_count())
     }
 
-    pub fn device_of(&self, name: &str) -> Result<Device> {
-        DmName::new(name).or_fail(|| format!("Bad dm name {name}"))?;
-        Ok(self.dm.device_info(&id(name)).or_fail(|| format!("No dm device {name}"))?.device())
+    pub fn device_of(&self, name: &DmName) -> Result<Device> {
+        Ok(self.dm.device_info(&name.id()).or_fail(|| format!("No dm device {name}"))?.device())
     }
 }
 
@@ -381,8 +461,9 @@ pub fn retarget(table: &[Target], from: Device, to: Device) -> (Vec<Target>, usi
     let mut n = 0;
     let out = table
         .iter()
-        .map(|(s, l, t, p)| {
-            let params: Vec<&str> = p
+        .map(|t| {
+            let params: Vec<&str> = t
+                .params
                 .split_whitespace()
                 .map(|tok| {
                     if tok == from {
@@ -393,7 +474,7 @@ pub fn retarget(table: &[Target], from: Device, to: Device) -> (Vec<Target>, usi
                     }
                 })
                 .collect();
-            (*s, *l, t.clone(), params.join(" "))
+            Target { params: params.join(" "), ..t.clone() }
         })
         .collect();
     (out, n)
@@ -403,16 +484,16 @@ pub fn retarget(table: &[Target], from: Device, to: Device) -> (Vec<Target>, usi
 pub fn referenced(table: &[Target]) -> HashSet<Device> {
     table
         .iter()
-        .flat_map(|t| t.3.split_whitespace())
+        .flat_map(|t| t.params.split_whitespace())
         .filter(|tok| tok.contains(':'))
         .filter_map(|tok| tok.parse::<Device>().ok())
         .collect()
 }
 
 fn same_table(a: &[Target], b: &[Target]) -> bool {
-    let norm = |t: &[Target]| -> Vec<(u64, u64, String, Vec<String>)> {
-        t.iter().map(|(s, l, ty, p)| (*s, *l, ty.clone(), p.split_whitespace().map(str::to_string).collect())).collect()
-    };
+    fn norm(t: &[Target]) -> Vec<(Sectors, Sectors, &str, Vec<&str>)> {
+        t.iter().map(|t| (t.start, t.len, t.kind.as_str(), t.params.split_whitespace().collect())).collect()
+    }
     norm(a) == norm(b)
 }
 
@@ -421,7 +502,7 @@ mod tests {
     use super::*;
 
     fn t(s: u64, l: u64, ty: &str, p: &str) -> Target {
-        (s, l, ty.into(), p.into())
+        Target::new(Sectors(s), Sectors(l), ty, p)
     }
     const RAW: Device = Device { major: 254, minor: 0 };
     const CRYPT: Device = Device { major: 253, minor: 7 };
@@ -438,7 +519,7 @@ mod tests {
         let table = [t(0, 16384, "striped", "2 128 254:0 2048 254:16 2048")];
         let (out, n) = retarget(&table, RAW, CRYPT);
         assert_eq!(n, 1);
-        assert_eq!(out[0].3, "2 128 253:7 2048 254:16 2048");
+        assert_eq!(out[0].params, "2 128 253:7 2048 254:16 2048");
     }
 
     #[test]
@@ -455,10 +536,21 @@ mod tests {
         let table = [t(0, 81920, "linear", "254:0 1050624"), t(81920, 81920, "linear", "254:16 2048")];
         let (out, n) = retarget(&table, RAW, CRYPT);
         assert_eq!(n, 1);
-        assert_eq!(out[0].3, "253:7 1050624");
-        assert_eq!(out[1].3, "254:16 2048");
+        assert_eq!(out[0].params, "253:7 1050624");
+        assert_eq!(out[1].params, "254:16 2048");
         assert!(!referenced(&out).contains(&RAW));
         assert!(referenced(&out).contains(&Device { major: 254, minor: 16 }));
+    }
+
+    #[test]
+    fn dm_names_the_kernel_would_refuse_are_refused() {
+        for bad in ["", ".", "..", "a/b", "nul\0", &"x".repeat(128)] {
+            assert!(DmName::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(DmName::new("x".repeat(127)).unwrap().as_str().len(), 127);
+        let n: DmName = serde_json::from_str("\"sda5_crypt\"").unwrap();
+        assert_eq!(n.to_string(), "sda5_crypt");
+        assert!(serde_json::from_str::<DmName>("\"a/b\"").is_err());
     }
 
     #[test]

@@ -175,7 +175,7 @@ impl State {
     pub fn name(&self) -> &str {
         match self {
             State::TornSwitch(r) => &r.name,
-            State::Converting(m) | State::Killed(m) | State::LastStep(m) | State::Finishing(m) => &m.name,
+            State::Converting(m) | State::Killed(m) | State::LastStep(m) | State::Finishing(m) => m.name.as_str(),
             State::Other | State::Foreign | State::TornHeader => "",
         }
     }

@@ -26,8 +26,11 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
+    dm::DmName,
     error::{Context, Error, Kind, Result},
     key::Passphrase,
+    lvm::VgName,
+    units::Sectors,
 };
 
 /// The LUKS2 token that marks a device as ours and says how to finish it.
@@ -40,8 +43,8 @@ pub struct Marker {
     pub keyslots: Vec<String>,
     pub version: u32,
     /// The name the device is opened under.
-    pub name: String,
-    pub vg_name: String,
+    pub name: DmName,
+    pub vg_name: VgName,
     pub pv_uuid: String,
     /// The throw-away keyslot used inside the freeze; destroyed at the end.
     pub temp_keyslot: Option<u32>,
@@ -55,8 +58,8 @@ pub struct Format {
     pub sector_size: u32,
     pub label: Option<String>,
     pub uuid: Uuid,
-    /// Data offset = data shift, in 512-byte sectors.
-    pub shift: u64,
+    /// Data offset = data shift.
+    pub shift: Sectors,
     pub pbkdf: CryptPbkdfType,
 }
 
@@ -139,11 +142,11 @@ fn temp_pbkdf() -> CryptPbkdfType {
 
 /// Builds the header in memory for `data` (the alias of the PV). Runs the user's PBKDF.
 pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Marker) -> Result<Prepared> {
-    let header = MemHeader::new(fmt.shift * 512)?;
+    let header = MemHeader::new(fmt.shift.bytes())?;
     let hpath = header.path();
     let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
         .or_fail(|| "Cannot initialise the new LUKS2 header".into())?;
-    cd.set_data_offset(fmt.shift).or_fail(|| "Cannot set the data offset".into())?;
+    cd.set_data_offset(fmt.shift.0).or_fail(|| "Cannot set the data offset".into())?;
     cd.settings_handle().set_pbkdf_type(&fmt.pbkdf).or_fail(|| "Invalid PBKDF parameters".into())?;
     let params = CryptParamsLuks2 {
         pbkdf: None,
@@ -182,13 +185,13 @@ pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Mark
     Ok(Prepared { header, user_slot, temp_slot, temp_key })
 }
 
-fn reencrypt_params(shift: u64, sector_size: u32, flags: CryptReencrypt) -> CryptParamsReencrypt {
+fn reencrypt_params(shift: Sectors, sector_size: u32, flags: CryptReencrypt) -> CryptParamsReencrypt {
     CryptParamsReencrypt {
         mode: CryptReencryptModeInfo::Encrypt,
         direction: CryptReencryptDirectionInfo::Backward,
         resilience: "datashift".into(),
         hash: "sha256".into(),
-        data_shift: shift,
+        data_shift: shift.0,
         max_hotzone_size: 0,
         device_size: 0,
         luks2: Some(CryptParamsLuks2 {
@@ -376,7 +379,7 @@ pub fn run(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase
     // libcryptsetup checks the resilience parameters even on resume; datashift's must
     // repeat the recorded shift.
     let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
-    let shift = json_reencrypt_shift(&json).unwrap_or(0);
+    let shift = json_reencrypt_shift(&json).unwrap_or_default();
     cd.reencrypt_handle()
         .reencrypt_init_by_passphrase(
             Some(name),
@@ -400,11 +403,11 @@ pub fn run(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase
     Ok(!stopped)
 }
 
-/// The data shift recorded in the reencrypt keyslot (sectors).
-fn json_reencrypt_shift(json: &serde_json::Value) -> Option<u64> {
+/// The data shift recorded in the reencrypt keyslot.
+fn json_reencrypt_shift(json: &serde_json::Value) -> Option<Sectors> {
     json["keyslots"].as_object()?.values().find_map(|k| {
         if k["type"] == "reencrypt" {
-            k["area"]["shift_size"].as_str()?.parse::<u64>().ok().map(|b| b / 512)
+            Sectors::from_bytes(k["area"]["shift_size"].as_str()?.parse::<u64>().ok()?)
         } else {
             None
         }
@@ -413,7 +416,7 @@ fn json_reencrypt_shift(json: &serde_json::Value) -> Option<u64> {
 
 pub fn reencrypt_state(cd: &mut CryptDevice) -> Result<CryptReencryptInfo> {
     cd.reencrypt_handle()
-        .status(reencrypt_params(0, 0, CryptReencrypt::empty()))
+        .status(reencrypt_params(Sectors(0), 0, CryptReencrypt::empty()))
         .or_fail(|| "Cannot read the reencryption state".into())
 }
 
@@ -485,8 +488,10 @@ pub fn final_encryption_in(json: &serde_json::Value) -> Option<&str> {
 
 /// The helper devices libcryptsetup stacks under NAME during an online reencryption
 /// step: its overlay, and the hotzone of the step (suspended while the step runs).
-pub fn helpers_of(name: &str) -> [String; 3] {
-    [format!("{name}-overlay"), format!("{name}-hotzone-backward"), format!("{name}-hotzone-forward")]
+/// libcryptsetup's helper devices of NAME's reencryption: the overlay, then the hotzones.
+/// A name too long for the kernel names no device.
+pub fn helpers_of(name: &DmName) -> Vec<DmName> {
+    ["overlay", "hotzone-backward", "hotzone-forward"].iter().filter_map(|h| DmName::new(format!("{name}-{h}")).ok()).collect()
 }
 
 /// The copy of the first data segment during a datashift encryption: (offset, length) in bytes.
@@ -521,7 +526,7 @@ mod tests {
                   "vg_name": "vg0", "pv_uuid": "abc", "temp_keyslot": 1}}});
         let (id, m) = marker_in(&json).unwrap();
         assert_eq!(id, 3);
-        assert_eq!(m.name, "sda5_crypt");
+        assert_eq!(m.name.as_str(), "sda5_crypt");
         assert_eq!(m.temp_keyslot, Some(1));
         assert!(marker_in(&serde_json::json!({"tokens": {}})).is_none());
     }
@@ -569,7 +574,7 @@ mod tests {
         let json = serde_json::json!({"keyslots": {
             "0": {"type": "luks2"},
             "2": {"type": "reencrypt", "area": {"type": "datashift", "shift_size": "16777216"}}}});
-        assert_eq!(json_reencrypt_shift(&json), Some(32768));
+        assert_eq!(json_reencrypt_shift(&json), Some(Sectors(32768)));
     }
 }
 
@@ -615,7 +620,7 @@ mod loop_tests {
             sector_size: 512,
             label: Some("test".into()),
             uuid: Uuid::new_v4(),
-            shift,
+            shift: Sectors(shift),
             pbkdf: CryptPbkdfType { iterations: 1000, ..temp_pbkdf() },
         }
     }
@@ -625,8 +630,8 @@ mod loop_tests {
             type_: TOKEN_TYPE.into(),
             keyslots: vec![],
             version: 1,
-            name: "t_crypt".into(),
-            vg_name: "vg".into(),
+            name: DmName::new("t_crypt").unwrap(),
+            vg_name: VgName("vg".into()),
             pv_uuid: "u".into(),
             temp_keyslot: None,
         }

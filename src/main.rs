@@ -105,7 +105,7 @@ fn run(cli: &Cli) -> Result<()> {
         poll::out("Test mode: nothing was changed.");
         return Ok(());
     }
-    let mut runs = targets.iter().map(|t| Run::claim(&t.path, &t.name)).collect::<Result<Vec<_>>>()?;
+    let mut runs = targets.iter().map(|t| Run::claim(&t.path, t.name.as_str())).collect::<Result<Vec<_>>>()?;
     let moves: u64 = targets.iter().filter_map(|t| t.make_room.as_ref()).map(|m| m.moved()).sum();
     confirm(cli, (moves > 0 && !cli.make_room).then_some(moves))?;
     let key = key_source(cli).read("Enter passphrase for the new LUKS2 device: ", true)?;
@@ -126,8 +126,8 @@ fn run(cli: &Cli) -> Result<()> {
                         format!(
                             "{}: still no room after pvmove and pvresize: the PV ends at sector {}, the room starts at {}.",
                             t.path.display(),
-                            fresh.room.pv_end,
-                            fresh.room.limit
+                            fresh.room.pv_end.0,
+                            fresh.room.limit.0
                         ),
                     ));
                 }

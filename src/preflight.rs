@@ -17,21 +17,22 @@ use libcryptsetup_rs::{
 use crate::{
     boot,
     cli::Pbkdf,
-    dm::Dm,
+    dm::{Dm, DmName},
     error::{refuse, Context, Error, Kind, Result},
     inspect::{inspect, State},
     luks::{self, Format},
     lvm,
     options::Options,
     plan, poll,
+    units::Sectors,
 };
 
 /// What preflight found: everything the later steps need, nothing changed yet.
 pub struct Target {
     pub path: PathBuf,
     pub dev: Device,
-    pub size: u64,
-    pub name: String,
+    pub size: Sectors,
+    pub name: DmName,
     pub vg: lvm::Vg,
     pub pv: lvm::Pv,
     pub room: plan::Room,
@@ -40,7 +41,7 @@ pub struct Target {
     pub lvs: Vec<String>,
 }
 
-pub fn device_of(path: &Path) -> Result<(Device, u64)> {
+pub fn device_of(path: &Path) -> Result<(Device, Sectors)> {
     let md = fs::metadata(path).context(Kind::Refused, || format!("Cannot use {}", path.display()))?;
     if !md.file_type().is_block_device() {
         return refuse(format!("{} is not a block device.", path.display()));
@@ -51,7 +52,7 @@ pub fn device_of(path: &Path) -> Result<(Device, u64)> {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .ok_or_else(|| Error::new(Kind::Refused, format!("Cannot read the size of {}.", path.display())))?;
-    Ok((dev, size))
+    Ok((dev, Sectors(size)))
 }
 
 pub fn default_name(path: &Path) -> String {
@@ -80,11 +81,14 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         }
     }
     let dm = Dm::open()?;
+    // Room for the suffixes of our own devices ("-pvencrypt-alias", libcryptsetup's
+    // "-hotzone-backward").
     let name = opts.name.clone().unwrap_or_else(|| default_name(path));
-    if name.is_empty() || name.contains('/') || name.len() > 127 {
-        return refuse(format!("Invalid device name {name:?}."));
-    }
-    if dm.exists(&name) || Path::new("/dev/mapper").join(&name).exists() {
+    let name = match DmName::new(name.as_str()) {
+        Ok(n) if name.len() <= 110 => n,
+        _ => return refuse(format!("Invalid device name {name:?}: up to 110 characters, no '/'.")),
+    };
+    if dm.exists(&name) || Path::new("/dev/mapper").join(name.as_str()).exists() {
         return refuse(format!("A device named {name} already exists."));
     }
 
@@ -117,10 +121,10 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     let recorded = lvm::metadata_pv_size(&vg_name, &pv.pv_uuid).or_fail(|| format!("Cannot read the metadata of {vg_name}"))?;
     let shape = plan::PvShape {
         dev_size: size,
-        pe_start: pv.pe_start.0,
-        pe_count: pv.pv_pe_count.0,
-        extent_size: vg.vg_extent_size.0,
-        pv_size: recorded.0,
+        pe_start: pv.pe_start,
+        pe_count: pv.pv_pe_count,
+        extent_size: vg.vg_extent_size,
+        pv_size: recorded,
     };
     let room = plan::room(&shape, opts.reduce_device_size, opts.sector_size)?;
     let make_room = if !room.short() {
@@ -128,7 +132,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     } else if opts.make_room || may_ask(opts) {
         let segs =
             lvm::pv_segments(&path.to_string_lossy()).or_fail(|| format!("Cannot list the extents of {}", path.display()))?;
-        let segs: Vec<plan::Segment> = segs.iter().map(|s| (s.pvseg_start.0, s.pvseg_size.0, s.lv_name.is_some())).collect();
+        let segs: Vec<plan::Segment> = segs.iter().map(|s| (s.pvseg_start, s.pvseg_size, s.lv_name.is_some())).collect();
         Some(plan::make_room(&room, &shape, &segs, &vg_name)?)
     } else {
         return refuse(room.shortage(&shape));
@@ -157,17 +161,18 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         }
     }
     check_uses(opts, &dm, dev, &holders)?;
-    check_filters(path, &name, &pv.pv_uuid)?;
+    check_filters(path, name.as_str(), &pv.pv_uuid)?;
     // A throw-away mapping (never resumed, no I/O): the kernel must be able to run the
     // cipher. This also loads dm-crypt's modules now: inside the freeze their autoloading
     // would run modprobe from a disk that may be frozen.
     let fmt = format_of(opts, room.shift)?;
-    dm.probe_crypt(&format!("{name}-pvencrypt-probe"), &opts.cipher, fmt.key_bytes, opts.sector_size, dev).map_err(|e| {
-        Error::new(
-            Kind::Refused,
-            format!("{e}. Is dm-crypt available (modprobe dm-crypt), and does the kernel know this cipher?"),
-        )
-    })?;
+    dm.probe_crypt(&DmName::new(format!("{name}-pvencrypt-probe"))?, &opts.cipher, fmt.key_bytes, opts.sector_size, dev)
+        .map_err(|e| {
+            Error::new(
+                Kind::Refused,
+                format!("{e}. Is dm-crypt available (modprobe dm-crypt), and does the kernel know this cipher?"),
+            )
+        })?;
     // The data mover's modules too (dm-mirror, dm-log, dm-region-hash), before any suspension.
     if let Err(why) = crate::mover::usable(&dm) {
         crate::poll::error(&format!(
@@ -302,7 +307,7 @@ fn pbkdf(opts: &Options) -> Result<CryptPbkdfType> {
     Ok(p)
 }
 
-pub fn format_of(opts: &Options, shift: u64) -> Result<Format> {
+pub fn format_of(opts: &Options, shift: Sectors) -> Result<Format> {
     let (cipher, cipher_mode) = luks::split_cipher(&opts.cipher)?;
     if opts.key_size == 0 || !opts.key_size.is_multiple_of(8) {
         return refuse(format!("--key-size must be a multiple of 8 bits (got {}).", opts.key_size));
@@ -321,7 +326,7 @@ pub fn format_of(opts: &Options, shift: u64) -> Result<Format> {
 
 /// The plan, as `--test` prints it (and the conversion announces it).
 pub fn describe(opts: &Options, t: &Target) -> String {
-    let mib = |sectors: u64| sectors / plan::MIB;
+    let mib = Sectors::mib;
     let mut out = format!(
         "{path}: PV of volume group {vg}, {size} MiB. It becomes a LUKS2 device opened as /dev/mapper/{name}.\n  \
          header and data shift: {h} MiB each; the PV ends at {end} MiB, the room needed starts at {limit} MiB.\n  \
@@ -336,11 +341,11 @@ pub fn describe(opts: &Options, t: &Target) -> String {
         lvs = if t.lvs.is_empty() { "none (no LV is active)".to_string() } else { t.lvs.join(", ") },
     );
     if let Some(m) = &t.make_room {
-        let ranges: Vec<String> = m.ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+        let ranges: Vec<String> = m.ranges.iter().map(|(a, b)| format!("{}-{}", a.0, b.0)).collect();
         out += &format!(
             "\n  first, to make room: pvmove extents {} (of LVs in use) to free extents below {}, then pvresize the PV to {} MiB.",
             if ranges.is_empty() { "none".to_string() } else { ranges.join(", ") },
-            m.keep,
+            m.keep.0,
             mib(m.size)
         );
     }
@@ -348,7 +353,7 @@ pub fn describe(opts: &Options, t: &Target) -> String {
         out += &format!(
             "\n  {} gets: {}",
             boot::CRYPTTAB,
-            boot::crypttab_line(&t.name, "<new LUKS UUID>", boot::supports_discard(t.dev)).trim()
+            boot::crypttab_line(t.name.as_str(), "<new LUKS UUID>", boot::supports_discard(t.dev)).trim()
         );
     }
     let on_vg = active_lvs(&t.vg.vg_uuid);
@@ -384,7 +389,7 @@ pub fn unchanged_since_preflight(t: &Target) -> Result<()> {
     } else if segs.iter().any(|s| s.is_pvmove() || s.is_locked()) {
         "a pvmove started".into()
     } else if size != t.size {
-        format!("the device's size changed ({} → {size} sectors)", t.size)
+        format!("the device's size changed ({} → {size})", t.size)
     } else {
         return Ok(());
     };

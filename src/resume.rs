@@ -11,7 +11,7 @@ use std::{
 use crate::{
     convert::{encrypt, finish, integrate_boot, open_mover},
     direct,
-    dm::Dm,
+    dm::{Dm, DmName},
     error::{fail, refuse, Context, Error, Kind, Result},
     inspect::{self, State},
     key::Passphrase,
@@ -98,7 +98,7 @@ fn could_be_ours(name: &str) -> bool {
 /// Takes up the conversion on `path` from the state it is in: one arm per state, each
 /// with the crash (or stop) that leaves a device so. Returns the name of the device the
 /// VG now runs on.
-pub fn resume(opts: &Options, path: &Path, state: State, key: &Passphrase, run: &mut Run) -> Result<String> {
+pub fn resume(opts: &Options, path: &Path, state: State, key: &Passphrase, run: &mut Run) -> Result<DmName> {
     match state {
         // Nothing of ours on it: nothing to take up.
         State::Other | State::Foreign => refuse(format!("{} holds no unfinished conversion of pvencrypt.", path.display())),
@@ -115,8 +115,9 @@ pub fn resume(opts: &Options, path: &Path, state: State, key: &Passphrase, run: 
         State::Killed(m) => {
             remove_temporaries(opts, path)?;
             let dm = Dm::open()?;
-            let [overlay, hotzones @ ..] = luks::helpers_of(&m.name);
-            let waiting = match hotzones.iter().find(|h| dm.is_suspended(h)) {
+            let helpers = luks::helpers_of(&m.name);
+            let overlay = helpers.first().map(|o| o.as_str()).unwrap_or("its overlay");
+            let waiting = match helpers.iter().skip(1).find(|h| dm.is_suspended(h)) {
                 Some(hz) => format!(" I/O to the area of the step it was in waits on the suspended {hz}."),
                 None => String::new(),
             };
@@ -176,7 +177,7 @@ fn open_and_integrate(opts: &Options, path: &Path, m: &Marker, key: &Passphrase)
     luks::check_key(&mut cd, key)?;
     remove_temporaries(opts, path)?;
     if !Dm::open()?.exists(&m.name) {
-        luks::activate(&mut cd, path, &m.name, None, key)?;
+        luks::activate(&mut cd, path, m.name.as_str(), None, key)?;
         if !opts.quiet {
             poll::info(&format!("{}: opened as /dev/mapper/{}.", path.display(), m.name));
         }

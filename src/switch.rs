@@ -38,7 +38,7 @@ use devicemapper::Device;
 
 use crate::{
     direct::{self, Aligned},
-    dm::{self, Dm, Holder, Target},
+    dm::{self, Dm, DmName, Holder, Target},
     error::{fail, Context, Error, Kind, Result},
     fault,
     inspect::SwitchRecord,
@@ -52,8 +52,8 @@ pub struct Switch<'a> {
     pub raw_path: &'a Path,
     pub alias_path: &'a Path,
     /// The alias sits on the PV too, but it is ours and must stay running.
-    pub alias_name: &'a str,
-    pub name: &'a str,
+    pub alias_name: &'a DmName,
+    pub name: &'a DmName,
     pub pv_uuid: &'a str,
 }
 
@@ -128,27 +128,27 @@ impl Switch<'_> {
         luks::init_reencryption(p, fmt, self.alias_path)?;
         fault::memory("init");
         let moved = moved_segment(p)?;
-        let shift = fmt.shift * 512;
+        let shift = fmt.shift.bytes();
         // The tail wipe at the end relies on this placement.
         if moved != (size - shift, shift) {
             return fail(format!("libcryptsetup put the first segment at {moved:?}, not at the end of the device"));
         }
         let image = luks::header_image(p)?;
         fault::memory("image");
-        luks::activate_staged(p, self.name, self.alias_path)?;
+        luks::activate_staged(p, self.name.as_str(), self.alias_path)?;
         fault::memory("activated");
         (|| {
             let alias = self.dm.device_of(self.alias_name)?;
             let table = self.dm.table(self.name)?;
-            if let Some(t) = table.iter().find(|t| t.2 != "linear") {
-                return fail(format!("{} has a {} segment before any data was encrypted", self.name, t.2));
+            if let Some(t) = table.iter().find(|t| t.kind != "linear") {
+                return fail(format!("{} has a {} segment before any data was encrypted", self.name, t.kind));
             }
             let (new, n) = dm::retarget(&table, alias, self.raw);
             if n != table.len() {
                 return fail(format!("{} does not map the alias in every segment: {table:?}", self.name));
             }
             self.dm.load_verified(self.name, &new)?;
-            let record = SwitchRecord { moved, pv_uuid: self.pv_uuid.into(), name: self.name.into() };
+            let record = SwitchRecord { moved, pv_uuid: self.pv_uuid.into(), name: self.name.to_string() };
             let record = record.encode().ok_or_else(|| Error::new(Kind::Failed, "The PV uuid or the name is too long"))?;
             Ok(Staged {
                 header: Aligned::from_bytes(&image),
@@ -168,7 +168,7 @@ impl Switch<'_> {
         fault::trace("synced");
         // Read under the lock: no LV can appear or change from here on.
         let mut holders = self.dm.holders(self.raw)?;
-        holders.retain(|h| h.name != self.alias_name && h.name != self.name);
+        holders.retain(|h| h.name != *self.alias_name && h.name != *self.name);
         let direct: Vec<(&Holder, Vec<Target>)> =
             holders.iter().filter(|h| h.direct).map(|h| Ok((h, self.dm.table(&h.name)?))).collect::<Result<_>>()?;
         let crypt = self.dm.device_of(self.name)?;
@@ -248,7 +248,7 @@ impl Switch<'_> {
             return Err(self.rollback(f, s, frozen, &[], e));
         }
         fault::point("activated");
-        let mut loaded: Vec<&str> = Vec::new();
+        let mut loaded: Vec<&DmName> = Vec::new();
         for (h, table) in direct {
             fault::trace(format_args!("load {}", h.name));
             let (new, n) = dm::retarget(table, self.raw, crypt);
@@ -275,7 +275,7 @@ impl Switch<'_> {
     /// removes NAME. Exact, because the LVs are suspended: nothing wrote since the copy.
     /// The new tables already loaded (`loaded`) are dropped first; one that cannot be
     /// would map NAME once resumed, so that LV stays suspended and the error names it.
-    fn rollback(&self, f: &File, s: &mut Staged, frozen: &mut Frozen, loaded: &[&str], cause: Error) -> Error {
+    fn rollback(&self, f: &File, s: &mut Staged, frozen: &mut Frozen, loaded: &[&DmName], cause: Error) -> Error {
         let mut kept = Vec::new();
         for &lv in loaded {
             if self.dm.clear_inactive(lv).is_err() || self.dm.has_inactive(lv).unwrap_or(true) {
@@ -318,7 +318,7 @@ static PANIC_MSG: Mutex<Option<String>> = Mutex::new(None);
 pub struct Frozen<'a> {
     dm: &'a Dm,
     /// In suspend order (top-down).
-    names: Vec<&'a str>,
+    names: Vec<&'a DmName>,
     signals: libc::sigset_t,
 }
 
@@ -330,14 +330,14 @@ impl<'a> Frozen<'a> {
         Frozen { dm, names: Vec::with_capacity(n), signals }
     }
 
-    fn suspend(&mut self, name: &'a str) -> Result<()> {
+    fn suspend(&mut self, name: &'a DmName) -> Result<()> {
         self.dm.suspend(name)?;
         self.names.push(name);
         Ok(())
     }
 
     /// Leaves `name` suspended on purpose: its next table must not go live.
-    fn keep_suspended(&mut self, name: &str) {
+    fn keep_suspended(&mut self, name: &DmName) {
         self.names.retain(|n| *n != name);
     }
 

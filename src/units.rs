@@ -3,7 +3,7 @@
 
 use std::{
     fmt,
-    ops::{Add, Sub},
+    ops::{Add, Mul, Sub},
 };
 
 /// A count of 512-byte sectors: LVM's and the kernel's unit for block
@@ -13,9 +13,36 @@ pub struct Sectors(pub u64);
 
 impl Sectors {
     pub const SIZE: u64 = 512;
+    pub const MIB: Sectors = Sectors(2048);
+
+    /// Whole MiB, rounded down.
+    pub fn mib(self) -> u64 {
+        self.0 / Self::MIB.0
+    }
+
+    pub fn saturating_sub(self, rhs: Sectors) -> Sectors {
+        Sectors(self.0.saturating_sub(rhs.0))
+    }
+
+    /// The whole extents of `extent_size` these sectors hold (rounded down).
+    pub fn whole_extents(self, extent_size: Sectors) -> Extents {
+        Extents(self.0 / extent_size.0.max(1))
+    }
+
+    /// The extents of `extent_size` needed to cover these sectors (rounded up).
+    pub fn extents_to_cover(self, extent_size: Sectors) -> Extents {
+        Extents(self.0.div_ceil(extent_size.0.max(1)))
+    }
 
     pub fn bytes(self) -> u64 {
         self.0 * Self::SIZE
+    }
+
+    /// For byte offsets that are whole sectors by construction (LUKS2 segments, the
+    /// data mover's chunks, all 4 KiB-aligned).
+    pub fn from_aligned_bytes(bytes: u64) -> Sectors {
+        debug_assert!(bytes.is_multiple_of(Self::SIZE), "{bytes} bytes is not a whole number of sectors");
+        Sectors(bytes / Self::SIZE)
     }
 
     /// `None` unless `bytes` is a whole number of sectors.
@@ -35,6 +62,13 @@ impl Sub for Sectors {
     type Output = Sectors;
     fn sub(self, rhs: Sectors) -> Sectors {
         Sectors(self.0 - rhs.0)
+    }
+}
+
+impl Mul<u64> for Sectors {
+    type Output = Sectors;
+    fn mul(self, rhs: u64) -> Sectors {
+        Sectors(self.0 * rhs)
     }
 }
 
@@ -62,6 +96,13 @@ impl Add for Extents {
     }
 }
 
+impl Sub for Extents {
+    type Output = Extents;
+    fn sub(self, rhs: Extents) -> Extents {
+        Extents(self.0 - rhs.0)
+    }
+}
+
 impl fmt::Display for Extents {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} extents", self.0)
@@ -83,5 +124,12 @@ mod tests {
         assert_eq!(Extents(2) + Extents(3), Extents(5));
         assert_eq!(Sectors(8).to_string(), "8s");
         assert_eq!(Extents(8).to_string(), "8 extents");
+        assert_eq!(Sectors(4095).mib(), 1);
+        assert_eq!(Sectors(5).saturating_sub(Sectors(6)), Sectors(0));
+        assert_eq!(Sectors(8191).whole_extents(Sectors(8192)), Extents(0));
+        assert_eq!(Sectors(8193).extents_to_cover(Sectors(8192)), Extents(2));
+        assert_eq!(Sectors(3) * 4, Sectors(12));
+        assert_eq!(Extents(5) - Extents(3), Extents(2));
+        assert_eq!(Sectors::from_aligned_bytes(4096), Sectors(8));
     }
 }

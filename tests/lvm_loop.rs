@@ -176,14 +176,14 @@ fn loop_pv_vg_lvs() {
     assert_eq!(p.pv_mda_count, 1);
     assert_eq!(p.pv_mda_size, Sectors(2040));
     assert_eq!((p.pv_ba_start, p.pv_ba_size), (Sectors(0), Sectors(0)));
-    assert_eq!((p.vg_name.as_deref(), p.vg_uuid.as_deref()), (None, None));
+    assert_eq!((p.vg_name.as_ref().map(|v| v.as_str()), p.vg_uuid.as_deref()), (None, None));
     assert_eq!(p.vg_extent_size, Sectors(0));
     assert!(!p.pv_in_use && !p.pv_missing && !p.pv_allocatable);
 
     lvm(&["vgcreate", "-s", "4M", "--", &vg, &dev]);
     // In a VG: pv_size is just the extents. (200 MiB - 1 MiB) / 4 MiB = 49.75.
     let p = pv(&dev);
-    assert_eq!(p.vg_name.as_deref(), Some(vg.as_str()));
+    assert_eq!(p.vg_name.as_ref().map(|v| v.as_str()), Some(vg.as_str()));
     assert_eq!(p.vg_extent_size, Sectors(4 * MIB));
     assert_eq!(p.pv_pe_count, Extents(49));
     assert_eq!(p.pv_size, Sectors(49 * 4 * MIB));
@@ -201,8 +201,8 @@ fn loop_pv_vg_lvs() {
     assert_eq!(label.metadata_areas, [lvm::DiskArea { offset: Sectors(8), size: Sectors(2040) }]);
     assert!(label.bootloader_areas.is_empty());
 
-    let v = lvm::vg(&vg).unwrap();
-    assert_eq!(v.vg_name, vg);
+    let v = lvm::vg(&n(&vg)).unwrap();
+    assert_eq!(v.vg_name.as_str(), vg);
     assert_eq!(Some(&v.vg_uuid), p.vg_uuid.as_ref());
     assert_eq!(v.vg_attr.as_str(), "wz--n-");
     let a = &v.vg_attr;
@@ -219,7 +219,7 @@ fn loop_pv_vg_lvs() {
     lvm(&[&["lvcreate"][..], &lvc, &["-L", "12M", "-n", "lv2", "--", &vg]].concat());
     lvm(&["lvextend", "--driverloaded", "n", "-L", "+8M", "--", &format!("{vg}/lv1")]);
 
-    let segs = lvm::lvs(&vg).unwrap();
+    let segs = lvm::lvs(&n(&vg)).unwrap();
     let summary: Vec<_> = segs.iter().map(|l| (l.lv_name.name.as_str(), l.seg_start_pe.0, l.seg_size_pe.0, l.lv_size)).collect();
     assert_eq!(summary, [("lv1", 0, 2, Sectors(16 * MIB)), ("lv1", 2, 2, Sectors(16 * MIB)), ("lv2", 0, 3, Sectors(12 * MIB)),]);
     assert_eq!(segs[0].devices, [area(&dev, 0)]);
@@ -229,7 +229,7 @@ fn loop_pv_vg_lvs() {
     assert_eq!(segs[2].devices, [area(&dev, 2)]);
     assert_eq!(segs[2].seg_pe_ranges, [range(&dev, 2, 3)]);
     for l in &segs {
-        assert_eq!(l.vg_name, vg);
+        assert_eq!(l.vg_name.as_str(), vg);
         assert_eq!(l.segtype, "linear");
         assert!(!l.lv_name.hidden && !l.is_pvmove() && !l.is_locked());
         assert!(!l.lv_attr.is_active());
@@ -248,7 +248,7 @@ fn loop_pv_vg_lvs() {
         [(0, 2, Some(("lv1", false))), (2, 3, Some(("lv2", false))), (5, 2, Some(("lv1", false))), (7, 42, None),]
     );
 
-    let v = lvm::vg(&vg).unwrap();
+    let v = lvm::vg(&n(&vg)).unwrap();
     assert_eq!((v.lv_count, v.vg_free_count, v.vg_seqno), (2, Extents(42), 4));
     assert_eq!(pv(&dev).pv_pe_alloc_count, Extents(7));
 
@@ -260,19 +260,19 @@ fn loop_pv_vg_lvs() {
     assert!(e.to_string().contains(&format!("Cannot use {dev}: device is rejected by filter config")), "{e}");
 
     let backup = env::temp_dir().join(format!("{vg}.vg"));
-    lvm::vgcfgbackup(&vg, Some(&backup)).unwrap();
+    lvm::vgcfgbackup(&n(&vg), Some(&backup)).unwrap();
     let text = fs::read_to_string(&backup).unwrap();
     fs::remove_file(&backup).unwrap();
     assert!(text.contains("dev_size = 409600\t"), "{text}");
     assert!(text.contains("pe_count = 49\t"), "{text}");
 
     // Any number of threads may call in; the mutex makes them take turns.
-    let expect = (lvm::pvs(Some(&dev)).unwrap(), lvm::vg(&vg).unwrap(), segs);
+    let expect = (lvm::pvs(Some(&dev)).unwrap(), lvm::vg(&n(&vg)).unwrap(), segs);
     thread::scope(|sc| {
         for _ in 0..4 {
             sc.spawn(|| {
                 for _ in 0..5 {
-                    let got = (lvm::pvs(Some(&dev)).unwrap(), lvm::vg(&vg).unwrap(), lvm::lvs(&vg).unwrap());
+                    let got = (lvm::pvs(Some(&dev)).unwrap(), lvm::vg(&n(&vg)).unwrap(), lvm::lvs(&n(&vg)).unwrap());
                     assert_eq!(got, expect);
                 }
             });
@@ -312,7 +312,7 @@ fn loop_second_metadata_area() {
     assert_eq!((p1.pv_pe_count, p1.pv_size), (Extents(50), Sectors(50 * 4 * MIB)));
     assert_eq!(p1.data_end(), Sectors(201 * MIB));
     assert_eq!((p2.pv_mda_count, p1.pv_mda_count), (2, 1));
-    assert_eq!(lvm::vg(&vg).unwrap().pv_count, 2);
+    assert_eq!(lvm::vg(&n(&vg)).unwrap().pv_count, 2);
 }
 
 /// What an interrupted pvmove leaves in the metadata: the hidden mirror LV
@@ -334,7 +334,7 @@ fn loop_interrupted_pvmove() {
     // after writing its metadata.
     lvm(&["pvmove", "--driverloaded", "n", "--", &src, &dst]);
 
-    let segs = lvm::lvs(&vg).unwrap();
+    let segs = lvm::lvs(&n(&vg)).unwrap();
     let names: Vec<&LvName> = segs.iter().map(|l| &l.lv_name).collect();
     assert_eq!(names, [&LvName { name: "lv1".into(), hidden: false }, &LvName { name: "pvmove0".into(), hidden: true },]);
     let (lv1, mv) = (&segs[0], &segs[1]);
@@ -352,12 +352,16 @@ fn loop_interrupted_pvmove() {
     assert_eq!(seg_summary(&lvm::pv_segments(&src).unwrap()), [(0, 2, Some(("pvmove0", true))), (2, 13, None)]);
     assert_eq!(seg_summary(&lvm::pv_segments(&dst).unwrap()), [(0, 2, Some(("pvmove0", true))), (2, 13, None)]);
     // Visible LVs only.
-    assert_eq!(lvm::vg(&vg).unwrap().lv_count, 1);
+    assert_eq!(lvm::vg(&n(&vg)).unwrap().lv_count, 1);
+}
+
+fn n(vg: &str) -> lvm::VgName {
+    lvm::VgName(vg.into())
 }
 
 fn metadata(vg: &str) -> String {
     let file = env::temp_dir().join(format!("{vg}.vg"));
-    lvm::vgcfgbackup(vg, Some(&file)).unwrap();
+    lvm::vgcfgbackup(&n(vg), Some(&file)).unwrap();
     let text = fs::read_to_string(&file).unwrap();
     fs::remove_file(&file).unwrap();
     text
@@ -388,11 +392,11 @@ fn loop_vg_states() {
     lvm(&["vgcreate", "--", &vg, &a, &b]);
 
     lvm(&["vgexport", "--", &vg]);
-    let v = lvm::vg(&vg).unwrap();
+    let v = lvm::vg(&n(&vg)).unwrap();
     assert_eq!(v.vg_attr.as_str(), "wzx-n-");
     assert!(v.vg_attr.exported() && !v.vg_attr.partial());
     lvm(&["vgimport", "--", &vg]);
-    assert!(!lvm::vg(&vg).unwrap().vg_attr.exported());
+    assert!(!lvm::vg(&n(&vg)).unwrap().vg_attr.exported());
 
     // Without clvmd/lvmlockd (LVM 2.03 has no clvmd at all) such VGs can't
     // even be reported, so their attr flags are never seen: the report
@@ -401,25 +405,26 @@ fn loop_vg_states() {
     let original = metadata(&vg);
     assert!(original.contains(status), "{original}");
     restore(&vg, &original.replace(status, r#"status = ["RESIZEABLE", "READ", "WRITE", "CLUSTERED"]"#));
-    let e = lvm::vg(&vg).unwrap_err();
+    let e = lvm::vg(&n(&vg)).unwrap_err();
     assert!(e.to_string().contains(&format!("Cannot access clustered VG {vg}.")), "{e}");
     restore(&vg, &original.replace(status, &format!("{status}\n\tlock_type = \"dlm\"\n\tlock_args = \"1.0.0:test\"")));
-    let e = lvm::vg(&vg).unwrap_err();
+    let e = lvm::vg(&n(&vg)).unwrap_err();
     let msg = format!("Cannot access VG {vg} with lock type dlm that requires lvmlockd.");
     assert!(e.to_string().contains(&msg), "{e}");
     let e = lvm::pvs(Some(&a)).unwrap_err();
     assert!(e.to_string().contains(&format!("Cannot use PV {a} in shared VG {vg}.")), "{e}");
     restore(&vg, &original);
-    assert_eq!(lvm::vg(&vg).unwrap().vg_attr.as_str(), "wz--n-");
+    assert_eq!(lvm::vg(&n(&vg)).unwrap().vg_attr.as_str(), "wz--n-");
 
     // A PV whose label is gone is missing: the VG is partial.
     let b_uuid = pv(&b).pv_uuid;
     lvm(&["pvremove", "-ff", "-y", "--", &b]);
-    let v = lvm::vg(&vg).unwrap();
+    let v = lvm::vg(&n(&vg)).unwrap();
     assert_eq!(v.vg_attr.as_str(), "wz-pn-");
     assert!(v.vg_attr.partial() && !v.vg_attr.exported());
     assert_eq!((v.pv_count, v.vg_missing_pv_count), (2, 1));
-    let mut pvs: Vec<_> = lvm::pvs(None).unwrap().into_iter().filter(|p| p.vg_name.as_deref() == Some(&vg)).collect();
+    let mut pvs: Vec<_> =
+        lvm::pvs(None).unwrap().into_iter().filter(|p| p.vg_name.as_ref().map(|v| v.as_str()) == Some(&vg)).collect();
     pvs.sort_by_key(|p| p.pv_missing);
     assert_eq!(pvs.len(), 2);
     assert_eq!((pvs[0].pv_name.as_str(), pvs[0].pv_missing), (a.as_str(), false));
@@ -464,7 +469,7 @@ fn loop_errors_carry_lvm_lines() {
         return;
     }
     let _lvm = LVM_RUNNING.read().unwrap_or_else(PoisonError::into_inner);
-    let e = lvm::vg("pvenc_no_such_vg").unwrap_err();
+    let e = lvm::vg(&n("pvenc_no_such_vg")).unwrap_err();
     let lvm::Error::Command { rc, errors, .. } = &e else { panic!("{e:?}") };
     assert_eq!(*rc, 5);
     assert!(errors.contains(&r#"Volume group "pvenc_no_such_vg" not found"#.to_owned()), "{errors:?}");

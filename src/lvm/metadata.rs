@@ -5,14 +5,14 @@ use super::*;
 
 /// Writes the VG metadata to `file`, or to LVM's backup directory
 /// (/etc/lvm/backup/<vg>) when `None`.
-pub fn vgcfgbackup(vg: &str, file: Option<&Path>) -> Result<(), Error> {
+pub fn vgcfgbackup(vg: &VgName, file: Option<&Path>) -> Result<(), Error> {
     let file =
         file.map(|p| p.to_str().ok_or_else(|| Error::Argument { arg: p.display().to_string(), why: "not UTF-8" })).transpose()?;
     let mut args = vec!["vgcfgbackup"];
     if let Some(f) = file {
         args.extend(["-f", f]);
     }
-    args.extend(["--", vg]);
+    args.extend(["--", vg.as_str()]);
     run(&args).map(drop)
 }
 
@@ -27,7 +27,7 @@ pub fn pvscan_cache() -> Result<(), Error> {
 /// The size of the PV `pv_uuid` as the metadata of `vg` records it (`dev_size`, in
 /// sectors): what pvresize sets. pvresize leaves the label's copy as it was (seen in
 /// the VM), so the label cannot tell where the PV ends.
-pub fn metadata_pv_size(vg: &str, pv_uuid: &str) -> Result<Sectors, Error> {
+pub fn metadata_pv_size(vg: &VgName, pv_uuid: &str) -> Result<Sectors, Error> {
     let cmd = format!("vgcfgbackup {vg}");
     let text = output_file(&cmd, |file| vgcfgbackup(vg, Some(file)))?;
     let bad = || Error::report(&cmd, format!("no dev_size for PV {pv_uuid}"));
@@ -44,8 +44,8 @@ fn metadata_dev_size(text: &str, pv_uuid: &str) -> Option<u64> {
 
 /// Reloads the kernel tables of the VG's active LVs from its metadata
 /// (`vgchange --refresh`). Needs device-mapper.
-pub fn vg_refresh(vg: &str) -> Result<(), Error> {
-    run(&["vgchange", "--refresh", "--", vg]).map(drop)
+pub fn vg_refresh(vg: &VgName) -> Result<(), Error> {
+    run(&["vgchange", "--refresh", "--", vg.as_str()]).map(drop)
 }
 
 #[cfg(test)]

@@ -44,6 +44,28 @@ fn de_kernel_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Erro
     }
 }
 
+/// A VG name, as LVM reports it: the LVM calls below that act on a VG take nothing
+/// else, so a dm name or a device path cannot reach them by mistake.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VgName(pub String);
+
+impl VgName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for VgName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+fn de_opt_vg_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<VgName>, D::Error> {
+    de_opt_string(d).map(|s| s.map(VgName))
+}
+
 /// An LV name as reports give it. Hidden (internal) LVs such as `pvmove0`,
 /// `pool_tdata`, `pool_tmeta`, `lvol0_pmspare` or raid/mirror images are
 /// reported as "[name]" by `lvs -a` and `pvs --segments`, but referred to by
@@ -184,8 +206,8 @@ pub struct Pv {
     #[serde(deserialize_with = "de_flag")]
     pub pv_allocatable: bool,
     /// `None` for an orphan PV.
-    #[serde(deserialize_with = "de_opt_string")]
-    pub vg_name: Option<String>,
+    #[serde(deserialize_with = "de_opt_vg_name")]
+    pub vg_name: Option<VgName>,
     #[serde(deserialize_with = "de_opt_string")]
     pub vg_uuid: Option<String>,
     /// 0 for an orphan PV.
@@ -312,7 +334,7 @@ impl<'de> Deserialize<'de> for VgAttr {
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Vg {
-    pub vg_name: String,
+    pub vg_name: VgName,
     pub vg_uuid: String,
     pub vg_attr: VgAttr,
     /// "sanlock", "dlm", ... for shared VGs; `None` for local ones.
@@ -340,12 +362,12 @@ pub struct Vg {
 pub const VG_FIELDS: &str = "vg_name,vg_uuid,vg_attr,vg_lock_type,pv_count,vg_missing_pv_count,\
 lv_count,vg_extent_size,vg_extent_count,vg_free_count,vg_seqno";
 
-pub fn vg(name: &str) -> Result<Vg, Error> {
+pub fn vg(name: &VgName) -> Result<Vg, Error> {
     vg_with(name, &[])
 }
 
-pub fn vg_with(name: &str, extra: &[&str]) -> Result<Vg, Error> {
-    let mut rows: Vec<Vg> = report("vgs", &[], VG_FIELDS, "vg", &[name], extra)?;
+pub fn vg_with(name: &VgName, extra: &[&str]) -> Result<Vg, Error> {
+    let mut rows: Vec<Vg> = report("vgs", &[], VG_FIELDS, "vg", &[name.as_str()], extra)?;
     match rows.len() {
         1 => Ok(rows.remove(0)),
         n => Err(Error::report(&format!("vgs {name}"), format!("{n} rows, expected 1"))),
@@ -449,7 +471,7 @@ fn de_pe_ranges<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeRange>, D::Erro
 /// One segment of one LV: a row of `lvs -a --segments`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct LvSeg {
-    pub vg_name: String,
+    pub vg_name: VgName,
     pub lv_name: LvName,
     pub lv_uuid: String,
     pub lv_attr: LvAttr,
@@ -494,12 +516,12 @@ impl LvSeg {
 }
 
 /// Every segment of every LV in `vg`, hidden LVs included (`-a`).
-pub fn lvs(vg: &str) -> Result<Vec<LvSeg>, Error> {
+pub fn lvs(vg: &VgName) -> Result<Vec<LvSeg>, Error> {
     lvs_with(vg, &[])
 }
 
-pub fn lvs_with(vg: &str, extra: &[&str]) -> Result<Vec<LvSeg>, Error> {
-    report("lvs", &["-a", "--segments"], LV_FIELDS, "seg", &[vg], extra)
+pub fn lvs_with(vg: &VgName, extra: &[&str]) -> Result<Vec<LvSeg>, Error> {
+    report("lvs", &["-a", "--segments"], LV_FIELDS, "seg", &[vg.as_str()], extra)
 }
 
 #[cfg(test)]
@@ -564,7 +586,7 @@ mod tests {
         let pvs: Vec<Pv> = rows(fixture!("pvs_vg.json"), "pv");
         let [p] = &pvs[..] else { panic!("{pvs:?}") };
         assert_eq!(p.pv_uuid, "GjRbba-xSwr-zw31-8H60-6BWU-Th5C-4qcVq2");
-        assert_eq!(p.vg_name.as_deref(), Some("pvenc_fx_30758"));
+        assert_eq!(p.vg_name.as_ref().map(VgName::as_str), Some("pvenc_fx_30758"));
         assert_eq!(p.vg_uuid.as_deref(), Some("JMtIjG-aFe9-lSdx-VUrJ-Pc0j-yDVn-prqo7d"));
         assert_eq!(p.vg_extent_size, Sectors(4 * MIB));
         // In a VG pv_size is only the extents: 49 × 4 MiB, not 200 - 1 MiB.
@@ -629,7 +651,7 @@ mod tests {
         assert_eq!(
             vgs,
             [Vg {
-                vg_name: "pvenc_fx_30758".into(),
+                vg_name: VgName("pvenc_fx_30758".into()),
                 vg_uuid: "JMtIjG-aFe9-lSdx-VUrJ-Pc0j-yDVn-prqo7d".into(),
                 vg_attr: VgAttr("wz--n-".into()),
                 vg_lock_type: None,
@@ -681,7 +703,7 @@ mod tests {
         assert_eq!(
             segs[1],
             LvSeg {
-                vg_name: "pvenc_fx_30758".into(),
+                vg_name: VgName("pvenc_fx_30758".into()),
                 lv_name: LvName { name: "lv1".into(), hidden: false },
                 lv_uuid: "if3gc0-egUc-M2Ku-0emx-2rIE-D5l9-aYykKN".into(),
                 lv_attr: LvAttr("-wi-XX----".into()),

@@ -21,19 +21,27 @@
 //! its region out of sync (`do_failures`): a chunk whose mirror is not entirely in sync
 //! with both legs alive is never committed.
 
-use std::{collections::VecDeque, fs::File, path::Path, process::Child};
+use std::{collections::VecDeque, fs::File, path::Path};
 
 use devicemapper::Device;
 use serde_json::Value;
 
 use crate::{
     direct::{self, Aligned},
-    dm::{Dm, Target},
+    dm::{Dm, DmName, Target},
     error::{fail, Context, Error, Kind, Result},
     fault,
     header::{self, CryptsetupLock, Header, Layout},
     poll, sys,
+    units::Sectors,
 };
+
+mod guardian;
+mod remover;
+
+use guardian::Guardian;
+pub use guardian::{guard, GUARD_ENV};
+use remover::{remove_patiently, Remover};
 
 /// Chunk and region sizes (PVENCRYPT_MOVER=chunk=4M,region=1M overrides them, for the
 /// benchmark); as many chunks are in flight as fit in the data shift.
@@ -70,20 +78,17 @@ pub fn usable(dm: &Dm) -> std::result::Result<(), String> {
     let serial = sys::add_logon_key("pvencrypt:probe", &[0u8; 32]).map_err(|e| format!("the kernel keyring: {e}"))?;
     sys::revoke_key(serial);
     let pid = std::process::id();
-    let create = |n: &str, t: &Target| {
-        dm.create(
-            &format!("pvencrypt-probe-{pid}-{n}"),
-            &format!("CRYPT-TEMP-pvencrypt-probe-{pid}-{n}"),
-            std::slice::from_ref(t),
-        )
-    };
+    let probe = |n: &str| DmName::new(format!("pvencrypt-probe-{pid}-{n}")).expect("a short name");
+    let create =
+        |n: &str, t: &Target| dm.create(&probe(n), &format!("CRYPT-TEMP-pvencrypt-probe-{pid}-{n}"), std::slice::from_ref(t));
     let r = (|| {
-        let a = create("a", &(0, 16, "zero".into(), String::new()))?;
-        let b = create("b", &(0, 16, "zero".into(), String::new()))?;
-        create("m", &(0, 16, "mirror".into(), format!("core 1 8 2 {a} 0 {b} 0")))
+        let zero = Target::new(Sectors(0), Sectors(16), "zero", "");
+        let a = create("a", &zero)?;
+        let b = create("b", &zero)?;
+        create("m", &Target::new(Sectors(0), Sectors(16), "mirror", format!("core 1 8 2 {a} 0 {b} 0")))
     })();
     for n in ["m", "a", "b"] {
-        dm.remove(&format!("pvencrypt-probe-{pid}-{n}"));
+        dm.remove(&probe(n));
     }
     r.map(|_| ()).map_err(|e| e.msg)
 }
@@ -92,8 +97,8 @@ struct Chunk {
     /// Logical start and length, bytes.
     start: u64,
     len: u64,
-    mirror: String,
-    crypt: String,
+    mirror: DmName,
+    crypt: DmName,
     mirror_dev: Device,
 }
 
@@ -105,7 +110,7 @@ enum Waited {
 
 pub struct Mover<'a> {
     dm: &'a Dm,
-    name: &'a str,
+    name: &'a DmName,
     raw: Device,
     disk: File,
     header: Header,
@@ -130,13 +135,13 @@ pub struct Mover<'a> {
 impl<'a> Mover<'a> {
     /// `volume_key`: the key of the new segment; it goes to the kernel keyring and is
     /// named, never spelt, in the tables.
-    pub fn new(dm: &'a Dm, name: &'a str, path: &Path, raw: Device, uuid: &str, volume_key: &[u8]) -> Result<Mover<'a>> {
+    pub fn new(dm: &'a Dm, name: &'a DmName, path: &Path, raw: Device, uuid: &str, volume_key: &[u8]) -> Result<Mover<'a>> {
         let lock = CryptsetupLock::reencryption(uuid)?;
         let disk = direct::open(path).or_fail(|| format!("Cannot open {}", path.display()))?;
         let header = Header::read(&disk).or_fail(|| format!("Cannot read the LUKS2 header of {}", path.display()))?;
         let mut layout = Layout::of(&header.json)?;
         if layout.total == 0 {
-            layout.total = dm.table(name)?.iter().map(|t| t.1 * 512).sum();
+            layout.total = dm.table(name)?.iter().map(|t| t.len.bytes()).sum();
         }
         let desc = format!("pvencrypt:{uuid}");
         let key_serial =
@@ -175,7 +180,7 @@ impl<'a> Mover<'a> {
         if l.sector_size != 512 {
             p.push_str(&format!(" 1 sector_size:{}", l.sector_size));
         }
-        (at / 512, len / 512, "crypt".into(), p)
+        Target::new(Sectors::from_aligned_bytes(at), Sectors::from_aligned_bytes(len), "crypt", p)
     }
 
     /// Where the plaintext of logical `start` lies.
@@ -195,13 +200,23 @@ impl<'a> Mover<'a> {
         let lo = chunks.first().map_or(boundary, |c| c.start);
         let plain = |from: u64, to: u64, t: &mut Vec<Target>| {
             if to > from {
-                t.push((from / 512, (to - from) / 512, "linear".into(), format!("{} {}", self.raw, self.plain_at(from) / 512)));
+                t.push(Target::new(
+                    Sectors::from_aligned_bytes(from),
+                    Sectors::from_aligned_bytes(to - from),
+                    "linear",
+                    format!("{} {}", self.raw, Sectors::from_aligned_bytes(self.plain_at(from)).0),
+                ));
             }
         };
         plain(0, lo.min(l.shift), &mut t);
         plain(l.shift.min(lo), lo, &mut t);
         for c in chunks {
-            t.push((c.start / 512, c.len / 512, "linear".into(), format!("{} 0", c.mirror_dev)));
+            t.push(Target::new(
+                Sectors::from_aligned_bytes(c.start),
+                Sectors::from_aligned_bytes(c.len),
+                "linear",
+                format!("{} 0", c.mirror_dev),
+            ));
         }
         if boundary < l.total {
             t.push(self.crypt_target(boundary, boundary, l.total - boundary));
@@ -216,13 +231,15 @@ impl<'a> Mover<'a> {
     /// The dm-crypt device and the (not yet live) mirror of a new chunk.
     fn prepare(&self, start: u64, len: u64) -> Result<Chunk> {
         let tag = start / 512;
-        let (crypt, mirror) = (format!("{}c{tag}", self.name_prefix), format!("{}m{tag}", self.name_prefix));
+        let dm_name = |kind: char| DmName::new(format!("{}{kind}{tag}", self.name_prefix));
+        let (crypt, mirror) = (dm_name('c')?, dm_name('m')?);
         let crypt_dev = self.dm.create(&crypt, &format!("{}c{tag}", self.uuid_prefix), &[self.crypt_target(0, start, len)])?;
         let made = self.dm.resume(&crypt).and_then(|_| {
-            let sectors = len / 512;
-            let region = (self.tuning.region / 512).min(1 << sectors.ilog2()).max(2);
-            let params = format!("core 1 {region} 2 {} {} {crypt_dev} 0", self.raw, self.plain_at(start) / 512);
-            self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[(0, sectors, "mirror".into(), params)])
+            let sectors = Sectors::from_aligned_bytes(len);
+            let region = (self.tuning.region / 512).min(1 << sectors.0.ilog2()).max(2);
+            let plain = Sectors::from_aligned_bytes(self.plain_at(start));
+            let params = format!("core 1 {region} 2 {} {} {crypt_dev} 0", self.raw, plain.0);
+            self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[Target::new(Sectors(0), sectors, "mirror", params)])
         });
         match made {
             Ok(mirror_dev) => Ok(Chunk { start, len, mirror, crypt, mirror_dev }),
@@ -243,7 +260,7 @@ impl<'a> Mover<'a> {
     /// means the plaintext may lack writes the encrypted copy has.
     fn sync_of(&self, c: &Chunk) -> Result<(u64, bool)> {
         let st = self.dm.status(&c.mirror)?;
-        let s = st.first().map(|t| t.3.as_str()).unwrap_or("");
+        let s = st.first().map(|t| t.params.as_str()).unwrap_or("");
         let m = mirror_status(s).ok_or_else(|| Error::new(Kind::Failed, format!("Unexpected status of {}: {s}", c.mirror)))?;
         if let Some(i) = m.health.find(|h| h != 'A') {
             let which = if i == 0 { "the plaintext" } else { "the encrypted copy" };
@@ -477,10 +494,10 @@ impl<'a> Mover<'a> {
 
     /// The status line of `mirror` when its plaintext leg failed a write: the plaintext may
     /// then lack writes only the encrypted copy has, and must not be the only copy again.
-    fn plain_leg_failed(&self, mirror: &str) -> Result<Option<String>> {
+    fn plain_leg_failed(&self, mirror: &DmName) -> Result<Option<String>> {
         let st = self.dm.status(mirror)?;
         // No live table: a mirror prepared but never started.
-        let Some(s) = st.first().map(|t| t.3.clone()) else { return Ok(None) };
+        let Some(s) = st.first().map(|t| t.params.clone()) else { return Ok(None) };
         Ok(mirror_status(&s).is_none_or(|m| !m.health.starts_with('A')).then_some(s))
     }
 
@@ -531,59 +548,6 @@ impl Drop for Mover<'_> {
     }
 }
 
-/// Removes discarded devices on a thread of its own: a removal waits for RCU grace
-/// periods and workqueue teardown (tens of milliseconds in the VM), which would otherwise
-/// hold up every commit. In order: a mirror is queued before its dm-crypt device.
-struct Remover {
-    tx: Option<std::sync::mpsc::Sender<String>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Remover {
-    fn start() -> Result<Remover> {
-        let dm = Dm::open()?;
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let thread = std::thread::Builder::new()
-            .name("pvencrypt-rm".into())
-            .spawn(move || rx.iter().for_each(|n| remove_patiently(&dm, &n)))
-            .or_fail(|| "Cannot start a thread".into())?;
-        Ok(Remover { tx: Some(tx), thread: Some(thread) })
-    }
-
-    fn remove(&self, name: &str) {
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(name.to_string());
-        }
-    }
-
-    /// Waits until everything queued is removed.
-    fn finish(&mut self) {
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Remover {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-/// udev may hold a device open for a moment after its events; the remove is retried
-/// (outside any suspension).
-fn remove_patiently(dm: &Dm, name: &str) {
-    for _ in 0..100 {
-        dm.remove(name);
-        if !dm.exists(name) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    poll::error(&format!("WARNING: cannot remove {name}; pvencrypt removes it when run again."));
-}
-
 /// The next chunk below `lowest` (start, length), if its new place is free once the
 /// boundary is at `boundary`: inside [boundary, boundary + shift), which no segment of
 /// that header maps. Chunks are aligned to `step`; a sliver at the top joins the chunk
@@ -614,60 +578,6 @@ fn mirror_status(s: &str) -> Option<MirrorStatus> {
     let (synced, regions) = t.get(1 + n)?.split_once('/')?;
     let health = t.get(3 + n)?.to_string();
     (health.len() == n).then_some(MirrorStatus { synced: synced.parse().ok()?, regions: regions.parse().ok()?, health })
-}
-
-/// A child that resumes NAME if pvencrypt dies while NAME is suspended (SIGKILL, the
-/// OOM killer): it waits for its stdin to close, which happens however we end.
-struct Guardian(Child);
-
-impl Guardian {
-    fn spawn(name: &str) -> Result<Guardian> {
-        let child = std::process::Command::new("/proc/self/exe")
-            .env(GUARD_ENV, name)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .or_fail(|| "Cannot start the guardian process".into())?;
-        Ok(Guardian(child))
-    }
-}
-
-impl Drop for Guardian {
-    fn drop(&mut self) {
-        drop(self.0.stdin.take());
-        let _ = self.0.wait();
-    }
-}
-
-pub const GUARD_ENV: &str = "PVENCRYPT_GUARD";
-
-/// The guardian's whole life (main.rs runs it when GUARD_ENV is set).
-pub fn guard(name: &str) -> ! {
-    sys::setsid();
-    for s in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT] {
-        sys::ignore_signal(s);
-    }
-    sys::protect_from_oom_killer();
-    let _ = sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
-    let dm = Dm::open();
-    let mut buf = [0u8; 64];
-    while !matches!(std::io::Read::read(&mut std::io::stdin(), &mut buf), Ok(0) | Err(_)) {}
-    if let Ok(dm) = dm {
-        // A table loaded for the next commit names mirrors that never started: a later
-        // `dmsetup resume` would hang on them.
-        if dm.has_inactive(name).unwrap_or(false) {
-            let _ = dm.clear_inactive(name);
-        }
-        if dm.is_suspended(name) {
-            // The live table is right for either header a kill there can leave (mover.rs).
-            let ok = dm.resume(name).is_ok();
-            sys::syslog(
-                libc::LOG_WARNING,
-                &format!("pvencrypt died while {name} was suspended; {}", if ok { "resumed it" } else { "cannot resume it" }),
-            );
-        }
-    }
-    sys::exit_now(0)
 }
 
 #[cfg(test)]
