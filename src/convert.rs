@@ -55,7 +55,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
             keyslots: vec![],
             version: 1,
             name: t.name.clone(),
-            vg_name: t.vg.vg_name.clone(),
+            vg_name: t.vg.as_ref().map(|v| v.vg_name.clone()),
             pv_uuid: t.pv.pv_uuid.clone(),
             temp_keyslot: None,
         };
@@ -81,7 +81,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
         // can change the VG meanwhile.
         let lock_dir = lvm::locking_dir();
         crate::fault::trace(format_args!("vg lock in {}", lock_dir.display()));
-        let lock = lvm::VgLock::take(&lock_dir, &t.vg.vg_name)?;
+        let lock = lvm::VgLock::take(&lock_dir, &t.vg.as_ref().map_or_else(lvm::VgName::orphans, |v| v.vg_name.clone()))?;
         crate::fault::trace("vg locked");
         unchanged_since_preflight(t)?;
         crate::fault::trace("vg unchanged");
@@ -117,7 +117,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
     })();
     dm.remove(&alias);
     let (temp_slot, temp_key) = result?;
-    integrate_boot(opts, &t.path, &t.name, &t.vg.vg_uuid);
+    integrate_boot(opts, &t.path, &t.name, t.vg.as_ref().map(|v| v.vg_uuid.as_str()));
     encrypt(opts, &t.path, &t.name, Some(temp_slot), &temp_key, run)
 }
 
@@ -148,14 +148,14 @@ pub fn make_room(opts: &Options, t: &Target, m: &plan::MakeRoom) -> Result<()> {
 /// devices file, the crypttab entry, and the initramfs when the system boots from the
 /// VG. A failure here does not stop the conversion, which is safe either way; it is
 /// reported for the admin to fix before the next reboot.
-pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid: &str) {
+pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>) {
     update_boot_files(opts, path, name, vg_uuid);
     // A power cut during the hours of the data phase must boot with these files, and LVM
     // 2.03.16 renames its new devices file into place without an fsync of the file.
     crate::sys::sync();
 }
 
-fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: &str) {
+fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>) {
     let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
     // With a devices file, LVM would not look at the new device at all.
     match lvm::devices_file_replace(&format!("/dev/mapper/{name}"), &path.to_string_lossy()) {
@@ -323,7 +323,7 @@ pub(crate) fn finish(path: &Path) -> Result<()> {
         cd.token_handle()
             .json_set(libcryptsetup_rs::TokenInput::RemoveToken(id))
             .or_fail(|| "Cannot remove the pvencrypt token".into())?;
-        refresh_lvm(&m.vg_name)?;
+        refresh_lvm(m.vg_name.as_ref())?;
         crate::fault::memory("finished");
     }
     Ok(())
@@ -342,8 +342,7 @@ fn wipe_leftovers(cd: &mut libcryptsetup_rs::CryptDevice, path: &Path, m: &Marke
 
     let (_, size) = device_of(path)?;
     let tail = size.bytes() - 2 * offset;
-    let pv_end =
-        lvm::metadata_pv_size(&m.vg_name, &m.pv_uuid).or_fail(|| format!("Cannot read the metadata of {}", m.vg_name))?.bytes();
+    let pv_end = pv_size(m)?.bytes();
     if pv_end > tail {
         return fail(format!(
             "The PV on /dev/mapper/{} ends at byte {pv_end}, inside the area to wipe ({tail}..{}); not wiping it.",
@@ -354,9 +353,28 @@ fn wipe_leftovers(cd: &mut libcryptsetup_rs::CryptDevice, path: &Path, m: &Marke
     direct::zero(path, &[(tail + offset, offset)]).or_fail(|| format!("Cannot wipe the end of {}", path.display()))
 }
 
+/// Where the PV ends, as LVM records it: in its VG's metadata, or for a PV that was an
+/// orphan, in its label (unless a vgextend took it into a VG meanwhile).
+fn pv_size(m: &Marker) -> Result<lvm::Sectors> {
+    let in_vg = |vg: &lvm::VgName| lvm::metadata_pv_size(vg, &m.pv_uuid).or_fail(|| format!("Cannot read the metadata of {vg}"));
+    if let Some(vg) = &m.vg_name {
+        return in_vg(vg);
+    }
+    let dev = Path::new("/dev/mapper").join(m.name.as_str());
+    let pv = lvm::pv(&dev)
+        .or_fail(|| format!("Cannot read the PV on {}", dev.display()))?
+        .ok_or_else(|| Error::new(Kind::Failed, format!("{} holds no PV", dev.display())))?;
+    match &pv.vg_name {
+        Some(vg) => in_vg(vg),
+        None => Ok(pv.pv_size),
+    }
+}
+
 /// LVM learns that the PV now lives on the crypt device, and its metadata is backed up.
-fn refresh_lvm(vg: &lvm::VgName) -> Result<()> {
+fn refresh_lvm(vg: Option<&lvm::VgName>) -> Result<()> {
     lvm::pvscan_cache().or_fail(|| "pvscan --cache".into())?;
-    lvm::vgcfgbackup(vg, None).or_fail(|| format!("vgcfgbackup {vg}"))?;
+    if let Some(vg) = vg {
+        lvm::vgcfgbackup(vg, None).or_fail(|| format!("vgcfgbackup {vg}"))?;
+    }
     Ok(())
 }

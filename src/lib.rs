@@ -20,6 +20,7 @@ pub mod plan;
 pub mod poll;
 pub mod preflight;
 pub mod progress;
+pub mod queue;
 pub mod resume;
 pub mod switch;
 pub mod sys;

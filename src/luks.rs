@@ -44,7 +44,9 @@ pub struct Marker {
     pub version: u32,
     /// The name the device is opened under.
     pub name: DmName,
-    pub vg_name: VgName,
+    /// `None` for a PV that was in no VG (an orphan): no VG to back up or to boot from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vg_name: Option<VgName>,
     pub pv_uuid: String,
     /// The throw-away keyslot used inside the freeze; destroyed at the end.
     pub temp_keyslot: Option<u32>,
@@ -631,7 +633,7 @@ mod loop_tests {
             keyslots: vec![],
             version: 1,
             name: DmName::new("t_crypt").unwrap(),
-            vg_name: VgName("vg".into()),
+            vg_name: Some(VgName("vg".into())),
             pv_uuid: "u".into(),
             temp_keyslot: None,
         }

@@ -14,12 +14,14 @@ use pvencrypt::{
     error::{Error, Kind, Result},
     fault, inspect,
     inspect::State,
-    key::KeySource,
+    key::{KeySource, Passphrase},
     luks,
     options::Options,
     poll,
     poll::Run,
-    preflight, resume, switch, sys,
+    preflight,
+    queue::{self, Queue, Queued},
+    resume, switch, sys,
 };
 
 fn main() -> ExitCode {
@@ -69,7 +71,9 @@ fn run(cli: &Cli) -> Result<()> {
         return Err(Error::new(Kind::Refused, "pvencrypt must run as root."));
     }
     if cli.status {
-        let all = poll::select(poll::statuses(resume::unfinished_status()), &cli.pvs);
+        let mut known = resume::unfinished_status();
+        known.extend(Queue::system().statuses());
+        let all = poll::select(poll::statuses(known), &cli.pvs);
         poll::out(&poll::report(&all, cli.reportformat == ReportFormat::Json));
         return Ok(());
     }
@@ -109,17 +113,31 @@ fn run(cli: &Cli) -> Result<()> {
     let moves: u64 = targets.iter().filter_map(|t| t.make_room.as_ref()).map(|m| m.moved()).sum();
     confirm(cli, (moves > 0 && !cli.make_room).then_some(moves))?;
     let key = key_source(cli).read("Enter passphrase for the new LUKS2 device: ", true)?;
+    let queue = Queue::system();
+    if targets.len() > 1 {
+        let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+        let items: Vec<Queued> =
+            targets.iter().map(|t| Queued { pv: t.path.clone(), pv_uuid: t.pv.pv_uuid.clone(), args: args.clone() }).collect();
+        queue.add(&items)?;
+    }
     if background(cli, &mut runs)? {
         return Ok(());
     }
-    for (t, run) in targets.iter().zip(&mut runs) {
+    let targets: Vec<_> = targets.into_iter().map(|t| (opts.clone(), t)).collect();
+    convert_all(&targets, &key, &mut runs)
+}
+
+/// Converts `targets` in turn, each with its options, each leaving the queue once done.
+fn convert_all(targets: &[(Options, preflight::Target)], key: &Passphrase, runs: &mut [Run]) -> Result<()> {
+    let queue = Queue::system();
+    for ((opts, t), run) in targets.iter().zip(runs) {
         stop_point()?;
         let fresh;
         let t = match &t.make_room {
             Some(m) => {
-                convert::make_room(&opts, t, m)?;
+                convert::make_room(opts, t, m)?;
                 // The LVs' extents moved: everything is checked again.
-                fresh = preflight::preflight(&opts, &t.path)?;
+                fresh = preflight::preflight(opts, &t.path)?;
                 if fresh.make_room.is_some() {
                     return Err(Error::new(
                         Kind::Failed,
@@ -135,9 +153,13 @@ fn run(cli: &Cli) -> Result<()> {
             }
             None => t,
         };
-        convert::convert(&opts, t, &key, run)?;
-        if !cli.quiet {
-            poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{}.", t.path.display(), t.name));
+        convert::convert(opts, t, key, run)?;
+        if let Err(e) = queue.remove(&t.pv.pv_uuid) {
+            poll::error(&format!("pvencrypt: WARNING: {e}"));
+        }
+        if !opts.quiet {
+            let on = if t.vg.is_some() { "the volume group runs on" } else { "the PV (in no VG yet) is" };
+            poll::info(&format!("{}: encrypted; {on} /dev/mapper/{}.", t.path.display(), t.name));
         }
     }
     Ok(())
@@ -172,9 +194,23 @@ fn stop_point() -> Result<()> {
 }
 
 fn abort(cli: &Cli) -> Result<()> {
-    let stopped = poll::abort(&cli.pvs, std::time::Duration::from_secs(600))?;
-    if stopped.is_empty() && !cli.quiet {
-        poll::out("No conversion is running.");
+    // Queued PVs first: a stopped run must not be followed by the next in its queue.
+    // Those started already are stopped below; the others never started.
+    let dropped: Vec<_> = Queue::system().drop_pvs(&cli.pvs)?.into_iter().filter_map(|q| queue::find(&q)).collect();
+    let mut running = cli.pvs.clone();
+    running.retain(|p| !dropped.iter().any(|d| same_device(d, p)));
+    let stopped = if cli.pvs.is_empty() || !running.is_empty() {
+        poll::abort(&running, std::time::Duration::from_secs(600))?
+    } else {
+        vec![]
+    };
+    if !cli.quiet {
+        for d in &dropped {
+            poll::out(&format!("{}: dropped from the queue; nothing was changed on it.", d.display()));
+        }
+        if stopped.is_empty() && dropped.is_empty() {
+            poll::out("No conversion is running.");
+        }
     }
     for s in stopped {
         if !cli.quiet {
@@ -182,6 +218,10 @@ fn abort(cli: &Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn same_device(a: &std::path::Path, b: &std::path::Path) -> bool {
+    std::fs::canonicalize(a).ok().is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
 }
 
 /// `moves`: extents to be moved to make room that --make-room did not ask for.
@@ -258,7 +298,11 @@ fn resume_all(cli: &Cli) -> Result<()> {
         runs.push(run);
         todo.push((path, state));
     }
-    if todo.is_empty() {
+    let (queued, refused) = queued_targets(&opts);
+    for t in &queued {
+        runs.push(Run::claim(&t.1.path, t.1.name.as_str())?);
+    }
+    if todo.is_empty() && queued.is_empty() {
         if !restored.is_empty() {
             let pvs: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
             return Err(Error::new(
@@ -266,25 +310,65 @@ fn resume_all(cli: &Cli) -> Result<()> {
                 format!("Plain PVs put back: {}; run pvencrypt on them again.", pvs.join(" ")),
             ));
         }
-        if !cli.quiet {
+        if !cli.quiet && refused == 0 {
             poll::out("No conversion to resume.");
         }
-        return Ok(());
+        return queue_refusals(refused);
     }
     // Keys first, all of them, so that -b can leave the terminal before the work starts.
     let mut keys = Vec::new();
     for (path, _) in &todo {
         keys.push(key_source(cli).read(&format!("Enter passphrase for {}: ", path.display()), false)?);
     }
+    // `pvencrypt A B C` gave B and C the passphrase of A.
+    if !queued.is_empty() && keys.is_empty() {
+        keys.push(key_source(cli).read("Enter passphrase for the queued LUKS2 devices: ", true)?);
+    }
     if background(cli, &mut runs)? {
         return Ok(());
     }
-    for (((path, state), key), run) in todo.into_iter().zip(&keys).zip(&mut runs) {
+    let (resumed, queued_runs) = runs.split_at_mut(todo.len());
+    for (((path, state), key), run) in todo.into_iter().zip(&keys).zip(resumed) {
         stop_point()?;
         let name = resume::resume(&opts, &path, state, key, run)?;
         if !cli.quiet {
             poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
         }
     }
-    Ok(())
+    if let Some(key) = keys.first() {
+        convert_all(&queued, key, queued_runs)?;
+    }
+    queue_refusals(refused)
+}
+
+/// The queued PVs that are still to convert, checked as a new conversion is, with the
+/// options they were queued with, and how many of them preflight refused (they stay
+/// queued, said why). One converted meanwhile, or gone, leaves the queue.
+fn queued_targets(now: &Options) -> (Vec<(Options, preflight::Target)>, usize) {
+    let queue = Queue::system();
+    let (mut out, mut refused) = (Vec::new(), 0);
+    for q in queue.load() {
+        let Some(path) = queue::find(&q) else {
+            poll::error(&format!("pvencrypt: {}: no plain PV {} any more; dropped from the queue.", q.pv.display(), q.pv_uuid));
+            let _ = queue.remove(&q.pv_uuid);
+            continue;
+        };
+        match q.options(now).and_then(|o| preflight::preflight(&o, &path).map(|t| (o, t))) {
+            Ok(t) => out.push(t),
+            Err(e) => {
+                poll::error(&format!("pvencrypt: queued {}: {e}", path.display()));
+                refused += 1;
+            }
+        }
+    }
+    (out, refused)
+}
+
+fn queue_refusals(refused: usize) -> Result<()> {
+    match refused {
+        0 => Ok(()),
+        n => {
+            Err(Error::new(Kind::Refused, format!("{n} queued PV(s) refused; they stay queued (pvencrypt --abort drops them).")))
+        }
+    }
 }

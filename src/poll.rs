@@ -41,6 +41,9 @@ pub enum Phase {
     Stopped,
     /// A crash cut its switch; `pvencrypt` repairs it.
     Interrupted,
+    /// Waits its turn after the PVs before it on the same command line; `pvencrypt`
+    /// converts it (queue.rs).
+    Queued,
 }
 
 impl std::fmt::Display for Phase {
@@ -206,7 +209,7 @@ pub fn statuses(unfinished: Vec<Status>) -> Vec<Status> {
         }
     }
     for s in unfinished {
-        if !out.iter().any(|r| r.name == s.name || key_of(Path::new(&r.pv)) == key_of(Path::new(&s.pv))) {
+        if !out.iter().any(|r| (!r.name.is_empty() && r.name == s.name) || key_of(Path::new(&r.pv)) == key_of(Path::new(&s.pv))) {
             out.push(s);
         }
     }

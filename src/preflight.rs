@@ -33,7 +33,8 @@ pub struct Target {
     pub dev: Device,
     pub size: Sectors,
     pub name: DmName,
-    pub vg: lvm::Vg,
+    /// `None` for an orphan PV (pvcreate done, no VG yet).
+    pub vg: Option<lvm::Vg>,
     pub pv: lvm::Pv,
     pub room: plan::Room,
     /// What --make-room has to do first, when the PV reaches into the room LUKS2 needs.
@@ -96,10 +97,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         .context(Kind::Refused, || format!("Cannot read {} as an LVM physical volume", path.display()))?
         .ok_or_else(|| Error::new(Kind::Refused, format!("{} is not an LVM physical volume.", path.display())))?;
     let Some(vg_name) = pv.vg_name.clone() else {
-        return refuse(format!(
-            "{} is a PV in no volume group: there is nothing to keep online; use cryptsetup.",
-            path.display()
-        ));
+        return orphan(opts, path, dev, size, name, pv, &dm);
     };
     let vg = lvm::vg(&vg_name).context(Kind::Refused, || format!("Cannot use volume group {vg_name}"))?;
     if vg.vg_attr.partial() || vg.vg_missing_pv_count > 0 {
@@ -162,10 +160,43 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     }
     check_uses(opts, &dm, dev, &holders)?;
     check_filters(path, name.as_str(), &pv.pv_uuid)?;
+    check_kernel(opts, path, &name, room.shift, dev, &dm)?;
+    let lvs = holders.iter().map(|h| h.name.to_string()).collect();
+    Ok(Target { path: path.into(), dev, size, name, vg: Some(vg), pv, room, make_room, lvs })
+}
+
+/// A PV in no VG yet (the scripted `pvcreate; pvencrypt; vgextend`): nothing may use it,
+/// and it only shrinks to leave LUKS2 its room, with nothing to move (pvresize).
+fn orphan(opts: &Options, path: &Path, dev: Device, size: Sectors, name: DmName, pv: lvm::Pv, dm: &Dm) -> Result<Target> {
+    if let Some(h) = dm.holders(dev)?.first() {
+        return refuse(format!("{} is in no volume group, yet {} uses it.", path.display(), h.name));
+    }
+    if fs::read_dir(format!("/sys/dev/block/{dev}/holders")).is_ok_and(|mut rd| rd.next().is_some()) {
+        return refuse(format!("{} is in no volume group, yet something holds it open.", path.display()));
+    }
+    check_filters(path, name.as_str(), &pv.pv_uuid)?;
+    let shape = plan::PvShape {
+        dev_size: size,
+        pe_start: pv.pe_start,
+        pe_count: lvm::Extents(0),
+        extent_size: Sectors(0),
+        pv_size: pv.pv_size,
+    };
+    let room = plan::room(&shape, opts.reduce_device_size, opts.sector_size)?;
+    if room.limit <= pv.pe_start {
+        return refuse(room.shortage(&shape));
+    }
+    let make_room = room.short().then(|| plan::MakeRoom { keep: lvm::Extents(0), ranges: vec![], size: room.limit });
+    check_kernel(opts, path, &name, room.shift, dev, dm)?;
+    Ok(Target { path: path.into(), dev, size, name, vg: None, pv, room, make_room, lvs: vec![] })
+}
+
+/// The kernel can run what the conversion needs, before anything changes.
+fn check_kernel(opts: &Options, path: &Path, name: &DmName, shift: Sectors, dev: Device, dm: &Dm) -> Result<()> {
     // A throw-away mapping (never resumed, no I/O): the kernel must be able to run the
     // cipher. This also loads dm-crypt's modules now: inside the freeze their autoloading
     // would run modprobe from a disk that may be frozen.
-    let fmt = format_of(opts, room.shift)?;
+    let fmt = format_of(opts, shift)?;
     dm.probe_crypt(&DmName::new(format!("{name}-pvencrypt-probe"))?, &opts.cipher, fmt.key_bytes, opts.sector_size, dev)
         .map_err(|e| {
             Error::new(
@@ -174,14 +205,13 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
             )
         })?;
     // The data mover's modules too (dm-mirror, dm-log, dm-region-hash), before any suspension.
-    if let Err(why) = crate::mover::usable(&dm) {
+    if let Err(why) = crate::mover::usable(dm) {
         crate::poll::error(&format!(
             "WARNING: {}: the kernel cannot move the data ({why}); libcryptsetup will, step by step.",
             path.display()
         ));
     }
-    let lvs = holders.iter().map(|h| h.name.to_string()).collect();
-    Ok(Target { path: path.into(), dev, size, name, vg, pv, room, make_room, lvs })
+    Ok(())
 }
 
 /// After the switch LVM must find the PV on /dev/mapper/NAME; a device filter that
@@ -225,7 +255,8 @@ fn may_ask(opts: &Options) -> bool {
 }
 
 /// The active LVs of the VG, on any PV.
-pub fn active_lvs(vg_uuid: &str) -> Vec<Device> {
+pub fn active_lvs(vg_uuid: Option<&str>) -> Vec<Device> {
+    let Some(vg_uuid) = vg_uuid else { return vec![] };
     Dm::open().and_then(|dm| dm.devices_with_uuid(&lvm::lv_uuid_prefix(vg_uuid))).unwrap_or_default()
 }
 
@@ -328,11 +359,11 @@ pub fn format_of(opts: &Options, shift: Sectors) -> Result<Format> {
 pub fn describe(opts: &Options, t: &Target) -> String {
     let mib = Sectors::mib;
     let mut out = format!(
-        "{path}: PV of volume group {vg}, {size} MiB. It becomes a LUKS2 device opened as /dev/mapper/{name}.\n  \
+        "{path}: {vg}, {size} MiB. It becomes a LUKS2 device opened as /dev/mapper/{name}.\n  \
          header and data shift: {h} MiB each; the PV ends at {end} MiB, the room needed starts at {limit} MiB.\n  \
          suspended for the switch: {lvs}.",
         path = t.path.display(),
-        vg = t.vg.vg_name,
+        vg = t.vg.as_ref().map_or("PV in no volume group yet".into(), |v| format!("PV of volume group {}", v.vg_name)),
         size = mib(t.size),
         name = t.name,
         h = mib(t.room.shift),
@@ -340,7 +371,9 @@ pub fn describe(opts: &Options, t: &Target) -> String {
         limit = mib(t.room.limit),
         lvs = if t.lvs.is_empty() { "none (no LV is active)".to_string() } else { t.lvs.join(", ") },
     );
-    if let Some(m) = &t.make_room {
+    if let Some(m) = t.make_room.as_ref().filter(|m| m.ranges.is_empty()) {
+        out += &format!("\n  first, to make room: pvresize the PV to {} MiB (no extent is in use).", mib(m.size));
+    } else if let Some(m) = &t.make_room {
         let ranges: Vec<String> = m.ranges.iter().map(|(a, b)| format!("{}-{}", a.0, b.0)).collect();
         out += &format!(
             "\n  first, to make room: pvmove extents {} (of LVs in use) to free extents below {}, then pvresize the PV to {} MiB.",
@@ -356,7 +389,7 @@ pub fn describe(opts: &Options, t: &Target) -> String {
             boot::crypttab_line(t.name.as_str(), "<new LUKS UUID>", boot::supports_discard(t.dev)).trim()
         );
     }
-    let on_vg = active_lvs(&t.vg.vg_uuid);
+    let on_vg = active_lvs(t.vg.as_ref().map(|v| v.vg_uuid.as_str()));
     if let Some(why) = boot::boot_needs(&on_vg) {
         out += &format!(
             "\n  the initramfs {} ({why}).",
@@ -376,25 +409,36 @@ pub fn describe(opts: &Options, t: &Target) -> String {
 /// (`--nolocking` does not work in process: LVM 2.03.16 keeps the file locking a former
 /// command set up in a static, lib/locking/locking.c `_locking`, and only skips setting
 /// it up again; `--readonly` resets `_file_locking_readonly` at every command.)
+/// An orphan PV is checked under the orphans' lock the same way: still in no VG (the PV
+/// row would show it), the same size.
 pub fn unchanged_since_preflight(t: &Target) -> Result<()> {
     let dev = t.path.to_string_lossy();
-    let vg = lvm::vg_with(&t.vg.vg_name, &["--readonly"]).or_fail(|| format!("Cannot read volume group {}", t.vg.vg_name))?;
     let pv = lvm::pvs_with(Some(&dev), &["--readonly"]).or_fail(|| format!("Cannot read the PV {dev}"))?;
-    let segs = lvm::lvs_with(&t.vg.vg_name, &["--readonly"]).or_fail(|| format!("Cannot list the LVs of {}", t.vg.vg_name))?;
     let (_, size) = device_of(&t.path)?;
-    let changed = if vg.vg_seqno != t.vg.vg_seqno {
-        format!("its metadata changed (seqno {} → {})", t.vg.vg_seqno, vg.vg_seqno)
+    let (what, changed) = match &t.vg {
+        Some(planned) => {
+            let name = &planned.vg_name;
+            let vg = lvm::vg_with(name, &["--readonly"]).or_fail(|| format!("Cannot read volume group {name}"))?;
+            let segs = lvm::lvs_with(name, &["--readonly"]).or_fail(|| format!("Cannot list the LVs of {name}"))?;
+            let changed = if vg.vg_seqno != planned.vg_seqno {
+                Some(format!("its metadata changed (seqno {} → {})", planned.vg_seqno, vg.vg_seqno))
+            } else if segs.iter().any(|s| s.is_pvmove() || s.is_locked()) {
+                Some("a pvmove started".into())
+            } else {
+                None
+            };
+            (format!("volume group {name}"), changed)
+        }
+        None => ("the orphan PV".to_string(), None),
+    };
+    let changed = if let Some(c) = changed {
+        c
     } else if pv.first() != Some(&t.pv) {
         "the PV changed".into()
-    } else if segs.iter().any(|s| s.is_pvmove() || s.is_locked()) {
-        "a pvmove started".into()
     } else if size != t.size {
         format!("the device's size changed ({} → {size})", t.size)
     } else {
         return Ok(());
     };
-    refuse(format!(
-        "{dev}: volume group {} changed while pvencrypt was preparing: {changed}. Nothing was changed; run pvencrypt again.",
-        t.vg.vg_name
-    ))
+    refuse(format!("{dev}: {what} changed while pvencrypt was preparing: {changed}. Nothing was changed; run pvencrypt again."))
 }

@@ -183,9 +183,8 @@ fn open_and_integrate(opts: &Options, path: &Path, m: &Marker, key: &Passphrase)
         }
     }
     drop(cd);
-    if let Ok(vg) = lvm::vg(&m.vg_name) {
-        integrate_boot(opts, path, &m.name, &vg.vg_uuid);
-    }
+    let vg = m.vg_name.as_ref().and_then(|v| lvm::vg(v).ok());
+    integrate_boot(opts, path, &m.name, vg.as_ref().map(|v| v.vg_uuid.as_str()));
     Ok(())
 }
 

@@ -51,6 +51,12 @@ fn de_kernel_num<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Erro
 pub struct VgName(pub String);
 
 impl VgName {
+    /// The VG orphan PVs belong to, as far as LVM's locks go (lib/locking/locking.h
+    /// VG_ORPHANS: vgcreate, vgextend and pvcreate take its lock, V_#orphans).
+    pub fn orphans() -> VgName {
+        VgName("#orphans".into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -42,8 +42,11 @@ run cryptsetup luksFormat -q --type luks2 $cheap --key-file /tmp/key /dev/vdb
 refuses "someone else's LUKS device" 3 "already a LUKS device" --key-file /tmp/key -y /dev/vdb
 dd if=/dev/zero of=/dev/vdb bs=1M count=16 2>/dev/null
 
+# A PV in no VG is converted (t_orphan), unless something maps it.
 run pvcreate -q -y /dev/vdb
-refuses "PV in no VG" 3 "in no volume group" --key-file /tmp/key -y /dev/vdb
+run dmsetup create orphan-user --table "0 8 linear /dev/vdb 2048"
+refuses "PV in no VG, mapped by a dm device" 3 "in no volume group, yet orphan-user uses it" --key-file /tmp/key -y /dev/vdb
+run dmsetup remove orphan-user
 run pvremove -q -y /dev/vdb
 
 PVOPTS="--setphysicalvolumesize 124M" mkvg vgfull /dev/vda
