@@ -298,10 +298,8 @@ fn resume_all(cli: &Cli) -> Result<()> {
         runs.push(run);
         todo.push((path, state));
     }
-    let (queued, refused) = queued_targets(&opts);
-    for t in &queued {
-        runs.push(Run::claim(&t.1.path, t.1.name.as_str())?);
-    }
+    let (queued, queued_runs, refused) = queued_targets(&opts)?;
+    runs.extend(queued_runs);
     if todo.is_empty() && queued.is_empty() {
         if !restored.is_empty() {
             let pvs: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
@@ -342,26 +340,37 @@ fn resume_all(cli: &Cli) -> Result<()> {
 }
 
 /// The queued PVs that are still to convert, checked as a new conversion is, with the
-/// options they were queued with, and how many of them preflight refused (they stay
-/// queued, said why). One converted meanwhile, or gone, leaves the queue.
-fn queued_targets(now: &Options) -> (Vec<(Options, preflight::Target)>, usize) {
+/// options they were queued with, and claimed; and how many of them preflight refused
+/// (they stay queued, said why). One converted meanwhile, or gone, leaves the queue;
+/// one claimed by a running `pvencrypt A B` is left to it.
+fn queued_targets(now: &Options) -> Result<(Vec<(Options, preflight::Target)>, Vec<Run>, usize)> {
     let queue = Queue::system();
-    let (mut out, mut refused) = (Vec::new(), 0);
+    let (mut out, mut runs, mut refused) = (Vec::new(), Vec::new(), 0);
     for q in queue.load() {
         let Some(path) = queue::find(&q) else {
-            poll::error(&format!("pvencrypt: {}: no plain PV {} any more; dropped from the queue.", q.pv.display(), q.pv_uuid));
+            // Converted since, or being converted (resumed above): done with it.
+            if inspect::inspect(&q.pv) == State::Other {
+                poll::error(&format!("pvencrypt: {} no longer holds PV {}; dropped from the queue.", q.pv.display(), q.pv_uuid));
+            }
             let _ = queue.remove(&q.pv_uuid);
             continue;
         };
         match q.options(now).and_then(|o| preflight::preflight(&o, &path).map(|t| (o, t))) {
-            Ok(t) => out.push(t),
+            Ok(t) => match Run::claim(&t.1.path, t.1.name.as_str()) {
+                Ok(run) => {
+                    out.push(t);
+                    runs.push(run);
+                }
+                Err(e) if e.kind == Kind::Refused => poll::error(&format!("pvencrypt: {e}")),
+                Err(e) => return Err(e),
+            },
             Err(e) => {
                 poll::error(&format!("pvencrypt: queued {}: {e}", path.display()));
                 refused += 1;
             }
         }
     }
-    (out, refused)
+    Ok((out, runs, refused))
 }
 
 fn queue_refusals(refused: usize) -> Result<()> {
