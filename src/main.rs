@@ -30,6 +30,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     fault::init();
+    if cli.debug {
+        fault::set_debug();
+    }
     luks::capture_log();
     install_signal_handlers();
     switch::install_panic_hook();
