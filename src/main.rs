@@ -14,7 +14,7 @@ use pvencrypt::{
     error::{Error, Kind, Result},
     fault, inspect,
     inspect::State,
-    key::KeySource,
+    key::{self, KeySource},
     luks,
     options::Options,
     poll,
@@ -78,6 +78,10 @@ fn run(cli: &Cli) -> Result<()> {
     }
     if cli.abort {
         return abort(cli);
+    }
+    // Before resume_all's repairs and any question.
+    if let Some(f) = &cli.key_file {
+        key::refuse_volume_as_key(f)?;
     }
     if cli.pvs.is_empty() {
         return resume_all(cli);
