@@ -1,3 +1,13 @@
+# PVs for the positional arguments: LVM's PVs; after --abort the running conversions,
+# after --status every conversion pvencrypt reports.
+_pvencrypt_pvs() {
+    case " ${COMP_WORDS[*]} " in
+        *" --abort "*) cat /run/pvencrypt/*.json 2>/dev/null | grep -o '"pv": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' ;;
+        *" --status "*) "${COMP_WORDS[0]}" --status --reportformat json 2>/dev/null | grep -o '"pv": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/' ;;
+        *) pvs --noheadings -o pv_name 2>/dev/null ;;
+    esac
+}
+
 _pvencrypt() {
     local i cur prev opts cmd
     COMPREPLY=()
@@ -24,7 +34,7 @@ _pvencrypt() {
     case "${cmd}" in
         pvencrypt)
             opts="-d -l -c -s -y -b -i -t -v -q -h -V --key-file --keyfile-size --keyfile-offset --cipher --key-size --pbkdf --pbkdf-memory --pbkdf-parallel --pbkdf-force-iterations --iter-time --label --sector-size --name --reduce-device-size --make-room --no-crypttab --no-initramfs --yes --background --interval --abort --status --reportformat --test --verbose --debug --quiet --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+            if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -187,14 +197,14 @@ _pvencrypt() {
                     COMPREPLY=()
                     ;;
             esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            COMPREPLY=( $(compgen -W "$(_pvencrypt_pvs)" -- "${cur}") )
             return 0
             ;;
     esac
 }
 
 if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERSINFO[0]}" -gt 4 ]]; then
-    complete -F _pvencrypt -o nosort -o bashdefault -o default pvencrypt
+    complete -F _pvencrypt -o nosort pvencrypt
 else
-    complete -F _pvencrypt -o bashdefault -o default pvencrypt
+    complete -F _pvencrypt pvencrypt
 fi

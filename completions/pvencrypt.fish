@@ -3,7 +3,7 @@ complete -c pvencrypt -s l -l keyfile-size -d 'Read at most BYTES from the key f
 complete -c pvencrypt -l keyfile-offset -d 'Skip BYTES at the start of the key file' -r -f
 complete -c pvencrypt -s c -l cipher -d 'Cipher specification, as for cryptsetup luksFormat' -r -f
 complete -c pvencrypt -s s -l key-size -d 'Volume key size in bits' -r -f
-complete -c pvencrypt -l pbkdf -d 'Key derivation function for the passphrase keyslot' -r -f -a "argon2id\t''
+complete -c pvencrypt -l pbkdf -d 'Key derivation function for the passphrase keyslot: argon2id, argon2i or pbkdf2' -r -f -a "argon2id\t''
 argon2i\t''
 pbkdf2\t''"
 complete -c pvencrypt -l pbkdf-memory -d 'Memory cost of argon2 in KiB' -r -f
@@ -11,14 +11,14 @@ complete -c pvencrypt -l pbkdf-parallel -d 'Parallel cost of argon2 (threads)' -
 complete -c pvencrypt -l pbkdf-force-iterations -d 'Fixed number of PBKDF iterations instead of a benchmark (argon2: time cost)' -r -f
 complete -c pvencrypt -l iter-time -d 'PBKDF benchmark target in milliseconds' -r -f
 complete -c pvencrypt -l label -d 'LUKS2 label' -r -f
-complete -c pvencrypt -l sector-size -d 'Encryption sector size in bytes: 512 keeps every filesystem usable; 4096 only when every LV\'s filesystem uses 4 KiB blocks' -r -f -a "512\t''
+complete -c pvencrypt -l sector-size -d 'Encryption sector size in bytes, 512, 1024, 2048 or 4096: 512 keeps every filesystem usable; 4096 only when every LV\'s filesystem uses 4 KiB blocks' -r -f -a "512\t''
 1024\t''
 2048\t''
 4096\t''"
 complete -c pvencrypt -l name -d 'Name of the opened device, /dev/mapper/NAME (default: the PV\'s basename + "_crypt")' -r -f
 complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the device, as cryptsetup\'s --reduce-device-size: half holds the LUKS2 header, half is the data shift, the room into which chunks are encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G (powers of 1024)' -r -f
 complete -c pvencrypt -s i -l interval -d 'Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar; 0: no progress output at all, as pvmove -i 0' -r -f
-complete -c pvencrypt -l reportformat -d 'Report format for --status' -r -f -a "basic\t''
+complete -c pvencrypt -l reportformat -d 'Report format for --status: basic (aligned columns) or json (as LVM\'s JSON reports)' -r -f -a "basic\t''
 json\t''"
 complete -c pvencrypt -l make-room -d 'When the PV reaches into the space LUKS2 needs at the end of the device, move the extents there to free extents lower on the same PV (pvmove, live) and shrink the PV (pvresize) first. Without it, pvencrypt asks on a terminal (unless --yes), and otherwise refuses and says how much is missing'
 complete -c pvencrypt -l no-crypttab -d 'Do not add the new device to /etc/crypttab (pvencrypt prints the line the next boot needs instead)'
@@ -33,3 +33,17 @@ complete -c pvencrypt -l debug -d 'Print libcryptsetup\'s and LVM\'s debug messa
 complete -c pvencrypt -s q -l quiet -d 'Only errors'
 complete -c pvencrypt -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pvencrypt -s V -l version -d 'Print version'
+
+# PVs for the positional arguments, never files: LVM's PVs; after --abort the running
+# conversions, after --status every conversion pvencrypt reports.
+function __pvencrypt_pvs
+    if __fish_seen_argument -l abort
+        set -l files /run/pvencrypt/*.json
+        test -n "$files"; and cat $files | grep -o '"pv": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/'
+    else if __fish_seen_argument -l status
+        pvencrypt --status --reportformat json 2>/dev/null | grep -o '"pv": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/'
+    else
+        pvs --noheadings -o pv_name 2>/dev/null | string trim
+    end
+end
+complete -c pvencrypt -f -a '(__pvencrypt_pvs)'

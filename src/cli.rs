@@ -36,7 +36,7 @@ FILES:
 /// PV holds a LUKS2 header, /dev/mapper/NAME is open and every logical volume runs on it.
 /// The device follows libcryptsetup's LUKS2 reencryption format (data shift mode), so at
 /// every instant, even after a crash or a kill, it is either the plain PV or a LUKS2
-/// device that stock `cryptsetup open` opens and `cryptsetup reencrypt` can finish.
+/// device that stock cryptsetup opens ("cryptsetup open") and can finish ("cryptsetup reencrypt").
 /// pvencrypt switches the logical volumes onto the new device under a short freeze; then
 /// the kernel moves the data, as for pvmove: chunk by chunk, a device-mapper mirror copies
 /// the plaintext into dm-crypt while the logical volumes keep using it.
@@ -71,8 +71,8 @@ pub struct Cli {
     #[arg(short = 's', long, value_name = "BITS", default_value_t = 512, value_hint = ValueHint::Other)]
     pub key_size: u32,
 
-    /// Key derivation function for the passphrase keyslot.
-    #[arg(long, value_enum, value_name = "PBKDF")]
+    /// Key derivation function for the passphrase keyslot: argon2id, argon2i or pbkdf2.
+    #[arg(long, value_enum, value_name = "PBKDF", hide_possible_values = true)]
     pub pbkdf: Option<Pbkdf>,
 
     /// Memory cost of argon2 in KiB.
@@ -95,9 +95,9 @@ pub struct Cli {
     #[arg(long, value_name = "LABEL", value_hint = ValueHint::Other)]
     pub label: Option<String>,
 
-    /// Encryption sector size in bytes: 512 keeps every filesystem usable; 4096 only when
-    /// every LV's filesystem uses 4 KiB blocks.
-    #[arg(long, value_name = "BYTES", default_value_t = 512,
+    /// Encryption sector size in bytes, 512, 1024, 2048 or 4096: 512 keeps every filesystem
+    /// usable; 4096 only when every LV's filesystem uses 4 KiB blocks.
+    #[arg(long, value_name = "BYTES", default_value_t = 512, hide_possible_values = true,
           value_parser = clap::builder::PossibleValuesParser::new(["512", "1024", "2048", "4096"])
               .map(|s| s.parse::<u32>().unwrap()))]
     pub sector_size: u32,
@@ -154,8 +154,8 @@ pub struct Cli {
     #[arg(long, conflicts_with = "abort")]
     pub status: bool,
 
-    /// Report format for --status.
-    #[arg(long, value_enum, value_name = "FORMAT", default_value = "basic")]
+    /// Report format for --status: basic (aligned columns) or json (as LVM's JSON reports).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "basic", hide_possible_values = true)]
     pub reportformat: ReportFormat,
 
     /// Check everything and print the plan; change nothing.
