@@ -36,7 +36,10 @@ fn main() -> io::Result<()> {
 /// form, examples, notes...) is written there.
 fn man_page(cmd: &clap::Command) -> io::Result<String> {
     type Render = fn(&clap_mangen::Man, &mut dyn io::Write) -> io::Result<()>;
-    let man = clap_mangen::Man::new(cmd.clone()).section("8").date("");
+    // The description without its first sentence, which NAME already shows.
+    let about = cmd.get_long_about().expect("cli.rs documents Cli").to_string();
+    let description = about.split_once("\n\n").map_or(about.as_str(), |(_, rest)| rest).to_string();
+    let man = clap_mangen::Man::new(cmd.clone().long_about(description)).section("8").date("");
     let mut page = String::from(
         r#".ie \n(.g .ds Aq \(aq
 .el .ds Aq '

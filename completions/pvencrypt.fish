@@ -1,4 +1,4 @@
-complete -c pvencrypt -s d -l key-file -d 'Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole file, or --keyfile-size bytes from --keyfile-offset; no newline handling. Without it, the passphrase is asked on the terminal, or read as one line when piped in' -r -F
+complete -c pvencrypt -s d -l key-file -d 'Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole file, or --keyfile-size bytes from --keyfile-offset; no newline handling. Without it, the passphrase is asked on the terminal, or read as one line when piped in. A block device holding an LVM label or a LUKS header is refused: a swapped argument' -r -F
 complete -c pvencrypt -s l -l keyfile-size -d 'Read at most BYTES from the key file' -r -f
 complete -c pvencrypt -l keyfile-offset -d 'Skip BYTES at the start of the key file' -r -f
 complete -c pvencrypt -s c -l cipher -d 'Cipher specification, as for cryptsetup luksFormat' -r -f

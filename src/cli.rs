@@ -51,7 +51,8 @@ pub struct Cli {
 
     /// Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole
     /// file, or --keyfile-size bytes from --keyfile-offset; no newline handling. Without it,
-    /// the passphrase is asked on the terminal, or read as one line when piped in.
+    /// the passphrase is asked on the terminal, or read as one line when piped in. A block
+    /// device holding an LVM label or a LUKS header is refused: a swapped argument.
     #[arg(short = 'd', long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub key_file: Option<PathBuf>,
 

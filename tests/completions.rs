@@ -151,13 +151,51 @@ fn fish_completes_pvs_and_key_files() {
     assert_eq!(complete("pvencrypt --cipher ke"), Vec::<String>::new());
 }
 
+/// Each line typed into an interactive zsh (under zsh's own pseudo-terminal driver,
+/// zpty) with one Tab, the completion system loaded from completions/: the buffer after
+/// the Tab, as a widget bound to ^X writes it to a file.
+const ZSH_DRIVER: &str = r#"zmodload zsh/zpty
+local comp=$1 out=$2; shift 2
+zpty z zsh -f -i
+zpty -w z "fpath=($comp \$fpath); autoload -U compinit; compinit -u -D; setopt nobeep"
+zpty -w z "dump() { print -r -- \"\$BUFFER\" >$out/\$((++n)); BUFFER=; }; n=0; zle -N dump; bindkey '^X' dump"
+for line in "$@"; do zpty -w -n z "$line"$'\t\x18'; done
+for i in {1..$#}; do
+  for t in {1..300}; do [[ -e $out/$i ]] && break; sleep 0.1; done
+  print -r -- "$(<$out/$i)"
+done
+zpty -d z"#;
+
 #[test]
-fn zsh_script_parses() {
+fn zsh_completes_pvs_conversions_and_key_files() {
     if !have("zsh") {
         return;
     }
-    let out = Command::new("zsh").args(["-n"]).arg(script("_pvencrypt")).output().unwrap();
+    let f = Fakes::new("zsh");
+    let out_dir = f.0.join("buffers");
+    fs::create_dir(&out_dir).unwrap();
+    let lines =
+        ["pvencrypt /dev/s", "pvencrypt --status /dev/s", "pvencrypt --key-file ke", "pvencrypt --cipher ke", "pvencrypt --ab"];
+    let out = Command::new("zsh")
+        .args(["-f", "-c", ZSH_DRIVER, "zsh"])
+        .arg(script(""))
+        .arg(&out_dir)
+        .args(lines)
+        .current_dir(&f.0)
+        .env("PATH", f.path_var())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = fs::read_to_string(script("_pvencrypt")).unwrap();
-    assert!(text.contains("resume unfinished conversions:_pvencrypt_pvs'"), "the PV argument lost its completion");
+    let buffers: Vec<String> = String::from_utf8(out.stdout).unwrap().lines().map(|l| l.trim_end().to_string()).collect();
+    assert_eq!(
+        buffers,
+        [
+            "pvencrypt /dev/sda5",
+            "pvencrypt --status /dev/sdc1",
+            "pvencrypt --key-file key",
+            // Not a file: nothing offered.
+            "pvencrypt --cipher ke",
+            "pvencrypt --abort"
+        ]
+    );
 }
