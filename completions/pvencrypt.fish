@@ -29,7 +29,7 @@ complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, o
 complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA'
 complete -c pvencrypt -s t -l test -d 'Check everything and print the plan; change nothing'
 complete -c pvencrypt -s v -l verbose -d 'More detail (freeze duration, throughput); twice: libcryptsetup\'s messages too'
-complete -c pvencrypt -l debug -d 'Print libcryptsetup\'s and LVM\'s debug messages to stderr as they come, as cryptsetup --debug (no key material; held back while the switch\'s freeze lasts)'
+complete -c pvencrypt -l debug -d 'Print libcryptsetup\'s and LVM\'s debug messages to stderr as they come, as cryptsetup --debug: no key material; held back while the switch\'s freeze lasts; none once in the background (-b), whose stderr is /dev/null'
 complete -c pvencrypt -s q -l quiet -d 'Only errors'
 complete -c pvencrypt -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pvencrypt -s V -l version -d 'Print version'

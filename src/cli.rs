@@ -168,7 +168,8 @@ pub struct Cli {
     pub verbose: u8,
 
     /// Print libcryptsetup's and LVM's debug messages to stderr as they come, as
-    /// cryptsetup --debug (no key material; held back while the switch's freeze lasts).
+    /// cryptsetup --debug: no key material; held back while the switch's freeze lasts; none
+    /// once in the background (-b), whose stderr is /dev/null.
     #[arg(long)]
     pub debug: bool,
 
