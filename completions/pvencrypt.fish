@@ -1,24 +1,24 @@
-complete -c pvencrypt -s d -l key-file -d 'Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole file, or --keyfile-size bytes from --keyfile-offset; no newline handling. Without it, the passphrase is asked on the terminal, or read as one line when piped in' -r -F
-complete -c pvencrypt -s l -l keyfile-size -d 'Read at most BYTES from the key file' -r
-complete -c pvencrypt -l keyfile-offset -d 'Skip BYTES at the start of the key file' -r
-complete -c pvencrypt -s c -l cipher -d 'Cipher specification, as for cryptsetup luksFormat' -r
-complete -c pvencrypt -s s -l key-size -d 'Volume key size in bits' -r
-complete -c pvencrypt -l pbkdf -d 'Key derivation function for the passphrase keyslot' -r -f -a "argon2id\t''
+complete -c pvencrypt -s d -l key-file -d 'Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole file, or --keyfile-size bytes from --keyfile-offset; no newline handling. Without it, the passphrase is asked on the terminal, or read as one line when piped in. A block device holding an LVM label or a LUKS header is refused: a swapped argument' -r -F
+complete -c pvencrypt -s l -l keyfile-size -d 'Read at most BYTES from the key file' -r -f
+complete -c pvencrypt -l keyfile-offset -d 'Skip BYTES at the start of the key file' -r -f
+complete -c pvencrypt -s c -l cipher -d 'Cipher specification, as for cryptsetup luksFormat' -r -f
+complete -c pvencrypt -s s -l key-size -d 'Volume key size in bits' -r -f
+complete -c pvencrypt -l pbkdf -d 'Key derivation function for the passphrase keyslot: argon2id, argon2i or pbkdf2' -r -f -a "argon2id\t''
 argon2i\t''
 pbkdf2\t''"
-complete -c pvencrypt -l pbkdf-memory -d 'Memory cost of argon2 in KiB' -r
-complete -c pvencrypt -l pbkdf-parallel -d 'Parallel cost of argon2 (threads)' -r
-complete -c pvencrypt -l pbkdf-force-iterations -d 'Fixed number of PBKDF iterations instead of a benchmark (argon2: time cost)' -r
-complete -c pvencrypt -l iter-time -d 'PBKDF benchmark target in milliseconds' -r
-complete -c pvencrypt -l label -d 'LUKS2 label' -r
-complete -c pvencrypt -l sector-size -d 'Encryption sector size in bytes: 512 keeps every filesystem usable; 4096 only when every LV\'s filesystem uses 4 KiB blocks' -r -f -a "512\t''
+complete -c pvencrypt -l pbkdf-memory -d 'Memory cost of argon2 in KiB' -r -f
+complete -c pvencrypt -l pbkdf-parallel -d 'Parallel cost of argon2 (threads)' -r -f
+complete -c pvencrypt -l pbkdf-force-iterations -d 'Fixed number of PBKDF iterations instead of a benchmark (argon2: time cost)' -r -f
+complete -c pvencrypt -l iter-time -d 'PBKDF benchmark target in milliseconds' -r -f
+complete -c pvencrypt -l label -d 'LUKS2 label' -r -f
+complete -c pvencrypt -l sector-size -d 'Encryption sector size in bytes, 512, 1024, 2048 or 4096: 512 keeps every filesystem usable; 4096 only when every LV\'s filesystem uses 4 KiB blocks' -r -f -a "512\t''
 1024\t''
 2048\t''
 4096\t''"
-complete -c pvencrypt -l name -d 'Name of the opened device, /dev/mapper/NAME (default: the PV\'s basename + "_crypt")' -r
-complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the device, as cryptsetup\'s --reduce-device-size: half holds the LUKS2 header, half is the data shift, the room into which chunks are encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G (powers of 1024)' -r
-complete -c pvencrypt -s i -l interval -d 'Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar' -r
-complete -c pvencrypt -l reportformat -d 'Report format for --status' -r -f -a "basic\t''
+complete -c pvencrypt -l name -d 'Name of the opened device, /dev/mapper/NAME (default: the PV\'s basename + "_crypt")' -r -f
+complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the device, as cryptsetup\'s --reduce-device-size: half holds the LUKS2 header, half is the data shift, the room into which chunks are encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G (powers of 1024)' -r -f
+complete -c pvencrypt -s i -l interval -d 'Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar; 0: no progress output at all, as pvmove -i 0' -r -f
+complete -c pvencrypt -l reportformat -d 'Report format for --status: basic (aligned columns) or json (as LVM\'s JSON reports)' -r -f -a "basic\t''
 json\t''"
 complete -c pvencrypt -l make-room -d 'When the PV reaches into the space LUKS2 needs at the end of the device, move the extents there to free extents lower on the same PV (pvmove, live) and shrink the PV (pvresize) first. Without it, pvencrypt asks on a terminal (unless --yes), and otherwise refuses and says how much is missing'
 complete -c pvencrypt -l no-crypttab -d 'Do not add the new device to /etc/crypttab (pvencrypt prints the line the next boot needs instead)'
@@ -28,7 +28,22 @@ complete -c pvencrypt -s b -l background -d 'Run in the background: return once 
 complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, or all) and wait until they have stopped: the chunks in flight go back to their plaintext, the last checkpoint stands. The data stays in use; running pvencrypt again resumes'
 complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA'
 complete -c pvencrypt -s t -l test -d 'Check everything and print the plan; change nothing'
-complete -c pvencrypt -s v -l verbose -d 'More detail (freeze duration, throughput); repeat for debug output'
+complete -c pvencrypt -s v -l verbose -d 'More detail (freeze duration, throughput); twice: libcryptsetup\'s messages too'
+complete -c pvencrypt -l debug -d 'Print libcryptsetup\'s and LVM\'s debug messages to stderr as they come, as cryptsetup --debug: no key material; held back while the switch\'s freeze lasts; none once in the background (-b), whose stderr is /dev/null'
 complete -c pvencrypt -s q -l quiet -d 'Only errors'
 complete -c pvencrypt -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c pvencrypt -s V -l version -d 'Print version'
+
+# PVs for the positional arguments, never files: LVM's PVs; after --abort the running
+# conversions, after --status every conversion pvencrypt reports.
+function __pvencrypt_pvs
+    if __fish_seen_argument -l abort
+        set -l files /run/pvencrypt/*.json
+        test -n "$files"; and cat $files | grep -o '"pv": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/'
+    else if __fish_seen_argument -l status
+        pvencrypt --status --reportformat json 2>/dev/null | grep -o '"pv": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/'
+    else
+        pvs --noheadings -o pv_name 2>/dev/null | string trim
+    end
+end
+complete -c pvencrypt -f -a '(__pvencrypt_pvs)'

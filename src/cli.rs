@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{builder::TypedValueParser, ArgAction, Parser, ValueEnum};
+use clap::{builder::TypedValueParser, ArgAction, Parser, ValueEnum, ValueHint};
 
 const EXIT_CODES: &str = "\
 EXIT STATUS:
@@ -36,7 +36,7 @@ FILES:
 /// PV holds a LUKS2 header, /dev/mapper/NAME is open and every logical volume runs on it.
 /// The device follows libcryptsetup's LUKS2 reencryption format (data shift mode), so at
 /// every instant, even after a crash or a kill, it is either the plain PV or a LUKS2
-/// device that stock `cryptsetup open` opens and `cryptsetup reencrypt` can finish.
+/// device that stock cryptsetup opens ("cryptsetup open") and can finish ("cryptsetup reencrypt").
 /// pvencrypt switches the logical volumes onto the new device under a short freeze; then
 /// the kernel moves the data, as for pvmove: chunk by chunk, a device-mapper mirror copies
 /// the plaintext into dm-crypt while the logical volumes keep using it.
@@ -46,71 +46,72 @@ FILES:
 #[command(name = "pvencrypt", version, after_help = EXIT_CODES, max_term_width = 100)]
 pub struct Cli {
     /// Physical volumes to encrypt, one after another. Without any, resume unfinished conversions.
-    #[arg(value_name = "PV")]
+    #[arg(value_name = "PV", value_hint = ValueHint::Other)]
     pub pvs: Vec<PathBuf>,
 
     /// Read the passphrase from FILE ("-" is standard input), as cryptsetup does: the whole
     /// file, or --keyfile-size bytes from --keyfile-offset; no newline handling. Without it,
-    /// the passphrase is asked on the terminal, or read as one line when piped in.
-    #[arg(short = 'd', long, value_name = "FILE")]
+    /// the passphrase is asked on the terminal, or read as one line when piped in. A block
+    /// device holding an LVM label or a LUKS header is refused: a swapped argument.
+    #[arg(short = 'd', long, value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub key_file: Option<PathBuf>,
 
     /// Read at most BYTES from the key file.
-    #[arg(short = 'l', long, value_name = "BYTES", requires = "key_file")]
+    #[arg(short = 'l', long, value_name = "BYTES", requires = "key_file", value_hint = ValueHint::Other)]
     pub keyfile_size: Option<u64>,
 
     /// Skip BYTES at the start of the key file.
-    #[arg(long, value_name = "BYTES", requires = "key_file")]
+    #[arg(long, value_name = "BYTES", requires = "key_file", value_hint = ValueHint::Other)]
     pub keyfile_offset: Option<u64>,
 
     /// Cipher specification, as for cryptsetup luksFormat.
-    #[arg(short = 'c', long, value_name = "CIPHER", default_value = "aes-xts-plain64")]
+    #[arg(short = 'c', long, value_name = "CIPHER", default_value = "aes-xts-plain64", value_hint = ValueHint::Other)]
     pub cipher: String,
 
     /// Volume key size in bits.
-    #[arg(short = 's', long, value_name = "BITS", default_value_t = 512)]
+    #[arg(short = 's', long, value_name = "BITS", default_value_t = 512, value_hint = ValueHint::Other)]
     pub key_size: u32,
 
-    /// Key derivation function for the passphrase keyslot.
-    #[arg(long, value_enum, value_name = "PBKDF")]
+    /// Key derivation function for the passphrase keyslot: argon2id, argon2i or pbkdf2.
+    #[arg(long, value_enum, value_name = "PBKDF", hide_possible_values = true)]
     pub pbkdf: Option<Pbkdf>,
 
     /// Memory cost of argon2 in KiB.
-    #[arg(long, value_name = "KIB")]
+    #[arg(long, value_name = "KIB", value_hint = ValueHint::Other)]
     pub pbkdf_memory: Option<u32>,
 
     /// Parallel cost of argon2 (threads).
-    #[arg(long, value_name = "THREADS")]
+    #[arg(long, value_name = "THREADS", value_hint = ValueHint::Other)]
     pub pbkdf_parallel: Option<u32>,
 
     /// Fixed number of PBKDF iterations instead of a benchmark (argon2: time cost).
-    #[arg(long, value_name = "NUM")]
+    #[arg(long, value_name = "NUM", value_hint = ValueHint::Other)]
     pub pbkdf_force_iterations: Option<u32>,
 
     /// PBKDF benchmark target in milliseconds.
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_hint = ValueHint::Other)]
     pub iter_time: Option<u32>,
 
     /// LUKS2 label.
-    #[arg(long, value_name = "LABEL")]
+    #[arg(long, value_name = "LABEL", value_hint = ValueHint::Other)]
     pub label: Option<String>,
 
-    /// Encryption sector size in bytes: 512 keeps every filesystem usable; 4096 only when
-    /// every LV's filesystem uses 4 KiB blocks.
-    #[arg(long, value_name = "BYTES", default_value_t = 512,
+    /// Encryption sector size in bytes, 512, 1024, 2048 or 4096: 512 keeps every filesystem
+    /// usable; 4096 only when every LV's filesystem uses 4 KiB blocks.
+    #[arg(long, value_name = "BYTES", default_value_t = 512, hide_possible_values = true,
           value_parser = clap::builder::PossibleValuesParser::new(["512", "1024", "2048", "4096"])
               .map(|s| s.parse::<u32>().unwrap()))]
     pub sector_size: u32,
 
     /// Name of the opened device, /dev/mapper/NAME (default: the PV's basename + "_crypt").
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_hint = ValueHint::Other)]
     pub name: Option<String>,
 
     /// Space taken from the end of the device, as cryptsetup's --reduce-device-size: half
     /// holds the LUKS2 header, half is the data shift, the room into which chunks are
     /// encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G
     /// (powers of 1024).
-    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size, value_hint = ValueHint::Other)]
     pub reduce_device_size: u64,
 
     /// When the PV reaches into the space LUKS2 needs at the end of the device, move the
@@ -139,8 +140,9 @@ pub struct Cli {
     #[arg(short = 'b', long)]
     pub background: bool,
 
-    /// Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar.
-    #[arg(short = 'i', long, value_name = "SECONDS")]
+    /// Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar;
+    /// 0: no progress output at all, as pvmove -i 0.
+    #[arg(short = 'i', long, value_name = "SECONDS", value_hint = ValueHint::Other)]
     pub interval: Option<u32>,
 
     /// Stop running conversions (of the PVs given, or all) and wait until they have stopped:
@@ -153,17 +155,23 @@ pub struct Cli {
     #[arg(long, conflicts_with = "abort")]
     pub status: bool,
 
-    /// Report format for --status.
-    #[arg(long, value_enum, value_name = "FORMAT", default_value = "basic")]
+    /// Report format for --status: basic (aligned columns) or json (as LVM's JSON reports).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "basic", hide_possible_values = true)]
     pub reportformat: ReportFormat,
 
     /// Check everything and print the plan; change nothing.
     #[arg(short = 't', long)]
     pub test: bool,
 
-    /// More detail (freeze duration, throughput); repeat for debug output.
+    /// More detail (freeze duration, throughput); twice: libcryptsetup's messages too.
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
+
+    /// Print libcryptsetup's and LVM's debug messages to stderr as they come, as
+    /// cryptsetup --debug: no key material; held back while the switch's freeze lasts; none
+    /// once in the background (-b), whose stderr is /dev/null.
+    #[arg(long)]
+    pub debug: bool,
 
     /// Only errors.
     #[arg(short = 'q', long, conflicts_with = "verbose")]

@@ -8,8 +8,9 @@
 //! story. In a release binary `point` and `fails` do nothing.
 
 use std::{
+    io::Write,
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         OnceLock,
     },
     time::Instant,
@@ -54,6 +55,30 @@ pub fn tracing() -> bool {
 
 pub fn tracing_debug() -> bool {
     tracing() && TRACE.get().is_some_and(|t| t.as_deref() == Some("debug"))
+}
+
+static DEBUG: AtomicBool = AtomicBool::new(false);
+
+/// `--debug`: libcryptsetup's and LVM's debug messages go to stderr as they come, as
+/// with `cryptsetup --debug`. Neither library prints key material in them.
+pub fn set_debug() {
+    DEBUG.store(true, Ordering::Relaxed);
+}
+
+pub fn debug() -> bool {
+    DEBUG.load(Ordering::Relaxed) || tracing_debug()
+}
+
+/// Writes one library debug line to stderr, unless the switch's freeze is on (stderr may
+/// be a file on the suspended PV; the caller keeps the line for later, if it can).
+/// False when it was not written. Called from C: never panics, and a closed stderr is
+/// not an error.
+pub fn debug_line(from: &str, msg: &str) -> bool {
+    if !debug() || crate::switch::frozen() {
+        return false;
+    }
+    let _ = writeln!(std::io::stderr().lock(), "# {from}: {msg}");
+    true
 }
 
 static T0: OnceLock<Instant> = OnceLock::new();

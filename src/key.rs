@@ -94,6 +94,41 @@ impl KeySource<'_> {
     }
 }
 
+/// A key file that is a block device holding an LVM label or a LUKS header is almost
+/// always the PV given to -d by mistake (`pvencrypt -d /dev/sda5 KEYFILE`): reading it
+/// as a key would "work". Refused before anything is asked or changed. A block device
+/// without either (a raw key partition) is a key file as cryptsetup reads one.
+pub fn refuse_volume_as_key(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if path == Path::new("-") || !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
+        return Ok(());
+    }
+    // Unreadable: reading the key says so later, as for any key file.
+    let Ok(Some(what)) = volume_signature(path) else { return Ok(()) };
+    let p = path.display();
+    Err(Error::new(
+        Kind::Refused,
+        format!(
+            "Key file {p} is a block device holding {what}, not a key: almost always a swapped argument: \
+             pvencrypt -d {p} where pvencrypt -d KEYFILE {p} was meant. Nothing was changed."
+        ),
+    ))
+}
+
+/// What the start of `path` holds when it is a volume: an LVM label (LABELONE in one
+/// of the first four sectors, where LVM looks) or a LUKS header (either copy's magic).
+pub fn volume_signature(path: &Path) -> io::Result<Option<&'static str>> {
+    let mut start = Vec::with_capacity(2048);
+    File::open(path)?.take(2048).read_to_end(&mut start)?;
+    if start.starts_with(b"LUKS\xba\xbe") || start.starts_with(b"SKUL\xba\xbe") {
+        return Ok(Some("a LUKS header"));
+    }
+    if start.chunks(512).any(|s| s.starts_with(b"LABELONE")) {
+        return Ok(Some("an LVM label"));
+    }
+    Ok(None)
+}
+
 /// cryptsetup's limit for a passphrase typed or piped in.
 const MAX_PASSPHRASE: usize = 512;
 
@@ -185,6 +220,45 @@ mod tests {
         let big = vec![b'x'; (MAX_KEYFILE + 1) as usize];
         assert_eq!(read(&big, None, None).unwrap_err().kind, Kind::Key);
         assert_eq!(read(&big, Some(16), None).unwrap().len(), 16);
+    }
+
+    fn signature(content: &[u8]) -> Option<&'static str> {
+        let mut f = tempfile();
+        f.1.write_all(content).unwrap();
+        let r = volume_signature(&f.0).unwrap();
+        std::fs::remove_file(&f.0).unwrap();
+        r
+    }
+
+    #[test]
+    fn volumes_are_recognised_by_their_first_sectors() {
+        let mut label = vec![0u8; 2048];
+        label[512..520].copy_from_slice(b"LABELONE");
+        assert_eq!(signature(&label), Some("an LVM label"));
+        label[512..520].fill(0);
+        label[1536..1544].copy_from_slice(b"LABELONE");
+        assert_eq!(signature(&label), Some("an LVM label"));
+        // LVM looks no further than the fourth sector.
+        let mut far = vec![0u8; 4096];
+        far[2048..2056].copy_from_slice(b"LABELONE");
+        assert_eq!(signature(&far), None);
+        assert_eq!(signature(b"LUKS\xba\xbe\x00\x02rest"), Some("a LUKS header"));
+        assert_eq!(signature(b"SKUL\xba\xbe\x00\x02rest"), Some("a LUKS header"));
+        // Inside a key, not at its start: a key.
+        assert_eq!(signature(b"xLUKS\xba\xbe"), None);
+        assert_eq!(signature(b"secret\n"), None);
+        assert_eq!(signature(b""), None);
+    }
+
+    #[test]
+    fn regular_files_are_never_refused_as_volumes() {
+        // Only a block device is taken for a swapped argument; a file is the user's key.
+        let mut f = tempfile();
+        f.1.write_all(b"LUKS\xba\xbe").unwrap();
+        assert!(refuse_volume_as_key(&f.0).is_ok());
+        std::fs::remove_file(&f.0).unwrap();
+        assert!(refuse_volume_as_key(Path::new("-")).is_ok());
+        assert!(refuse_volume_as_key(Path::new("/nonexistent/key")).is_ok());
     }
 
     #[test]

@@ -81,21 +81,28 @@ unsafe extern "C" fn log_cb(level: c_int, msg: *const std::ffi::c_char, _: *mut 
         // SAFETY: libcryptsetup passes a C string valid for the call (checked non-NULL).
         let s = unsafe { std::ffi::CStr::from_ptr(msg) }.to_string_lossy().trim_end().to_string();
         crate::fault::trace(format_args!("libcryptsetup[{level}]: {s}"));
-        log.push((level, s));
+        // Under --debug every line is printed as it comes; errors are kept anyway, for
+        // the report after the operation.
+        if !crate::fault::debug_line("libcryptsetup", &s) || level == CryptLogLevel::Error as i32 {
+            log.push((level, s));
+        }
     }
 }
 
-/// Routes libcryptsetup's messages into memory; `take_log` hands them out.
+/// Routes libcryptsetup's messages into memory; `take_log` hands them out. Under
+/// `--debug` (`fault::set_debug`, called first) they also go to stderr as they come.
 pub fn capture_log() {
     LOG.lock().unwrap().reserve(256);
-    if crate::fault::tracing_debug() {
+    if crate::fault::debug() {
         libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
     }
     libcryptsetup_rs::set_log_callback::<()>(Some(log_cb), None);
 }
 
-/// The library's messages since the last call: errors, and with `debug` everything.
+/// The library's messages since the last call: errors, and with `debug` everything
+/// (under `--debug`, the lines held back during the freeze).
 pub fn take_log(debug: bool) -> Vec<String> {
+    let debug = debug || crate::fault::debug();
     let error = CryptLogLevel::Error as i32;
     std::mem::take(&mut *LOG.lock().unwrap()).into_iter().filter(|(l, _)| debug || *l == error).map(|(_, m)| m).collect()
 }

@@ -14,7 +14,7 @@ use pvencrypt::{
     error::{Error, Kind, Result},
     fault, inspect,
     inspect::State,
-    key::{KeySource, Passphrase},
+    key::{self, KeySource, Passphrase},
     luks,
     options::Options,
     poll,
@@ -32,6 +32,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     fault::init();
+    if cli.debug {
+        fault::set_debug();
+    }
     luks::capture_log();
     install_signal_handlers();
     switch::install_panic_hook();
@@ -79,6 +82,10 @@ fn run(cli: &Cli) -> Result<()> {
     }
     if cli.abort {
         return abort(cli);
+    }
+    // Before resume_all's repairs and any question.
+    if let Some(f) = &cli.key_file {
+        key::refuse_volume_as_key(f)?;
     }
     if cli.pvs.is_empty() {
         return resume_all(cli);

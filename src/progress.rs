@@ -1,5 +1,6 @@
 //! Progress for people and for logs: a bar on a terminal; otherwise (or with
-//! --interval) pvmove's line format, "/dev/sda5: Encrypted: 12.50%".
+//! --interval) pvmove's line format, "/dev/sda5: Encrypted: 12.50%"; with `-i 0`
+//! nothing at all, as pvmove.
 
 use std::{
     io::IsTerminal,
@@ -22,6 +23,8 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(pv: &str, interval: Option<u32>, quiet: bool) -> Progress {
+        // `-i 0` asks for no progress at all, as pvmove's.
+        let quiet = quiet || interval == Some(0);
         let bar = (!quiet && interval.is_none() && !crate::poll::detached() && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             b.set_style(
@@ -33,7 +36,7 @@ impl Progress {
             b.set_prefix(pv.to_string());
             b
         });
-        let every = Duration::from_secs(interval.unwrap_or(DEFAULT_INTERVAL).max(1) as u64);
+        let every = Duration::from_secs(interval.unwrap_or(DEFAULT_INTERVAL) as u64);
         Progress { pv: pv.into(), bar, every, next: Instant::now(), quiet, started: Instant::now() }
     }
 
@@ -41,10 +44,18 @@ impl Progress {
         if let Some(b) = &self.bar {
             b.set_length(total);
             b.set_position(done);
-        } else if !self.quiet && (Instant::now() >= self.next || done == total) {
-            self.next = Instant::now() + self.every;
-            crate::poll::info(&format!("{}: Encrypted: {}", self.pv, percent(done, total)));
+        } else if let Some(line) = self.line(done, total) {
+            crate::poll::info(&line);
         }
+    }
+
+    /// The progress line due now, if any.
+    fn line(&mut self, done: u64, total: u64) -> Option<String> {
+        if self.quiet || (Instant::now() < self.next && done != total) {
+            return None;
+        }
+        self.next = Instant::now() + self.every;
+        Some(format!("{}: Encrypted: {}", self.pv, percent(done, total)))
     }
 
     pub fn finish(&self) -> Duration {
@@ -65,7 +76,25 @@ pub fn percent(done: u64, total: u64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::percent;
+    use super::{percent, Progress};
+
+    #[test]
+    fn interval_zero_prints_nothing() {
+        let mut p = Progress::new("/dev/sda5", Some(0), false);
+        assert!(p.bar.is_none());
+        assert_eq!(p.line(1, 8), None);
+        assert_eq!(p.line(8, 8), None);
+    }
+
+    #[test]
+    fn interval_lines_like_pvmove() {
+        let mut p = Progress::new("/dev/sda5", Some(3600), false);
+        assert!(p.bar.is_none());
+        assert_eq!(p.line(1, 8).as_deref(), Some("/dev/sda5: Encrypted: 12.50%"));
+        // Not due again for an hour, except the last line.
+        assert_eq!(p.line(2, 8), None);
+        assert_eq!(p.line(8, 8).as_deref(), Some("/dev/sda5: Encrypted: 100.00%"));
+    }
 
     #[test]
     fn percent_like_pvmove() {

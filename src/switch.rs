@@ -309,6 +309,11 @@ impl Switch<'_> {
 const RESUME_TRIES: u32 = 5;
 
 static FROZEN: AtomicBool = AtomicBool::new(false);
+
+/// True while devices on the PV are suspended for the switch: nothing may be written then.
+pub fn frozen() -> bool {
+    FROZEN.load(Ordering::SeqCst)
+}
 static PANIC_MSG: Mutex<Option<String>> = Mutex::new(None);
 
 /// The devices suspended for the switch, resumed bottom-up when this goes out of scope

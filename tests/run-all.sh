@@ -6,6 +6,9 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tests/vm/setup.sh || { echo "setup failed"; exit 1; }
+# tests/completions.rs runs the completion scripts in bash, zsh and fish.
+command -v zsh >/dev/null && command -v fish >/dev/null ||
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q zsh fish >/dev/null || { echo "setup failed"; exit 1; }
 
 # The code's habits: rustfmt.toml's layout, no clippy warning (with the lints of Cargo.toml).
 lint_fail=0

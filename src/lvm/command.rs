@@ -42,17 +42,22 @@ impl Output {
 }
 
 /// Receives every line LVM logs, including all debug lines (LVM doesn't
-/// filter for an external log function), so return early on those.
+/// filter for an external log function): only `--debug` shows those.
 /// Must not panic: it is called from C.
 unsafe extern "C" fn log_line(level: c_int, file: *const c_char, _line: c_int, _dm_errno: c_int, message: *const c_char) {
     // In case LVM's internal flag bits (_LOG_STDERR 128, _LOG_ONCE 256, ...)
     // ever reach us with the level.
     let level = (level & 0xf) as u32;
-    if level > sys::LVM2_LOG_PRINT || message.is_null() {
+    if message.is_null() {
         return;
     }
     // SAFETY: LVM passes NUL-terminated strings valid for this call.
     let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+    if level > sys::LVM2_LOG_PRINT {
+        // --debug: as `lvm -vvvv` prints them.
+        crate::fault::debug_line("lvm", &text);
+        return;
+    }
     // Report rows and plain messages share level 4; only the origin tells
     // them apart.
     // SAFETY: as above, `file` checked non-NULL.
