@@ -192,17 +192,14 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
     if !io::stdin().is_terminal() {
         return Err(Error::new(Kind::Refused, "Not on a terminal: confirm with --yes."));
     }
-    match moves {
-        Some(n) => {
-            let _ = write!(
-                io::stdout(),
-                "Move {n} extents with pvmove to make room, then encrypt in place? The data stays in use throughout. [y/n]: "
-            );
-        }
-        None => {
-            let _ = write!(io::stdout(), "Encrypt in place? The data stays in use throughout. [y/n]: ");
-        }
-    }
+    let first = match moves {
+        Some(n) => format!("Move {n} extents with pvmove to make room, then encrypt in place?"),
+        None => "Encrypt in place?".to_string(),
+    };
+    // The plan above says where and how; the prompt keeps the one thing a remote admin
+    // must not miss.
+    let boot = if cli.no_crypttab { "" } else { " Every boot from now on waits for the passphrase on the console." };
+    let _ = write!(io::stdout(), "{first} The data stays in use throughout.{boot} [y/n]: ");
     io::stdout().flush().ok();
     let mut answer = String::new();
     io::stdin().lock().read_line(&mut answer).ok();

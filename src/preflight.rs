@@ -158,6 +158,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     }
     check_uses(opts, &dm, dev, &holders)?;
     check_filters(path, &name, &pv.pv_uuid)?;
+    check_initramfs(opts, path, &name, &vg.vg_uuid)?;
     // A throw-away mapping (never resumed, no I/O): the kernel must be able to run the
     // cipher. This also loads dm-crypt's modules now: inside the freeze their autoloading
     // would run modprobe from a disk that may be frozen.
@@ -211,6 +212,21 @@ fn check_filters(path: &Path, name: &str, pv_uuid: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// When the system boots from the VG, the next boot can come only through an initramfs
+/// that opens NAME: refused without one. `--no-initramfs` means the admin builds it
+/// (another tool, another machine): then a warning only.
+fn check_initramfs(opts: &Options, path: &Path, name: &str, vg_uuid: &str) -> Result<()> {
+    let Some(why) = boot::boot_needs(&active_lvs(vg_uuid)) else { return Ok(()) };
+    match boot::initramfs::required(Path::new(boot::ROOT), &why, name) {
+        Ok(_) => Ok(()),
+        Err(msg) if opts.no_initramfs => {
+            poll::error(&format!("WARNING: {}: {msg} (--no-initramfs: going on)", path.display()));
+            Ok(())
+        }
+        Err(msg) => refuse(msg),
+    }
 }
 
 /// On a terminal without --yes, a missing room is planned as with --make-room and the
@@ -351,12 +367,29 @@ pub fn describe(opts: &Options, t: &Target) -> String {
             boot::crypttab_line(&t.name, "<new LUKS UUID>", boot::supports_discard(t.dev)).trim()
         );
     }
-    let on_vg = active_lvs(&t.vg.vg_uuid);
-    if let Some(why) = boot::boot_needs(&on_vg) {
-        out += &format!(
-            "\n  the initramfs {} ({why}).",
-            if opts.no_initramfs { "is NOT rebuilt (--no-initramfs)" } else { "is rebuilt" }
-        );
+    let root = Path::new(boot::ROOT);
+    let needs = boot::boot_needs(&active_lvs(&t.vg.vg_uuid));
+    let tool = needs.as_ref().and_then(|_| boot::initramfs::detect(root).ok());
+    match (&needs, tool) {
+        (Some(why), _) if opts.no_initramfs => out += &format!("\n  the initramfs is NOT rebuilt (--no-initramfs; {why})."),
+        (Some(why), Some(tool)) => {
+            out += &format!("\n  the initramfs is rebuilt with {} and checked ({why}).", tool.rebuild().join(" "));
+            if tool == boot::Tool::Mkinitcpio(boot::initramfs::Hook::SdEncrypt) && !opts.no_crypttab {
+                out += &format!("\n  {} gets the same line.", boot::CRYPTTAB_INITRAMFS);
+            }
+            if tool == boot::Tool::Mkinitcpio(boot::initramfs::Hook::Encrypt) {
+                out += &format!(
+                    "\n  you must add {} to the kernel command line (the encrypt hook of mkinitcpio; pvencrypt prints it \
+                     and does not edit the boot loader).",
+                    boot::initramfs::cryptdevice(&t.name, "<new LUKS UUID>")
+                );
+            }
+        }
+        // Without a tool, preflight refused.
+        _ => {}
+    }
+    if needs.is_some() || !opts.no_crypttab {
+        out += &format!("\n  {}", boot::passphrase_note(&t.name, needs.is_some(), tool));
     }
     for a in boot::cmdline_advice(&fs::read_to_string("/proc/cmdline").unwrap_or_default(), "<new LUKS UUID>") {
         out += &format!("\n  you must change the kernel command line: {a}.");
