@@ -198,7 +198,12 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
     };
     // The plan above says where and how; the prompt keeps the one thing a remote admin
     // must not miss.
-    let boot = if cli.no_crypttab { "" } else { " Every boot from now on waits for the passphrase on the console." };
+    let boot = if cli.no_crypttab {
+        ""
+    } else {
+        " Every boot from now on waits for the passphrase on the console (to avoid typing it on a headless server: \
+         systemd-cryptenroll --tpm2-device=auto, clevis, or dropbear-initramfs; pvencrypt sets up none of them)."
+    };
     let _ = write!(io::stdout(), "{first} The data stays in use throughout.{boot} [y/n]: ");
     io::stdout().flush().ok();
     let mut answer = String::new();

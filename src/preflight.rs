@@ -219,13 +219,18 @@ fn check_filters(path: &Path, name: &str, pv_uuid: &str) -> Result<()> {
 /// (another tool, another machine): then a warning only.
 fn check_initramfs(opts: &Options, path: &Path, name: &str, vg_uuid: &str) -> Result<()> {
     let Some(why) = boot::boot_needs(&active_lvs(vg_uuid)) else { return Ok(()) };
-    match boot::initramfs::required(Path::new(boot::ROOT), &why, name) {
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    match boot::initramfs::can_open(Path::new(boot::ROOT), &cmdline) {
         Ok(_) => Ok(()),
-        Err(msg) if opts.no_initramfs => {
-            poll::error(&format!("WARNING: {}: {msg} (--no-initramfs: going on)", path.display()));
+        Err(missing) if opts.no_initramfs => {
+            poll::error(&format!(
+                "WARNING: {}: {why}, but {missing}. With --no-initramfs, an initramfs that opens {name} is yours to \
+                 build before rebooting.",
+                path.display()
+            ));
             Ok(())
         }
-        Err(msg) => refuse(msg),
+        Err(missing) => refuse(boot::initramfs::refusal(&why, name, &missing)),
     }
 }
 
@@ -367,29 +372,11 @@ pub fn describe(opts: &Options, t: &Target) -> String {
             boot::crypttab_line(&t.name, "<new LUKS UUID>", boot::supports_discard(t.dev)).trim()
         );
     }
-    let root = Path::new(boot::ROOT);
     let needs = boot::boot_needs(&active_lvs(&t.vg.vg_uuid));
-    let tool = needs.as_ref().and_then(|_| boot::initramfs::detect(root).ok());
-    match (&needs, tool) {
-        (Some(why), _) if opts.no_initramfs => out += &format!("\n  the initramfs is NOT rebuilt (--no-initramfs; {why})."),
-        (Some(why), Some(tool)) => {
-            out += &format!("\n  the initramfs is rebuilt with {} and checked ({why}).", tool.rebuild().join(" "));
-            if tool == boot::Tool::Mkinitcpio(boot::initramfs::Hook::SdEncrypt) && !opts.no_crypttab {
-                out += &format!("\n  {} gets the same line.", boot::CRYPTTAB_INITRAMFS);
-            }
-            if tool == boot::Tool::Mkinitcpio(boot::initramfs::Hook::Encrypt) {
-                out += &format!(
-                    "\n  you must add {} to the kernel command line (the encrypt hook of mkinitcpio; pvencrypt prints it \
-                     and does not edit the boot loader).",
-                    boot::initramfs::cryptdevice(&t.name, "<new LUKS UUID>")
-                );
-            }
-        }
-        // Without a tool, preflight refused.
-        _ => {}
-    }
-    if needs.is_some() || !opts.no_crypttab {
-        out += &format!("\n  {}", boot::passphrase_note(&t.name, needs.is_some(), tool));
+    // Without a tool that can open the device, preflight refused (or --no-initramfs).
+    let tool = needs.as_ref().and_then(|_| boot::initramfs::detect(Path::new(boot::ROOT)).ok());
+    for line in boot::plan(&t.name, needs.as_deref(), tool, opts.no_initramfs, opts.no_crypttab) {
+        out += &format!("\n  {line}");
     }
     for a in boot::cmdline_advice(&fs::read_to_string("/proc/cmdline").unwrap_or_default(), "<new LUKS UUID>") {
         out += &format!("\n  you must change the kernel command line: {a}.");

@@ -98,15 +98,30 @@ pub fn detect(root: &Path) -> Result<Tool, String> {
         .into())
 }
 
-/// Preflight, when the system boots from the VG (WHY): the initramfs must open NAME,
-/// or the whole conversion is refused (the full message).
-pub fn required(root: &Path, why: &str, name: &str) -> Result<Tool, String> {
-    detect(root).map_err(|missing| {
-        format!(
-            "{why}, so the next boot must open {name} in the initramfs, but {missing}. Nothing was changed; run \
-             pvencrypt again afterwards (or with --no-initramfs, to see to the initramfs yourself)."
-        )
-    })
+/// Preflight, when the system boots from the VG: the tool, if the initramfs it builds can
+/// open the device; otherwise what is missing. `cmdline`: the kernel's, as now.
+pub fn can_open(root: &Path, cmdline: &str) -> Result<Tool, String> {
+    let tool = detect(root)?;
+    // The encrypt hook reads a single cryptdevice=; before the conversion, one there is
+    // another device's.
+    if let (Tool::Mkinitcpio(Hook::Encrypt), Some(other)) =
+        (tool, cmdline.split_whitespace().find(|a| a.starts_with("cryptdevice=")))
+    {
+        return Err(format!(
+            "mkinitcpio's encrypt hook opens one device only, and the kernel command line gives it {other} already: \
+             use sd-encrypt (with the systemd hook) in HOOKS in /etc/mkinitcpio.conf"
+        ));
+    }
+    Ok(tool)
+}
+
+/// The whole refusal, when the system boots from the VG (WHY) and the initramfs cannot
+/// open NAME (MISSING, from `can_open`).
+pub fn refusal(why: &str, name: &str, missing: &str) -> String {
+    format!(
+        "{why}, so the next boot must open {name} in the initramfs, but {missing}. Nothing was changed; run pvencrypt \
+         again afterwards (or with --no-initramfs, to see to the initramfs yourself)."
+    )
 }
 
 fn dracut(root: &Path) -> Result<(), String> {

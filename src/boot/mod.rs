@@ -42,6 +42,34 @@ pub fn boot_needs(on_vg: &[Device]) -> Option<String> {
     None
 }
 
+/// The boot part of the plan `--test` prints: the initramfs (when the system boots from
+/// the VG: NEEDS says why) and what every boot asks from now on.
+pub fn plan(name: &str, needs: Option<&str>, tool: Option<Tool>, no_initramfs: bool, no_crypttab: bool) -> Vec<String> {
+    use initramfs::Hook;
+    let mut out = Vec::new();
+    match (needs, tool) {
+        (Some(why), _) if no_initramfs => out.push(format!("the initramfs is NOT rebuilt (--no-initramfs; {why}).")),
+        (Some(why), Some(tool)) => {
+            out.push(format!("the initramfs is rebuilt with {} and checked ({why}).", tool.rebuild().join(" ")));
+            if tool == Tool::Mkinitcpio(Hook::SdEncrypt) && !no_crypttab {
+                out.push(format!("{CRYPTTAB_INITRAMFS} gets the same line."));
+            }
+            if tool == Tool::Mkinitcpio(Hook::Encrypt) {
+                out.push(format!(
+                    "you must add {} to the kernel command line (the encrypt hook of mkinitcpio reads it; pvencrypt \
+                     prints it and does not edit the boot loader).",
+                    initramfs::cryptdevice(name, "<new LUKS UUID>")
+                ));
+            }
+        }
+        _ => {}
+    }
+    if needs.is_some() || !no_crypttab {
+        out.push(passphrase_note(name, needs.is_some(), tool));
+    }
+    out
+}
+
 /// What every boot asks from now on, and how a headless server can avoid typing it
 /// (pvencrypt sets none of these up). `in_initramfs`: the system boots from the VG, so
 /// the initramfs (built by `tool`, when known) opens NAME; otherwise /etc/crypttab opens
@@ -139,6 +167,45 @@ pub fn which(root: &Path, tool: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plan_for_the_boot() {
+        let plan = plan("sda5_crypt", Some("/ is on the volume group"), Some(Tool::InitramfsTools), false, false);
+        assert_eq!(plan.len(), 2);
+        assert_eq!(plan[0], "the initramfs is rebuilt with update-initramfs -u -k all and checked (/ is on the volume group).");
+        assert!(plan[1].contains("stops in the initramfs (update-initramfs) until the passphrase"), "{}", plan[1]);
+
+        let plan = super::plan(
+            "sda5_crypt",
+            Some("/ is on the volume group"),
+            Some(Tool::Mkinitcpio(initramfs::Hook::Encrypt)),
+            false,
+            false,
+        );
+        assert!(plan[0].starts_with("the initramfs is rebuilt with mkinitcpio -P"), "{}", plan[0]);
+        assert!(
+            plan[1].starts_with("you must add cryptdevice=UUID=<new LUKS UUID>:sda5_crypt to the kernel command line"),
+            "{}",
+            plan[1]
+        );
+        let plan = super::plan(
+            "sda5_crypt",
+            Some("/ is on the volume group"),
+            Some(Tool::Mkinitcpio(initramfs::Hook::SdEncrypt)),
+            false,
+            false,
+        );
+        assert_eq!(plan[1], "/etc/crypttab.initramfs gets the same line.");
+
+        let plan = super::plan("sda5_crypt", Some("/usr is on the volume group"), None, true, false);
+        assert_eq!(plan[0], "the initramfs is NOT rebuilt (--no-initramfs; /usr is on the volume group).");
+        assert!(plan[1].starts_with("every boot from now on stops in the initramfs until"), "{}", plan[1]);
+
+        let plan = super::plan("sda5_crypt", None, None, false, false);
+        assert_eq!(plan.len(), 1);
+        assert!(plan[0].contains("once the root filesystem is up"), "{}", plan[0]);
+        assert!(super::plan("sda5_crypt", None, None, false, true).is_empty(), "--no-crypttab: nothing opens it at boot");
+    }
 
     #[test]
     fn the_passphrase_is_asked_in_the_initramfs_or_after_root() {

@@ -49,15 +49,25 @@ fn no_tool_at_all() {
 
 #[test]
 fn the_refusal_says_why_and_what_to_install() {
-    let err = required(&root(&DEBIAN[..1]), "/ is on the volume group", "sda5_crypt").unwrap_err();
+    let missing = can_open(&root(&DEBIAN[..1]), "").unwrap_err();
     assert_eq!(
-        err,
+        refusal("/ is on the volume group", "sda5_crypt", &missing),
         "/ is on the volume group, so the next boot must open sda5_crypt in the initramfs, but the initramfs \
          (update-initramfs) cannot open LUKS devices without cryptsetup-initramfs (no \
          /usr/share/initramfs-tools/hooks/cryptroot): apt install cryptsetup-initramfs. Nothing was changed; run \
          pvencrypt again afterwards (or with --no-initramfs, to see to the initramfs yourself)."
     );
-    assert_eq!(required(&root(&DEBIAN), "/ is on the volume group", "sda5_crypt"), Ok(Tool::InitramfsTools));
+    assert_eq!(can_open(&root(&DEBIAN), "root=/dev/mapper/vg-root ro"), Ok(Tool::InitramfsTools));
+}
+
+#[test]
+fn the_encrypt_hook_opens_one_device_only() {
+    let r = root(&[("usr/bin/mkinitcpio", ""), ("etc/mkinitcpio.conf", "HOOKS=(base udev block encrypt lvm2)\n")]);
+    assert_eq!(can_open(&r, "root=/dev/vg/root rw"), Ok(Tool::Mkinitcpio(Hook::Encrypt)));
+    let err = can_open(&r, "cryptdevice=UUID=other:sdb1_crypt root=/dev/vg/root rw").unwrap_err();
+    assert!(err.contains("gives it cryptdevice=UUID=other:sdb1_crypt already: use sd-encrypt"), "{err}");
+    let sd = root(&[("usr/bin/mkinitcpio", ""), ("etc/mkinitcpio.conf", "HOOKS=(base systemd block sd-encrypt lvm2)\n")]);
+    assert_eq!(can_open(&sd, "cryptdevice=UUID=other:sdb1_crypt"), Ok(Tool::Mkinitcpio(Hook::SdEncrypt)));
 }
 
 #[test]
