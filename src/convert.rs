@@ -223,7 +223,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &str, vg_uuid: &str) {
         }
     }
     let cmd = tool.rebuild().join(" ");
-    if let Err(e) = initramfs::rebuild(tool) {
+    if let Err(e) = initramfs::rebuild(root, tool) {
         return warn(format!("{why}: {e}. Run {cmd} again by hand before rebooting."));
     }
     // A rebuild that "succeeded" without the unlock is the worst case: the admin reboots

@@ -451,7 +451,7 @@ pub fn verify(root: &Path, tool: Tool, name: &str) -> Vec<String> {
     }
     let mut problems = Vec::new();
     for img in &images {
-        let listing = match run(&img.list) {
+        let listing = match run(root, &img.list) {
             Ok(l) => l,
             Err(e) => {
                 problems.push(format!("cannot list {}: {e}", img.label));
@@ -466,8 +466,8 @@ pub fn verify(root: &Path, tool: Tool, name: &str) -> Vec<String> {
         let text = match &img.crypttab {
             Crypttab::Unread => continue,
             Crypttab::Print(_) if !lists(&listing, "etc/crypttab") => continue,
-            Crypttab::Print(cmd) => run(cmd),
-            Crypttab::Unpack(image) => unpacked_crypttab(image),
+            Crypttab::Print(cmd) => run(root, cmd),
+            Crypttab::Unpack(image) => unpacked_crypttab(root, image),
         };
         match text {
             Ok(t) if crypttab::find_entry(&t, name, None).is_some() => {}
@@ -479,14 +479,14 @@ pub fn verify(root: &Path, tool: Tool, name: &str) -> Vec<String> {
 }
 
 /// Runs the rebuild; Err says how it failed.
-pub fn rebuild(tool: Tool) -> Result<(), String> {
+pub fn rebuild(root: &Path, tool: Tool) -> Result<(), String> {
     let argv: Vec<String> = tool.rebuild().iter().map(|a| a.to_string()).collect();
-    run(&argv).map(drop)
+    run(root, &argv).map(drop)
 }
 
-/// Runs a command of these tools; its output, or why it failed.
-fn run(argv: &[String]) -> Result<String, String> {
-    let tool = which(Path::new(super::ROOT), &argv[0]).ok_or_else(|| format!("{} is not installed", argv[0]))?;
+/// Runs a command of these tools, as installed under ROOT; its output, or why it failed.
+fn run(root: &Path, argv: &[String]) -> Result<String, String> {
+    let tool = which(root, &argv[0]).ok_or_else(|| format!("{} is not installed", argv[0]))?;
     let out = Command::new(tool).args(&argv[1..]).output().map_err(|e| format!("{}: {e}", argv[0]))?;
     if !out.status.success() {
         return Err(format!("{} failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
@@ -496,11 +496,11 @@ fn run(argv: &[String]) -> Result<String, String> {
 
 /// unmkinitramfs unpacks the whole image (it cannot pick one file): into whichever of
 /// /run and /var/tmp has more room, removed right after.
-fn unpacked_crypttab(image: &Path) -> Result<String, String> {
+fn unpacked_crypttab(root: &Path, image: &Path) -> Result<String, String> {
     let parent = ["/run", "/var/tmp"].into_iter().max_by_key(|d| crate::sys::statvfs_avail(d).unwrap_or(0)).unwrap_or("/var/tmp");
     let dir = crate::sys::mkdtemp(&Path::new(parent).join("pvencrypt-initramfs-")).map_err(|e| format!("{parent}: {e}"))?;
     let argv = ["unmkinitramfs".to_string(), image.to_string_lossy().into_owned(), dir.to_string_lossy().into_owned()];
-    let text = run(&argv).and_then(|_| {
+    let text = run(root, &argv).and_then(|_| {
         ["cryptroot/crypttab", "main/cryptroot/crypttab"]
             .iter()
             .find_map(|p| fs::read_to_string(dir.join(p)).ok())

@@ -377,3 +377,93 @@ fn bash_assignments() {
         ]
     );
 }
+
+/// ROOT with stand-ins for the listing tools (shell scripts: an image file holds its own
+/// listing, IMAGE.crypttab the crypttab inside it) and one installed kernel.
+fn with_stubs(tool_files: &[(&str, &str)], image: &str, listing: &str, crypttab: Option<&str>) -> PathBuf {
+    let mut files = vec![("lib/modules/6.1.0-13-amd64/modules.dep", ""), ("boot/vmlinuz-6.1.0-13-amd64", ""), (image, listing)];
+    let ct = format!("{image}.crypttab");
+    if let Some(c) = crypttab {
+        files.push((&ct, c));
+    }
+    files.extend_from_slice(tool_files);
+    let r = root(&files);
+    for (f, _) in tool_files {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(r.join(f), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    r
+}
+
+const DEBIAN_STUBS: [(&str, &str); 4] = [
+    DEBIAN[0],
+    DEBIAN[1],
+    ("usr/bin/lsinitramfs", "#!/bin/sh\necho \"$1\"; cat \"$1\"\n"),
+    (
+        "usr/bin/unmkinitramfs",
+        "#!/bin/sh\n[ -d \"$2\" ] && mkdir -p \"$2/main/cryptroot\" && { [ ! -f \"$1.crypttab\" ] || cp \"$1.crypttab\" \"$2/main/cryptroot/crypttab\"; }\n",
+    ),
+];
+
+#[test]
+fn a_debian_image_that_opens_the_device() {
+    if !crate::sys::is_root() {
+        return eprintln!("skipped: needs root (the image is unpacked under /run or /var/tmp)");
+    }
+    let img = "boot/initrd.img-6.1.0-13-amd64";
+    let good = "vda_crypt UUID=1234 none luks,discard\n";
+    let r = with_stubs(&DEBIAN_STUBS, img, LSINITRAMFS, Some(good));
+    assert_eq!(verify(&r, Tool::InitramfsTools, "vda_crypt"), Vec::<String>::new());
+    let p = |r: &Path| r.join(img).to_string_lossy().to_string();
+    // The hook wrote another device's entry only.
+    assert_eq!(
+        verify(&r, Tool::InitramfsTools, "sda5_crypt"),
+        [format!("the crypttab inside {} has no entry for sda5_crypt", p(&r))]
+    );
+    let r = with_stubs(&DEBIAN_STUBS, img, LSINITRAMFS, None);
+    assert_eq!(
+        verify(&r, Tool::InitramfsTools, "vda_crypt"),
+        [format!("cannot read the crypttab inside {}: no cryptroot/crypttab in it", p(&r))]
+    );
+    let r = with_stubs(&DEBIAN_STUBS, img, &LSINITRAMFS.replace("cryptroot/crypttab\n", ""), Some(good));
+    assert_eq!(verify(&r, Tool::InitramfsTools, "vda_crypt"), [format!("{} lacks cryptroot/crypttab", p(&r))]);
+    // Nothing unpacked is left behind.
+    let left =
+        |d: &str| fs::read_dir(d).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("pvencrypt-initramfs-"));
+    assert!(!left("/run") && !left("/var/tmp"));
+    // No image, or no lister: said, not passed over.
+    let r = root(&DEBIAN_STUBS);
+    assert_eq!(verify(&r, Tool::InitramfsTools, "vda_crypt"), ["found no initramfs image of update-initramfs to check"]);
+    let r = with_stubs(&DEBIAN_STUBS[..2], img, LSINITRAMFS, Some(good));
+    assert_eq!(verify(&r, Tool::InitramfsTools, "vda_crypt"), [format!("cannot list {}: lsinitramfs is not installed", p(&r))]);
+}
+
+#[test]
+fn a_dracut_image_with_and_without_crypttab() {
+    let lsinitrd = ("usr/bin/lsinitrd", "#!/bin/sh\nif [ \"$2\" = -f ]; then cat \"$1.crypttab\"; else cat \"$1\"; fi\n");
+    let img = "boot/initramfs-6.1.0-13-amd64.img";
+    let p = |r: &Path| r.join(img).to_string_lossy().to_string();
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, LSINITRD, Some("luks-1234 UUID=1234 none\nvda_crypt UUID=5 none luks\n"));
+    assert_eq!(verify(&r, Tool::Dracut, "vda_crypt"), Vec::<String>::new());
+    assert_eq!(verify(&r, Tool::Dracut, "sdb_crypt"), [format!("the crypttab inside {} has no entry for sdb_crypt", p(&r))]);
+    // A generic image (no hostonly) has no crypttab: its crypt module asks for every LUKS device.
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, &LSINITRD.replace("etc/crypttab", "etc/fstab"), None);
+    assert_eq!(verify(&r, Tool::Dracut, "vda_crypt"), Vec::<String>::new());
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, &LSINITRD.replace("\ncrypt\n", "\n"), None);
+    assert_eq!(verify(&r, Tool::Dracut, "vda_crypt"), [format!("{} lacks the crypt dracut module", p(&r))]);
+    let failing = ("usr/bin/lsinitrd", "#!/bin/sh\necho 'Need zstd to unpack the initramfs.' >&2; exit 1\n");
+    let r = with_stubs(&[DRACUT[0], failing], img, LSINITRD, None);
+    let got = verify(&r, Tool::Dracut, "vda_crypt");
+    assert_eq!(got, [format!("cannot list {0}: lsinitrd {0} failed: Need zstd to unpack the initramfs.", p(&r))]);
+}
+
+#[test]
+fn mkinitcpio_images_by_hook() {
+    let lsinitcpio = ("usr/bin/lsinitcpio", "#!/bin/sh\ncat \"$1\"\n");
+    let preset = ("etc/mkinitcpio.d/linux.preset", "PRESETS=('default')\ndefault_image=\"/boot/initramfs-linux.img\"\n");
+    let img = "boot/initramfs-linux.img";
+    let r = with_stubs(&[lsinitcpio, preset], img, LSINITCPIO_SD, None);
+    assert!(verify(&r, Tool::Mkinitcpio(Hook::SdEncrypt), "vda_crypt").is_empty());
+    let got = verify(&r, Tool::Mkinitcpio(Hook::Encrypt), "vda_crypt");
+    assert_eq!(got, [format!("{} lacks hooks/encrypt and cryptsetup", r.join(img).display())]);
+}
