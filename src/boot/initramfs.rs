@@ -125,7 +125,7 @@ pub fn refusal(why: &str, name: &str, missing: &str) -> String {
 }
 
 fn dracut(root: &Path) -> Result<(), String> {
-    // The module's directory is NNcrypt; the number has changed over dracut's history.
+    // Any NNcrypt: the number only orders the modules, and a distribution may patch it.
     let has_module = fs::read_dir(root.join(DRACUT_MODULES)).is_ok_and(|d| {
         d.flatten().any(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
