@@ -20,7 +20,8 @@ use std::{
 use libcryptsetup_rs::consts::vals::CryptReencryptInfo;
 
 use crate::{
-    boot, direct,
+    boot::{self, initramfs},
+    direct,
     dm::{Dm, DmName},
     error::{fail, Context, Error, Kind, Result},
     key::Passphrase,
@@ -175,17 +176,17 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
         Ok(u) => u,
         Err(e) => return warn(format!("{e}; add /dev/mapper/{name} to /etc/crypttab by hand.")),
     };
+    let discard = device_of(path).is_ok_and(|(dev, _)| boot::supports_discard(dev));
     if opts.no_crypttab {
         if !opts.quiet {
             poll::info(&format!(
                 "{}: not touching /etc/crypttab; the next boot needs: {}",
                 path.display(),
-                boot::crypttab_line(name.as_str(), &uuid, false).trim()
+                boot::crypttab_line(name.as_str(), &uuid, discard).trim()
             ));
         }
     } else {
-        let discard = device_of(path).is_ok_and(|(dev, _)| boot::supports_discard(dev));
-        match boot::add_crypttab(Path::new(boot::CRYPTTAB), name.as_str(), &uuid, discard) {
+        match boot::add_crypttab(&Path::new(boot::ROOT).join("etc/crypttab"), name.as_str(), &uuid, discard) {
             Ok(boot::Entry::Added) if !opts.quiet => {
                 poll::info(&format!("{}: added {name} to {}.", path.display(), boot::CRYPTTAB))
             }
@@ -203,12 +204,40 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     let on_vg = active_lvs(vg_uuid);
     let Some(why) = boot::boot_needs(&on_vg) else { return };
     if opts.no_initramfs {
-        return warn(format!("{why}, and --no-initramfs was given: rebuild the initramfs before rebooting."));
+        return warn(format!(
+            "{why}, and --no-initramfs was given: before rebooting, rebuild the initramfs so that it opens {name}."
+        ));
     }
-    match boot::update_initramfs() {
-        Ok(cmd) if !opts.quiet => poll::info(&format!("{}: {why}: rebuilt the initramfs ({cmd}).", path.display())),
-        Ok(_) => {}
-        Err(e) => warn(format!("{why}: {e}")),
+    let root = Path::new(boot::ROOT);
+    // Preflight refused without a tool that can open the device; a resumed run may find
+    // the system changed since.
+    let tool = match initramfs::detect(root) {
+        Ok(t) => t,
+        Err(missing) => return warn(format!("{why}, but {missing}; then rebuild the initramfs before rebooting.")),
+    };
+    for note in initramfs::prepare(root, tool, name.as_str(), &uuid, discard, opts.no_crypttab, &cmdline) {
+        match note {
+            initramfs::Note::Info(m) if !opts.quiet => poll::info(&format!("{}: {m}", path.display())),
+            initramfs::Note::Info(_) => {}
+            initramfs::Note::Todo(m) => warn(format!("before rebooting, {m}.")),
+        }
+    }
+    let cmd = tool.rebuild().join(" ");
+    if let Err(e) = initramfs::rebuild(root, tool) {
+        return warn(format!("{why}: {e}. Run {cmd} again by hand before rebooting."));
+    }
+    // A rebuild that "succeeded" without the unlock is the worst case: the admin reboots
+    // into a prompt that never comes. Say it where it cannot be missed.
+    match initramfs::verify(root, tool, name.as_str())[..] {
+        [] if opts.quiet => {}
+        [] => poll::info(&format!("{}: {why}: rebuilt the initramfs ({cmd}); it opens {name}.", path.display())),
+        ref problems => warn(format!(
+            "{why}, but the initramfs that {cmd} built may NOT open {name} at boot: {}. DO NOT REBOOT before this is \
+             fixed: check /etc/crypttab and the {} configuration, run {cmd}, and look into the image with {}.",
+            problems.join("; "),
+            tool.name(),
+            tool.lister()
+        )),
     }
 }
 

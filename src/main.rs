@@ -134,8 +134,11 @@ fn run(cli: &Cli) -> Result<()> {
     convert_all(&targets, &key, &mut runs)
 }
 
+/// A PV to convert, with the options to convert it with.
+type Planned = (Options, preflight::Target);
+
 /// Converts `targets` in turn, each with its options, each leaving the queue once done.
-fn convert_all(targets: &[(Options, preflight::Target)], key: &Passphrase, runs: &mut [Run]) -> Result<()> {
+fn convert_all(targets: &[Planned], key: &Passphrase, runs: &mut [Run]) -> Result<()> {
     let queue = Queue::system();
     for ((opts, t), run) in targets.iter().zip(runs) {
         stop_point()?;
@@ -239,17 +242,19 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
     if !io::stdin().is_terminal() {
         return Err(Error::new(Kind::Refused, "Not on a terminal: confirm with --yes."));
     }
-    match moves {
-        Some(n) => {
-            let _ = write!(
-                io::stdout(),
-                "Move {n} extents with pvmove to make room, then encrypt in place? The data stays in use throughout. [y/n]: "
-            );
-        }
-        None => {
-            let _ = write!(io::stdout(), "Encrypt in place? The data stays in use throughout. [y/n]: ");
-        }
-    }
+    let first = match moves {
+        Some(n) => format!("Move {n} extents with pvmove to make room, then encrypt in place?"),
+        None => "Encrypt in place?".to_string(),
+    };
+    // The plan above says where and how; the prompt keeps the one thing a remote admin
+    // must not miss.
+    let boot = if cli.no_crypttab {
+        ""
+    } else {
+        " Every boot from now on waits for the passphrase on the console (to avoid typing it on a headless server: \
+         systemd-cryptenroll --tpm2-device=auto, clevis, or dropbear-initramfs; pvencrypt sets up none of them)."
+    };
+    let _ = write!(io::stdout(), "{first} The data stays in use throughout.{boot} [y/n]: ");
     io::stdout().flush().ok();
     let mut answer = String::new();
     io::stdin().lock().read_line(&mut answer).ok();
@@ -350,7 +355,7 @@ fn resume_all(cli: &Cli) -> Result<()> {
 /// options they were queued with, and claimed; and how many of them preflight refused
 /// (they stay queued, said why). One converted meanwhile, or gone, leaves the queue;
 /// one claimed by a running `pvencrypt A B` is left to it.
-fn queued_targets(now: &Options) -> Result<(Vec<(Options, preflight::Target)>, Vec<Run>, usize)> {
+fn queued_targets(now: &Options) -> Result<(Vec<Planned>, Vec<Run>, usize)> {
     let queue = Queue::system();
     let (mut out, mut runs, mut refused) = (Vec::new(), Vec::new(), 0);
     for q in queue.load() {

@@ -160,6 +160,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     }
     check_uses(opts, &dm, dev, &holders)?;
     check_filters(path, name.as_str(), &pv.pv_uuid)?;
+    check_initramfs(opts, path, name.as_str(), &vg.vg_uuid)?;
     check_kernel(opts, path, &name, room.shift, dev, &dm)?;
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
     Ok(Target { path: path.into(), dev, size, name, vg: Some(vg), pv, room, make_room, lvs })
@@ -246,6 +247,26 @@ fn check_filters(path: &Path, name: &str, pv_uuid: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// When the system boots from the VG, the next boot can come only through an initramfs
+/// that opens NAME: refused without one. `--no-initramfs` means the admin builds it
+/// (another tool, another machine): then a warning only.
+fn check_initramfs(opts: &Options, path: &Path, name: &str, vg_uuid: &str) -> Result<()> {
+    let Some(why) = boot::boot_needs(&active_lvs(Some(vg_uuid))) else { return Ok(()) };
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    match boot::initramfs::can_open(Path::new(boot::ROOT), &cmdline) {
+        Ok(_) => Ok(()),
+        Err(missing) if opts.no_initramfs => {
+            poll::error(&format!(
+                "WARNING: {}: {why}, but {missing}. With --no-initramfs, an initramfs that opens {name} is yours to \
+                 build before rebooting.",
+                path.display()
+            ));
+            Ok(())
+        }
+        Err(missing) => refuse(boot::initramfs::refusal(&why, name, &missing)),
+    }
 }
 
 /// On a terminal without --yes, a missing room is planned as with --make-room and the
@@ -389,12 +410,11 @@ pub fn describe(opts: &Options, t: &Target) -> String {
             boot::crypttab_line(t.name.as_str(), "<new LUKS UUID>", boot::supports_discard(t.dev)).trim()
         );
     }
-    let on_vg = active_lvs(t.vg.as_ref().map(|v| v.vg_uuid.as_str()));
-    if let Some(why) = boot::boot_needs(&on_vg) {
-        out += &format!(
-            "\n  the initramfs {} ({why}).",
-            if opts.no_initramfs { "is NOT rebuilt (--no-initramfs)" } else { "is rebuilt" }
-        );
+    let needs = boot::boot_needs(&active_lvs(t.vg.as_ref().map(|v| v.vg_uuid.as_str())));
+    // Without a tool that can open the device, preflight refused (or --no-initramfs).
+    let tool = needs.as_ref().and_then(|_| boot::initramfs::detect(Path::new(boot::ROOT)).ok());
+    for line in boot::plan(t.name.as_str(), needs.as_deref(), tool, opts.no_initramfs, opts.no_crypttab) {
+        out += &format!("\n  {line}");
     }
     for a in boot::cmdline_advice(&fs::read_to_string("/proc/cmdline").unwrap_or_default(), "<new LUKS UUID>") {
         out += &format!("\n  you must change the kernel command line: {a}.");

@@ -57,6 +57,15 @@ pub fn statvfs_bsize(path: &str) -> Option<u64> {
     (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_bsize)
 }
 
+/// The bytes an unprivileged user may still write on the filesystem of PATH.
+pub fn statvfs_avail(path: &str) -> Option<u64> {
+    let c = CString::new(path).ok()?;
+    // SAFETY: statvfs is plain data; all zeros is a valid value for it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid, writable statvfs.
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } == 0).then_some(st.f_bavail * st.f_frsize)
+}
+
 /// An anonymous file in memory (memfd_create(2)), closed on exec.
 pub fn memfd(name: &str) -> io::Result<File> {
     let name = CString::new(name).map_err(io::Error::other)?;

@@ -15,6 +15,22 @@ check_eq "refused (exit 3)" "$rc" 3
 check "it says why" "grep -q '/boot is a directory of the filesystem on vg-root' /run/bootdir.out"
 check "no LUKS header" '! cryptsetup isLuks /dev/vda'
 run mount /boot
+echo "=== no cryptsetup-initramfs: the initramfs could not open the device, refused"
+hook=/usr/share/initramfs-tools/hooks/cryptroot
+run mv $hook /run/cryptroot.hook
+pvencrypt --key-file /run/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y /dev/vda > /run/nohook.out 2>&1
+rc=$?; cat /run/nohook.out
+run mv /run/cryptroot.hook $hook
+check_eq "refused (exit 3)" "$rc" 3
+check "it says what to install" "grep -q '^pvencrypt: / is on the volume group, so the next boot must open vda_crypt in the initramfs, but .*apt install cryptsetup-initramfs' /run/nohook.out"
+check "no LUKS header" '! cryptsetup isLuks /dev/vda'
+echo "=== --test: the initramfs and the passphrase at boot"
+pvencrypt --test /dev/vda > /run/test.out 2>&1; rc=$?; cat /run/test.out
+check_eq "--test exit" "$rc" 0
+check "--test: the initramfs is rebuilt and checked" \
+  "grep -q 'the initramfs is rebuilt with update-initramfs -u -k all and checked (/ is on the volume group)' /run/test.out"
+check "--test: the initramfs asks for the passphrase" \
+  "grep -q 'every boot from now on stops in the initramfs (update-initramfs) until the passphrase of vda_crypt' /run/test.out"
 # Memory pressure: every page a udev worker needs must come from the disk again. A freeze
 # that waited for udev would wait for itself (the root is on the PV being switched).
 ( while :; do echo 3 > /proc/sys/vm/drop_caches; sleep 0.1; done ) &

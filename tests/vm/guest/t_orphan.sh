@@ -5,6 +5,8 @@
 # timeout: 600
 . /tests/lib.sh
 printf secret-passphrase > /tmp/key
+# Random bytes under the PV, so that the wiped tail below is pvencrypt's doing.
+dd if=/dev/urandom of=/dev/vdb bs=1M count=128 2>/dev/null
 run pvcreate -q -y /dev/vdb
 uuid=$(pvs --noheadings -o pv_uuid /dev/vdb | tr -d ' ')
 pvencrypt --key-file /tmp/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --test /dev/vdb > /tmp/test.out 2>&1
@@ -22,8 +24,9 @@ check "LUKS2, no reencryption left" "cryptsetup isLuks /dev/vdb && ! cryptsetup 
 check "the passphrase opens it" "cryptsetup open --test-passphrase --key-file /tmp/key /dev/vdb"
 check_eq "the PV on vdb_crypt keeps its uuid" "$(pvs --noheadings -o pv_uuid /dev/mapper/vdb_crypt | tr -d ' ')" "$uuid"
 check_eq "still in no VG" "$(pvs --noheadings -o vg_name /dev/mapper/vdb_crypt | tr -d ' ')" ""
-check "the PV ends before the device" \
-  "[ $(pvs --noheadings --units s --nosuffix -o pv_size /dev/mapper/vdb_crypt | tr -d ' ') -le $(blockdev --getsz /dev/mapper/vdb_crypt) ]"
+pv_size=$(pvs --noheadings --units s --nosuffix -o pv_size /dev/mapper/vdb_crypt | tr -d ' ')
+check_eq "the PV was shrunk to 96 MiB (the device less the header and the shift)" "$pv_size" 196608
+check_eq "vdb_crypt: the device less the header" "$(blockdev --getsz /dev/mapper/vdb_crypt)" 229376
 check "crypttab entry" "grep -q '^vdb_crypt UUID=$(cryptsetup luksUUID /dev/vdb) none luks' /etc/crypttab"
 nonzero_tail=$(dd if=/dev/vdb bs=1M skip=112 count=16 iflag=direct 2>/dev/null | tr -d '\000' | wc -c)
 check_eq "the last 16 MiB (the plaintext copy of the first) are wiped" "$nonzero_tail" 0

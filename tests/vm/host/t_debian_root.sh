@@ -39,7 +39,9 @@ log1=$logs/t_debian_root.boot1.log
 VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=1200 vm_boot "$log1" debian_convert "$run"/vd{a,b}.img
 vm_report "boot 1" "$log1"
 tr -d '\r' < "$log1" | grep -a '^pvencrypt:'
-check "boot 1: pvencrypt rebuilt the initramfs" grep -aq 'rebuilt the initramfs (update-initramfs' "$log1"
+check "boot 1: pvencrypt rebuilt the initramfs and found the unlock in it" \
+  grep -aq 'rebuilt the initramfs (update-initramfs -u -k all); it opens vda_crypt' "$log1"
+check "boot 1: no warning about the initramfs" "! grep -aq 'DO NOT REBOOT' '$log1'"
 check "boot 1: the power was cut in the data phase" "grep -aq '^pvencrypt: .*Encrypted: ' '$log1' && ! grep -aq '^VM-EXIT' '$log1'"
 
 # boot_unlocking N TEST: boots with the initramfs now in /boot, types the passphrase at the

@@ -1,0 +1,167 @@
+//! crypttab files: /etc/crypttab, and /etc/crypttab.initramfs for mkinitcpio's sd-encrypt
+//! hook (same format, copied into the image as /etc/crypttab).
+
+use std::{
+    fs,
+    io::Write,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+};
+
+use crate::error::{fail, Context, Result};
+
+pub const CRYPTTAB: &str = "/etc/crypttab";
+pub const CRYPTTAB_INITRAMFS: &str = "/etc/crypttab.initramfs";
+
+/// The crypttab line for NAME: the LUKS UUID (stable, unlike /dev/sdX), no key file
+/// (asked at boot), and discard when the device supports it.
+pub fn crypttab_line(name: &str, uuid: &str, discard: bool) -> String {
+    format!("{name} UUID={uuid} none luks{}\n", if discard { ",discard" } else { "" })
+}
+
+/// What `add_crypttab` did.
+#[derive(Debug, PartialEq)]
+pub enum Entry {
+    Added,
+    /// A line for this name or UUID exists; it is left as the admin wrote it.
+    Present(String),
+}
+
+/// The first entry (not a comment) for NAME or, when given, the UUID.
+pub fn find_entry<'a>(text: &'a str, name: &str, uuid: Option<&str>) -> Option<&'a str> {
+    let by_uuid = uuid.map(|u| format!("UUID={u}"));
+    text.lines().find(|l| {
+        let mut f = l.split_whitespace();
+        !l.trim_start().starts_with('#')
+            && (f.next() == Some(name) || f.next().zip(by_uuid.as_deref()).is_some_and(|(d, u)| d.eq_ignore_ascii_case(u)))
+    })
+}
+
+/// Appends the entry unless one for NAME or the UUID is there. Written to a temporary
+/// file beside it and renamed: a crash leaves the old file or the new one. Under a lock,
+/// so that two pvencrypt runs (or threads) cannot lose each other's line.
+pub fn add_crypttab(path: &Path, name: &str, uuid: &str, discard: bool) -> Result<Entry> {
+    let _lock = lock_for(path)?;
+    let old = match fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return fail(format!("Cannot read {}: {e}", path.display())),
+    };
+    if let Some(line) = find_entry(&old, name, Some(uuid)) {
+        return Ok(Entry::Present(line.to_string()));
+    }
+    let mut new = old.clone();
+    if !new.is_empty() && !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push_str(&crypttab_line(name, uuid, discard));
+    let mode = fs::metadata(path).map(|m| m.mode() & 0o7777).unwrap_or(0o644);
+    let tmp = path.with_extension(format!("pvencrypt-new-{}", std::process::id()));
+    (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(new.as_bytes())?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })()
+    .or_fail(|| format!("Cannot write {}", path.display()))?;
+    Ok(Entry::Added)
+}
+
+/// An exclusive flock on a file of its own under /run/pvencrypt (the file itself is
+/// replaced by rename, so it cannot carry the lock), released when dropped.
+fn lock_for(path: &Path) -> Result<fs::File> {
+    let key: String = path.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let lock = Path::new("/run/pvencrypt").join(format!("{key}.lock"));
+    crate::sys::lock_file(&lock).or_fail(|| format!("Cannot lock {}", lock.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_crypttab_updates_keep_every_line() {
+        if !crate::sys::is_root() {
+            return eprintln!("skipped: needs root (the lock lives in /run/pvencrypt)");
+        }
+        let p = tmp(Some("# crypttab\n"));
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let p = &p;
+                s.spawn(move || {
+                    for i in 0..25 {
+                        add_crypttab(p, &format!("d{t}_{i}_crypt"), &format!("{t}-{i}"), false).unwrap();
+                    }
+                });
+            }
+        });
+        let text = fs::read_to_string(&p).unwrap();
+        for t in 0..8 {
+            for i in 0..25 {
+                assert!(text.contains(&format!("d{t}_{i}_crypt UUID={t}-{i} ")), "lost d{t}_{i}_crypt");
+            }
+        }
+        assert_eq!(text.lines().count(), 1 + 8 * 25);
+    }
+
+    fn tmp(content: Option<&str>) -> std::path::PathBuf {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pvencrypt-boot-{}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("crypttab");
+        if let Some(c) = content {
+            fs::write(&p, c).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        p
+    }
+
+    #[test]
+    fn entry_appended_once_keeping_the_file_and_its_mode() {
+        let p = tmp(Some("# <target name> <source device> <key file> <options>\nhome_crypt UUID=aaa none luks"));
+        assert_eq!(add_crypttab(&p, "sda5_crypt", "1234-abcd", true).unwrap(), Entry::Added);
+        let text = fs::read_to_string(&p).unwrap();
+        assert_eq!(
+            text,
+            "# <target name> <source device> <key file> <options>\nhome_crypt UUID=aaa none luks\n\
+             sda5_crypt UUID=1234-abcd none luks,discard\n"
+        );
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        assert!(matches!(add_crypttab(&p, "sda5_crypt", "1234-abcd", true).unwrap(), Entry::Present(_)));
+        assert_eq!(fs::read_to_string(&p).unwrap(), text);
+    }
+
+    #[test]
+    fn an_entry_by_uuid_under_another_name_is_left_alone() {
+        let p = tmp(Some("mine UUID=1234-ABCD none luks,discard,tries=3\n"));
+        assert_eq!(
+            add_crypttab(&p, "sda5_crypt", "1234-abcd", false).unwrap(),
+            Entry::Present("mine UUID=1234-ABCD none luks,discard,tries=3".into())
+        );
+        let commented = tmp(Some("#sda5_crypt UUID=1234-abcd none luks\n"));
+        assert_eq!(add_crypttab(&commented, "sda5_crypt", "1234-abcd", false).unwrap(), Entry::Added);
+    }
+
+    #[test]
+    fn missing_file_is_created() {
+        let p = tmp(None);
+        assert_eq!(add_crypttab(&p, "vda_crypt", "u", false).unwrap(), Entry::Added);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "vda_crypt UUID=u none luks\n");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn entries_found_by_name_or_uuid_never_in_comments() {
+        let text = "# vda_crypt UUID=u none luks\nother UUID=X none luks\n  vda_crypt /dev/vda none luks\n";
+        assert_eq!(find_entry(text, "vda_crypt", None), Some("  vda_crypt /dev/vda none luks"));
+        assert_eq!(find_entry(text, "mine", Some("x")), Some("other UUID=X none luks"));
+        assert_eq!(find_entry(text, "mine", None), None);
+        assert_eq!(find_entry("", "vda_crypt", Some("u")), None);
+    }
+}
