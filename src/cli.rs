@@ -126,8 +126,10 @@ pub struct Cli {
     #[arg(long)]
     pub no_crypttab: bool,
 
-    /// Do not rebuild the initramfs, even when root, /usr or the resume device is on the
-    /// volume group (the next boot then cannot open the device by itself).
+    /// Do not rebuild or check the initramfs, even when root, /usr or the resume device is on
+    /// the volume group, and convert even when the initramfs tool cannot open LUKS2 (a
+    /// warning instead of a refusal): building an initramfs that opens the device before the
+    /// next boot is then yours.
     #[arg(long)]
     pub no_initramfs: bool,
 
@@ -147,7 +149,8 @@ pub struct Cli {
 
     /// Stop running conversions (of the PVs given, or all) and wait until they have stopped:
     /// the chunks in flight go back to their plaintext, the last checkpoint stands. The data
-    /// stays in use; running pvencrypt again resumes.
+    /// stays in use; running pvencrypt again resumes. Queued PVs (of `pvencrypt PV...`) are
+    /// dropped from the queue.
     #[arg(long)]
     pub abort: bool,
 
