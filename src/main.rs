@@ -222,7 +222,8 @@ fn abort(cli: &Cli) -> Result<()> {
             poll::out("No conversion is running.");
         }
     }
-    for s in stopped {
+    // A PV of `pvencrypt A B` not started yet was claimed too: said as dropped above.
+    for s in stopped.into_iter().filter(|s| !dropped.iter().any(|d| same_device(d, std::path::Path::new(&s.pv)))) {
         if !cli.quiet {
             poll::out(&format!("{}: stopped; the data stays in use on /dev/mapper/{}. Run pvencrypt to resume.", s.pv, s.name));
         }

@@ -59,9 +59,9 @@ pub fn find(q: &Queued) -> Option<PathBuf> {
     pvs.into_iter().filter(|pv| pv.pv_uuid == q.pv_uuid).map(|pv| PathBuf::from(pv.pv_name)).find(|p| !is_dm(p) && plain(p))
 }
 
+/// By device number: without udev, /dev/mapper/NAME is a node of its own, not a link.
 fn is_dm(p: &Path) -> bool {
-    let name = fs::canonicalize(p).ok().and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()));
-    name.is_some_and(|n| Path::new("/sys/class/block").join(n).join("dm").exists())
+    crate::preflight::device_of(p).is_ok_and(|(dev, _)| Path::new(&format!("/sys/dev/block/{dev}/dm")).exists())
 }
 
 pub struct Queue {

@@ -26,7 +26,7 @@ check_eq "the PV on vdb_crypt keeps its uuid" "$(pvs --noheadings -o pv_uuid /de
 check_eq "still in no VG" "$(pvs --noheadings -o vg_name /dev/mapper/vdb_crypt | tr -d ' ')" ""
 pv_size=$(pvs --noheadings --units s --nosuffix -o pv_size /dev/mapper/vdb_crypt | tr -d ' ')
 check_eq "the PV was shrunk to 96 MiB (the device less the header and the shift)" "$pv_size" 196608
-check_eq "vdb_crypt: the device less the header" "$(blockdev --getsz /dev/mapper/vdb_crypt)" 229376
+check_eq "vdb_crypt: the device less the header and the shift" "$(blockdev --getsz /dev/mapper/vdb_crypt)" 196608
 check "crypttab entry" "grep -q '^vdb_crypt UUID=$(cryptsetup luksUUID /dev/vdb) none luks' /etc/crypttab"
 nonzero_tail=$(dd if=/dev/vdb bs=1M skip=112 count=16 iflag=direct 2>/dev/null | tr -d '\000' | wc -c)
 check_eq "the last 16 MiB (the plaintext copy of the first) are wiped" "$nonzero_tail" 0

@@ -2,7 +2,7 @@
 # --status lists A stopped and B queued, and `pvencrypt` with no PV finishes A, then
 # converts B with the options it was queued with (--label). Then `pvencrypt C D`
 # stopped in C: --abort drops D from the queue (D stays a plain PV) and stops C.
-# disks: 160M 160M 64M 64M
+# disks: 160M 160M 160M 64M
 # timeout: 900
 . /tests/lib.sh
 printf secret-passphrase > /tmp/key
@@ -36,7 +36,7 @@ for d in vda vdb; do
   check "$d: LUKS2, no reencryption left" "cryptsetup isLuks /dev/$d && ! cryptsetup luksDump /dev/$d | grep -q online-reencrypt"
   check "$d: the one passphrase opens it" "cryptsetup open --test-passphrase --key-file /tmp/key /dev/$d"
 done
-check "vdb got the queued --label" "cryptsetup luksDump /dev/vdb | grep -q 'Label: *qtest'"
+check "vdb got the queued --label" "cryptsetup luksDump /dev/vdb | grep -q 'Label:[[:space:]]*qtest'"
 check "the queue is gone" "[ ! -e /var/lib/pvencrypt/queue.json ]"
 check_eq "the VG's PVs" "$(pvs --noheadings -o pv_name -S vg_name=vg | tr -d ' ' | sort | tr '\n' ' ')" "/dev/mapper/vda_crypt /dev/mapper/vdb_crypt "
 check_eq "LV data intact" "$(sha /dev/mapper/vg-data)" "$before"
