@@ -21,6 +21,7 @@ pub mod poll;
 pub mod preflight;
 pub mod progress;
 pub mod resume;
+pub mod service;
 pub mod switch;
 pub mod sys;
 pub mod units;
