@@ -211,7 +211,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pvencrypt-notify-{}", std::process::id()));
         let _ = std::fs::remove_file(&dir);
         let listener = UnixDatagram::bind(&dir).unwrap();
-        // SAFETY-free: a test's own environment; no other test reads NOTIFY_SOCKET.
+        // No other test reads NOTIFY_SOCKET.
         std::env::set_var("NOTIFY_SOCKET", &dir);
         notify("STATUS=hello");
         let mut buf = [0u8; 64];
