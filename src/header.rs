@@ -151,6 +151,17 @@ pub fn read_json(path: &std::path::Path) -> Option<Value> {
     Header::read(&f).ok().map(|h| h.json)
 }
 
+/// The LUKS2 UUID of `path`, from its newest intact header copy, read without writing.
+pub fn read_uuid(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok()?;
+    let bin = Header::read(&f).ok()?.bin;
+    // The binary header's uuid field: 40 bytes at 168, NUL-padded.
+    let uuid = bin.get(168..208)?.split(|&b| b == 0).next()?;
+    let uuid = std::str::from_utf8(uuid).ok()?;
+    (!uuid.is_empty() && uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| uuid.to_string())
+}
+
 /// Whether the metadata carries the online reencryption requirement (libcryptsetup's
 /// `online-reencrypt`, `online-reencrypt-v2`, ...).
 pub fn in_reencryption(json: &Value) -> bool {

@@ -134,7 +134,7 @@ const MAX_PASSPHRASE: usize = 512;
 
 fn ask(prompt: &str, verify: bool) -> Result<Passphrase> {
     if !io::stdin().is_terminal() {
-        return read_line(&mut io::stdin().lock());
+        return read_line(&mut io::stdin().lock(), "Standard input");
     }
     let ask = |p: &str| {
         rpassword::prompt_password(p)
@@ -149,7 +149,7 @@ fn ask(prompt: &str, verify: bool) -> Result<Passphrase> {
 }
 
 /// Piped in without --key-file: as cryptsetup, one line, the newline not part of it.
-fn read_line(r: &mut dyn Read) -> Result<Passphrase> {
+pub(crate) fn read_line(r: &mut dyn Read, source: &str) -> Result<Passphrase> {
     let mut buf = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE + 1));
     let mut byte = [0u8; 1];
     loop {
@@ -157,15 +157,15 @@ fn read_line(r: &mut dyn Read) -> Result<Passphrase> {
             Ok(0) => break,
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) if buf.len() == MAX_PASSPHRASE => {
-                return Err(Error::new(Kind::Key, format!("The passphrase on standard input exceeds {MAX_PASSPHRASE} bytes.")))
+                return Err(Error::new(Kind::Key, format!("{source}: the passphrase exceeds {MAX_PASSPHRASE} bytes.")))
             }
             Ok(_) => buf.push(byte[0]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Error::new(Kind::Key, format!("Cannot read the passphrase from standard input: {e}."))),
+            Err(e) => return Err(Error::new(Kind::Key, format!("{source}: cannot read the passphrase: {e}."))),
         }
     }
     byte.zeroize();
-    Passphrase::checked(buf, "Standard input")
+    Passphrase::checked(buf, source)
 }
 
 #[cfg(test)]
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn piped_passphrase_is_one_line() {
-        let line = |b: &[u8]| read_line(&mut &b[..]).map(|p| p.bytes().to_vec());
+        let line = |b: &[u8]| read_line(&mut &b[..], "test").map(|p| p.bytes().to_vec());
         assert_eq!(line(b"secret\nignored").unwrap(), b"secret");
         assert_eq!(line(b"no newline").unwrap(), b"no newline");
         assert_eq!(line(b"\n").unwrap_err().kind, Kind::Key);

@@ -22,6 +22,7 @@ pub mod preflight;
 pub mod progress;
 pub mod queue;
 pub mod resume;
+pub mod service;
 pub mod switch;
 pub mod sys;
 pub mod units;

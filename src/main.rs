@@ -21,7 +21,7 @@ use pvencrypt::{
     poll::Run,
     preflight,
     queue::{self, Queue, Queued},
-    resume, switch, sys,
+    resume, service, switch, sys,
 };
 
 fn main() -> ExitCode {
@@ -64,8 +64,16 @@ fn install_signal_handlers() {
     sys::on_signal(libc::SIGHUP, on_hangup);
 }
 
-fn key_source(cli: &Cli) -> KeySource<'_> {
-    KeySource { file: cli.key_file.as_deref(), size: cli.keyfile_size, offset: cli.keyfile_offset }
+/// The passphrase: handed over by the caller in a -b unit, asked through systemd at boot,
+/// else from --key-file, the terminal or a pipe.
+fn read_key(cli: &Cli, prompt: &str, verify: bool) -> Result<Passphrase> {
+    if service::in_unit() {
+        return service::take_key();
+    }
+    if service::at_boot() && cli.key_file.is_none() {
+        return service::ask_password(prompt);
+    }
+    KeySource { file: cli.key_file.as_deref(), size: cli.keyfile_size, offset: cli.keyfile_offset }.read(prompt, verify)
 }
 
 fn run(cli: &Cli) -> Result<()> {
@@ -119,7 +127,7 @@ fn run(cli: &Cli) -> Result<()> {
     let mut runs = targets.iter().map(|t| Run::claim(&t.path, t.name.as_str())).collect::<Result<Vec<_>>>()?;
     let moves: u64 = targets.iter().filter_map(|t| t.make_room.as_ref()).map(|m| m.moved()).sum();
     confirm(cli, (moves > 0 && !cli.make_room).then_some(moves))?;
-    let key = key_source(cli).read("Enter passphrase for the new LUKS2 device: ", true)?;
+    let key = read_key(cli, "Enter passphrase for the new LUKS2 device: ", true)?;
     let queue = Queue::system();
     if targets.len() > 1 {
         let args: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
@@ -127,7 +135,7 @@ fn run(cli: &Cli) -> Result<()> {
             targets.iter().map(|t| Queued { pv: t.path.clone(), pv_uuid: t.pv.pv_uuid.clone(), args: args.clone() }).collect();
         queue.add(&items)?;
     }
-    if background(cli, &mut runs)? {
+    if background(cli, &mut runs, &key)? {
         return Ok(());
     }
     let targets: Vec<_> = targets.into_iter().map(|t| (opts.clone(), t)).collect();
@@ -175,11 +183,27 @@ fn convert_all(targets: &[Planned], key: &Passphrase, runs: &mut [Run]) -> Resul
     Ok(())
 }
 
-/// `-b`: true in the parent, which returns at once; the child carries on, and its claims
-/// with it.
-fn background(cli: &Cli, runs: &mut Vec<Run>) -> Result<bool> {
+/// `-b`: true in the caller, which returns at once; the unit (with systemd) or the forked
+/// child carries on. The unit claims the devices anew: the caller's claims end first.
+fn background(cli: &Cli, runs: &mut Vec<Run>, key: &Passphrase) -> Result<bool> {
     if !cli.background {
         return Ok(false);
+    }
+    if service::in_unit() {
+        runs.iter_mut().for_each(Run::adopt);
+        service::notify("READY=1");
+        return Ok(false);
+    }
+    if service::systemd_booted() {
+        let devs: Vec<String> = runs.iter().map(|r| r.dev().to_string()).collect();
+        let pvs: Vec<String> = runs.drain(..).map(|r| r.pv().to_string()).collect();
+        let unit = service::spawn(&devs, key)?;
+        for pv in pvs {
+            poll::out(&format!(
+                "{pv}: converting in the background as {unit}; journalctl -u {unit} shows its messages, pvencrypt --status its progress."
+            ));
+        }
+        return Ok(true);
     }
     if poll::detach()? {
         for r in runs.drain(..) {
@@ -237,7 +261,8 @@ fn same_device(a: &std::path::Path, b: &std::path::Path) -> bool {
 
 /// `moves`: extents to be moved to make room that --make-room did not ask for.
 fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
-    if cli.yes {
+    // A -b unit: the caller asked.
+    if cli.yes || service::in_unit() {
         return Ok(());
     }
     if !io::stdin().is_terminal() {
@@ -270,10 +295,11 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
 fn resume_one(cli: &Cli, path: &std::path::Path, state: State) -> Result<()> {
     let opts = Options::from(cli);
     let mut runs = vec![Run::claim(path, state.name())?];
-    let key = key_source(cli).read(&format!("Enter passphrase for {}: ", path.display()), false)?;
-    if background(cli, &mut runs)? {
+    let key = read_key(cli, &format!("Enter passphrase for {}: ", path.display()), false)?;
+    if background(cli, &mut runs, &key)? {
         return Ok(());
     }
+    poll::clear_abort(path);
     let name = resume::resume(&opts, path, state, &key, &mut runs[0])?;
     if !cli.quiet {
         poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
@@ -288,6 +314,10 @@ fn resume_all(cli: &Cli) -> Result<()> {
     let mut runs = Vec::new();
     let mut restored = Vec::new();
     for (path, state) in resume::unfinished() {
+        if service::at_boot() && poll::is_aborted(&path) {
+            poll::info(&format!("{}: stopped with --abort; left so until pvencrypt is run by hand.", path.display()));
+            continue;
+        }
         let run = match Run::claim(&path, state.name()) {
             Ok(r) => r,
             Err(e) if e.kind == Kind::Refused => {
@@ -312,7 +342,6 @@ fn resume_all(cli: &Cli) -> Result<()> {
         todo.push((path, state));
     }
     let (queued, queued_runs, refused) = queued_targets(&opts)?;
-    runs.extend(queued_runs);
     if todo.is_empty() && queued.is_empty() {
         if !restored.is_empty() {
             let pvs: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
@@ -326,30 +355,50 @@ fn resume_all(cli: &Cli) -> Result<()> {
         }
         return queue_refusals(refused);
     }
-    // Keys first, all of them, so that -b can leave the terminal before the work starts.
-    let mut keys = Vec::new();
-    for (path, _) in &todo {
-        keys.push(key_source(cli).read(&format!("Enter passphrase for {}: ", path.display()), false)?);
+    // One passphrase for all, as one typed at boot: checked on each device before -b
+    // leaves the terminal; a device it does not open is left for `pvencrypt PV`.
+    let pvs: Vec<String> = todo.iter().map(|(p, _)| p.display().to_string()).collect();
+    let key = if pvs.is_empty() {
+        read_key(cli, "Enter passphrase for the queued LUKS2 devices: ", true)?
+    } else {
+        read_key(cli, &format!("Enter passphrase for {}: ", pvs.join(", ")), false)?
+    };
+    let mut other_key = Vec::new();
+    let mut i = 0;
+    while i < todo.len() {
+        match luks::open(&todo[i].0).and_then(|mut cd| luks::check_key(&mut cd, &key)) {
+            Err(e) if e.kind == Kind::Key => {
+                poll::error(&format!("pvencrypt: {}: {e}", todo[i].0.display()));
+                other_key.push(todo.remove(i).0.display().to_string());
+                runs.remove(i);
+            }
+            _ => i += 1,
+        }
     }
-    // `pvencrypt A B C` gave B and C the passphrase of A.
-    if !queued.is_empty() && keys.is_empty() {
-        keys.push(key_source(cli).read("Enter passphrase for the queued LUKS2 devices: ", true)?);
+    let other_key = || -> Result<()> {
+        if other_key.is_empty() {
+            return Ok(());
+        }
+        let others = other_key.join(" ");
+        Err(Error::new(Kind::Key, format!("The passphrase opens no keyslot of {others}: resume each with pvencrypt PV.")))
+    };
+    let resumed_n = todo.len();
+    runs.extend(queued_runs);
+    if (todo.is_empty() && queued.is_empty()) || background(cli, &mut runs, &key)? {
+        return other_key().and(queue_refusals(refused));
     }
-    if background(cli, &mut runs)? {
-        return Ok(());
-    }
-    let (resumed, queued_runs) = runs.split_at_mut(todo.len());
-    for (((path, state), key), run) in todo.into_iter().zip(&keys).zip(resumed) {
+    let (resumed, queued_runs) = runs.split_at_mut(resumed_n);
+    for ((path, state), run) in todo.into_iter().zip(resumed) {
         stop_point()?;
-        let name = resume::resume(&opts, &path, state, key, run)?;
+        poll::clear_abort(&path);
+        let name = resume::resume(&opts, &path, state, &key, run)?;
         if !cli.quiet {
             poll::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
         }
     }
-    if let Some(key) = keys.first() {
-        convert_all(&queued, key, queued_runs)?;
-    }
-    queue_refusals(refused)
+    // `pvencrypt A B C` gave B and C the passphrase of A.
+    convert_all(&queued, &key, queued_runs)?;
+    other_key().and(queue_refusals(refused))
 }
 
 /// The queued PVs that are still to convert, checked as a new conversion is, with the

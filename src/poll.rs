@@ -1,6 +1,8 @@
 //! Running conversions, as pvmove's polling has them: which process converts which
 //! device (a lock and a status file per device under /run/pvencrypt), `--status`,
-//! `--abort`, and `-b` (detach; progress goes to the system log).
+//! `--abort` (and its record under /var/lib/pvencrypt/aborted, which keeps the boot from
+//! resuming), and `-b` without systemd (detach; progress goes to the system log;
+//! service.rs has it with systemd).
 //!
 //! The lock is what makes a conversion "running": the kernel drops it when the
 //! process dies, however it dies, so a stale status file never lies about that.
@@ -19,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{refuse, Context, Error, Kind, Result};
 
 const RUN_DIR: &str = "/run/pvencrypt";
+/// One file per LUKS UUID of a conversion stopped by `--abort`: pvencrypt-resume.service
+/// leaves those alone until the admin runs pvencrypt by hand. Not /run: it must outlive
+/// the reboot.
+const ABORTED_DIR: &str = "/var/lib/pvencrypt/aborted";
 
 /// After `detach`, messages go to the system log instead of the (gone) terminal.
 static SYSLOG: AtomicBool = AtomicBool::new(false);
@@ -37,8 +43,10 @@ pub enum Phase {
     Switching,
     /// Running: the data phase.
     Encrypting,
-    /// Nobody works on it; `pvencrypt` resumes it.
+    /// Nobody works on it; `pvencrypt` resumes it, at boot too.
     Stopped,
+    /// Stopped by `--abort`: the boot leaves it stopped; `pvencrypt` resumes it.
+    Aborted,
     /// A crash cut its switch; `pvencrypt` repairs it.
     Interrupted,
     /// Waits its turn after the PVs before it on the same command line; `pvencrypt`
@@ -166,10 +174,19 @@ impl Run {
         if fs::write(&tmp, body).is_ok() {
             let _ = fs::rename(&tmp, &path);
         }
+        let s = &self.status;
+        let done =
+            if s.bytes_total > 0 { format!(" {}", crate::progress::percent(s.bytes_done, s.bytes_total)) } else { String::new() };
+        crate::service::notify(&format!("STATUS={}: {}{done}", s.pv, s.state));
     }
 
     pub fn pv(&self) -> &str {
         &self.status.pv
+    }
+
+    /// The device's kernel name ("sda5").
+    pub fn dev(&self) -> &str {
+        &self.key
     }
 
     /// After fork, in the parent: the child carries on with the claim.
@@ -232,6 +249,10 @@ pub fn abort(which: &[PathBuf], timeout: Duration) -> Result<Vec<Status>> {
     }
     for s in &running {
         let Some(pid) = s.pid else { continue };
+        // Recorded first: a reboot before the stop lands must not resume it either.
+        if let Err(e) = record_abort(Path::new(&s.pv)) {
+            error(&format!("pvencrypt: {}: {e}; the next boot may resume it.", s.pv));
+        }
         crate::sys::kill(pid, libc::SIGTERM);
     }
     let end = Instant::now() + timeout;
@@ -252,6 +273,31 @@ pub fn abort(which: &[PathBuf], timeout: Duration) -> Result<Vec<Status>> {
     Ok(stopped)
 }
 
+fn aborted_path(pv: &Path) -> Option<PathBuf> {
+    Some(Path::new(ABORTED_DIR).join(crate::header::read_uuid(pv)?))
+}
+
+/// Whether the conversion on `pv` was stopped by `--abort` (and not resumed since).
+pub fn is_aborted(pv: &Path) -> bool {
+    aborted_path(pv).is_some_and(|p| p.exists())
+}
+
+fn record_abort(pv: &Path) -> Result<()> {
+    // No LUKS2 header yet: nothing a boot would resume.
+    let Some(path) = aborted_path(pv) else { return Ok(()) };
+    fs::create_dir_all(ABORTED_DIR).or_fail(|| format!("Cannot create {ABORTED_DIR}"))?;
+    let f = File::create(&path).or_fail(|| format!("Cannot create {}", path.display()))?;
+    writeln!(&f, "{}", pv.display()).and_then(|_| f.sync_all()).or_fail(|| format!("Cannot write {}", path.display()))?;
+    File::open(ABORTED_DIR).and_then(|d| d.sync_all()).or_fail(|| format!("Cannot sync {ABORTED_DIR}"))
+}
+
+/// A conversion resumed by hand: the boot may resume it again.
+pub fn clear_abort(pv: &Path) {
+    if let Some(p) = aborted_path(pv) {
+        let _ = fs::remove_file(p);
+    }
+}
+
 /// `-b`: forks; the parent returns true at once, the child (false) carries on in a
 /// session of its own with no terminal, talking to the system log.
 pub fn detach() -> Result<bool> {
@@ -270,22 +316,24 @@ fn syslog(prio: libc::c_int, msg: &str) {
     crate::sys::syslog(prio, msg);
 }
 
-/// A progress or result line: stdout, or the log once detached or hung up.
+/// A progress or result line: stdout (in a unit, the journal), or the log once
+/// detached or hung up.
 pub fn info(msg: &str) {
     if detached() {
         syslog(libc::LOG_INFO, msg);
     } else {
-        out(msg);
+        crate::service::write_line(&mut std::io::stdout().lock(), libc::LOG_INFO, msg);
     }
 }
 
-/// An error or warning: stderr, or the log once detached or hung up.
+/// An error or warning: stderr (in a unit, the journal), or the log once detached or
+/// hung up.
 pub fn error(msg: &str) {
     if detached() {
         syslog(libc::LOG_ERR, msg);
     } else {
         // A closed pipe or a hung-up terminal must not stop the run (println! panics).
-        let _ = writeln!(std::io::stderr().lock(), "{msg}");
+        crate::service::write_line(&mut std::io::stderr().lock(), libc::LOG_ERR, msg);
     }
 }
 

@@ -200,7 +200,8 @@ pub fn unfinished_status() -> Vec<Status> {
                 State::TornSwitch(_) | State::TornHeader => Status { pv, name, state: Phase::Interrupted, ..Default::default() },
                 _ => {
                     let (done, total) = crate::header::read_json(&path).and_then(|j| luks::progress_in(&j)).unwrap_or((0, 0));
-                    Status { pv, name, state: Phase::Stopped, bytes_done: done, bytes_total: total, ..Default::default() }
+                    let state = if poll::is_aborted(&path) { Phase::Aborted } else { Phase::Stopped };
+                    Status { pv, name, state, bytes_done: done, bytes_total: total, ..Default::default() }
                 }
             }
         })

@@ -255,6 +255,77 @@ pub fn revoke_key(serial: i64) {
     unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_REVOKE, serial) };
 }
 
+/// Puts `payload` in root's user keyring (`@u`, reachable by every process of uid 0, units
+/// included) as a "user" key that expires after `timeout` seconds; returns its serial.
+/// Made in this process's keyring first: a service's private session keyring does not
+/// reach `@u`, so only there does this process possess the key to set its timeout.
+pub fn add_user_key(desc: &str, payload: &[u8], timeout: u32) -> io::Result<i64> {
+    let (ty, desc) = (CString::new("user").expect("no NUL"), CString::new(desc).map_err(io::Error::other)?);
+    // SAFETY: add_key(2) with NUL-terminated strings and a payload valid for its length.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            ty.as_ptr(),
+            desc.as_ptr(),
+            payload.as_ptr(),
+            payload.len(),
+            libc::KEY_SPEC_PROCESS_KEYRING,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: keyctl(KEYCTL_SET_TIMEOUT) and keyctl(KEYCTL_LINK) take serials and numbers.
+    let linked = unsafe {
+        libc::syscall(libc::SYS_keyctl, libc::KEYCTL_SET_TIMEOUT, r, timeout as libc::c_ulong) == 0
+            && libc::syscall(libc::SYS_keyctl, libc::KEYCTL_LINK, r, libc::KEY_SPEC_USER_KEYRING) == 0
+    };
+    if !linked {
+        let e = io::Error::last_os_error();
+        unlink_user_key(r);
+        return Err(e);
+    }
+    Ok(r)
+}
+
+/// Finds a "user" key in `@u` and links it into this process's keyring: a search from
+/// `@u` possesses what it finds, the link keeps that possession for reading it.
+pub fn take_user_key(desc: &str) -> io::Result<i64> {
+    let (ty, desc) = (CString::new("user").expect("no NUL"), CString::new(desc).map_err(io::Error::other)?);
+    // SAFETY: keyctl(KEYCTL_SEARCH) with NUL-terminated strings and keyring ids.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_SEARCH,
+            libc::KEY_SPEC_USER_KEYRING,
+            ty.as_ptr(),
+            desc.as_ptr(),
+            libc::KEY_SPEC_PROCESS_KEYRING,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
+/// The payload of key `serial` into `buf`; returns its length (larger than `buf`: cut).
+pub fn read_key(serial: i64, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: keyctl(KEYCTL_READ) writes at most `buf.len()` bytes into `buf`.
+    let r = unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_READ, serial, buf.as_mut_ptr(), buf.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as usize)
+}
+
+/// Takes key `serial` out of `@u` and revokes it: its payload can never be read again.
+pub fn unlink_user_key(serial: i64) {
+    // SAFETY: keyctl(KEYCTL_UNLINK) takes two ids; stale ones are an error, not UB.
+    unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_UNLINK, serial, libc::KEY_SPEC_USER_KEYRING) };
+    revoke_key(serial);
+}
+
 /// -1000: the OOM killer never picks this process (LVM does the same while it holds
 /// devices suspended, lib/mm/memlock.c).
 pub fn protect_from_oom_killer() {

@@ -1,15 +1,17 @@
 #!/bin/bash
 # Builds a small Debian 12 root for the boot-integration test, cached in $VM_WORK/debian/:
-#   root/   minbase + lvm2, cryptsetup-initramfs, udev (the distribution's own boot path),
-#           the VM kernel's storage and crypto modules; /boot is empty (it is vdb in the VM)
+#   root/   minbase + systemd as init, lvm2, cryptsetup-initramfs, udev (the distribution's own
+#           boot path), the VM kernel's storage and crypto modules; /boot is empty (vdb in the VM)
 #   boot/   the VM kernel and the initramfs update-initramfs built for it (MODULES=most,
 #           no crypttab yet: the first boot finds the VG on the raw PV)
 # usage: build-root.sh KROOT   (KROOT: the unpacked kernel package setup.sh caches)
-# Idempotent: a second run builds nothing. Needs the network (deb.debian.org) once.
+# Idempotent: a second run builds nothing (unless VERSION changed). Needs the network
+# (deb.debian.org) once.
 set -euo pipefail
 kroot=$1
 work=${VM_WORK:?}/debian
-[ -f "$work/done" ] && exit 0
+VERSION=2   # bump when the root's contents change: a cached older root is rebuilt
+[ "$(cat "$work/done" 2>/dev/null)" = "$VERSION" ] && exit 0
 kv=$(ls "$kroot/lib/modules")
 command -v mmdebstrap >/dev/null || {
   apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null; }
@@ -17,7 +19,7 @@ rm -rf "$work"; mkdir -p "$work"
 r=$work/root
 echo "build-root: mmdebstrap bookworm"
 mmdebstrap --quiet --variant=minbase \
-  --include=lvm2,liblvm2cmd2.03,cryptsetup-initramfs,udev,kmod,zstd,e2fsprogs \
+  --include=systemd-sysv,dbus,init-system-helpers,lvm2,liblvm2cmd2.03,cryptsetup-initramfs,udev,kmod,zstd,e2fsprogs \
   --dpkgopt='path-exclude=/usr/share/{doc,man,locale}/*' bookworm "$r" http://deb.debian.org/debian
 
 # Only what a VM with virtio disks needs to boot and to encrypt; MODULES=most takes what is there.
@@ -42,5 +44,5 @@ chroot "$r" update-initramfs -c -k "$kv" 2>&1 | grep -v '^W: Couldn.t identify t
 umount "$r/proc" "$r/sys" "$r/dev"; trap - EXIT
 [ -s "$r/boot/initrd.img-$kv" ] || { echo "build-root: update-initramfs made no initramfs" >&2; exit 1; }
 mkdir -p "$work/boot"; mv "$r/boot/"* "$work/boot/"
-touch "$work/done"
+echo "$VERSION" > "$work/done"
 echo "build-root: $(du -sh "$r" | cut -f1) root, $(du -h "$work/boot/initrd.img-$kv" | cut -f1) initramfs"

@@ -1,9 +1,14 @@
 # Boot 1 of host/t_debian_root.sh, on the Debian root (root is vg/root on vda, /boot is vdb,
-# udev running): pvencrypt converts the PV under the running root, as an admin would run
-# it, and the power is cut (PVENCRYPT_FAULT, no sync) half way through the data phase.
-. /tests/lib.sh
-run mount /boot
+# systemd and udev running, pvencrypt installed from its .deb): pvencrypt -b converts the
+# PV under the running root in a unit of its own, as an admin would run it, and the power is
+# cut (PVENCRYPT_FAULT, no sync) half way through the data phase.
+. /tests/debian-lib.sh
 check_eq "root on the VG" "$(findmnt -n -o SOURCE /)" /dev/mapper/vg-root
+check_eq "pvencrypt installed by its package" "$(dpkg-query -W -f '${Status}' pvencrypt) $(command -v pvencrypt)" \
+  "install ok installed /usr/sbin/pvencrypt"
+check_eq "the package enabled pvencrypt-resume.service" "$(systemctl is-enabled pvencrypt-resume.service)" enabled
+check_eq "nothing to resume at this boot: the unit's condition said so" \
+  "$(prop pvencrypt-resume.service ExecMainStartTimestampMonotonic)" 0
 run lvm lvmdevices -y --adddev /dev/vda   # Debian 12 has no lvmdevices link
 head -c 48M /dev/urandom > /var/marker; sha /var/marker > /var/marker.sha; sync
 printf secret-passphrase > /run/key
@@ -31,11 +36,31 @@ check "--test: the initramfs is rebuilt and checked" \
   "grep -q 'the initramfs is rebuilt with update-initramfs -u -k all and checked (/ is on the volume group)' /run/test.out"
 check "--test: the initramfs asks for the passphrase" \
   "grep -q 'every boot from now on stops in the initramfs (update-initramfs) until the passphrase of vda_crypt' /run/test.out"
-# Memory pressure: every page a udev worker needs must come from the disk again. A freeze
-# that waited for udev would wait for itself (the root is on the PV being switched).
-( while :; do echo 3 > /proc/sys/vm/drop_caches; sleep 0.1; done ) &
-echo "=== pvencrypt, page cache dropped every 0.1 s, power cut at 50%"
-PVENCRYPT_FAULT=run-50 pvencrypt --key-file /run/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y /dev/vda 2>&1 |
-  sed 's/^/pvencrypt: /'
+# Memory pressure until the switch is over (crypttab gets its line right after it): every
+# page a udev worker needs must come from the disk again. A freeze that waited for udev
+# would wait for itself (the root is on the PV being switched). Not longer: it would make
+# the initramfs rebuild take many minutes.
+( until grep -q '^vda_crypt ' /etc/crypttab; do echo 3 > /proc/sys/vm/drop_caches; sleep 0.1; done ) &
+echo "=== pvencrypt -b: a unit of its own; page cache dropped every 0.1 s, power cut at 50%"
+follow pvencrypt-vda.service
+PVENCRYPT_FAULT=run-50 pvencrypt -b --key-file /run/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y -i 2 \
+  /dev/vda > /run/b.out 2>&1
+rc=$?; cat /run/b.out
+check_eq "pvencrypt -b returns, with success" "$rc" 0
+check "it names its unit" "grep -q 'in the background as pvencrypt-vda.service' /run/b.out"
+# The unit took the passphrase when it started: it never reads this file.
+rm /run/key
+pid=$(prop pvencrypt-vda.service MainPID)
+check_eq "the unit runs" "$(systemctl is-active pvencrypt-vda.service)" active
+check "the passphrase is in neither its argv nor its environment" \
+  "[ '$pid' -gt 0 ] && grep -qa pvencrypt /proc/$pid/cmdline && ! grep -qa secret-passphrase /proc/$pid/cmdline /proc/$pid/environ"
+check "the passphrase's hand-over key is gone from the keyring" \
+  "! awk '\$8 == \"user\" && \$9 ~ /^pvencrypt:/ && \$2 !~ /R/' /proc/keys | grep -q ."
+check "--status finds the unit's conversion" "wait_until 'pvencrypt --status | grep -qE \"^ */dev/vda +vda_crypt +encrypting\"' 600"
+check "systemd shows its progress (STATUS=)" "prop pvencrypt-vda.service StatusText | grep -q '^/dev/vda: encrypting'"
+check "its progress goes to the journal at info priority" "wait_until 'journal pvencrypt-vda.service 6 | grep -q \"Encrypted: \"' 60"
+check "and no error" "[ -z \"\$(journal pvencrypt-vda.service 3)\" ]"
+while :; do status; sleep 1; done &
+sleep 900
 check "the power cut came" false
 result

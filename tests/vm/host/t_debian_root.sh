@@ -1,12 +1,17 @@
-# Boot integration on a real Debian 12 root (built once by debian/build-root.sh): the root
-# filesystem is an LV of the PV being converted, /boot is a plain disk, LVM's devices file on.
+# Boot integration and the systemd side on a real Debian 12 root (built once by
+# debian/build-root.sh; systemd is PID 1): the root filesystem is an LV of the PV being
+# converted, /boot is a plain disk, LVM's devices file on, pvencrypt installed from the .deb
+# packaging/build-deb.sh makes of this build (a fault-injection build: the VM rig's).
 #   prepare  (busybox guest): VG vg on vda, LV root filled with the Debian root image (vdc)
-#   boot 1   (Debian's initramfs, udev running): pvencrypt /dev/vda under the mounted root;
-#            the power is cut half way through the data phase
-#   boot 2   (the initramfs pvencrypt had rebuilt, taken from /boot): it asks for the
-#            passphrase, the test types it, the root comes up on the half-encrypted PV;
-#            pvencrypt run again finishes; crypttab, devices file and initramfs checked
-#   boot 3   the root comes up from the finished vda_crypt
+#   boot 1   (Debian's initramfs): pvencrypt -b /dev/vda runs in pvencrypt-vda.service; the
+#            power is cut half way through the data phase
+#   boot 2   (the initramfs pvencrypt had rebuilt): it asks for the passphrase, the test types
+#            it; pvencrypt-resume.service asks again (systemd's password agents, the console
+#            among them), the test answers as an agent, the unit resumes; pvencrypt --abort
+#            stops it; a clean shutdown
+#   boot 3   pvencrypt-resume.service leaves the aborted conversion alone; pvencrypt by hand
+#            finishes it; crypttab, devices file and initramfs checked
+#   boot 4   the root comes up from the finished vda_crypt
 . "$(dirname "$0")/../lib.sh"
 here=$(cd "$(dirname "$0")/.." && pwd)
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
@@ -15,11 +20,31 @@ deb=$VM_WORK/debian
 kv=$(ls "$deb/boot" | sed -n 's/^vmlinuz-//p')
 [ -x "${VM_PVENCRYPT:-}" ] || { echo "no pvencrypt binary (VM_PVENCRYPT; run through run.sh)"; exit 1; }
 
-# The root image: the cached root plus this build's pvencrypt and the test scripts.
+# The package, from this build's binary.
+pkg=$("$here/../../packaging/build-deb.sh" "$VM_PVENCRYPT" "$run/deb") || { echo "packaging/build-deb.sh failed"; exit 1; }
+files=$(dpkg-deb -c "$pkg" | awk '{print $6}')
+for f in ./usr/sbin/pvencrypt ./usr/share/man/man8/pvencrypt.8.gz ./usr/share/bash-completion/completions/pvencrypt \
+  ./usr/share/zsh/vendor-completions/_pvencrypt ./usr/share/fish/vendor_completions.d/pvencrypt.fish \
+  ./lib/systemd/system/pvencrypt-resume.service; do
+  check "the package has $f" grep -qx "$f" <<< "$files"
+done
+check "the package depends on the libraries" \
+  "dpkg-deb -f '$pkg' Depends | grep 'libcryptsetup12' | grep 'liblvm2cmd2.03' | grep -q 'libdevmapper1.02.1'"
+
+# The root image: the cached root, the package installed, the test driver and scripts.
 rm -rf "$run/root"; mkdir -p "$run"; cp -a "$deb/root" "$run/root"
-install -m 755 "$VM_PVENCRYPT" "$run/root/usr/local/sbin/pvencrypt"
+cp "$pkg" "$run/root/tmp/pvencrypt.deb"
+chroot "$run/root" dpkg -i /tmp/pvencrypt.deb > "$logs/t_debian_root.dpkg.log" 2>&1
+check "dpkg -i pvencrypt.deb" [ $? -eq 0 ]
+rm "$run/root/tmp/pvencrypt.deb"
 mkdir -p "$run/root/tests"
-cp "$here/guest/lib.sh" "$here"/debian/*.sh "$here/debian/init" "$run/root/tests/"
+cp "$here/guest/lib.sh" "$here"/debian/*.sh "$here/debian/run-test" "$run/root/tests/"
+cp "$here/debian/pvtest.service" "$run/root/etc/systemd/system/"
+mkdir -p "$run/root/etc/systemd/system/multi-user.target.wants"
+ln -s ../pvtest.service "$run/root/etc/systemd/system/multi-user.target.wants/pvtest.service"
+# The console belongs to the test and to the password prompts: no login prompt on it.
+ln -sf /dev/null "$run/root/etc/systemd/system/serial-getty@ttyS0.service"
+ln -sf /dev/null "$run/root/etc/systemd/system/getty@tty1.service"
 # LVM's devices file on (Debian 12 ships it off): the initramfs copies /etc/lvm, so a file
 # still naming the raw PV would hide the VG from the next boot.
 sed -i 's/^\t# use_devicesfile = 0$/\tuse_devicesfile = 1/' "$run/root/etc/lvm/lvm.conf"
@@ -34,18 +59,20 @@ vm_report prepare "$logs/t_debian_root.prepare.log"
 vm_passed "$logs/t_debian_root.prepare.log" || { echo "prepare failed"; exit 1; }
 
 # The distribution's initramfs panics (panic=-1: the VM stops) if the root never comes.
-debian="root=/dev/mapper/vg-root rw init=/tests/init"
+# No floppy probing (QEMU has a controller, no disk): every read of fd0 fails slowly.
+debian="root=/dev/mapper/vg-root rw modprobe.blacklist=floppy"
 log1=$logs/t_debian_root.boot1.log
 VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=1200 vm_boot "$log1" debian_convert "$run"/vd{a,b}.img
 vm_report "boot 1" "$log1"
-tr -d '\r' < "$log1" | grep -a '^pvencrypt:'
+tr -d '\r' < "$log1" | grep -aE '^(pvencrypt|status):'
 check "boot 1: pvencrypt rebuilt the initramfs and found the unlock in it" \
   grep -aq 'rebuilt the initramfs (update-initramfs -u -k all); it opens vda_crypt' "$log1"
 check "boot 1: no warning about the initramfs" "! grep -aq 'DO NOT REBOOT' '$log1'"
-check "boot 1: the power was cut in the data phase" "grep -aq '^pvencrypt: .*Encrypted: ' '$log1' && ! grep -aq '^VM-EXIT' '$log1'"
+check "boot 1: the power was cut in the data phase" "grep -aq '^status: .* encrypting ' '$log1' && ! grep -aq '^VM-EXIT' '$log1'"
 
-# boot_unlocking N TEST: boots with the initramfs now in /boot, types the passphrase at the
-# prompt (the console is the VM's stdin).
+# boot_unlocking N TEST [PROMPT]: boots with the initramfs now in /boot, types the passphrase
+# at the initramfs' prompt (the console is the VM's stdin); with PROMPT, checks that the
+# console showed PROMPT too.
 boot_unlocking() {
   local log=$logs/t_debian_root.boot$1.log
   rm -f "$run/initrd.img" "$run/console"
@@ -58,10 +85,12 @@ boot_unlocking() {
   vm_wait 900
   exec 7>&-
   check "boot $1: the initramfs asks for the passphrase of vda_crypt" grep -aq 'Please unlock disk vda_crypt' "$log"
+  [ -z "${3:-}" ] || check "boot $1: the console shows the prompt: $3" grep -aq "$3" "$log"
   vm_report "boot $1" "$log"
-  tr -d '\r' < "$log" | grep -a '^pvencrypt:'
+  tr -d '\r' < "$log" | grep -aE '^(pvencrypt|status|abort):'
   check "boot $1" vm_passed "$log"
 }
-boot_unlocking 2 debian_resume
-boot_unlocking 3 debian_booted
+boot_unlocking 2 debian_resume 'Enter passphrase for /dev/vda'
+boot_unlocking 3 debian_aborted
+boot_unlocking 4 debian_booted
 result

@@ -1,0 +1,99 @@
+#!/bin/bash
+# Builds the Debian package of pvencrypt with dpkg-deb (no cargo-deb to install).
+#   packaging/build-deb.sh [BINARY] [OUTDIR]
+# BINARY: a pvencrypt already built (default: cargo build --release, then
+# target/release/pvencrypt). OUTDIR: where the .deb goes (default target/debian). Prints
+# the path of the .deb. Needs dpkg-dev (dpkg-shlibdeps computes the library dependencies).
+#
+# Installs /usr/sbin/pvencrypt, its man page, the bash/zsh/fish completions and
+# pvencrypt-resume.service (enabled, as a resume unit is expected to be; never stopped or
+# restarted by an upgrade: that would stop a conversion at its next checkpoint).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:-}
+out=${2:-$root/target/debian}
+if [ -z "$bin" ]; then
+  (cd "$root" && cargo build --release) >&2
+  bin=$root/target/release/pvencrypt
+fi
+[ -x "$bin" ] || { echo "build-deb: no binary $bin" >&2; exit 1; }
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -1)
+arch=$(dpkg --print-architecture)
+stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
+p=$stage/pkg
+
+install -D -m 755 "$bin" "$p/usr/sbin/pvencrypt"
+install -d "$p/usr/share/man/man8"
+gzip -9n < "$root/man/pvencrypt.8" > "$p/usr/share/man/man8/pvencrypt.8.gz"
+install -D -m 644 "$root/completions/pvencrypt.bash" "$p/usr/share/bash-completion/completions/pvencrypt"
+install -D -m 644 "$root/completions/_pvencrypt" "$p/usr/share/zsh/vendor-completions/_pvencrypt"
+install -D -m 644 "$root/completions/pvencrypt.fish" "$p/usr/share/fish/vendor_completions.d/pvencrypt.fish"
+# Debian 12 ships units in /lib/systemd/system (/usr/lib only from Debian 13).
+install -D -m 644 "$root/systemd/pvencrypt-resume.service" "$p/lib/systemd/system/pvencrypt-resume.service"
+install -d "$p/usr/share/doc/pvencrypt"
+cat > "$p/usr/share/doc/pvencrypt/copyright" <<C
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: pvencrypt
+License: GPL-2.0-or-later
+ On Debian systems, the full text is in /usr/share/common-licenses/GPL-2.
+C
+
+# The libraries the binary links, as Debian names their packages (dpkg-shlibdeps wants a
+# source package around it). libdevmapper comes through liblvm2cmd; named for clarity.
+mkdir -p "$stage/src/debian"
+printf 'Source: pvencrypt\n\nPackage: pvencrypt\nArchitecture: any\n' > "$stage/src/debian/control"
+shlibs=$(cd "$stage/src" && dpkg-shlibdeps -O "$p/usr/sbin/pvencrypt" 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+[ -n "$shlibs" ] || { echo "build-deb: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
+for need in libcryptsetup12 liblvm2cmd2.03; do
+  grep -q "$need" <<< "$shlibs" || { echo "build-deb: $need missing from: $shlibs" >&2; exit 1; }
+done
+
+mkdir -p "$p/DEBIAN"
+cat > "$p/DEBIAN/control" <<C
+Package: pvencrypt
+Version: $version
+Architecture: $arch
+Maintainer: pvencrypt developers <root@localhost>
+Section: admin
+Priority: optional
+Installed-Size: $(du -sk --exclude=DEBIAN "$p" | cut -f1)
+Depends: $shlibs, libdevmapper1.02.1
+Recommends: lvm2, cryptsetup-initramfs | dracut, systemd
+Description: encrypt an LVM physical volume in place while its LVs stay in use
+ pvencrypt turns an LVM2 physical volume into LVM-on-LUKS2 in place, while its
+ logical volumes stay active, mounted and written to. It works like pvmove:
+ background runs, --status, --abort, and resuming by running it again;
+ pvencrypt-resume.service resumes an interrupted conversion at boot.
+C
+# As debhelper's snippets for a unit that must not be restarted on upgrade.
+cat > "$p/DEBIAN/postinst" <<'S'
+#!/bin/sh
+set -e
+if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] || [ "$1" = abort-remove ]; then
+  if deb-systemd-helper debian-installed pvencrypt-resume.service; then
+    deb-systemd-helper update-state pvencrypt-resume.service >/dev/null || true
+  else
+    deb-systemd-helper enable pvencrypt-resume.service >/dev/null || true
+  fi
+  if [ -d /run/systemd/system ]; then systemctl --system daemon-reload >/dev/null || true; fi
+fi
+S
+cat > "$p/DEBIAN/postrm" <<'S'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then systemctl --system daemon-reload >/dev/null || true; fi
+if [ "$1" = remove ] && [ -x /usr/bin/deb-systemd-helper ]; then
+  deb-systemd-helper mask pvencrypt-resume.service >/dev/null || true
+fi
+if [ "$1" = purge ] && [ -x /usr/bin/deb-systemd-helper ]; then
+  deb-systemd-helper purge pvencrypt-resume.service >/dev/null || true
+  deb-systemd-helper unmask pvencrypt-resume.service >/dev/null || true
+  rm -rf /var/lib/pvencrypt
+fi
+S
+chmod 755 "$p/DEBIAN/postinst" "$p/DEBIAN/postrm"
+
+mkdir -p "$out"
+deb=$out/pvencrypt_${version}_$arch.deb
+dpkg-deb --root-owner-group -Zxz --build "$p" "$deb" >/dev/null
+echo "$deb"
