@@ -49,10 +49,10 @@ check "-i 1 printed at least 2 percent lines ($lines)" '[ "$lines" -ge 2 ]'
 check "the percent lines increase" \
   "grep -o 'Encrypted: [0-9.]*' /tmp/pve1.out | awk '{ if (NR > 1 && \$2 <= p) exit 1; p = \$2 }'"
 status_json
-check_eq "--status: stopped" "$(field state)" stopped
+check_eq "--status: aborted (stopped with --abort)" "$(field state)" aborted
 p=$(pct100)
 check "--status: stopped part-way ($p/10000)" '[ "$p" -gt 0 ] && [ "$p" -lt 10000 ]'
-check "pvencrypt --status | grep -qw stopped (the boot unit's condition)" 'pvencrypt --status | grep -qw stopped'
+check "the boot unit's condition (pvencrypt --status | grep -qw stopped) leaves it alone" '! pvencrypt --status | grep -qw stopped'
 check "no temporary mapping left after the abort" '! dmsetup ls | grep -q "temporary-cryptsetup\|^pvencrypt-"'
 check "vda_crypt stays open" '[ -b /dev/mapper/vda_crypt ]'
 check_eq "raw LV unchanged after the abort" "$(sha /dev/mapper/vg-raw)" "$raw_sha"

@@ -94,7 +94,7 @@ pvencrypt --abort >/dev/null 2>&1
 wait_for '! kill -0 "$pid" 2>/dev/null' 60
 cat /tmp/pipe.err
 check "no panic" '! grep -q panicked /tmp/pipe.err'
-check_eq "--status: stopped" "$(field state)" stopped
+check_eq "--status: aborted (stopped with --abort)" "$(field state)" aborted
 
 echo "=== 4. another device holds the raw PV of the closed conversion"
 writer_stop; acked1=$(writer_acked)

@@ -59,7 +59,7 @@ check_eq "the stopped run exits 1" "$pve_rc" 1
 check "--abort says vdd left the queue" "grep -q '/dev/vdd: dropped from the queue' /tmp/abort.out"
 check "--abort says vdc stopped" "grep -q '/dev/vdc: stopped' /tmp/abort.out"
 status
-check "--status: vdc stopped" "row /dev/vdc stopped"
+check "--status: vdc aborted" "row /dev/vdc aborted"
 check "--status: vdd not listed" "! grep -q /dev/vdd /tmp/status"
 printf secret-passphrase | pvencrypt -y > /tmp/out4 2>&1
 rc=$?
