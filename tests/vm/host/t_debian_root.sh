@@ -85,12 +85,13 @@ boot_unlocking() {
   vm_wait 900
   exec 7>&-
   check "boot $1: the initramfs asks for the passphrase of vda_crypt" grep -aq 'Please unlock disk vda_crypt' "$log"
-  [ -z "${3:-}" ] || check "boot $1: the console shows the prompt: $3" grep -aq "$3" "$log"
   vm_report "boot $1" "$log"
   tr -d '\r' < "$log" | grep -aE '^(pvencrypt|status|abort):'
   check "boot $1" vm_passed "$log"
 }
-boot_unlocking 2 debian_resume 'Enter passphrase for /dev/vda'
+# The resume unit's question is checked in the guest (its ask file): the guest answers it at
+# once, often before systemd's console agent has printed it.
+boot_unlocking 2 debian_resume
 boot_unlocking 3 debian_aborted
 boot_unlocking 4 debian_booted
 result
