@@ -231,7 +231,12 @@ pub fn poll_in(fd: RawFd, ms: i32) {
 /// Puts `payload` in this process's keyring as a "logon" key (readable by the kernel
 /// only, as dm-crypt reads it: `:LEN:logon:DESC` in a table) and returns its serial.
 pub fn add_logon_key(desc: &str, payload: &[u8]) -> io::Result<i64> {
-    let (ty, desc) = (CString::new("logon").expect("no NUL"), CString::new(desc).map_err(io::Error::other)?);
+    add_key("logon", desc, payload)
+}
+
+/// add_key(2) into this process's keyring.
+fn add_key(ty: &str, desc: &str, payload: &[u8]) -> io::Result<i64> {
+    let (ty, desc) = (CString::new(ty).map_err(io::Error::other)?, CString::new(desc).map_err(io::Error::other)?);
     // SAFETY: add_key(2) with NUL-terminated strings and a payload valid for its length.
     let r = unsafe {
         libc::syscall(
@@ -260,21 +265,7 @@ pub fn revoke_key(serial: i64) {
 /// Made in this process's keyring first: a service's private session keyring does not
 /// reach `@u`, so only there does this process possess the key to set its timeout.
 pub fn add_user_key(desc: &str, payload: &[u8], timeout: u32) -> io::Result<i64> {
-    let (ty, desc) = (CString::new("user").expect("no NUL"), CString::new(desc).map_err(io::Error::other)?);
-    // SAFETY: add_key(2) with NUL-terminated strings and a payload valid for its length.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_add_key,
-            ty.as_ptr(),
-            desc.as_ptr(),
-            payload.as_ptr(),
-            payload.len(),
-            libc::KEY_SPEC_PROCESS_KEYRING,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let r = add_key("user", desc, payload)?;
     // SAFETY: keyctl(KEYCTL_SET_TIMEOUT) and keyctl(KEYCTL_LINK) take serials and numbers.
     let linked = unsafe {
         libc::syscall(libc::SYS_keyctl, libc::KEYCTL_SET_TIMEOUT, r, timeout as libc::c_ulong) == 0
@@ -342,4 +333,32 @@ pub fn setsid() {
 pub fn stop_self() {
     // SAFETY: raise(3) with a valid signal number.
     unsafe { libc::raise(libc::SIGSTOP) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-over of `-b` (service.rs), as far as one process can play both sides.
+    #[test]
+    fn user_key_round_trip_then_gone() {
+        let desc = format!("pvencrypt:test-{}", std::process::id());
+        let serial = match add_user_key(&desc, b"secret", 60) {
+            Ok(s) => s,
+            // A kernel without keyrings (or a sandbox refusing them): nothing to test here.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) || e.raw_os_error() == Some(libc::EPERM) => return,
+            Err(e) => panic!("add_key: {e}"),
+        };
+        let found = take_user_key(&desc).expect("found in @u");
+        assert_eq!(found, serial);
+        let mut buf = [0u8; 64];
+        let n = read_key(found, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"secret");
+        unlink_user_key(found);
+        assert!(read_key(found, &mut buf).is_err(), "revoked");
+        assert!(take_user_key(&desc).is_err(), "unlinked from @u");
+        let logon = add_logon_key(&desc, b"volume key").expect("logon key");
+        assert!(read_key(logon, &mut buf).is_err(), "a logon key is never readable from user space");
+        revoke_key(logon);
+    }
 }
