@@ -294,7 +294,10 @@ fn record_abort(pv: &Path) -> Result<()> {
 /// A conversion resumed by hand: the boot may resume it again.
 pub fn clear_abort(pv: &Path) {
     if let Some(p) = aborted_path(pv) {
-        let _ = fs::remove_file(p);
+        // Synced as the record was: a power cut must not bring it back.
+        if fs::remove_file(p).is_ok() {
+            let _ = File::open(ABORTED_DIR).and_then(|d| d.sync_all());
+        }
     }
 }
 

@@ -9,9 +9,11 @@
 #            it; pvencrypt-resume.service asks again (systemd's password agents, the console
 #            among them), the test answers as an agent, the unit resumes; pvencrypt --abort
 #            stops it; a clean shutdown
-#   boot 3   pvencrypt-resume.service leaves the aborted conversion alone; pvencrypt by hand
-#            finishes it; crypttab, devices file and initramfs checked
-#   boot 4   the root comes up from the finished vda_crypt
+#   boot 3   pvencrypt-resume.service leaves the aborted conversion alone; pvencrypt run by
+#            hand clears the abort and goes on; the power is cut at 75%
+#   boot 4   pvencrypt-resume.service resumes it at boot and finishes it; crypttab, devices
+#            file and initramfs checked
+#   boot 5   the root comes up from the finished vda_crypt
 . "$(dirname "$0")/../lib.sh"
 here=$(cd "$(dirname "$0")/.." && pwd)
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
@@ -87,11 +89,17 @@ boot_unlocking() {
   check "boot $1: the initramfs asks for the passphrase of vda_crypt" grep -aq 'Please unlock disk vda_crypt' "$log"
   vm_report "boot $1" "$log"
   tr -d '\r' < "$log" | grep -aE '^(pvencrypt|status|abort):'
-  check "boot $1" vm_passed "$log"
+  if [ "${3:-}" = cut ]; then
+    check "boot $1: its checks passed, then the power was cut in the data phase" \
+      "! grep -aq '^CHECK-FAIL' '$log' && grep -aq '^pvencrypt: .*Encrypted: ' '$log' && ! grep -aq '^VM-EXIT' '$log'"
+  else
+    check "boot $1" vm_passed "$log"
+  fi
 }
 # The resume unit's question is checked in the guest (its ask file): the guest answers it at
 # once, often before systemd's console agent has printed it.
 boot_unlocking 2 debian_resume
-boot_unlocking 3 debian_aborted
-boot_unlocking 4 debian_booted
+boot_unlocking 3 debian_aborted cut
+boot_unlocking 4 debian_finished
+boot_unlocking 5 debian_booted
 result
