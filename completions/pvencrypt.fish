@@ -24,7 +24,7 @@ complete -c pvencrypt -l make-room -d 'When the PV reaches into the space LUKS2 
 complete -c pvencrypt -l no-crypttab -d 'Do not add the new device to /etc/crypttab (pvencrypt prints the line the next boot needs instead)'
 complete -c pvencrypt -l no-initramfs -d 'Do not rebuild or check the initramfs, even when root, /usr or the resume device is on the volume group, and convert even when the initramfs tool cannot open LUKS2 (a warning instead of a refusal): building an initramfs that opens the device before the next boot is then yours'
 complete -c pvencrypt -s y -l yes -d 'Do not ask for confirmation'
-complete -c pvencrypt -s b -l background -d 'Run in the background: return once the PVs are checked and the passphrase read; the conversion goes on detached, its progress and result go to the system log'
+complete -c pvencrypt -s b -l background -d 'Run in the background: return once the PVs are checked and the passphrase read. Under systemd the conversion runs as the unit pvencrypt-DEV.service (journalctl -u shows its messages, systemctl status its progress), elsewhere detached, logging to syslog'
 complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, or all) and wait until they have stopped: the chunks in flight go back to their plaintext, the last checkpoint stands. The data stays in use; running pvencrypt again resumes. Queued PVs (of `pvencrypt PV...`) are dropped from the queue'
 complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA'
 complete -c pvencrypt -s t -l test -d 'Check everything and print the plan; change nothing'

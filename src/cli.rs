@@ -28,6 +28,7 @@ EXAMPLES:
 FILES:
   /etc/crypttab            gets the new device's entry right after the switch (--no-crypttab)
   /run/pvencrypt/DEV.json  the status of the running conversion of /dev/DEV
+  /var/lib/pvencrypt/      queue.json (the PVs still to convert), aborted/ (--abort stands)
   pvencrypt-resume.service resumes a stopped conversion at boot, once the device is unlocked";
 
 /// Encrypt an LVM physical volume in place, while its logical volumes stay in use.
@@ -137,8 +138,9 @@ pub struct Cli {
     #[arg(short = 'y', long)]
     pub yes: bool,
 
-    /// Run in the background: return once the PVs are checked and the passphrase read; the
-    /// conversion goes on detached, its progress and result go to the system log.
+    /// Run in the background: return once the PVs are checked and the passphrase read. Under
+    /// systemd the conversion runs as the unit pvencrypt-DEV.service (journalctl -u shows
+    /// its messages, systemctl status its progress), elsewhere detached, logging to syslog.
     #[arg(short = 'b', long)]
     pub background: bool,
 
