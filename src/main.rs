@@ -232,7 +232,7 @@ fn abort(cli: &Cli) -> Result<()> {
     // Those started already are stopped below; the others never started.
     let dropped: Vec<_> = Queue::system().drop_pvs(&cli.pvs)?.into_iter().filter_map(|q| queue::find(&q)).collect();
     let mut running = cli.pvs.clone();
-    running.retain(|p| !dropped.iter().any(|d| same_device(d, p)));
+    running.retain(|p| !dropped.iter().any(|d| poll::same_device(d, p)));
     let stopped = if cli.pvs.is_empty() || !running.is_empty() {
         poll::abort(&running, std::time::Duration::from_secs(600))?
     } else {
@@ -247,16 +247,12 @@ fn abort(cli: &Cli) -> Result<()> {
         }
     }
     // A PV of `pvencrypt A B` not started yet was claimed too: said as dropped above.
-    for s in stopped.into_iter().filter(|s| !dropped.iter().any(|d| same_device(d, std::path::Path::new(&s.pv)))) {
+    for s in stopped.into_iter().filter(|s| !dropped.iter().any(|d| poll::same_device(d, std::path::Path::new(&s.pv)))) {
         if !cli.quiet {
             poll::out(&format!("{}: stopped; the data stays in use on /dev/mapper/{}. Run pvencrypt to resume.", s.pv, s.name));
         }
     }
     Ok(())
-}
-
-fn same_device(a: &std::path::Path, b: &std::path::Path) -> bool {
-    std::fs::canonicalize(a).ok().is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
 }
 
 /// `moves`: extents to be moved to make room that --make-room did not ask for.

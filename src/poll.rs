@@ -77,6 +77,11 @@ pub struct Status {
     pub updated: u64,
 }
 
+/// Whether two paths name the same device (as the kernel names it).
+pub fn same_device(a: &Path, b: &Path) -> bool {
+    key_of(a) == key_of(b)
+}
+
 /// The key under /run/pvencrypt: the kernel's name of the raw device ("sda5").
 fn key_of(pv: &Path) -> String {
     let real = fs::canonicalize(pv).unwrap_or_else(|_| pv.into());
@@ -286,18 +291,15 @@ fn record_abort(pv: &Path) -> Result<()> {
     // No LUKS2 header yet: nothing a boot would resume.
     let Some(path) = aborted_path(pv) else { return Ok(()) };
     fs::create_dir_all(ABORTED_DIR).or_fail(|| format!("Cannot create {ABORTED_DIR}"))?;
-    let f = File::create(&path).or_fail(|| format!("Cannot create {}", path.display()))?;
-    writeln!(&f, "{}", pv.display()).and_then(|_| f.sync_all()).or_fail(|| format!("Cannot write {}", path.display()))?;
-    File::open(ABORTED_DIR).and_then(|d| d.sync_all()).or_fail(|| format!("Cannot sync {ABORTED_DIR}"))
+    crate::sys::replace_file(&path, format!("{}\n", pv.display()).as_bytes(), 0o644)
+        .or_fail(|| format!("Cannot write {}", path.display()))
 }
 
 /// A conversion resumed by hand: the boot may resume it again.
 pub fn clear_abort(pv: &Path) {
     if let Some(p) = aborted_path(pv) {
         // Synced as the record was: a power cut must not bring it back.
-        if fs::remove_file(p).is_ok() {
-            let _ = File::open(ABORTED_DIR).and_then(|d| d.sync_all());
-        }
+        let _ = crate::sys::remove_file_durably(&p);
     }
 }
 

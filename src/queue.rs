@@ -5,7 +5,6 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -100,11 +99,10 @@ impl Queue {
 
     /// `--abort`: drops the queued PVs in `which` (all if empty); returns them.
     pub fn drop_pvs(&self, which: &[PathBuf]) -> Result<Vec<Queued>> {
-        let same = |a: &Path, b: &Path| fs::canonicalize(a).ok().is_some_and(|a| fs::canonicalize(b).ok() == Some(a));
         let mut dropped = Vec::new();
         self.update(|q| {
             q.retain(|o| {
-                let hit = which.is_empty() || which.iter().any(|p| same(p, &o.pv));
+                let hit = which.is_empty() || which.iter().any(|p| crate::poll::same_device(p, &o.pv));
                 if hit {
                     dropped.push(o.clone());
                 }
@@ -121,7 +119,6 @@ impl Queue {
     /// Under a lock, so that two runs cannot lose each other's change; written beside
     /// and renamed, so that a crash leaves the old queue or the new one.
     fn update(&self, change: impl FnOnce(&mut Vec<Queued>)) -> Result<()> {
-        let dir = self.path.parent().unwrap_or(Path::new("/"));
         let _lock = crate::sys::lock_file(&self.path.with_extension("lock"))
             .or_fail(|| format!("Cannot lock {}", self.path.display()))?;
         let mut q = self.load();
@@ -130,26 +127,13 @@ impl Queue {
         if q == before {
             return Ok(());
         }
-        if q.is_empty() {
-            return match fs::remove_file(&self.path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => fail_io(&self.path, e),
-                _ => Ok(()),
-            };
-        }
-        let tmp = self.path.with_extension("new");
-        (|| -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&q).expect("serializes"))?;
-            f.sync_all()?;
-            fs::rename(&tmp, &self.path)?;
-            fs::File::open(dir)?.sync_all()
-        })()
-        .or_else(|e| fail_io(&self.path, e))
+        let written = if q.is_empty() {
+            crate::sys::remove_file_durably(&self.path)
+        } else {
+            crate::sys::replace_file(&self.path, &serde_json::to_vec_pretty(&q).expect("serializes"), 0o644)
+        };
+        written.or_fail(|| format!("Cannot write {}", self.path.display()))
     }
-}
-
-fn fail_io(path: &Path, e: std::io::Error) -> Result<()> {
-    Err(Error::new(Kind::Failed, format!("Cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

@@ -48,6 +48,32 @@ pub fn lock_file(path: &Path) -> io::Result<File> {
     Ok(f)
 }
 
+/// Replaces `path` with `contents` so that a crash leaves the old file or the new one:
+/// written beside it with `mode`, synced, renamed over it, and the directory synced.
+pub fn replace_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    use std::{io::Write, os::unix::fs::PermissionsExt};
+    let tmp = path.with_extension(format!("pvencrypt-new-{}", std::process::id()));
+    let mut f = File::create(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_dir_of(path)
+}
+
+/// Removes `path` (gone already is fine) so that a crash cannot bring it back.
+pub fn remove_file_durably(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => sync_dir_of(path),
+    }
+}
+
+fn sync_dir_of(path: &Path) -> io::Result<()> {
+    File::open(path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))?.sync_all()
+}
+
 /// The block size of the filesystem mounted at `path`.
 pub fn statvfs_bsize(path: &str) -> Option<u64> {
     let c = CString::new(path).ok()?;

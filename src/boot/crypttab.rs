@@ -1,12 +1,7 @@
 //! crypttab files: /etc/crypttab, and /etc/crypttab.initramfs for mkinitcpio's sd-encrypt
 //! hook (same format, copied into the image as /etc/crypttab).
 
-use std::{
-    fs,
-    io::Write,
-    os::unix::fs::{MetadataExt, PermissionsExt},
-    path::Path,
-};
+use std::{fs, os::unix::fs::MetadataExt, path::Path};
 
 use crate::error::{fail, Context, Result};
 
@@ -56,19 +51,7 @@ pub fn add_crypttab(path: &Path, name: &str, uuid: &str, discard: bool) -> Resul
     }
     new.push_str(&crypttab_line(name, uuid, discard));
     let mode = fs::metadata(path).map(|m| m.mode() & 0o7777).unwrap_or(0o644);
-    let tmp = path.with_extension(format!("pvencrypt-new-{}", std::process::id()));
-    (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(new.as_bytes())?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })()
-    .or_fail(|| format!("Cannot write {}", path.display()))?;
+    crate::sys::replace_file(path, new.as_bytes(), mode).or_fail(|| format!("Cannot write {}", path.display()))?;
     Ok(Entry::Added)
 }
 
@@ -83,6 +66,7 @@ fn lock_for(path: &Path) -> Result<fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn concurrent_crypttab_updates_keep_every_line() {
