@@ -102,13 +102,17 @@ pub const POINTS: &[&str] = &[
     "header",
     "activated",
     "loaded",
+    "lv-resumed",
     "resumed",
     "run-25",
     "run-50",
     "run-75",
+    "mover-suspended",
     "commit",
     "commit-primary",
     "committed",
+    "name-resumed",
+    "mirrors-resumed",
 ];
 
 pub fn point(step: &str) {

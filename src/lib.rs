@@ -9,6 +9,7 @@ pub mod direct;
 pub mod dm;
 pub mod error;
 pub mod fault;
+pub mod guardian;
 pub mod header;
 pub mod inspect;
 pub mod key;

@@ -27,8 +27,8 @@ use pvencrypt::{
 fn main() -> ExitCode {
     // Key material lives in this process's memory.
     sys::no_core_dumps();
-    if let Ok(name) = std::env::var(pvencrypt::mover::GUARD_ENV) {
-        pvencrypt::mover::guard(&name);
+    if let Ok(watch) = std::env::var(pvencrypt::guardian::GUARD_ENV) {
+        pvencrypt::guardian::guard(&watch);
     }
     let cli = Cli::parse();
     fault::init();

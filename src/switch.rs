@@ -41,6 +41,7 @@ use crate::{
     dm::{self, Dm, DmName, Holder, Target},
     error::{fail, Context, Error, Kind, Result},
     fault,
+    guardian::{Guardian, Watch},
     inspect::SwitchRecord,
     luks::{self, Format, Prepared},
     sys,
@@ -177,6 +178,16 @@ impl Switch<'_> {
             touched.push(self.dm.device_of(&h.name)?);
         }
         let f = direct::open(self.alias_path).or_fail(|| format!("Cannot open {}", self.alias_path.display()))?;
+        // A death in the freeze (SIGKILL, the OOM killer) must not leave the LVs suspended:
+        // the guardian puts them back to work (guardian.rs); the OOM killer passes us by.
+        sys::protect_from_oom_killer();
+        let mut guardian = Guardian::spawn(&Watch::Switch {
+            holders: holders.iter().map(|h| h.name.clone()).collect(),
+            name: self.name.clone(),
+            alias: self.alias_name.clone(),
+            alias_path: self.alias_path.to_path_buf(),
+            moved: staged.moved,
+        })?;
 
         fault::trace("locked");
         let t0 = Instant::now();
@@ -188,10 +199,11 @@ impl Switch<'_> {
         }
         fault::point("suspended");
 
-        let done = self.switch_suspended(&f, staged, crypt, &direct, &mut frozen);
+        let done = self.switch_suspended(&f, staged, crypt, &direct, &mut frozen, &mut guardian);
         let resumed = frozen.resume_all();
         let freeze = t0.elapsed();
         drop(frozen);
+        drop(guardian);
         dm::udev_catch_up(&touched);
         let retargeted = done?;
         resumed?;
@@ -216,11 +228,13 @@ impl Switch<'_> {
         crypt: Device,
         direct: &[(&Holder, Vec<Target>)],
         frozen: &mut Frozen,
+        guardian: &mut Guardian,
     ) -> Result<Vec<String>> {
         let (to, len) = s.moved;
         if let Err(e) = direct::copy(f, &mut s.buf, 0, to, len) {
             return fail(format!("Cannot copy the first {len} bytes of {} to its end: {e}", self.raw_path.display()));
         }
+        guardian.copied();
         fault::point("moved");
         // The label goes before any header byte lands where LVM reads metadata or
         // extents; the magic comes last (see the crash story above).
@@ -324,15 +338,14 @@ pub struct Frozen<'a> {
     dm: &'a Dm,
     /// In suspend order (top-down).
     names: Vec<&'a DmName>,
-    signals: libc::sigset_t,
+    _signals: sys::SignalsHeld,
 }
 
 impl<'a> Frozen<'a> {
     fn new(dm: &'a Dm, n: usize) -> Frozen<'a> {
-        // SAFETY: sigset manipulation on locals; `drop` restores the old mask.
-        let signals = sys::block_signals();
+        let signals = sys::SignalsHeld::hold();
         FROZEN.store(true, Ordering::SeqCst);
-        Frozen { dm, names: Vec::with_capacity(n), signals }
+        Frozen { dm, names: Vec::with_capacity(n), _signals: signals }
     }
 
     fn suspend(&mut self, name: &'a DmName) -> Result<()> {
@@ -349,6 +362,7 @@ impl<'a> Frozen<'a> {
     fn resume_all(&mut self) -> Result<()> {
         let mut failed = Vec::new();
         let mut retried = Vec::new();
+        let mut first = true;
         for name in self.names.drain(..).rev() {
             fault::trace(format_args!("resume {name}"));
             let mut tries = 0;
@@ -360,6 +374,10 @@ impl<'a> Frozen<'a> {
                     Err(_) => std::thread::sleep(Duration::from_millis(10 << tries)),
                 }
             };
+            if first && err.is_none() {
+                first = false;
+                fault::point("lv-resumed");
+            }
             match err {
                 Some(e) => failed.push((name, e)),
                 None if tries > 1 => retried.push((name, tries)),
@@ -397,8 +415,6 @@ impl Drop for Frozen<'_> {
             let _ = self.resume_all();
         }
         FROZEN.store(false, Ordering::SeqCst);
-        // SAFETY: restores the mask saved in `new`.
-        sys::restore_signals(&self.signals);
     }
 }
 

@@ -191,22 +191,31 @@ pub fn munlockall() {
     unsafe { libc::munlockall() };
 }
 
-/// Blocks every signal that can be blocked; returns the mask to restore.
-pub fn block_signals() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask write only into
-    // the two local sets.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut old: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-        old
+/// Every signal that can be blocked waits while this lives (SIGKILL and SIGSTOP cannot
+/// be; the guardian answers for those). Held around every suspension: a Ctrl-Z there
+/// would keep the LVs waiting until SIGCONT, and a SIGINT would interrupt the suspend
+/// ioctl (EINTR) instead of stopping at the next checkpoint.
+pub struct SignalsHeld(libc::sigset_t);
+
+impl SignalsHeld {
+    pub fn hold() -> SignalsHeld {
+        // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask write only into
+        // the two local sets.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            SignalsHeld(old)
+        }
     }
 }
 
-pub fn restore_signals(mask: &libc::sigset_t) {
-    // SAFETY: a mask returned by `block_signals`.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, mask, std::ptr::null_mut()) };
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        // SAFETY: the mask saved in `hold`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
 }
 
 /// Sets the umask, returns the former one.

@@ -28,19 +28,17 @@ use serde_json::Value;
 
 use crate::{
     direct::{self, Aligned},
-    dm::{Dm, DmName, Target},
+    dm::{self, Dm, DmName, Target},
     error::{fail, Context, Error, Kind, Result},
     fault,
+    guardian::{self, Guardian, Watch},
     header::{self, CryptsetupLock, Header, Layout},
     poll, sys,
     units::Sectors,
 };
 
-mod guardian;
 mod remover;
 
-use guardian::Guardian;
-pub use guardian::{guard, GUARD_ENV};
 use remover::{remove_patiently, Remover};
 
 /// Chunk and region sizes (PVENCRYPT_MOVER=chunk=4M,region=1M overrides them, for the
@@ -129,6 +127,8 @@ pub struct Mover<'a> {
     /// Set when the header on the disk cannot be told: the mirrors then stay.
     keep_mirrors: bool,
     remover: Remover,
+    /// Watches every suspension of NAME (`watched`).
+    guardian: Option<Guardian>,
     _lock: CryptsetupLock,
 }
 
@@ -162,6 +162,7 @@ impl<'a> Mover<'a> {
             ready: Vec::new(),
             keep_mirrors: false,
             remover: Remover::start()?,
+            guardian: None,
             _lock: lock,
         })
     }
@@ -283,35 +284,56 @@ impl<'a> Mover<'a> {
             return Err(e);
         }
         fault::trace("mover: loaded");
-        let mut wrote = false;
-        let heads: Vec<&Chunk> = self.flight.iter().take(n).collect();
-        let metadata = if commit.is_some() { Some(CryptsetupLock::metadata(self.raw)) } else { None };
-        let r = match metadata {
-            Some(Err(e)) => Err(e),
-            _ => self.suspended(&heads, commit.as_ref().map(|c| &c.2), &new, &mut wrote),
-        };
-        if let Err(e) = r {
-            // NAME keeps its live table: the chunks being committed stay mirrored, right
-            // for the header before the commit and for the one after.
+        if let Err(e) = self.watched() {
             let _ = self.dm.clear_inactive(self.name);
-            self.dm.resume(self.name)?;
             new.iter().for_each(|c| self.discard(c));
-            if wrote {
-                // Which state won on the disk decides how to unwind; unreadable, nothing
-                // is unwound: the mirrors are right for either.
-                match Header::read(&self.disk).map(|h| h.seqid) {
-                    Ok(s) if s == self.header.seqid => {}
-                    Ok(s) if s == self.header.seqid + 1 => {
-                        self.header.committed(commit.expect("a commit was written").1);
-                        self.layout.boundary = boundary;
-                    }
-                    _ => self.keep_mirrors = true,
-                }
-            }
             return Err(e);
         }
-        fault::trace("mover: resumed");
-        if let Some((_, json, _)) = commit {
+        let metadata = if commit.is_some() { Some(CryptsetupLock::metadata(self.raw)) } else { None };
+        // From the suspension until NAME and the new copies run again, also on error.
+        let held = sys::SignalsHeld::hold();
+        let r = match metadata {
+            Some(Err(e)) => Err(e),
+            _ => self.suspended(n, commit.as_ref().map(|c| &c.2), &new),
+        };
+        let settled = r.as_ref().err().map(|_| guardian::settle(self.dm, self.name));
+        drop(held);
+        let Err(e) = r else {
+            fault::trace("mover: resumed");
+            self.advance(commit, boundary, new);
+            fault::trace("mover: discarded");
+            return Ok(());
+        };
+        // Whichever step failed, NAME runs what `settle` allows; the table that left live
+        // and the header on the disk tell where the run stands.
+        match settled.expect("settled on error").and_then(|_| self.runs_next(n, &new)) {
+            Ok(true) => self.advance(commit, boundary, new),
+            Ok(false) => {
+                new.iter().for_each(|c| self.discard(c));
+                if let Some((_, json, _)) = commit {
+                    match Header::read(&self.disk).map(|h| h.seqid) {
+                        Ok(s) if s == self.header.seqid => {}
+                        Ok(s) if s == self.header.seqid + 1 => {
+                            self.header.committed(json);
+                            self.layout.boundary = boundary;
+                        }
+                        // Nothing is unwound: the mirrors are right for either header.
+                        _ => self.keep_mirrors = true,
+                    }
+                }
+            }
+            Err(e2) => {
+                // Nor here; the new chunks' devices are left to `take_over`.
+                self.keep_mirrors = true;
+                return Err(Error::new(e.kind, format!("{}\n{}", e.msg, e2.msg)));
+            }
+        }
+        Err(e)
+    }
+
+    /// Bookkeeping once NAME runs the table `swap` loaded.
+    fn advance(&mut self, commit: Option<(usize, Value, [Aligned; 2])>, boundary: u64, new: Vec<Chunk>) {
+        if let Some((n, json, _)) = commit {
             self.header.committed(json);
             self.layout.boundary = boundary;
             for c in self.flight.drain(..n).collect::<Vec<_>>() {
@@ -319,36 +341,48 @@ impl<'a> Mover<'a> {
             }
         }
         self.flight.extend(new);
-        fault::trace("mover: discarded");
-        Ok(())
     }
 
-    /// The part of `swap` while NAME is suspended: ioctls and prepared O_DIRECT writes
-    /// only; nothing that allocates, logs, or could wait for udev or a filesystem.
-    fn suspended(&self, heads: &[&Chunk], images: Option<&[Aligned; 2]>, new: &[Chunk], wrote: &mut bool) -> Result<()> {
+    /// Whether NAME's live table is the one `swap` loaded: it maps the new chunks, or no
+    /// longer maps the committed ones through their mirrors.
+    fn runs_next(&self, n: usize, new: &[Chunk]) -> Result<bool> {
+        let live = dm::referenced(&self.dm.table(self.name)?);
+        Ok(match (new.first(), self.flight.front()) {
+            (Some(c), _) => live.contains(&c.mirror_dev),
+            (None, Some(h)) if n > 0 => !live.contains(&h.mirror_dev),
+            _ => false,
+        })
+    }
+
+    /// The part of `swap` while NAME is suspended, in the order ARCHITECTURE.md ("A commit,
+    /// step by step") justifies: ioctls and prepared O_DIRECT writes only; nothing that
+    /// could wait for udev or a filesystem; the caller holds every signal.
+    fn suspended(&self, n: usize, images: Option<&[Aligned; 2]>, new: &[Chunk]) -> Result<()> {
         self.dm.suspend_unsynced(self.name)?;
-        let r = (|| {
-            if let Some(images) = images {
-                // Nothing can write now: what is in sync stays so.
-                for h in heads {
-                    if !self.sync_of(h)?.1 {
-                        return fail(format!("{} fell out of sync", h.mirror));
-                    }
+        // The points name a commit's steps; the first suspension of a run commits nothing.
+        let point = |step| images.is_some().then(|| fault::point(step));
+        point("mover-suspended");
+        if let Some(images) = images {
+            // Nothing can write now: what is in sync stays so.
+            for h in self.flight.iter().take(n) {
+                if !self.sync_of(h)?.1 {
+                    return fail(format!("{} fell out of sync", h.mirror));
                 }
-                fault::point("commit");
-                *wrote = true;
-                self.header.write(&self.disk, images).or_fail(|| "Cannot write the LUKS2 header".into())?;
-                fault::point("committed");
             }
-            for c in new {
-                self.dm.resume(&c.mirror)?;
-            }
-            Ok(())
-        })();
-        match r {
-            Ok(()) => self.dm.resume(self.name),
-            Err(e) => Err(e),
+            fault::point("commit");
+            self.header.write(&self.disk, images).or_fail(|| "Cannot write the LUKS2 header".into())?;
+            fault::point("committed");
         }
+        self.dm.resume(self.name)?;
+        point("name-resumed");
+        // Only now may the new copies start: a new chunk's encrypted leg overwrites the
+        // plaintext of a chunk this commit moved past the boundary, which the table NAME
+        // ran until its resume still read.
+        for c in new {
+            self.dm.resume(&c.mirror)?;
+        }
+        point("mirrors-resumed");
+        Ok(())
     }
 
     /// Waits until the chunk next to the boundary is in sync, reporting progress.
@@ -411,7 +445,6 @@ impl<'a> Mover<'a> {
     /// are unwound: the boundary stays at the last commit).
     pub fn run(&mut self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
         self.take_over()?;
-        let _guard = Guardian::spawn(self.name)?;
         let r = self.chunks(progress);
         if !matches!(r, Ok(true)) {
             if let Err(e) = self.unwind() {
@@ -496,17 +529,29 @@ impl<'a> Mover<'a> {
     /// then lack writes only the encrypted copy has, and must not be the only copy again.
     fn plain_leg_failed(&self, mirror: &DmName) -> Result<Option<String>> {
         let st = self.dm.status(mirror)?;
-        // No live table: a mirror prepared but never started.
-        let Some(s) = st.first().map(|t| t.params.clone()) else { return Ok(None) };
+        // No live table: a mirror prepared but never started; not a mirror: one that
+        // `settle` replaced by its plaintext leg.
+        let Some(s) = st.first().filter(|t| t.kind == "mirror").map(|t| t.params.clone()) else { return Ok(None) };
         Ok(mirror_status(&s).is_none_or(|m| !m.health.starts_with('A')).then_some(s))
     }
 
-    fn swap_to_committed(&self) -> Result<()> {
+    /// Before every suspension of NAME: a guardian that lives (one that died, killed on
+    /// its own, is replaced).
+    fn watched(&mut self) -> Result<()> {
+        if self.guardian.as_mut().is_none_or(|g| !g.alive()) {
+            self.guardian = Some(Guardian::spawn(&Watch::Mover { name: self.name.clone() })?);
+        }
+        Ok(())
+    }
+
+    fn swap_to_committed(&mut self) -> Result<()> {
+        self.watched()?;
         let table = self.name_table(self.layout.boundary, std::iter::empty());
         if self.dm.has_inactive(self.name)? {
             self.dm.clear_inactive(self.name)?;
         }
         self.dm.load_verified(self.name, &table)?;
+        let _held = sys::SignalsHeld::hold();
         if !self.dm.is_suspended(self.name) {
             self.dm.suspend_unsynced(self.name)?;
         }
@@ -516,8 +561,11 @@ impl<'a> Mover<'a> {
     /// What a killed run left: NAME (maybe suspended) mapping chunks through mirrors, and
     /// their devices. The header says which copy of each chunk is authoritative.
     pub fn take_over(&mut self) -> Result<()> {
+        // What the dead run's guardian did, in case it died too: NAME's I/O must not wait
+        // on a mirror that never started when it is suspended below.
+        guardian::settle(self.dm, self.name)?;
         let ours = self.dm.named_with_uuid(&self.uuid_prefix)?;
-        if ours.is_empty() && !self.dm.is_suspended(self.name) && !self.dm.has_inactive(self.name)? {
+        if ours.is_empty() {
             return Ok(());
         }
         for (n, u) in &ours {

@@ -6,6 +6,11 @@
  *   pvwriter verifydev DEV ACKED         every slot holds its latest acked record or a newer one
  *   pvwriter maxrss CMD [ARG...]         runs CMD, then prints "maxrss_kb=K" (its peak resident
  *                                        memory, from wait4; busybox time -v shows 4x the truth)
+ *   pvwriter newpgrp CMD [ARG...]        execs CMD in a process group of its own, whose parent
+ *                                        (the shell) is in the session: stop signals (SIGTSTP)
+ *                                        then stop it, as in a terminal's job (the kernel drops
+ *                                        them for an orphaned group, and busybox sh without a
+ *                                        terminal has no job control)
  *
  * A record is acknowledged only once the fdatasync covering it has returned. After each
  * acknowledgement ACKFILE (meant for tmpfs) is rewritten in place with
@@ -289,6 +294,12 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(argv[1], "verifydev"))
 		return cmd_verifydev(argv[2], strtoull(argv[3], 0, 10));
 	if (argc >= 3 && !strcmp(argv[1], "maxrss")) return cmd_maxrss(argv + 2);
+	if (argc >= 3 && !strcmp(argv[1], "newpgrp")) {
+		if (setpgid(0, 0)) { perror("setpgid"); return 2; }
+		execvp(argv[2], argv + 2);
+		perror(argv[2]);
+		return 127;
+	}
 	fprintf(stderr, "usage: pvwriter write FILE ACKFILE [BATCH] | writedev DEV ACKFILE\n"
 			"       pvwriter verify FILE ACKED | verifydev DEV ACKED | maxrss CMD [ARG...]\n");
 	return 2;

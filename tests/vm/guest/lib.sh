@@ -105,3 +105,77 @@ writer_stop() {
   WRITER_RC=$?
   cat /tmp/ack
 }
+
+# --- kills inside a suspension (t_kill_windows, t_kill_freeze): LVs compared with copies in RAM
+# pstate PID   the process's state letter (T: stopped).
+pstate() { sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' /proc/$1/status 2>/dev/null; }
+# copies_start LV...   random data in each LV of vg, and a copy of it in /tmp/LV.img.
+copies_start() {
+  local lv
+  COPIES="$*"
+  for lv in "$@"; do
+    dd if=/dev/urandom of=/dev/mapper/vg-$lv bs=1M oflag=direct 2>/dev/null
+    dd if=/dev/mapper/vg-$lv of=/tmp/$lv.img bs=1M 2>/dev/null
+  done
+}
+# same LABEL   every LV equals its copy, read whole within 60 s (a hang is a failure too).
+same() {
+  local lv
+  for lv in $COPIES; do
+    check_eq "$1: vg-$lv serves the bytes written" "$(timeout 60 sha256sum < /dev/mapper/vg-$lv | cut -c1-64)" \
+      "$(sha /tmp/$lv.img)"
+  done
+}
+# scribble LV ROUND   1 MiB of new data at eight places of vg-LV, written and fsynced, and in its copy.
+scribble() {
+  local i at mib
+  mib=$(( $(blockdev --getsize64 /dev/mapper/vg-$1) >> 20 ))
+  for i in 0 1 2 3 4 5 6 7; do
+    at=$(( (mib - 1) - (i * 37 + $2 * 5) % mib ))
+    dd if=/dev/urandom of=/tmp/new bs=1M count=1 2>/dev/null
+    timeout 30 dd if=/tmp/new of=/dev/mapper/vg-$1 bs=1M seek=$at conv=notrunc,fsync oflag=direct 2>/dev/null ||
+      echo "CHECK-FAIL: round $2: the write at $at MiB of vg-$1 did not complete"
+    dd if=/tmp/new of=/tmp/$1.img bs=1M seek=$at conv=notrunc 2>/dev/null
+  done
+}
+# mirrors_synced   every live mover mirror fully copied (one never started has no status line).
+mirrors_synced() {
+  dmsetup status | awk '/^pvencrypt-[0-9a-f]+-m[0-9]+: .* mirror / {
+    for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\/[0-9]+$/) { split($i, r, "/"); if (r[1] != r[2]) bad = 1 }
+  } END { exit bad }'
+}
+# kill_at STEP ARGS...   pvencrypt ARGS stopped at STEP (PVENCRYPT_FAULT=STEP:stop), the copies
+# running then let finish, then killed: what it left is its guardian's to mend. Two deaths in
+# turn: SIGKILL of pvencrypt (the OOM killer, kill -9), and every process of its cgroup killed
+# at once, as systemd ends a unit (`systemctl kill -s KILL`, a stop's final SIGKILL), which
+# would take a guardian that stayed in the unit's cgroup along. Output in /tmp/pve.out.
+KILLS=0
+kill_at() {
+  local step=$1 pve cg=/sys/fs/cgroup/pvunit; shift
+  KILLS=$((KILLS + 1))
+  [ -e /sys/fs/cgroup/cgroup.procs ] || mount -t cgroup2 none /sys/fs/cgroup
+  mkdir -p $cg
+  PVENCRYPT_FAULT="$step:stop" sh -c 'echo $$ > '$cg'/cgroup.procs && exec pvencrypt "$@"' pvencrypt "$@" > /tmp/pve.out 2>&1 &
+  pve=$!
+  wait_for '[ "$(pstate $pve)" = T ]' 300 || die "the run did not stop at $step: $(cat /tmp/pve.out)"
+  # A copy running now may overwrite what a restored table would read: let it.
+  wait_for mirrors_synced 60
+  if [ $((KILLS % 2)) = 1 ]; then
+    echo "(SIGKILL of pvencrypt)"; kill -9 $pve
+  else
+    echo "(every process of its cgroup killed)"; echo 1 > $cg/cgroup.kill
+  fi
+  KILLED_AT=$(now)
+  wait $pve
+  wait_for '[ -z "$(cat $cg/cgroup.procs)" ]' 5 && rmdir $cg
+}
+# settled_within LABEL S   no device stays suspended at most S seconds after kill_at's kill.
+settled_within() {
+  local t
+  wait_for '[ -z "$(suspended_lvs)" ]' 30
+  t=$(awk -v a="$KILLED_AT" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }')
+  echo "$1: every device ran again $t s after the kill"
+  check "$1: no device stays suspended (${t} s <= $2 s)" "[ -z \"\$(suspended_lvs)\" ] && awk 'BEGIN { exit !($t <= $2) }'"
+}
+# suspended_lvs   the dm devices left suspended (none expected).
+suspended_lvs() { dmsetup info -c --noheadings -o name,attr | awk -F: '$2 ~ /s/ {print $1}'; }

@@ -1,0 +1,275 @@
+//! The guardians: a child process that puts the LVs back to work should pvencrypt die
+//! (SIGKILL, the OOM killer, `systemctl kill`) while devices of the PV are suspended,
+//! since nothing else would. One watches the switch's freeze (`Watch::Switch`), one the
+//! data phase's commits (`Watch::Mover`). Each acts on one rule, which the error paths
+//! and the take-over follow too (ARCHITECTURE.md, "Deaths and errors, step by step"):
+//! whatever it restores maps every range to bytes that no running copy overwrites.
+
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+    process::Child,
+    time::Duration,
+};
+
+use crate::{
+    direct::{self, Aligned},
+    dm::{self, Dm, DmName, Target},
+    error::{fail, Context, Result},
+    sys,
+};
+
+/// What a guardian watches, handed to it in its environment (no secret in it).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub enum Watch {
+    /// The data phase: NAME, suspended for each commit.
+    Mover { name: DmName },
+    /// The switch's freeze: the devices on the PV in suspend order (top-down), NAME, the
+    /// alias the header is written through, and where the first segment's copy lies.
+    Switch { holders: Vec<DmName>, name: DmName, alias: DmName, alias_path: PathBuf, moved: (u64, u64) },
+}
+
+/// What the switch tells its guardian: the first segment's copy in the tail is exact
+/// (the LVs have been suspended since it was made), and the header writes may start.
+const COPIED: u8 = b'C';
+
+/// A guardian process; it acts when its stdin closes, which happens however we end.
+pub struct Guardian(Child);
+
+impl Guardian {
+    pub fn spawn(watch: &Watch) -> Result<Guardian> {
+        let child = std::process::Command::new("/proc/self/exe")
+            .env(GUARD_ENV, serde_json::to_string(watch).expect("serializes"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .or_fail(|| "Cannot start the guardian process".into())?;
+        Ok(Guardian(child))
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
+    /// One write(2) to a pipe: safe inside the freeze.
+    pub fn copied(&mut self) {
+        if let Some(i) = self.0.stdin.as_mut() {
+            let _ = i.write_all(&[COPIED]);
+        }
+    }
+}
+
+impl Drop for Guardian {
+    fn drop(&mut self) {
+        drop(self.0.stdin.take());
+        let _ = self.0.wait();
+    }
+}
+
+pub const GUARD_ENV: &str = "PVENCRYPT_GUARD";
+
+/// The guardian's whole life (main.rs runs it when GUARD_ENV is set).
+pub fn guard(watch: &str) -> ! {
+    let Ok(watch) = serde_json::from_str::<Watch>(watch) else { sys::exit_now(2) };
+    sys::setsid();
+    // Out of the unit's cgroup (`-b`, the boot's resume unit): `systemctl kill` and the
+    // SIGKILL that ends a stop signal every process of the unit, and we must outlive it.
+    // The root cgroup belongs to no unit; on a cgroup v1 system this fails, harmlessly.
+    let _ = std::fs::write("/sys/fs/cgroup/cgroup.procs", "0");
+    for s in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGQUIT, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
+        sys::ignore_signal(s);
+    }
+    sys::protect_from_oom_killer();
+    // What the switch's rollback needs, taken while nothing is suspended.
+    let (alias_file, mut buf) = match &watch {
+        Watch::Switch { alias_path, .. } => (direct::open(alias_path).ok(), Aligned::new(direct::CHUNK)),
+        Watch::Mover { .. } => (None, Aligned::new(4096)),
+    };
+    let _ = sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
+    let dm = Dm::open();
+    let (mut copied, mut b) = (false, [0u8; 64]);
+    loop {
+        match std::io::stdin().read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => copied |= b[..n].contains(&COPIED),
+        }
+    }
+    let Ok(dm) = dm else { sys::exit_now(1) };
+    let said = match &watch {
+        Watch::Mover { name } => match settle(&dm, name) {
+            Ok(Settled { resumed: true, .. }) => Some(format!("pvencrypt died while {name} was suspended; resumed it")),
+            Ok(Settled { started: n, .. }) if n > 0 => {
+                Some(format!("pvencrypt died while {name} was starting its chunks' copies; started {n}"))
+            }
+            Ok(_) => None,
+            Err(e) => Some(format!("pvencrypt died inside a commit of {name}; {}", e.msg)),
+        },
+        Watch::Switch { holders, name, alias, moved, .. } => {
+            let copy = alias_file.as_ref().filter(|_| copied).map(|f| (f, &mut buf, *moved));
+            let r = settle_switch(&dm, holders, name, copy);
+            drop(alias_file);
+            if !matches!(r, Ok(None)) {
+                // The dead process's, in the way of the next run.
+                dm.remove(alias);
+            }
+            match r {
+                Ok(None) => None,
+                Ok(Some(m)) => Some(format!("pvencrypt died in the switch's freeze; {m}")),
+                Err(e) => Some(format!("pvencrypt died in the switch's freeze; {}", e.msg)),
+            }
+        }
+    };
+    if let Some(m) = said {
+        sys::syslog(libc::LOG_WARNING, &m);
+        kmsg(&m);
+    }
+    sys::exit_now(0)
+}
+
+/// The kernel log outlives a terminal that is gone; never a file on the PV.
+fn kmsg(m: &str) {
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .and_then(|mut k| k.write_all(format!("<4>pvencrypt: {m}\n").as_bytes()));
+}
+
+/// After a death in the switch's freeze (the process's own errors roll back in switch.rs):
+/// - some LV already runs on NAME (the death came while the LVs were being resumed, after
+///   every header write and table load): the others follow onto their loaded tables; the
+///   device is LUKS2 in reencryption and `pvencrypt` goes on;
+/// - else, back to the plain PV: the loaded tables are dropped, NAME removed, and, when
+///   every device is still suspended since the first segment was copied to the tail
+///   (`copy`), that copy is put back over whatever header bytes were written. A device
+///   already running is one the process resumed after its own rollback: nothing is copied.
+fn settle_switch(
+    dm: &Dm,
+    holders: &[DmName],
+    name: &DmName,
+    copy: Option<(&std::fs::File, &mut Aligned, (u64, u64))>,
+) -> Result<Option<String>> {
+    let suspended: Vec<&DmName> = holders.iter().filter(|h| dm.is_suspended(h)).collect();
+    if suspended.is_empty() {
+        return Ok(None);
+    }
+    let on_name = dm.device_of(name).ok().is_some_and(|c| {
+        holders.iter().any(|h| !dm.is_suspended(h) && dm.table(h).is_ok_and(|t| dm::referenced(&t).contains(&c)))
+    });
+    if on_name {
+        for h in holders.iter().rev().filter(|h| suspended.contains(h)) {
+            resume_patiently(dm, h)?;
+        }
+        return Ok(Some(format!("the LVs run on /dev/mapper/{name}; run pvencrypt to go on")));
+    }
+    let mut kept = Vec::new();
+    for h in holders {
+        if dm.has_inactive(h)? && dm.clear_inactive(h).is_err() {
+            kept.push(h);
+        }
+    }
+    dm.remove(name);
+    if let Some((f, buf, (from, len))) = copy.filter(|_| suspended.len() == holders.len()) {
+        direct::copy(f, buf, from, 0, len)
+            .or_fail(|| format!("the LVs stay SUSPENDED: putting the first {len} bytes back from offset {from} failed"))?;
+    }
+    for h in holders.iter().rev().filter(|h| suspended.contains(h) && !kept.contains(h)) {
+        resume_patiently(dm, h)?;
+    }
+    if !kept.is_empty() {
+        return fail(format!(
+            "{kept:?} stay SUSPENDED: their tables for {name} cannot be dropped (`dmsetup clear`, then `dmsetup resume`)"
+        ));
+    }
+    Ok(Some("the LVs run on the plain PV again".into()))
+}
+
+/// What `settle` did.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// NAME was suspended and runs again, on its live table.
+    pub resumed: bool,
+    /// Mirrors NAME's table named that had not started, and now run.
+    pub started: usize,
+}
+
+/// How often a resume is tried before it counts as failed.
+const TRIES: u32 = 5;
+
+fn resume_patiently(dm: &Dm, name: &DmName) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match dm.resume(name) {
+            Err(e) if tries >= TRIES => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(10 << tries)),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// Puts NAME back to work after a death or an error at any step of a commit:
+/// - NAME suspended: it runs its live table again, never the one loaded for the next
+///   commit (cleared). Until NAME runs a new table no new chunk's copy has started, so
+///   nothing overwrites a byte the live table reads; the chunks being committed are
+///   mirrored with both legs equal, right for the header before the commit and after it.
+/// - NAME running: every mover mirror its table names that has not started is started.
+///   NAME runs a table naming a new chunk only once the header that frees the chunk's new
+///   place is on the disk. A mirror that will not start becomes a plain mapping of its
+///   plaintext leg, which no copy has touched: NAME's I/O must never wait on it.
+pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
+    let mut s = Settled::default();
+    if dm.is_suspended(name) {
+        if dm.has_inactive(name)? {
+            dm.clear_inactive(name)?;
+        }
+        resume_patiently(dm, name)?;
+        s.resumed = true;
+    } else if dm.has_inactive(name)? {
+        // A table loaded for a commit that never suspended: a later resume must not
+        // make it live.
+        dm.clear_inactive(name)?;
+    }
+    let live = dm::referenced(&dm.table(name)?);
+    for (m, _) in dm.named_with_uuid("CRYPT-TEMP-pvencrypt-")? {
+        if !live.contains(&dm.device_of(&m)?) || !(dm.has_inactive(&m)? || dm.is_suspended(&m)) {
+            continue;
+        }
+        if resume_patiently(dm, &m).is_err() {
+            plain_instead(dm, &m)?;
+        }
+        s.started += 1;
+    }
+    Ok(s)
+}
+
+/// Replaces a mirror that will not start by a linear mapping of its first (plaintext) leg.
+fn plain_instead(dm: &Dm, m: &DmName) -> Result<()> {
+    let table = if dm.has_inactive(m)? { dm.inactive_table(m)? } else { dm.table(m)? };
+    let Some(Target { start, len, params, .. }) = table.into_iter().find(|t| t.kind == "mirror") else {
+        return fail(format!("{m} has no mirror table to fall back from"));
+    };
+    let Some(leg) = mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
+    if dm.has_inactive(m)? {
+        dm.clear_inactive(m)?;
+    }
+    dm.load_verified(m, &[Target::new(start, len, "linear", leg)])?;
+    resume_patiently(dm, m).or_fail(|| format!("{m} will not start, and I/O to its chunk waits: run `dmsetup resume {m}`"))
+}
+
+/// "DEV OFFSET" of a mirror table's first leg: `LOGTYPE #LOGARGS ARGS... #LEGS DEV OFF ...`.
+fn mirror_first_leg(params: &str) -> Option<String> {
+    let t: Vec<&str> = params.split_whitespace().collect();
+    let log_args: usize = t.get(1)?.parse().ok()?;
+    let at = 2 + log_args + 1;
+    Some(format!("{} {}", t.get(at)?, t.get(at + 1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn first_leg_of_a_core_mirror() {
+        assert_eq!(super::mirror_first_leg("core 1 2048 2 254:0 40960 253:7 0").as_deref(), Some("254:0 40960"));
+        assert_eq!(super::mirror_first_leg("core 2 2048 nosync 2 8:16 0 253:7 0").as_deref(), Some("8:16 0"));
+        assert_eq!(super::mirror_first_leg("core 1 2048"), None);
+    }
+}
