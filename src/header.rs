@@ -9,6 +9,10 @@
 //! between two states that are both right for the data on the disk at that instant
 //! (mover.rs keeps that promise).
 //!
+//! Each commit is made from the header on the disk, read again under libcryptsetup's
+//! metadata lock, and numbered after it (`next_commit`): what another writer changed
+//! meanwhile (a keyslot killed with `cryptsetup luksKillSlot`) stays.
+//!
 //! Only the active segments change in a commit (the reencryption digest covers the
 //! backup segments and the reencrypt keyslot, not them: no volume key is needed),
 //! except the last commit, which ends the reencryption as libcryptsetup's own teardown
@@ -373,6 +377,53 @@ pub fn finished(json: &Value) -> Result<Value> {
     Ok(new)
 }
 
+/// The JSON of the next commit, the boundary at `b` (0: the last commit, `finished`), made
+/// from the header on the disk now (`disk`, read under the metadata lock) rather than from
+/// our last commit (`ours`): libcryptsetup lets `cryptsetup luksKillSlot` and `luksRemoveKey`
+/// write the header during a reencryption (keyslot and token additions, labels and flags it
+/// refuses there, 2.6.1 as upstream today; another tool may not), and writing ours over theirs would
+/// undo them. What they changed is kept; what the reencryption owns must still be what we
+/// committed, or nothing is written.
+pub fn next_commit(disk: &Value, ours: &Value, l: &Layout, b: u64) -> Result<Value> {
+    if let Some(part) = reencryption_parts(disk).into_iter().zip(reencryption_parts(ours)).find(|(d, o)| d != o).map(|(d, _)| d.0)
+    {
+        return fail(format!(
+            "The LUKS2 header changed under the conversion: its {part} are not the ones pvencrypt committed \
+             (another program rewrote the reencryption). Stopped at the last commit, nothing written."
+        ));
+    }
+    if b == 0 {
+        finished(disk)
+    } else {
+        at_boundary(disk, l, b)
+    }
+}
+
+/// What only the reencryption changes, named: the segments, which segments each digest
+/// covers, the reencrypt keyslot, and the requirement flag.
+fn reencryption_parts(json: &Value) -> [(&'static str, Value); 4] {
+    let digests: serde_json::Map<String, Value> = json["digests"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, d)| d["segments"].as_array().is_some_and(|s| !s.is_empty()))
+        .map(|(id, d)| (id.clone(), d["segments"].clone()))
+        .collect();
+    let reencrypt: serde_json::Map<String, Value> = json["keyslots"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, k)| k["type"] == "reencrypt")
+        .map(|(id, k)| (id.clone(), k.clone()))
+        .collect();
+    [
+        ("segments", json["segments"].clone()),
+        ("digests' segments", digests.into()),
+        ("reencrypt keyslot", reencrypt.into()),
+        ("reencryption requirement", in_reencryption(json).into()),
+    ]
+}
+
 /// One of libcryptsetup's locks: an flock on a file in /run/cryptsetup, which libcryptsetup
 /// unlinks when it lets go (so a lock is only good on the file still at that path).
 pub struct CryptsetupLock {
@@ -504,6 +555,61 @@ mod tests {
         let l = Layout::of(&f).unwrap();
         assert_eq!((l.total, l.boundary, l.data_offset, l.encryption.as_str()), (0, 0, 16 << 20, "aes-xts-plain64"));
         assert!(in_reencryption(&state()) && !in_reencryption(&f));
+    }
+
+    /// `state()` after another writer: keyslot 1 killed, keyslot 5 and a token added.
+    fn changed_by_someone_else() -> Value {
+        let mut j = state();
+        j["keyslots"].as_object_mut().unwrap().remove("1");
+        j["keyslots"]["5"] = json!({"type": "luks2", "area": {"offset": "32768"}});
+        j["digests"]["0"]["keyslots"] = json!(["0", "5"]);
+        j["tokens"]["1"] = json!({"type": "systemd-tpm2", "keyslots": ["5"]});
+        j["config"]["label"] = json!("theirs");
+        j
+    }
+
+    #[test]
+    fn another_writers_keyslots_and_tokens_survive_every_commit() {
+        let (ours, disk) = (state(), changed_by_someone_else());
+        let l = Layout::of(&ours).unwrap();
+        for b in [l.total, 32 << 20, 16 << 20] {
+            let n = next_commit(&disk, &ours, &l, b).unwrap();
+            assert_eq!(n["segments"], at_boundary(&ours, &l, b).unwrap()["segments"], "boundary {b}");
+            assert_eq!((&n["keyslots"], &n["tokens"], &n["config"]), (&disk["keyslots"], &disk["tokens"], &disk["config"]));
+            assert_eq!(n["digests"]["0"]["keyslots"], json!(["0", "5"]));
+        }
+        let f = next_commit(&disk, &ours, &l, 0).unwrap();
+        assert_eq!(f["segments"], finished(&ours).unwrap()["segments"]);
+        assert_eq!(f["keyslots"].as_object().unwrap().keys().collect::<Vec<_>>(), ["0", "5"]);
+        assert_eq!(f["tokens"], disk["tokens"]);
+        assert_eq!(f["digests"], json!({"0": {"type": "pbkdf2", "keyslots": ["0", "5"], "segments": ["0"]}}));
+        assert_eq!(f["config"], json!({"json_size": "12288", "keyslots_size": "16744448", "label": "theirs"}));
+        // Nothing changed: the same as from our own copy.
+        assert_eq!(next_commit(&ours, &ours, &l, 32 << 20).unwrap(), at_boundary(&ours, &l, 32 << 20).unwrap());
+    }
+
+    #[test]
+    fn a_header_whose_reencryption_changed_under_us_is_refused() {
+        let ours = state();
+        let l = Layout::of(&ours).unwrap();
+        let refused = |disk: Value, part: &str| {
+            for b in [32 << 20, 0] {
+                let e = next_commit(&disk, &ours, &l, b).unwrap_err();
+                assert!(e.msg.contains(&format!("its {part} are not")), "{part}: {}", e.msg);
+            }
+        };
+        // Segments: the boundary elsewhere (an old header restored), or the reencryption ended.
+        refused(at_boundary(&changed_by_someone_else(), &l, 48 << 20).unwrap(), "segments");
+        refused(finished(&ours).unwrap(), "segments");
+        let mut d = ours.clone();
+        d["digests"]["0"]["segments"] = json!(["4"]);
+        refused(d, "digests' segments");
+        let mut d = ours.clone();
+        d["keyslots"]["2"]["mode"] = json!("decrypt");
+        refused(d, "reencrypt keyslot");
+        let mut d = ours.clone();
+        d["config"].as_object_mut().unwrap().remove("requirements");
+        refused(d, "reencryption requirement");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use libcryptsetup_rs::{
         flags::{CryptActivate, CryptPbkdf, CryptReencrypt, CryptVolumeKey},
         vals::{
             CryptKdf, CryptLogLevel, CryptReencryptDirectionInfo, CryptReencryptInfo, CryptReencryptModeInfo, EncryptionFormat,
+            KeyslotInfo,
         },
     },
     CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsReencrypt, CryptPbkdfType, Either, TokenInput,
@@ -429,7 +430,12 @@ pub fn reencrypt_state(cd: &mut CryptDevice) -> Result<CryptReencryptInfo> {
         .or_fail(|| "Cannot read the reencryption state".into())
 }
 
+/// Gone already is done: a finish that died after it, or `cryptsetup luksKillSlot` during
+/// the conversion (libcryptsetup allows it; the mover's commits keep it).
 pub fn destroy_keyslot(cd: &mut CryptDevice, slot: u32) -> Result<()> {
+    if cd.keyslot_handle().status(slot).is_ok_and(|s| s == KeyslotInfo::Inactive) {
+        return Ok(());
+    }
     cd.keyslot_handle().destroy(slot).or_fail(|| format!("Cannot remove the temporary keyslot {slot}"))
 }
 
@@ -754,6 +760,52 @@ mod image_tests {
         assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
         let after = cd.status_handle().dump_json().unwrap();
         assert_eq!(after, before, "the finished header is the one formatted before the reencryption");
+    }
+
+    /// libcryptsetup destroys a keyslot (`cryptsetup luksKillSlot`) between two of the
+    /// mover's commits, each made from the header on the disk (`header::next_commit`):
+    /// the keyslot stays destroyed, libcryptsetup loads every state, and seqids go up.
+    #[test]
+    fn a_keyslot_destroyed_by_libcryptsetup_between_commits_stays_destroyed() {
+        use crate::header::{self, Header, Layout};
+        let Some(lo) = Loop::new(64) else { return };
+        capture_log();
+        let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
+        let fmt = cheap_format(8192);
+        let p = prepare(&fmt, &lo.path, &key, &super::loop_tests::test_marker()).unwrap();
+        init_reencryption(&p, &fmt, &lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let img = header_image(&p).unwrap();
+        let f = crate::direct::open(&lo.path).unwrap();
+        f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();
+        let mut ours = Header::read(&f).unwrap();
+        let l = Layout::of(&ours.json).unwrap();
+        let commit = |ours: &mut Header, b: u64| {
+            let disk = Header::read(&f).unwrap();
+            assert!(disk.seqid >= ours.seqid);
+            let json = header::next_commit(&disk.json, &ours.json, &l, b).unwrap();
+            disk.write(&f, &disk.images(&json).unwrap()).unwrap();
+            *ours = disk;
+            ours.committed(json);
+            assert_eq!(Header::read(&f).unwrap().seqid, ours.seqid);
+        };
+        commit(&mut ours, 40 << 20);
+        let mut cd = open(&lo.path).unwrap();
+        destroy_keyslot(&mut cd, p.temp_slot).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        drop(cd);
+        let killed = Header::read(&f).unwrap().seqid;
+        assert!(killed > ours.seqid, "libcryptsetup's write is numbered after ours");
+        for b in [4 << 20, 0] {
+            commit(&mut ours, b);
+            assert!(ours.seqid > killed);
+            let mut cd = open(&lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+            assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
+            assert!(volume_key(&mut cd, Some(p.temp_slot), &p.temp_key).is_err(), "at {b}: the killed keyslot is back");
+            assert!(ours.json["keyslots"].get(p.temp_slot.to_string()).is_none());
+        }
+        let mut cd = open(&lo.path).unwrap();
+        assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
+        // finish() again after it: nothing left to destroy is not an error.
+        destroy_keyslot(&mut cd, p.temp_slot).unwrap();
     }
 
     #[test]

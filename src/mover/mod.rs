@@ -100,6 +100,15 @@ struct Chunk {
     mirror_dev: Device,
 }
 
+/// A commit ready to write: its header copies and JSON, the header on the disk they follow,
+/// and the lock that keeps that header the newest until they are written.
+struct Commit {
+    _lock: CryptsetupLock,
+    disk: Header,
+    json: Value,
+    images: [Aligned; 2],
+}
+
 /// What `wait` saw.
 enum Waited {
     Synced,
@@ -138,7 +147,12 @@ impl<'a> Mover<'a> {
     pub fn new(dm: &'a Dm, name: &'a DmName, path: &Path, raw: Device, uuid: &str, volume_key: &[u8]) -> Result<Mover<'a>> {
         let lock = CryptsetupLock::reencryption(uuid)?;
         let disk = direct::open(path).or_fail(|| format!("Cannot open {}", path.display()))?;
-        let header = Header::read(&disk).or_fail(|| format!("Cannot read the LUKS2 header of {}", path.display()))?;
+        // Under the metadata lock: not a copy another writer is halfway through. The
+        // take-over decides from this header which copy of each chunk is authoritative.
+        let header = {
+            let _metadata = CryptsetupLock::metadata(raw)?;
+            Header::read(&disk).or_fail(|| format!("Cannot read the LUKS2 header of {}", path.display()))?
+        };
         let mut layout = Layout::of(&header.json)?;
         if layout.total == 0 {
             layout.total = dm.table(name)?.iter().map(|t| t.len.bytes()).sum();
@@ -273,10 +287,9 @@ impl<'a> Mover<'a> {
         Ok(((c.len * m.synced / m.regions.max(1)).min(c.len), m.synced == m.regions))
     }
 
-    /// One suspension of NAME: commit the `n` chunks next to the boundary (when `commit`
-    /// carries their header), start `new` chunks, NAME onto its next table.
-    fn swap(&mut self, commit: Option<(usize, Value, [Aligned; 2])>, new: Vec<Chunk>) -> Result<()> {
-        let n = commit.as_ref().map_or(0, |c| c.0);
+    /// One suspension of NAME: commit the `n` chunks next to the boundary (none: `n` is 0),
+    /// start `new` chunks, NAME onto its next table.
+    fn swap(&mut self, n: usize, new: Vec<Chunk>) -> Result<()> {
         let boundary = if n > 0 { self.flight[n - 1].start } else { self.layout.boundary };
         let table = self.name_table(boundary, self.flight.iter().skip(n).chain(new.iter()));
         if let Err(e) = self.dm.load_verified(self.name, &table) {
@@ -284,37 +297,39 @@ impl<'a> Mover<'a> {
             return Err(e);
         }
         fault::trace("mover: loaded");
-        if let Err(e) = self.watched() {
-            let _ = self.dm.clear_inactive(self.name);
-            new.iter().for_each(|c| self.discard(c));
-            return Err(e);
-        }
-        let metadata = if commit.is_some() { Some(CryptsetupLock::metadata(self.raw)) } else { None };
+        let commit = self.watched().and_then(|_| if n > 0 { self.prepare_commit(boundary).map(Some) } else { Ok(None) });
+        let commit = match commit {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.dm.clear_inactive(self.name);
+                new.iter().for_each(|c| self.discard(c));
+                return Err(e);
+            }
+        };
         // From the suspension until NAME and the new copies run again, also on error.
         let held = sys::SignalsHeld::hold();
-        let r = match metadata {
-            Some(Err(e)) => Err(e),
-            _ => self.suspended(n, commit.as_ref().map(|c| &c.2), &new),
-        };
+        let r = self.suspended(n, commit.as_ref().map(|c| &c.images), &new);
         let settled = r.as_ref().err().map(|_| guardian::settle(self.dm, self.name));
         drop(held);
         let Err(e) = r else {
             fault::trace("mover: resumed");
-            self.advance(commit, boundary, new);
+            self.advance(commit, n, boundary, new);
             fault::trace("mover: discarded");
             return Ok(());
         };
         // Whichever step failed, NAME runs what `settle` allows; the table that left live
-        // and the header on the disk tell where the run stands.
+        // and the header on the disk (the metadata lock is still held: no other writer came
+        // between) tell where the run stands.
         match settled.expect("settled on error").and_then(|_| self.runs_next(n, &new)) {
-            Ok(true) => self.advance(commit, boundary, new),
+            Ok(true) => self.advance(commit, n, boundary, new),
             Ok(false) => {
                 new.iter().for_each(|c| self.discard(c));
-                if let Some((_, json, _)) = commit {
+                if let Some(c) = commit {
                     match Header::read(&self.disk).map(|h| h.seqid) {
-                        Ok(s) if s == self.header.seqid => {}
-                        Ok(s) if s == self.header.seqid + 1 => {
-                            self.header.committed(json);
+                        Ok(s) if s == c.disk.seqid => self.header = c.disk,
+                        Ok(s) if s == c.disk.seqid + 1 => {
+                            self.header = c.disk;
+                            self.header.committed(c.json);
                             self.layout.boundary = boundary;
                         }
                         // Nothing is unwound: the mirrors are right for either header.
@@ -332,9 +347,10 @@ impl<'a> Mover<'a> {
     }
 
     /// Bookkeeping once NAME runs the table `swap` loaded.
-    fn advance(&mut self, commit: Option<(usize, Value, [Aligned; 2])>, boundary: u64, new: Vec<Chunk>) {
-        if let Some((n, json, _)) = commit {
-            self.header.committed(json);
+    fn advance(&mut self, commit: Option<Commit>, n: usize, boundary: u64, new: Vec<Chunk>) {
+        if let Some(c) = commit {
+            self.header = c.disk;
+            self.header.committed(c.json);
             self.layout.boundary = boundary;
             for c in self.flight.drain(..n).collect::<Vec<_>>() {
                 self.discard(&c);
@@ -354,8 +370,36 @@ impl<'a> Mover<'a> {
         })
     }
 
-    /// The part of `swap` while NAME is suspended, in the order ARCHITECTURE.md ("A commit,
-    /// step by step") justifies: ioctls and prepared O_DIRECT writes only; nothing that
+    /// The header of the commit that moves the boundary to `boundary`, under libcryptsetup's
+    /// metadata lock (kept until the commit is written or given up): made from the header on
+    /// the disk now, so that what another writer committed since ours stays, and numbered
+    /// after it. Before NAME's suspension: reading the disk and building the copies allocate.
+    fn prepare_commit(&self, boundary: u64) -> Result<Commit> {
+        let lock = CryptsetupLock::metadata(self.raw)?;
+        let disk = Header::read(&self.disk).map_err(|e| {
+            Error::new(
+                Kind::Failed,
+                format!(
+                    "{}: cannot read the LUKS2 header back before a commit ({}); stopped at the last commit.",
+                    self.name, e.msg
+                ),
+            )
+        })?;
+        if disk.seqid < self.header.seqid {
+            return fail(format!(
+                "{}: the LUKS2 header on the disk (seqid {}) is older than pvencrypt's last commit (seqid {}); \
+                 stopped at the last commit, nothing written.",
+                self.name, disk.seqid, self.header.seqid
+            ));
+        }
+        let json = header::next_commit(&disk.json, &self.header.json, &self.layout, boundary)
+            .map_err(|e| Error::new(e.kind, format!("{}: {}", self.name, e.msg)))?;
+        let images = disk.images(&json)?;
+        Ok(Commit { _lock: lock, disk, json, images })
+    }
+
+    /// The part of `swap` while NAME is suspended, in the order ARCHITECTURE.md ("Deaths and
+    /// errors, step by step") justifies: ioctls and prepared O_DIRECT writes only; nothing that
     /// could wait for udev or a filesystem; the caller holds every signal.
     fn suspended(&self, n: usize, images: Option<&[Aligned; 2]>, new: &[Chunk]) -> Result<()> {
         self.dm.suspend_unsynced(self.name)?;
@@ -459,7 +503,7 @@ impl<'a> Mover<'a> {
 
     fn chunks(&mut self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
         let new = self.fill(self.layout.boundary)?;
-        self.swap(None, new)?;
+        self.swap(0, new)?;
         while !self.flight.is_empty() {
             if let Waited::Stopped = self.wait(progress)? {
                 return Ok(false);
@@ -477,16 +521,9 @@ impl<'a> Mover<'a> {
             // it also makes the previous commit's secondary copy durable.
             Header::flush(&self.disk).or_fail(|| "Cannot flush the disk".into())?;
             fault::trace("mover: flushed");
-            let b = self.flight[n - 1].start;
-            let json = if b == 0 {
-                header::finished(&self.header.json)?
-            } else {
-                header::at_boundary(&self.header.json, &self.layout, b)?
-            };
-            let images = self.header.images(&json)?;
-            let new = self.fill(b)?;
+            let new = self.fill(self.flight[n - 1].start)?;
             fault::trace(format_args!("mover: {} new", new.len()));
-            self.swap(Some((n, json, images)), new)?;
+            self.swap(n, new)?;
         }
         Header::flush(&self.disk).or_fail(|| "Cannot flush the disk".into())?;
         progress(self.layout.total, self.layout.total);
