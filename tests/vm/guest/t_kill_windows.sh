@@ -4,14 +4,14 @@
 # guardian acts). Then, before any pvencrypt runs again, every LV is read whole and compared
 # with its copy in RAM, and new data is written and fsynced; the next run takes over, and the
 # LVs are compared again. LV `a` holds random data in the top chunks, which the first commits move.
-# disks: 256M
+# disks: 128M
 # timeout: 1200
 . /tests/lib.sh
 printf 'secret-passphrase' > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
 syslogd -O /tmp/messages
-PVOPTS="--setphysicalvolumesize 224M" mkvg vg /dev/vda
-mklv pad -L 40M vg
+PVOPTS="--setphysicalvolumesize 96M" mkvg vg /dev/vda
+mklv pad -L 16M vg
 mklv a -l 100%FREE vg
 copies_start pad a
 
