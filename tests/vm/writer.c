@@ -279,6 +279,17 @@ static int cmd_maxrss(char **argv)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+/* Touches MIB MiB of its own, page after page, for ever: more than its cgroup may keep, so
+   its pages go to swap and come back all the time. */
+static _Noreturn void cmd_hog(long mib)
+{
+	size_t len = (size_t)mib << 20;
+	volatile char *p = malloc(len);
+	if (!p) die("malloc");
+	for (unsigned char n = 1;; n++)
+		for (size_t i = 0; i < len; i += 4096) p[i] = (char)n;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -289,7 +300,9 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(argv[1], "verifydev"))
 		return cmd_verifydev(argv[2], strtoull(argv[3], 0, 10));
 	if (argc >= 3 && !strcmp(argv[1], "maxrss")) return cmd_maxrss(argv + 2);
+	if (argc == 3 && !strcmp(argv[1], "hog")) cmd_hog(atol(argv[2]));
 	fprintf(stderr, "usage: pvwriter write FILE ACKFILE [BATCH] | writedev DEV ACKFILE\n"
-			"       pvwriter verify FILE ACKED | verifydev DEV ACKED | maxrss CMD [ARG...]\n");
+			"       pvwriter verify FILE ACKED | verifydev DEV ACKED | maxrss CMD [ARG...]\n"
+			"       pvwriter hog MIB\n");
 	return 2;
 }
