@@ -47,10 +47,10 @@ pub fn fails(op: &str, arg: &str) -> bool {
 static TRACE: OnceLock<Option<String>> = OnceLock::new();
 
 /// PVENCRYPT_TRACE=1 prints every step as it happens, even inside the freeze (unsafe
-/// when stderr is on a filesystem of the PV; for tests only); =debug adds
+/// when stderr is on a filesystem of the PV), so only a test build reads it; =debug adds
 /// libcryptsetup's debug messages.
 pub fn tracing() -> bool {
-    TRACE.get_or_init(|| std::env::var("PVENCRYPT_TRACE").ok()).is_some()
+    TRACE.get_or_init(|| if cfg!(feature = "fault-injection") { std::env::var("PVENCRYPT_TRACE").ok() } else { None }).is_some()
 }
 
 pub fn tracing_debug() -> bool {
@@ -176,5 +176,16 @@ mod tests {
         super::init();
         let fired = super::fails("resume", "x");
         assert_eq!(fired, cfg!(feature = "fault-injection"));
+    }
+
+    #[test]
+    fn release_builds_read_no_trace() {
+        // SAFETY: tests of this module do not read the environment concurrently.
+        unsafe { std::env::set_var("PVENCRYPT_TRACE", "debug") };
+        assert_eq!(super::tracing(), cfg!(feature = "fault-injection"));
+        assert_eq!(super::tracing_debug(), cfg!(feature = "fault-injection"));
+        // `--debug` works in every build.
+        super::set_debug();
+        assert!(super::debug());
     }
 }
