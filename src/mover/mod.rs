@@ -243,18 +243,32 @@ impl<'a> Mover<'a> {
         chunk_below(lowest, boundary, self.layout.shift, self.tuning.chunk)
     }
 
-    /// The dm-crypt device and the (not yet live) mirror of a new chunk.
+    /// The dm-crypt device of a new chunk, and the device NAME will map the chunk through:
+    /// live as a linear map of the chunk's plaintext, with the mirror loaded to take over at
+    /// its next resume. It must be live before NAME maps it: the kernel fails I/O to a
+    /// device without a live table ("mapping table unavailable, erroring io"); and its copy
+    /// may start only once NAME runs the table after the commit that frees its new place.
     fn prepare(&self, start: u64, len: u64) -> Result<Chunk> {
         let tag = start / 512;
         let dm_name = |kind: char| DmName::new(format!("{}{kind}{tag}", self.name_prefix));
         let (crypt, mirror) = (dm_name('c')?, dm_name('m')?);
         let crypt_dev = self.dm.create(&crypt, &format!("{}c{tag}", self.uuid_prefix), &[self.crypt_target(0, start, len)])?;
+        let sectors = Sectors::from_aligned_bytes(len);
+        let plain = Sectors::from_aligned_bytes(self.plain_at(start));
+        let region = (self.tuning.region / 512).min(1 << sectors.0.ilog2()).max(2);
+        let mirrored = format!("core 1 {region} 2 {} {} {crypt_dev} 0", self.raw, plain.0);
+        let linear = Target::new(Sectors(0), sectors, "linear", format!("{} {}", self.raw, plain.0));
         let made = self.dm.resume(&crypt).and_then(|_| {
-            let sectors = Sectors::from_aligned_bytes(len);
-            let region = (self.tuning.region / 512).min(1 << sectors.0.ilog2()).max(2);
-            let plain = Sectors::from_aligned_bytes(self.plain_at(start));
-            let params = format!("core 1 {region} 2 {} {} {crypt_dev} 0", self.raw, plain.0);
-            self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[Target::new(Sectors(0), sectors, "mirror", params)])
+            let dev = self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[linear])?;
+            let loaded = self
+                .dm
+                .resume(&mirror)
+                .and_then(|_| self.dm.load_verified(&mirror, &[Target::new(Sectors(0), sectors, "mirror", mirrored)]));
+            if let Err(e) = loaded {
+                self.dm.remove(&mirror);
+                return Err(e);
+            }
+            Ok(dev)
         });
         match made {
             Ok(mirror_dev) => Ok(Chunk { start, len, mirror, crypt, mirror_dev }),
@@ -291,21 +305,18 @@ impl<'a> Mover<'a> {
     /// start `new` chunks, NAME onto its next table.
     fn swap(&mut self, n: usize, new: Vec<Chunk>) -> Result<()> {
         let boundary = if n > 0 { self.flight[n - 1].start } else { self.layout.boundary };
-        let table = self.name_table(boundary, self.flight.iter().skip(n).chain(new.iter()));
-        if let Err(e) = self.dm.load_verified(self.name, &table) {
-            new.iter().for_each(|c| self.discard(c));
-            return Err(e);
-        }
-        fault::trace("mover: loaded");
+        // The slow parts first: NAME carries a table for the next state only for the moment
+        // of the suspension.
         let commit = self.watched().and_then(|_| if n > 0 { self.prepare_commit(boundary).map(Some) } else { Ok(None) });
-        let commit = match commit {
+        let table = self.name_table(boundary, self.flight.iter().skip(n).chain(new.iter()));
+        let commit = match commit.and_then(|c| self.dm.load_verified(self.name, &table).map(|_| c)) {
             Ok(c) => c,
             Err(e) => {
-                let _ = self.dm.clear_inactive(self.name);
                 new.iter().for_each(|c| self.discard(c));
                 return Err(e);
             }
         };
+        fault::trace("mover: loaded");
         // From the suspension until NAME and the new copies run again, also on error.
         let held = sys::SignalsHeld::hold();
         let r = self.suspended(n, commit.as_ref().map(|c| &c.images), &new);
@@ -419,9 +430,9 @@ impl<'a> Mover<'a> {
         }
         self.dm.resume(self.name)?;
         point("name-resumed");
-        // Only now may the new copies start: a new chunk's encrypted leg overwrites the
-        // plaintext of a chunk this commit moved past the boundary, which the table NAME
-        // ran until its resume still read.
+        // Only now may the new copies start (each device swaps its linear map for its
+        // mirror): a new chunk's encrypted leg overwrites the plaintext of a chunk this
+        // commit moved past the boundary, which the table NAME ran until its resume read.
         for c in new {
             self.dm.resume(&c.mirror)?;
         }
@@ -566,8 +577,7 @@ impl<'a> Mover<'a> {
     /// then lack writes only the encrypted copy has, and must not be the only copy again.
     fn plain_leg_failed(&self, mirror: &DmName) -> Result<Option<String>> {
         let st = self.dm.status(mirror)?;
-        // No live table: a mirror prepared but never started; not a mirror: one that
-        // `settle` replaced by its plaintext leg.
+        // Not a mirror (yet): a linear map of the chunk's plaintext, the whole truth.
         let Some(s) = st.first().filter(|t| t.kind == "mirror").map(|t| t.params.clone()) else { return Ok(None) };
         Ok(mirror_status(&s).is_none_or(|m| !m.health.starts_with('A')).then_some(s))
     }
