@@ -1,8 +1,8 @@
 //! Fault injection for the crash tests, and timed traces.
 //!
 //! Only a test build (`--features fault-injection`, which the VM rig uses) reads
-//! PVENCRYPT_FAULT=STEP[|STEP...][:halt|:exit|:stop|:failN]: it stops the program at a named
-//! step, by cutting the (virtual) machine's power without a sync, by exiting at once, or by
+//! PVENCRYPT_FAULT=STEP[@N][|STEP[@N]...][:halt|:exit|:stop|:failN]: it stops the program at
+//! a named step (each time it passes it, or only the Nth time), by cutting the (virtual) machine's power without a sync, by exiting at once, or by
 //! stopping itself (SIGSTOP) until a test has looked at the disk, or makes
 //! the first N attempts of an operation fail, so that tests can prove every step's
 //! story. In a release binary `point` and `fails` do nothing.
@@ -115,11 +115,20 @@ pub const POINTS: &[&str] = &[
     "mirrors-resumed",
 ];
 
+/// How often each entry of PVENCRYPT_FAULT was passed (for `STEP@N`).
+static PASSED: [AtomicU32; 8] = [const { AtomicU32::new(0) }; 8];
+
 pub fn point(step: &str) {
     trace(step);
     debug_assert!(POINTS.contains(&step), "unknown fault point {step}");
     if let Some(Some((s, how))) = FAULT.get() {
-        if s.split('|').any(|s| s == step) && !how.starts_with("fail") {
+        let hit = |(i, e): (usize, &str)| match e.split_once('@') {
+            None => e == step,
+            Some((name, n)) => {
+                name == step && PASSED.get(i).is_some_and(|p| p.fetch_add(1, Ordering::Relaxed) + 1 == n.parse().unwrap_or(1))
+            }
+        };
+        if s.split('|').enumerate().any(hit) && !how.starts_with("fail") {
             if how == "exit" {
                 crate::sys::exit_now(99);
             }
