@@ -19,7 +19,8 @@
 //!
 //! dm-raid1 without `handle_errors` completes a write that failed on one leg and marks
 //! its region out of sync (`do_failures`): a chunk whose mirror is not entirely in sync
-//! with both legs alive is never committed.
+//! with both legs alive is never committed. A failed *copy* leaves no such trace once the
+//! copy ends (ARCHITECTURE.md, "Disk faults": still open).
 
 use std::{collections::VecDeque, fs::File, path::Path};
 
