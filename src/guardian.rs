@@ -32,6 +32,8 @@ pub enum Watch {
 /// What the switch tells its guardian: the first segment's copy in the tail is exact
 /// (the LVs have been suspended since it was made), and the header writes may start.
 const COPIED: u8 = b'C';
+/// What the guardian says once it can act without touching a disk.
+const READY: u8 = b'R';
 /// What pvencrypt says as it lets its guardian go: it lives, and what it left suspended
 /// (said loudly) is on purpose. Only a death leaves the pipe closed without it.
 const ENDED: u8 = b'E';
@@ -44,10 +46,17 @@ impl Guardian {
         let child = std::process::Command::new("/proc/self/exe")
             .env(GUARD_ENV, serde_json::to_string(watch).expect("serializes"))
             .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
             .spawn()
             .or_fail(|| "Cannot start the guardian process".into())?;
-        Ok(Guardian(child))
+        // Not before it is ready: until its memory is locked it may fault pages in from the
+        // root filesystem, which the suspension it watches can hold.
+        let mut ready = [0u8; 1];
+        let mut g = Guardian(child);
+        match g.0.stdout.take().map(|mut o| o.read_exact(&mut ready)) {
+            Some(Ok(())) if ready[0] == READY => Ok(g),
+            _ => fail("The guardian process did not start".to_string()),
+        }
     }
 
     pub fn alive(&mut self) -> bool {
@@ -92,6 +101,7 @@ pub fn guard(watch: &str) -> ! {
     };
     let _ = sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
     let dm = Dm::open();
+    let _ = std::io::stdout().write_all(&[READY]).and_then(|_| std::io::stdout().flush());
     let (mut copied, mut ended, mut b) = (false, false, [0u8; 64]);
     loop {
         match std::io::stdin().read(&mut b) {
