@@ -17,11 +17,22 @@
 //! mirrors that keep working; a guardian process resumes NAME should the kill land
 //! while it is suspended; `take_over` unwinds what a dead run left.
 //!
-//! dm-raid1 without `handle_errors` completes a write that failed on one leg and marks
-//! its region out of sync (`do_failures`): a chunk whose mirror is not entirely in sync
-//! with both legs alive is never committed.
+//! Disk faults (ARCHITECTURE.md, "Disk faults"). dm-raid1 without `handle_errors` completes
+//! a user write that failed on one leg and marks its region out of sync for good
+//! (`do_failures`): its health then stays not 'A', and the chunk is never committed. But it
+//! *forgets* a failed copy: kcopyd ignores the error (`DM_KCOPYD_IGNORE_ERROR`), the region
+//! counts as in sync (`dm_rh_update_states`), and once every region is, `reset_ms_flags`
+//! clears the legs' error counts: `dmsetup status` says `AA`, all in sync, over a ciphertext
+//! copy that misses what could not be read or written. So each chunk is read back, both
+//! copies compared, before the commit that makes its ciphertext authoritative (`verify`).
 
-use std::{collections::VecDeque, fs::File, path::Path};
+use std::{
+    collections::VecDeque,
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use devicemapper::Device;
 use serde_json::Value;
@@ -97,6 +108,7 @@ struct Chunk {
     len: u64,
     mirror: DmName,
     crypt: DmName,
+    crypt_dev: Device,
     mirror_dev: Device,
 }
 
@@ -119,6 +131,8 @@ pub struct Mover<'a> {
     dm: &'a Dm,
     name: &'a DmName,
     raw: Device,
+    /// The PV, for messages.
+    path: PathBuf,
     disk: File,
     header: Header,
     layout: Layout,
@@ -164,6 +178,7 @@ impl<'a> Mover<'a> {
             dm,
             name,
             raw,
+            path: path.to_path_buf(),
             disk,
             tuning: Tuning::for_shift(layout.shift),
             layout,
@@ -249,15 +264,30 @@ impl<'a> Mover<'a> {
         let dm_name = |kind: char| DmName::new(format!("{}{kind}{tag}", self.name_prefix));
         let (crypt, mirror) = (dm_name('c')?, dm_name('m')?);
         let crypt_dev = self.dm.create(&crypt, &format!("{}c{tag}", self.uuid_prefix), &[self.crypt_target(0, start, len)])?;
+        let sectors = Sectors::from_aligned_bytes(len);
+        let plain = Sectors::from_aligned_bytes(self.plain_at(start));
+        // The mirror device runs a linear map of the plaintext until its commit resumes it
+        // onto the mirror table loaded here: a device with no live table fails the I/O sent
+        // to it ("mapping table unavailable", dm_submit_bio), and NAME's new table sends I/O
+        // (every flush) to it before that resume.
         let made = self.dm.resume(&crypt).and_then(|_| {
-            let sectors = Sectors::from_aligned_bytes(len);
+            self.dm.create(
+                &mirror,
+                &format!("{}m{tag}", self.uuid_prefix),
+                &[Target::new(Sectors(0), sectors, "linear", format!("{} {}", self.raw, plain.0))],
+            )
+        });
+        let made = made.and_then(|mirror_dev| {
             let region = (self.tuning.region / 512).min(1 << sectors.0.ilog2()).max(2);
-            let plain = Sectors::from_aligned_bytes(self.plain_at(start));
             let params = format!("core 1 {region} 2 {} {} {crypt_dev} 0", self.raw, plain.0);
-            self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[Target::new(Sectors(0), sectors, "mirror", params)])
+            self.dm
+                .resume(&mirror)
+                .and_then(|_| self.dm.load_verified(&mirror, &[Target::new(Sectors(0), sectors, "mirror", params)]))
+                .map(|_| mirror_dev)
+                .inspect_err(|_| self.dm.remove(&mirror))
         });
         match made {
-            Ok(mirror_dev) => Ok(Chunk { start, len, mirror, crypt, mirror_dev }),
+            Ok(mirror_dev) => Ok(Chunk { start, len, mirror, crypt, crypt_dev, mirror_dev }),
             Err(e) => {
                 self.dm.remove(&crypt);
                 Err(e)
@@ -271,20 +301,93 @@ impl<'a> Mover<'a> {
         self.remover.remove(&c.crypt);
     }
 
-    /// (bytes in sync, all in sync). A leg that failed is an error: the plain leg's
-    /// means the plaintext may lack writes the encrypted copy has.
+    /// (bytes in sync, all in sync). A leg that failed is an error, which names the chunk.
     fn sync_of(&self, c: &Chunk) -> Result<(u64, bool)> {
         let st = self.dm.status(&c.mirror)?;
         let s = st.first().map(|t| t.params.as_str()).unwrap_or("");
         let m = mirror_status(s).ok_or_else(|| Error::new(Kind::Failed, format!("Unexpected status of {}: {s}", c.mirror)))?;
         if let Some(i) = m.health.find(|h| h != 'A') {
-            let which = if i == 0 { "the plaintext" } else { "the encrypted copy" };
-            return fail(format!(
-                "A write to {which} of the chunk at byte {} failed ({} health {}). Check the disk (dmesg).",
-                c.start, c.mirror, m.health
-            ));
+            let what = match (i, m.health.as_bytes()[i]) {
+                (0, b'D' | b'F') => "a write to the plaintext failed",
+                (0, _) => "a read of the plaintext failed",
+                _ => "a write to the encrypted copy failed",
+            };
+            return Err(self.fault(c, &format!("{what} ({} health {})", c.mirror, m.health)));
         }
         Ok(((c.len * m.synced / m.regions.max(1)).min(c.len), m.synced == m.regions))
+    }
+
+    /// The error that stops the run on a disk fault in chunk `c`: the device and the ranges.
+    fn fault(&self, c: &Chunk, what: &str) -> Error {
+        let (plain, crypt) = (self.plain_at(c.start) / 512, (self.layout.data_offset + c.start) / 512);
+        let n = c.len / 512;
+        Error::new(
+            Kind::Failed,
+            format!(
+                "Disk fault on {}: {what}, in the chunk at bytes {}-{} of {} (sectors {}-{} of {}: plaintext; \
+                 {}-{}: its encrypted copy). Stopped; the chunk was not committed. Check the disk (dmesg).",
+                self.path.display(),
+                c.start,
+                c.start + c.len - 1,
+                self.name,
+                plain,
+                plain + n - 1,
+                self.path.display(),
+                crypt,
+                crypt + n - 1
+            ),
+        )
+    }
+
+    /// Reads both copies of `c` back and compares them, outside any suspension: a copy that
+    /// failed leaves no trace in the mirror's status once the copy ends (module doc). A write
+    /// in flight may reach one leg before the other: a block that differs is read again,
+    /// up to about 3 s; one that never agrees, or a read that fails, stops the run.
+    fn verify(&self, c: &Chunk) -> Result<()> {
+        let node = Path::new("/run/pvencrypt").join(format!(".verify-{}", c.crypt));
+        let _ = std::fs::create_dir_all("/run/pvencrypt");
+        let _ = std::fs::remove_file(&node);
+        let dev = libc::makedev(c.crypt_dev.major, c.crypt_dev.minor);
+        let path = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).expect("no NUL in a path");
+        // SAFETY: a valid C string; mknod reads nothing else.
+        if unsafe { libc::mknod(path.as_ptr(), libc::S_IFBLK | 0o600, dev) } != 0 {
+            return Err(std::io::Error::last_os_error()).or_fail(|| format!("Cannot make a node for {}", c.crypt));
+        }
+        let crypt = direct::open(&node);
+        let _ = std::fs::remove_file(&node);
+        let crypt = crypt.or_fail(|| format!("Cannot open {}", c.crypt))?;
+        const BLOCK: u64 = 4096;
+        let step = (direct::CHUNK as u64).min(c.len);
+        let (mut a, mut b) = (Aligned::new(step as usize), Aligned::new(step as usize));
+        let plain = self.plain_at(c.start);
+        let mut off = 0;
+        while off < c.len {
+            let n = step.min(c.len - off) as usize;
+            let read = |a: &mut [u8], b: &mut [u8], at: u64| -> Result<()> {
+                self.disk
+                    .read_exact_at(a, plain + at)
+                    .map_err(|e| self.fault(c, &format!("a read of the plaintext failed ({e})")))?;
+                crypt.read_exact_at(b, at).map_err(|e| self.fault(c, &format!("a read of the encrypted copy failed ({e})")))
+            };
+            read(&mut a[..n], &mut b[..n], off)?;
+            if a[..n] != b[..n] {
+                for blk in (0..n as u64).step_by(BLOCK as usize) {
+                    let r = blk as usize..(blk + BLOCK) as usize;
+                    let mut tries = 0;
+                    while a[r.clone()] != b[r.clone()] {
+                        tries += 1;
+                        if tries > 30 {
+                            return Err(self
+                                .fault(c, &format!("its two copies differ at byte {} (the copy failed)", c.start + off + blk)));
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                        read(&mut a[r.clone()], &mut b[r.clone()], off + blk)?;
+                    }
+                }
+            }
+            off += n as u64;
+        }
+        Ok(())
     }
 
     /// One suspension of NAME: commit the `n` chunks next to the boundary (none: `n` is 0),
@@ -515,6 +618,12 @@ impl<'a> Mover<'a> {
                 n += 1;
             }
             fault::trace(format_args!("mover: {n} in sync"));
+            // NAME runs, the chunks to commit are in sync (t_disk_faults breaks a disk here).
+            fault::point("mover-synced");
+            for c in self.flight.iter().take(n) {
+                self.sync_of(c)?;
+                self.verify(c)?;
+            }
             // kcopyd's copy is acknowledged, maybe not yet durable: a disk's write cache could
             // keep the chunks' encrypted bytes behind the header that makes them authoritative.
             // This flush is that barrier (libcryptsetup syncs its data before each commit too);
@@ -548,9 +657,13 @@ impl<'a> Mover<'a> {
         }
         for c in &self.flight {
             if let Some(s) = self.plain_leg_failed(&c.mirror)? {
+                // dm-raid1 acknowledged that write with its bytes in the encrypted copy only,
+                // and sends later writes of that region to the plaintext only: neither copy
+                // alone is right (ARCHITECTURE.md, "Disk faults").
                 return fail(format!(
-                    "{} reports a failed write to the plaintext ({s}); {} stays on its mirrors, which serve the \
-                     data from the encrypted copy. Check the disk (dmesg).",
+                    "{} reports a failed write to the plaintext ({s}); {} stays on its mirrors: a write the kernel \
+                     acknowledged there is in the encrypted copy only, and is lost if they go (a reboot). Copy \
+                     what you need off the LVs. Check the disk (dmesg).",
                     c.mirror, self.name
                 ));
             }
@@ -564,12 +677,15 @@ impl<'a> Mover<'a> {
 
     /// The status line of `mirror` when its plaintext leg failed a write: the plaintext may
     /// then lack writes only the encrypted copy has, and must not be the only copy again.
+    /// A failed read ('S', 'R': dm-raid1 shows the worst, `device_status_char`) leaves the
+    /// plaintext with every write: every write goes to leg 0, and fails to the writer if
+    /// only leg 0 fails outside a copied region.
     fn plain_leg_failed(&self, mirror: &DmName) -> Result<Option<String>> {
         let st = self.dm.status(mirror)?;
         // No live table: a mirror prepared but never started; not a mirror: one that
         // `settle` replaced by its plaintext leg.
         let Some(s) = st.first().filter(|t| t.kind == "mirror").map(|t| t.params.clone()) else { return Ok(None) };
-        Ok(mirror_status(&s).is_none_or(|m| !m.health.starts_with('A')).then_some(s))
+        Ok(mirror_status(&s).is_none_or(|m| matches!(m.health.as_bytes()[0], b'D' | b'F' | b'U')).then_some(s))
     }
 
     /// Before every suspension of NAME: a guardian that lives (one that died, killed on
