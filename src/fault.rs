@@ -1,8 +1,8 @@
 //! Fault injection for the crash tests, and timed traces.
 //!
 //! Only a test build (`--features fault-injection`, which the VM rig uses) reads
-//! PVENCRYPT_FAULT=STEP[|STEP...][:halt|:exit|:stop|:failN]: it stops the program at a named
-//! step, by cutting the (virtual) machine's power without a sync, by exiting at once, or by
+//! PVENCRYPT_FAULT=STEP[@N][|STEP[@N]...][:halt|:exit|:stop|:failN]: it stops the program at
+//! a named step (each time it passes it, or only the Nth time), by cutting the (virtual) machine's power without a sync, by exiting at once, or by
 //! stopping itself (SIGSTOP) until a test has looked at the disk, or makes
 //! the first N attempts of an operation fail, so that tests can prove every step's
 //! story. In a release binary `point` and `fails` do nothing.
@@ -47,10 +47,10 @@ pub fn fails(op: &str, arg: &str) -> bool {
 static TRACE: OnceLock<Option<String>> = OnceLock::new();
 
 /// PVENCRYPT_TRACE=1 prints every step as it happens, even inside the freeze (unsafe
-/// when stderr is on a filesystem of the PV; for tests only); =debug adds
+/// when stderr is on a filesystem of the PV), so only a test build reads it; =debug adds
 /// libcryptsetup's debug messages.
 pub fn tracing() -> bool {
-    TRACE.get_or_init(|| std::env::var("PVENCRYPT_TRACE").ok()).is_some()
+    TRACE.get_or_init(|| if cfg!(feature = "fault-injection") { std::env::var("PVENCRYPT_TRACE").ok() } else { None }).is_some()
 }
 
 pub fn tracing_debug() -> bool {
@@ -116,11 +116,20 @@ pub const POINTS: &[&str] = &[
     "mirrors-resumed",
 ];
 
+/// How often each entry of PVENCRYPT_FAULT was passed (for `STEP@N`).
+static PASSED: [AtomicU32; 8] = [const { AtomicU32::new(0) }; 8];
+
 pub fn point(step: &str) {
     trace(step);
     debug_assert!(POINTS.contains(&step), "unknown fault point {step}");
     if let Some(Some((s, how))) = FAULT.get() {
-        if s.split('|').any(|s| s == step) && !how.starts_with("fail") {
+        let hit = |(i, e): (usize, &str)| match e.split_once('@') {
+            None => e == step,
+            Some((name, n)) => {
+                name == step && PASSED.get(i).is_some_and(|p| p.fetch_add(1, Ordering::Relaxed) + 1 == n.parse().unwrap_or(1))
+            }
+        };
+        if s.split('|').enumerate().any(hit) && !how.starts_with("fail") {
             if how == "exit" {
                 crate::sys::exit_now(99);
             }
@@ -177,5 +186,16 @@ mod tests {
         super::init();
         let fired = super::fails("resume", "x");
         assert_eq!(fired, cfg!(feature = "fault-injection"));
+    }
+
+    #[test]
+    fn release_builds_read_no_trace() {
+        // SAFETY: tests of this module do not read the environment concurrently.
+        unsafe { std::env::set_var("PVENCRYPT_TRACE", "debug") };
+        assert_eq!(super::tracing(), cfg!(feature = "fault-injection"));
+        assert_eq!(super::tracing_debug(), cfg!(feature = "fault-injection"));
+        // `--debug` works in every build.
+        super::set_debug();
+        assert!(super::debug());
     }
 }

@@ -32,8 +32,11 @@ pub enum Watch {
 /// What the switch tells its guardian: the first segment's copy in the tail is exact
 /// (the LVs have been suspended since it was made), and the header writes may start.
 const COPIED: u8 = b'C';
+/// What pvencrypt says as it lets its guardian go: it lives, and what it left suspended
+/// (said loudly) is on purpose. Only a death leaves the pipe closed without it.
+const ENDED: u8 = b'E';
 
-/// A guardian process; it acts when its stdin closes, which happens however we end.
+/// A guardian process; it acts when its stdin closes without `ENDED`: pvencrypt died.
 pub struct Guardian(Child);
 
 impl Guardian {
@@ -61,7 +64,9 @@ impl Guardian {
 
 impl Drop for Guardian {
     fn drop(&mut self) {
-        drop(self.0.stdin.take());
+        if let Some(mut i) = self.0.stdin.take() {
+            let _ = i.write_all(&[ENDED]);
+        }
         let _ = self.0.wait();
     }
 }
@@ -87,12 +92,18 @@ pub fn guard(watch: &str) -> ! {
     };
     let _ = sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
     let dm = Dm::open();
-    let (mut copied, mut b) = (false, [0u8; 64]);
+    let (mut copied, mut ended, mut b) = (false, false, [0u8; 64]);
     loop {
         match std::io::stdin().read(&mut b) {
             Ok(0) | Err(_) => break,
-            Ok(n) => copied |= b[..n].contains(&COPIED),
+            Ok(n) => {
+                copied |= b[..n].contains(&COPIED);
+                ended |= b[..n].contains(&ENDED);
+            }
         }
+    }
+    if ended {
+        sys::exit_now(0);
     }
     let Ok(dm) = dm else { sys::exit_now(1) };
     let said = match &watch {
@@ -212,10 +223,11 @@ fn resume_patiently(dm: &Dm, name: &DmName) -> Result<()> {
 ///   commit (cleared). Until NAME runs a new table no new chunk's copy has started, so
 ///   nothing overwrites a byte the live table reads; the chunks being committed are
 ///   mirrored with both legs equal, right for the header before the commit and after it.
-/// - NAME running: every mover mirror its table names that has not started is started.
-///   NAME runs a table naming a new chunk only once the header that frees the chunk's new
-///   place is on the disk. A mirror that will not start becomes a plain mapping of its
-///   plaintext leg, which no copy has touched: NAME's I/O must never wait on it.
+/// - NAME running: every mover device its table names that still waits for its mirror
+///   (a linear map of the chunk's plaintext, the mirror loaded inactive) is resumed onto
+///   it, which starts the copy. NAME runs a table naming a new chunk only once the header
+///   that frees the chunk's new place is on the disk. One that will not resume stays (or
+///   becomes) a linear map of its plaintext leg, which no copy has touched.
 pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
     let mut s = Settled::default();
     if dm.is_suspended(name) {
@@ -242,7 +254,8 @@ pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
     Ok(s)
 }
 
-/// Replaces a mirror that will not start by a linear mapping of its first (plaintext) leg.
+/// Puts a device whose mirror will not start on a linear mapping of the mirror's first
+/// (plaintext) leg.
 fn plain_instead(dm: &Dm, m: &DmName) -> Result<()> {
     let table = if dm.has_inactive(m)? { dm.inactive_table(m)? } else { dm.table(m)? };
     let Some(Target { start, len, params, .. }) = table.into_iter().find(|t| t.kind == "mirror") else {

@@ -290,7 +290,7 @@ pub fn is_aborted(pv: &Path) -> bool {
 fn record_abort(pv: &Path) -> Result<()> {
     // No LUKS2 header yet: nothing a boot would resume.
     let Some(path) = aborted_path(pv) else { return Ok(()) };
-    fs::create_dir_all(ABORTED_DIR).or_fail(|| format!("Cannot create {ABORTED_DIR}"))?;
+    crate::sys::create_dir_durably(Path::new(ABORTED_DIR)).or_fail(|| format!("Cannot create {ABORTED_DIR}"))?;
     crate::sys::replace_file(&path, format!("{}\n", pv.display()).as_bytes(), 0o644)
         .or_fail(|| format!("Cannot write {}", path.display()))
 }

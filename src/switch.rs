@@ -71,37 +71,47 @@ pub struct Switched {
 pub struct MemoryLock(());
 
 impl MemoryLock {
+    /// Locks what is mapped and, as it is first touched, whatever is mapped later: the
+    /// commit path allocates (ioctl buffers, messages) while NAME is suspended, and a page
+    /// of it sent to a swap LV of this PV could never come back. Threads (the remover)
+    /// are started before: their stacks are mapped, and locked as they are touched.
     pub fn take() -> Result<MemoryLock> {
         // Freed heap (libcryptsetup's copy buffer, LVM's reports) goes back first, so that
         // it is neither locked nor counted for the whole run.
         sys::malloc_trim();
         let lock = MemoryLock(());
+        // On fault: a page never touched costs nothing, and its first touch reads no disk.
+        sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT).or_fail(|| "mlockall".into())?;
+        // Nothing resident leaves any more; what is in swap already, and the program's
+        // files, come in now rather than on a fault in a freeze.
         let maps = std::fs::read_to_string("/proc/self/smaps").or_fail(|| "Cannot read /proc/self/smaps".into())?;
-        if maps.lines().any(|l| l.starts_with("Swap:") && l.split_whitespace().nth(1) != Some("0")) {
-            sys::mlockall(libc::MCL_CURRENT).or_fail(|| "mlockall".into())?;
-            return Ok(lock);
-        }
-        sys::mlockall(libc::MCL_CURRENT | libc::MCL_ONFAULT).or_fail(|| "mlockall".into())?;
-        for (start, end) in file_mappings(&maps) {
+        for (start, end) in to_bring_in(&maps) {
             sys::mlock(start, end).or_fail(|| "mlock of the program's mappings".into())?;
         }
         Ok(lock)
     }
 }
 
-/// Address ranges of the accessible mappings backed by a file (the binary, libraries).
-fn file_mappings(smaps: &str) -> Vec<(usize, usize)> {
-    smaps
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (range, perms) = (f.next()?, f.next()?);
-            let path = f.nth(3)?;
-            let (a, b) = range.split_once('-')?;
-            let r = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
-            (path.starts_with('/') && !perms.starts_with("---")).then_some(r)
-        })
-        .collect()
+/// Address ranges of the accessible mappings backed by a file (the binary, libraries) or
+/// with pages in swap.
+fn to_bring_in(smaps: &str) -> Vec<(usize, usize)> {
+    let mut ranges = Vec::new();
+    let mut current = None;
+    for l in smaps.lines() {
+        let mut f = l.split_whitespace();
+        let Some(first) = f.next() else { continue };
+        if let Some((a, b)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let (perms, path) = (f.next().unwrap_or("---"), f.nth(3).unwrap_or(""));
+            let r = (usize::from_str_radix(a, 16).unwrap_or(0), usize::from_str_radix(b, 16).unwrap_or(0));
+            current = (!perms.starts_with("---") && r.0 < r.1).then_some(r);
+            if path.starts_with('/') {
+                ranges.extend(current.take());
+            }
+        } else if first == "Swap:" && f.next().is_some_and(|kb| kb != "0") {
+            ranges.extend(current.take());
+        }
+    }
+    ranges
 }
 
 impl Drop for MemoryLock {
@@ -447,4 +457,24 @@ fn moved_segment(p: &Prepared) -> Result<(u64, u64)> {
     let mut cd = luks::open(&p.header.path())?;
     let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the new header".into())?;
     luks::moved_segment_in(&json).ok_or_else(|| Error::new(Kind::Failed, "The new header records no moved segment"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn brings_in_files_and_swapped_mappings() {
+        let smaps = "\
+55d0a0000000-55d0a0100000 r-xp 00000000 fd:00 1234 /usr/sbin/pvencrypt
+Rss:                1024 kB
+Swap:                  0 kB
+7f0000000000-7f0000800000 rw-p 00000000 00:00 0
+Rss:                  12 kB
+Swap:                  8 kB
+7f0000800000-7f0000801000 ---p 00000000 00:00 0
+Swap:                  4 kB
+7f0000900000-7f0000a00000 rw-p 00000000 00:00 0 [heap]
+Swap:                  0 kB
+";
+        assert_eq!(super::to_bring_in(smaps), [(0x55d0a0000000, 0x55d0a0100000), (0x7f0000000000, 0x7f0000800000)]);
+    }
 }

@@ -41,7 +41,7 @@ pub fn flock(f: &impl AsRawFd, op: c_int) -> io::Result<()> {
 pub fn lock_file(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        create_dir_durably(dir)?;
     }
     let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(path)?;
     flock(&f, libc::LOCK_EX)?;
@@ -67,6 +67,22 @@ pub fn remove_file_durably(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
         Ok(()) => sync_dir_of(path),
+    }
+}
+
+/// `create_dir_all`, with every directory it creates synced into its parent, so that a
+/// crash cannot lose a file synced into it.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durably(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+        Ok(()) => sync_dir_of(dir),
     }
 }
 
@@ -263,6 +279,19 @@ pub fn poll_in(fd: RawFd, ms: i32) {
     unsafe { libc::poll(&mut p, 1, ms) };
 }
 
+/// The pid of the process at the other end of a unix socket (SO_PEERCRED), as it was
+/// when it connected.
+pub fn peer_pid(sock: &impl AsRawFd) -> io::Result<libc::pid_t> {
+    // SAFETY: ucred is plain data; all zeros is a valid value for it.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`.
+    check(unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+    })?;
+    Ok(cred.pid)
+}
+
 /// Puts `payload` in this process's keyring as a "logon" key (readable by the kernel
 /// only, as dm-crypt reads it: `:LEN:logon:DESC` in a table) and returns its serial.
 pub fn add_logon_key(desc: &str, payload: &[u8]) -> io::Result<i64> {
@@ -295,63 +324,6 @@ pub fn revoke_key(serial: i64) {
     unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_REVOKE, serial) };
 }
 
-/// Puts `payload` in root's user keyring (`@u`, reachable by every process of uid 0, units
-/// included) as a "user" key that expires after `timeout` seconds; returns its serial.
-/// Made in this process's keyring first: a service's private session keyring does not
-/// reach `@u`, so only there does this process possess the key to set its timeout.
-pub fn add_user_key(desc: &str, payload: &[u8], timeout: u32) -> io::Result<i64> {
-    let r = add_key("user", desc, payload)?;
-    // SAFETY: keyctl(KEYCTL_SET_TIMEOUT) and keyctl(KEYCTL_LINK) take serials and numbers.
-    let linked = unsafe {
-        libc::syscall(libc::SYS_keyctl, libc::KEYCTL_SET_TIMEOUT, r, timeout as libc::c_ulong) == 0
-            && libc::syscall(libc::SYS_keyctl, libc::KEYCTL_LINK, r, libc::KEY_SPEC_USER_KEYRING) == 0
-    };
-    if !linked {
-        let e = io::Error::last_os_error();
-        unlink_user_key(r);
-        return Err(e);
-    }
-    Ok(r)
-}
-
-/// Finds a "user" key in `@u` and links it into this process's keyring: a search from
-/// `@u` possesses what it finds, the link keeps that possession for reading it.
-pub fn take_user_key(desc: &str) -> io::Result<i64> {
-    let (ty, desc) = (CString::new("user").expect("no NUL"), CString::new(desc).map_err(io::Error::other)?);
-    // SAFETY: keyctl(KEYCTL_SEARCH) with NUL-terminated strings and keyring ids.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_keyctl,
-            libc::KEYCTL_SEARCH,
-            libc::KEY_SPEC_USER_KEYRING,
-            ty.as_ptr(),
-            desc.as_ptr(),
-            libc::KEY_SPEC_PROCESS_KEYRING,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r)
-}
-
-/// The payload of key `serial` into `buf`; returns its length (larger than `buf`: cut).
-pub fn read_key(serial: i64, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: keyctl(KEYCTL_READ) writes at most `buf.len()` bytes into `buf`.
-    let r = unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_READ, serial, buf.as_mut_ptr(), buf.len()) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(r as usize)
-}
-
-/// Takes key `serial` out of `@u` and revokes it: its payload can never be read again.
-pub fn unlink_user_key(serial: i64) {
-    // SAFETY: keyctl(KEYCTL_UNLINK) takes two ids; stale ones are an error, not UB.
-    unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_UNLINK, serial, libc::KEY_SPEC_USER_KEYRING) };
-    revoke_key(serial);
-}
-
 /// -1000: the OOM killer never picks this process (LVM does the same while it holds
 /// devices suspended, lib/mm/memlock.c).
 pub fn protect_from_oom_killer() {
@@ -374,25 +346,39 @@ pub fn stop_self() {
 mod tests {
     use super::*;
 
-    /// The hand-over of `-b` (service.rs), as far as one process can play both sides.
     #[test]
-    fn user_key_round_trip_then_gone() {
+    fn creates_every_missing_directory() {
+        let top = std::env::temp_dir().join(format!("pvencrypt-dirs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let deep = top.join("var/lib/pvencrypt/aborted");
+        create_dir_durably(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_dir_durably(&deep).expect("an existing directory is fine");
+        replace_file(&deep.join("uuid"), b"/dev/sda5\n", 0o644).unwrap();
+        assert_eq!(std::fs::read(deep.join("uuid")).unwrap(), b"/dev/sda5\n");
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    /// The payload of key `serial` into `buf`; returns its length (larger than `buf`: cut).
+    fn read_key(serial: i64, buf: &mut [u8]) -> io::Result<usize> {
+        // SAFETY: keyctl(KEYCTL_READ) writes at most `buf.len()` bytes into `buf`.
+        let r = unsafe { libc::syscall(libc::SYS_keyctl, libc::KEYCTL_READ, serial, buf.as_mut_ptr(), buf.len()) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(r as usize)
+    }
+
+    #[test]
+    fn logon_key_unreadable() {
         let desc = format!("pvencrypt:test-{}", std::process::id());
-        let serial = match add_user_key(&desc, b"secret", 60) {
+        let mut buf = [0u8; 64];
+        let logon = match add_logon_key(&desc, b"volume key") {
             Ok(s) => s,
             // A kernel without keyrings (or a sandbox refusing them): nothing to test here.
             Err(e) if e.raw_os_error() == Some(libc::ENOSYS) || e.raw_os_error() == Some(libc::EPERM) => return,
             Err(e) => panic!("add_key: {e}"),
         };
-        let found = take_user_key(&desc).expect("found in @u");
-        assert_eq!(found, serial);
-        let mut buf = [0u8; 64];
-        let n = read_key(found, &mut buf).unwrap();
-        assert_eq!(&buf[..n], b"secret");
-        unlink_user_key(found);
-        assert!(read_key(found, &mut buf).is_err(), "revoked");
-        assert!(take_user_key(&desc).is_err(), "unlinked from @u");
-        let logon = add_logon_key(&desc, b"volume key").expect("logon key");
         assert!(read_key(logon, &mut buf).is_err(), "a logon key is never readable from user space");
         revoke_key(logon);
     }

@@ -30,7 +30,7 @@ fn steps_in(text: &str) -> Vec<String> {
                 if v.is_empty() || v.contains('$') {
                     continue;
                 }
-                out.extend(v.split('|').map(String::from));
+                out.extend(v.split('|').map(|s| s.split('@').next().unwrap_or(s).to_string()));
             }
         }
         if let Some(list) = line.trim_start().strip_prefix("for step in ") {
@@ -66,7 +66,7 @@ fn every_fault_step_the_tests_name_exists() {
 
 #[test]
 fn step_names_are_read_from_every_form() {
-    let t = "PVENCRYPT_FAULT='commit-primary|committed:stop' pvencrypt\n  VM_APPEND=\"pvfault=run-50\"\n\
+    let t = "PVENCRYPT_FAULT='commit-primary|committed@2:stop' pvencrypt\n  VM_APPEND=\"pvfault=run-50\"\n\
              for step in a b c; do\nfor step in ${CRASH_STEPS:-d e}; do\n# PVENCRYPT_FAULT=ignored\nPVENCRYPT_FAULT=\"$at:stop\"";
     assert_eq!(steps_in(t), ["commit-primary", "committed", "run-50", "a", "b", "c", "d", "e"]);
 }

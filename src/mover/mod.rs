@@ -258,7 +258,11 @@ impl<'a> Mover<'a> {
         chunk_below(lowest, boundary, self.layout.shift, self.tuning.chunk)
     }
 
-    /// The dm-crypt device and the (not yet live) mirror of a new chunk.
+    /// The dm-crypt device of a new chunk, and the device NAME will map the chunk through:
+    /// live as a linear map of the chunk's plaintext, with the mirror loaded to take over at
+    /// its next resume. It must be live before NAME maps it: the kernel fails I/O to a
+    /// device without a live table ("mapping table unavailable, erroring io"); and its copy
+    /// may start only once NAME runs the table after the commit that frees its new place.
     fn prepare(&self, start: u64, len: u64) -> Result<Chunk> {
         let tag = start / 512;
         let dm_name = |kind: char| DmName::new(format!("{}{kind}{tag}", self.name_prefix));
@@ -394,21 +398,18 @@ impl<'a> Mover<'a> {
     /// start `new` chunks, NAME onto its next table.
     fn swap(&mut self, n: usize, new: Vec<Chunk>) -> Result<()> {
         let boundary = if n > 0 { self.flight[n - 1].start } else { self.layout.boundary };
-        let table = self.name_table(boundary, self.flight.iter().skip(n).chain(new.iter()));
-        if let Err(e) = self.dm.load_verified(self.name, &table) {
-            new.iter().for_each(|c| self.discard(c));
-            return Err(e);
-        }
-        fault::trace("mover: loaded");
+        // The slow parts first: NAME carries a table for the next state only for the moment
+        // of the suspension.
         let commit = self.watched().and_then(|_| if n > 0 { self.prepare_commit(boundary).map(Some) } else { Ok(None) });
-        let commit = match commit {
+        let table = self.name_table(boundary, self.flight.iter().skip(n).chain(new.iter()));
+        let commit = match commit.and_then(|c| self.dm.load_verified(self.name, &table).map(|_| c)) {
             Ok(c) => c,
             Err(e) => {
-                let _ = self.dm.clear_inactive(self.name);
                 new.iter().for_each(|c| self.discard(c));
                 return Err(e);
             }
         };
+        fault::trace("mover: loaded");
         // From the suspension until NAME and the new copies run again, also on error.
         let held = sys::SignalsHeld::hold();
         let r = self.suspended(n, commit.as_ref().map(|c| &c.images), &new);
@@ -522,9 +523,9 @@ impl<'a> Mover<'a> {
         }
         self.dm.resume(self.name)?;
         point("name-resumed");
-        // Only now may the new copies start: a new chunk's encrypted leg overwrites the
-        // plaintext of a chunk this commit moved past the boundary, which the table NAME
-        // ran until its resume still read.
+        // Only now may the new copies start (each device swaps its linear map for its
+        // mirror): a new chunk's encrypted leg overwrites the plaintext of a chunk this
+        // commit moved past the boundary, which the table NAME ran until its resume read.
         for c in new {
             self.dm.resume(&c.mirror)?;
         }
@@ -682,8 +683,7 @@ impl<'a> Mover<'a> {
     /// only leg 0 fails outside a copied region.
     fn plain_leg_failed(&self, mirror: &DmName) -> Result<Option<String>> {
         let st = self.dm.status(mirror)?;
-        // No live table: a mirror prepared but never started; not a mirror: one that
-        // `settle` replaced by its plaintext leg.
+        // Not a mirror (yet): a linear map of the chunk's plaintext, the whole truth.
         let Some(s) = st.first().filter(|t| t.kind == "mirror").map(|t| t.params.clone()) else { return Ok(None) };
         Ok(mirror_status(&s).is_none_or(|m| matches!(m.health.as_bytes()[0], b'D' | b'F' | b'U')).then_some(s))
     }

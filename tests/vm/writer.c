@@ -6,6 +6,7 @@
  *   pvwriter verifydev DEV ACKED         every slot holds its latest acked record or a newer one
  *   pvwriter maxrss CMD [ARG...]         runs CMD, then prints "maxrss_kb=K" (its peak resident
  *                                        memory, from wait4; busybox time -v shows 4x the truth)
+ *   pvwriter hog MIB                     touches MIB MiB for ever (memory pressure for swap)
  *   pvwriter newpgrp CMD [ARG...]        execs CMD in a process group of its own, whose parent
  *                                        (the shell) is in the session: stop signals (SIGTSTP)
  *                                        then stop it, as in a terminal's job (the kernel drops
@@ -284,6 +285,17 @@ static int cmd_maxrss(char **argv)
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+/* Touches MIB MiB of its own, page after page, for ever: more than its cgroup may keep, so
+   its pages go to swap and come back all the time. */
+static _Noreturn void cmd_hog(long mib)
+{
+	size_t len = (size_t)mib << 20;
+	volatile char *p = malloc(len);
+	if (!p) die("malloc");
+	for (unsigned char n = 1;; n++)
+		for (size_t i = 0; i < len; i += 4096) p[i] = (char)n;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -294,6 +306,7 @@ int main(int argc, char **argv)
 	if (argc == 4 && !strcmp(argv[1], "verifydev"))
 		return cmd_verifydev(argv[2], strtoull(argv[3], 0, 10));
 	if (argc >= 3 && !strcmp(argv[1], "maxrss")) return cmd_maxrss(argv + 2);
+	if (argc == 3 && !strcmp(argv[1], "hog")) cmd_hog(atol(argv[2]));
 	if (argc >= 3 && !strcmp(argv[1], "newpgrp")) {
 		if (setpgid(0, 0)) { perror("setpgid"); return 2; }
 		execvp(argv[2], argv + 2);
@@ -301,6 +314,7 @@ int main(int argc, char **argv)
 		return 127;
 	}
 	fprintf(stderr, "usage: pvwriter write FILE ACKFILE [BATCH] | writedev DEV ACKFILE\n"
-			"       pvwriter verify FILE ACKED | verifydev DEV ACKED | maxrss CMD [ARG...]\n");
+			"       pvwriter verify FILE ACKED | verifydev DEV ACKED | maxrss CMD [ARG...]\n"
+			"       pvwriter hog MIB | newpgrp CMD [ARG...]\n");
 	return 2;
 }

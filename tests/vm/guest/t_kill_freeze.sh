@@ -5,17 +5,17 @@
 # Before anything else runs, every LV is read whole and compared with its copy in RAM, and new
 # data is written and fsynced; the next run starts again (or resumes) and the LVs are compared
 # again. A snapshot stacks a second level of devices over the PV.
-# disks: 256M
+# disks: 128M
 # timeout: 1200
 . /tests/lib.sh
 printf 'secret-passphrase' > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
 syslogd -O /tmp/messages
-PVOPTS="--setphysicalvolumesize 224M" mkvg vg /dev/vda
+PVOPTS="--setphysicalvolumesize 96M" mkvg vg /dev/vda
 mklv pad -L 8M vg
-mklv a -L 120M vg
+mklv a -L 56M vg
 copies_start pad a
-mklv snap -s -L 16M vg/pad
+mklv snap -s -L 8M vg/pad
 
 round=0
 for step in suspended moved unlabeled secondary header activated loaded lv-resumed; do

@@ -4,19 +4,39 @@
 # guardian acts). Then, before any pvencrypt runs again, every LV is read whole and compared
 # with its copy in RAM, and new data is written and fsynced; the next run takes over, and the
 # LVs are compared again. LV `a` holds random data in the top chunks, which the first commits move.
-# disks: 256M
+# First, the guardian itself is killed inside a commit: the next suspension must have a new one.
+# disks: 128M
 # timeout: 1200
 . /tests/lib.sh
 printf 'secret-passphrase' > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
 syslogd -O /tmp/messages
-PVOPTS="--setphysicalvolumesize 224M" mkvg vg /dev/vda
-mklv pad -L 40M vg
+PVOPTS="--setphysicalvolumesize 96M" mkvg vg /dev/vda
+mklv pad -L 16M vg
 mklv a -l 100%FREE vg
 copies_start pad a
 
+guardians() { for p in /proc/[0-9]*; do grep -qs PVENCRYPT_GUARD= $p/environ && echo ${p#/proc/}; done; }
+echo "=== 0. the guardian killed on its own: the next suspension has a new one"
+PVENCRYPT_FAULT='mover-suspended@1|commit@2:stop' pvencrypt --key-file /tmp/key $cheap -y -i 1 /dev/vda > /tmp/pve.out 2>&1 &
+pve=$!
+wait_for '[ "$(pstate $pve)" = T ]' 300 || die "the run did not stop in its first commit: $(cat /tmp/pve.out)"
+g1=$(guardians)
+check "a guardian watches the first commit" '[ -n "$g1" ]'
+kill -9 $g1
+kill -CONT $pve
+wait_for '[ "$(pstate $pve)" = T ] && [ -n "$(guardians)" ] && [ "$(guardians)" != "$g1" ]' 300 ||
+  die "no new guardian at the second commit: $(guardians) $(cat /tmp/pve.out)"
+g2=$(guardians)
+check "a new guardian watches the second commit" '[ -n "$g2" ] && [ "$g2" != "$g1" ]'
+kill -9 $pve; KILLED_AT=$(now); wait $pve
+settled_within "guardian replaced" 2
+same "guardian replaced, before any take-over"
+scribble a 0
+same "guardian replaced, after new writes"
+
 round=0
-args="--key-file /tmp/key $cheap -y -i 1 /dev/vda"
+args="--key-file /tmp/key -i 1"
 for step in mover-suspended commit commit-primary committed name-resumed mirrors-resumed; do
   round=$((round + 1))
   echo "=== $round. killed at '$step'"
@@ -26,7 +46,6 @@ for step in mover-suspended commit commit-primary committed name-resumed mirrors
   same "$step, before any take-over"
   scribble a $round
   same "$step, after new writes"
-  args="--key-file /tmp/key -i 1"
 done
 check "the guardian said what it did" "grep -q 'pvencrypt died while vda_crypt was suspended; resumed it' /tmp/messages"
 

@@ -6,12 +6,12 @@
 #    (a commit every few ms): each stops pvencrypt (state T), never while vda_crypt is
 #    suspended (it would hold every LV until SIGCONT); the run finishes.
 # Every LV byte as written.
-# disks: 256M
+# disks: 128M
 # timeout: 900
 . /tests/lib.sh
 printf 'secret-passphrase' > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
-PVOPTS="--setphysicalvolumesize 224M" mkvg vg /dev/vda
+PVOPTS="--setphysicalvolumesize 96M" mkvg vg /dev/vda
 mklv a -l 100%FREE vg
 copies_start a
 suspended() { dmsetup info vda_crypt 2>/dev/null | grep -q SUSPENDED; }
