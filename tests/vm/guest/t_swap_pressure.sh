@@ -38,8 +38,11 @@ check "the hog swaps" "wait_for '[ \$(swap_used) -gt 16384 ]' 60"
 writer_start /mnt/fs/log
 wait_for '[ "$(writer_acked)" -ge 100 ]' 60 || die "writer too slow: $(cat /tmp/ack)"
 
-# What pvencrypt does not lock goes to swap, again and again.
-sh -c "while :; do echo 64M > $cg/pve/memory.reclaim; usleep 200000; done" > /dev/null 2>&1 &
+# What pvencrypt does not lock goes to swap, again and again, through the switch and the
+# data phase (after it nothing is suspended; unlocked and reclaimed every 0.2 s, the
+# finish's LVM scans only crawl, which a loaded machine made exceed the time allowed).
+: > /tmp/pve.out
+sh -c "until grep -q 'Encrypted: 100' /tmp/pve.out; do echo 64M > $cg/pve/memory.reclaim; usleep 200000; done" > /dev/null 2>&1 &
 reclaim=$!
 # Samples: the system's swap in use, pvencrypt's (not its guardian's) VmSwap, VmRSS,
 # VmLck, in kB.
@@ -55,10 +58,11 @@ sampler=$!
 
 echo "=== pvencrypt, in a cgroup that reclaims all it can"
 t0=$(now)
-# Its output goes to the console: a file on tmpfs may itself be in swap (the pages it
-# writes are charged to its cgroup), and a write there inside a suspension would wait.
+# Its output goes to a pipe: a file on tmpfs written by pvencrypt may itself be in swap
+# (the pages are charged to its cgroup), and a write there inside a suspension would wait.
+# tee, in no reclaimed cgroup, keeps a copy.
 ( sh -c "echo \$\$ > $cg/pve/cgroup.procs; exec pvencrypt --key-file /tmp/key \
-    --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y -v /dev/vda" 2>&1; echo $? > /tmp/pve.rc ) | cat &
+    --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y -v -i 1 /dev/vda" 2>&1; echo $? > /tmp/pve.rc ) | tee /tmp/pve.out &
 if ! wait_for '[ -s /tmp/pve.rc ]' 420; then
   echo "pvencrypt hangs"
   for p in $(cat $cg/pve/cgroup.procs); do echo "== $p $(cat /proc/$p/comm)"; grep -E 'VmSwap|VmLck|VmRSS' /proc/$p/status; cat /proc/$p/stack; done
