@@ -187,7 +187,7 @@ impl Dm {
         Ok(from_raw(t))
     }
 
-    pub fn inactive_table(&self, name: &DmName) -> Result<Vec<Target>> {
+    fn inactive_table(&self, name: &DmName) -> Result<Vec<Target>> {
         let opts = DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE | DmFlags::DM_QUERY_INACTIVE_TABLE);
         let (_, t) = self.dm.table_status(&name.id(), opts).or_fail(|| format!("Cannot read the new table of {name}"))?;
         Ok(from_raw(t))

@@ -264,19 +264,18 @@ pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
     Ok(s)
 }
 
-/// Puts a device whose mirror will not start on a linear mapping of the mirror's first
-/// (plaintext) leg.
+/// Puts a device whose mirror will not start back on its plaintext: the linear map it ran
+/// before (its mirror dropped), or, when the mirror was swapped in but would not resume, a
+/// linear map of the mirror's first leg. Below the boundary the plaintext is authoritative.
 fn plain_instead(dm: &Dm, m: &DmName) -> Result<()> {
-    let table = if dm.has_inactive(m)? { dm.inactive_table(m)? } else { dm.table(m)? };
-    let Some(Target { start, len, params, .. }) = table.into_iter().find(|t| t.kind == "mirror") else {
-        return fail(format!("{m} has no mirror table to fall back from"));
-    };
-    let Some(leg) = mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
     if dm.has_inactive(m)? {
         dm.clear_inactive(m)?;
     }
-    dm.load_verified(m, &[Target::new(start, len, "linear", leg)])?;
-    resume_patiently(dm, m).or_fail(|| format!("{m} will not start, and I/O to its chunk waits: run `dmsetup resume {m}`"))
+    if let Some(Target { start, len, params, .. }) = dm.table(m)?.into_iter().find(|t| t.kind == "mirror") {
+        let Some(leg) = mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
+        dm.load_verified(m, &[Target::new(start, len, "linear", leg)])?;
+    }
+    resume_patiently(dm, m).or_fail(|| format!("{m} will not resume, and I/O to its chunk waits: run `dmsetup resume {m}`"))
 }
 
 /// "DEV OFFSET" of a mirror table's first leg: `LOGTYPE #LOGARGS ARGS... #LEGS DEV OFF ...`.

@@ -177,5 +177,11 @@ settled_within() {
   echo "$1: every device ran again $t s after the kill"
   check "$1: no device stays suspended (${t} s <= $2 s)" "[ -z \"\$(suspended_lvs)\" ] && awk 'BEGIN { exit !($t <= $2) }'"
 }
+# finished RC   the conversion's end: exit RC 0, no reencryption left, every LV as written.
+finished() {
+  check_eq "the conversion finished (exit 0)" "$1" 0
+  check "no reencryption left" '! cryptsetup luksDump /dev/vda | grep -q online-reencrypt'
+  same "finished"
+}
 # suspended_lvs   the dm devices left suspended (none expected).
 suspended_lvs() { dmsetup info -c --noheadings -o name,attr | awk -F: '$2 ~ /s/ {print $1}'; }
