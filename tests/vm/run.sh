@@ -79,12 +79,15 @@ run_one() {
   else
     VM_RUN=$VM_WORK/run/$name bash "$f" > "$log" 2>&1; rc=$?
   fi
+  local hung
+  hung=$(ls "$VM_LOGS/$name".*hung 2>/dev/null | wc -l)
   if [ $rc -eq 0 ]; then
     out="PASS $name ($((SECONDS - t0)) s)"
+    [ "$hung" -eq 0 ] || out+=" after $hung boot(s) that hung before init"
     rm -rf "${VM_WORK:?}/run/$name"   # disk images are kept only for failed tests
   else
     out="FAIL $name ($((SECONDS - t0)) s), log $log"$'\n'
-    out+=$(grep -aE 'CHECK-FAIL|VM-TIMEOUT|RESULT:|VM-EXIT' "$log" | tr -d '\r' | sed 's/^/  ! /')$'\n'
+    out+=$(grep -aE 'CHECK-FAIL|VM-TIMEOUT|VM-BOOT-HANG|RESULT:|VM-EXIT' "$log" | tr -d '\r' | sed 's/^/  ! /')$'\n'
     out+=$(tail -n 30 "$log" | tr -d '\r' | sed 's/^/  | /')
   fi
   printf '%s\n' "$out"
@@ -93,7 +96,7 @@ run_one() {
 
 tests=()
 if [ ${#names[@]} -eq 0 ]; then
-  tests=("$here"/guest/t_*.sh "$here"/host/t_*.sh)
+  tests=("$here"/host/t_*.sh "$here"/guest/t_*.sh)   # the host tests are the longest: first
 else
   for n in "${names[@]}"; do
     f=

@@ -11,13 +11,13 @@ mount_fs() { mkdir -p /mnt/fs; run mount /dev/mapper/vg-fs /mnt/fs; }
 
 case $(arg pvphase) in
 1)
-  PVOPTS="--setphysicalvolumesize 440M" mkvg vg /dev/vda
-  mklv fs -L 120M vg
-  mklv raw -L 64M vg
+  PVOPTS="--setphysicalvolumesize 200M" mkvg vg /dev/vda
+  mklv fs -L 80M vg
+  mklv raw -L 48M vg
   run mkfs.ext4 -q /dev/mapper/vg-fs
   mount_fs
-  dd if=/dev/urandom of=/mnt/fs/f1 bs=1M count=40 2>/dev/null
-  dd if=/dev/urandom of=/dev/mapper/vg-raw bs=1M count=64 oflag=direct 2>/dev/null
+  dd if=/dev/urandom of=/mnt/fs/f1 bs=1M count=24 2>/dev/null
+  dd if=/dev/urandom of=/dev/mapper/vg-raw bs=1M count=48 oflag=direct 2>/dev/null
   sync
   lv_shas | dd of=/dev/vdb conv=fsync 2>/dev/null
   echo "=== pvencrypt, power cut at $(arg pvfault)"

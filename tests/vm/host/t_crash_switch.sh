@@ -5,7 +5,7 @@
 . "$(dirname "$0")/../lib.sh"
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
 for step in ${CRASH_STEPS:-suspended moved unlabeled secondary header activated loaded resumed run-25 run-50 run-75 commit-primary committed}; do
-  disks=$(vm_disks "$run/$step" 512M 16M)
+  disks=$(vm_disks "$run/$step" 256M 16M)
   VM_APPEND="pvphase=1 pvfault=$step" vm_boot "$logs/t_crash_switch.$step.1.log" crash_switch $disks
   check "$step: power cut inside pvencrypt" "! grep -aq '^VM-EXIT' '$logs/t_crash_switch.$step.1.log'"
   VM_APPEND="pvphase=2 pvstep=$step" vm_boot "$logs/t_crash_switch.$step.2.log" crash_switch $disks
