@@ -216,6 +216,14 @@ impl Dm {
         self.unsynced(devicemapper_sys::DM_DEV_SUSPEND_CMD, name, flags).or_fail(|| format!("Cannot suspend {name}"))
     }
 
+    /// Suspends without flushing: a target's held I/O goes back to the device's queue
+    /// and is sent again, through the table it resumes with (dm core's requeue; how LVM
+    /// suspends mirrors).
+    pub fn suspend_noflush(&self, name: &DmName) -> Result<()> {
+        let flags = (DmFlags::DM_SUSPEND | DmFlags::DM_NOFLUSH | DmFlags::DM_SKIP_LOCKFS).bits();
+        self.unsynced(devicemapper_sys::DM_DEV_SUSPEND_CMD, name, flags).or_fail(|| format!("Cannot suspend {name}"))
+    }
+
     /// A resume or remove with no udev cookie. devicemapper-rs attaches one to every
     /// resume, remove and rename whenever udev runs, then blocks in semop until udev's
     /// rules have run `dmsetup udevcomplete` (dm_udev_sync.rs, `UdevSync::begin`/`end`).
@@ -497,6 +505,30 @@ fn same_table(a: &[Target], b: &[Target]) -> bool {
     norm(a) == norm(b)
 }
 
+#[derive(Debug, PartialEq)]
+pub struct MirrorStatus {
+    pub synced: u64,
+    pub regions: u64,
+    pub health: String,
+}
+
+/// dm-raid1's status line: `N dev... SYNCED/REGIONS 1 HEALTH log-status...`.
+pub fn mirror_status(s: &str) -> Option<MirrorStatus> {
+    let t: Vec<&str> = s.split_whitespace().collect();
+    let n: usize = t.first()?.parse().ok()?;
+    let (synced, regions) = t.get(1 + n)?.split_once('/')?;
+    let health = t.get(3 + n)?.to_string();
+    (health.len() == n).then_some(MirrorStatus { synced: synced.parse().ok()?, regions: regions.parse().ok()?, health })
+}
+
+/// "DEV OFFSET" of a mirror table's first leg: `LOGTYPE #LOGARGS ARGS... #LEGS DEV OFF ...`.
+pub fn mirror_first_leg(params: &str) -> Option<String> {
+    let t: Vec<&str> = params.split_whitespace().collect();
+    let log_args: usize = t.get(1)?.parse().ok()?;
+    let at = 2 + log_args + 1;
+    Some(format!("{} {}", t.get(at)?, t.get(at + 1)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,5 +589,21 @@ mod tests {
     fn tables_compare_by_tokens() {
         assert!(same_table(&[t(0, 8, "linear", "1:2  0")], &[t(0, 8, "linear", "1:2 0")]));
         assert!(!same_table(&[t(0, 8, "linear", "1:2 0")], &[t(0, 8, "linear", "1:2 8")]));
+    }
+
+    #[test]
+    fn mirror_status_parsed() {
+        let m = mirror_status("2 254:0 253:5 120/128 1 AA 1 core").unwrap();
+        assert_eq!(m, MirrorStatus { synced: 120, regions: 128, health: "AA".into() });
+        assert_eq!(mirror_status("2 254:0 253:5 128/128 1 AD 1 core").unwrap().health, "AD");
+        assert!(mirror_status("2 254:0 253:5 1 AA").is_none());
+        assert!(mirror_status("").is_none());
+    }
+
+    #[test]
+    fn first_leg_of_a_core_mirror() {
+        assert_eq!(mirror_first_leg("core 1 2048 2 254:0 40960 253:7 0").as_deref(), Some("254:0 40960"));
+        assert_eq!(mirror_first_leg("core 2 2048 nosync 2 8:16 0 253:7 0").as_deref(), Some("8:16 0"));
+        assert_eq!(mirror_first_leg("core 1 2048"), None);
     }
 }

@@ -107,6 +107,7 @@ pub const POINTS: &[&str] = &[
     "run-25",
     "run-50",
     "run-75",
+    "mover-synced",
     "mover-suspended",
     "commit",
     "commit-primary",

@@ -211,6 +211,8 @@ pub struct Settled {
     pub resumed: bool,
     /// Mirrors NAME's table named that had not started, and now run.
     pub started: usize,
+    /// Chunks put back on their plaintext after a leg of their mirror failed.
+    pub released: usize,
 }
 
 /// How often a resume is tried before it counts as failed.
@@ -253,7 +255,12 @@ pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
     }
     let live = dm::referenced(&dm.table(name)?);
     for (m, _) in dm.named_with_uuid("CRYPT-TEMP-pvencrypt-")? {
-        if !live.contains(&dm.device_of(&m)?) || !(dm.has_inactive(&m)? || dm.is_suspended(&m)) {
+        // A committed chunk's, which the remover may take away meanwhile.
+        let dev = match dm.device_of(&m) {
+            Err(_) if !dm.exists(&m) => continue,
+            r => r?,
+        };
+        if !live.contains(&dev) || !(dm.has_inactive(&m)? || dm.is_suspended(&m)) {
             continue;
         }
         if resume_patiently(dm, &m).is_err() {
@@ -261,7 +268,44 @@ pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
         }
         s.started += 1;
     }
+    s.released = release_failed(dm)?.len();
     Ok(s)
+}
+
+/// Puts every chunk whose mirror reports a failed leg back on its plaintext, through a
+/// suspension without flush. With `handle_errors`, dm-raid1 acknowledges no write that
+/// missed a leg of a region it mirrors, nor, once a leg failed, any write to a region not
+/// yet copied: it holds them until the mirror is suspended, and dm core then sends them
+/// again through the linear map (ARCHITECTURE.md, "Disk faults"). So the plaintext has
+/// every acknowledged write, and one that fails there fails to its writer. NAME's own
+/// suspension waits for such writes: this may run while NAME is being suspended.
+pub fn release_failed(dm: &Dm) -> Result<Vec<DmName>> {
+    let mut released = Vec::new();
+    for (m, u) in dm.named_with_uuid("CRYPT-TEMP-pvencrypt-")? {
+        if u.contains("-probe-") {
+            continue;
+        }
+        // The remover may take a committed chunk's devices away meanwhile.
+        let (table, status) = match dm.table(&m).and_then(|t| Ok((t, dm.status(&m)?))) {
+            Err(_) if !dm.exists(&m) => continue,
+            r => r?,
+        };
+        let Some(Target { start, len, params, .. }) = table.into_iter().find(|t| t.kind == "mirror") else { continue };
+        if status.first().and_then(|s| dm::mirror_status(&s.params)).is_some_and(|s| s.health.bytes().all(|h| h == b'A')) {
+            continue;
+        }
+        let Some(leg) = dm::mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
+        if dm.has_inactive(&m)? {
+            dm.clear_inactive(&m)?;
+        }
+        dm.load_verified(&m, &[Target::new(start, len, "linear", leg)])?;
+        dm.suspend_noflush(&m)?;
+        resume_patiently(dm, &m)
+            .or_fail(|| format!("{m} will not resume, and I/O to its chunk waits: run `dmsetup resume {m}`"))?;
+        kmsg(&format!("{m}: a leg failed; its chunk runs on its plaintext again"));
+        released.push(m);
+    }
+    Ok(released)
 }
 
 /// Puts a device whose mirror will not start back on its plaintext: the linear map it ran
@@ -272,26 +316,8 @@ fn plain_instead(dm: &Dm, m: &DmName) -> Result<()> {
         dm.clear_inactive(m)?;
     }
     if let Some(Target { start, len, params, .. }) = dm.table(m)?.into_iter().find(|t| t.kind == "mirror") {
-        let Some(leg) = mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
+        let Some(leg) = dm::mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
         dm.load_verified(m, &[Target::new(start, len, "linear", leg)])?;
     }
     resume_patiently(dm, m).or_fail(|| format!("{m} will not resume, and I/O to its chunk waits: run `dmsetup resume {m}`"))
-}
-
-/// "DEV OFFSET" of a mirror table's first leg: `LOGTYPE #LOGARGS ARGS... #LEGS DEV OFF ...`.
-fn mirror_first_leg(params: &str) -> Option<String> {
-    let t: Vec<&str> = params.split_whitespace().collect();
-    let log_args: usize = t.get(1)?.parse().ok()?;
-    let at = 2 + log_args + 1;
-    Some(format!("{} {}", t.get(at)?, t.get(at + 1)?))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn first_leg_of_a_core_mirror() {
-        assert_eq!(super::mirror_first_leg("core 1 2048 2 254:0 40960 253:7 0").as_deref(), Some("254:0 40960"));
-        assert_eq!(super::mirror_first_leg("core 2 2048 nosync 2 8:16 0 253:7 0").as_deref(), Some("8:16 0"));
-        assert_eq!(super::mirror_first_leg("core 1 2048"), None);
-    }
 }

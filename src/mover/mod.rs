@@ -17,12 +17,21 @@
 //! mirrors that keep working; a guardian process resumes NAME should the kill land
 //! while it is suspended; `take_over` unwinds what a dead run left.
 //!
-//! dm-raid1 without `handle_errors` completes a write that failed on one leg and marks
-//! its region out of sync (`do_failures`): a chunk whose mirror is not entirely in sync
-//! with both legs alive is never committed. A failed *copy* leaves no such trace once the
-//! copy ends (ARCHITECTURE.md, "Disk faults": still open).
+//! Disk faults (ARCHITECTURE.md, "Disk faults"). The mirrors run with `handle_errors`:
+//! without it dm-raid1 acknowledges a write that reached one leg only, and forgets a
+//! copy that failed (the region counts as in sync, `dmsetup status` says `AA`). With it a
+//! failed copy leaves its region out of sync and its leg failed, and a write that cannot
+//! reach both legs is held, unacknowledged, until the mirror is suspended:
+//! `guardian::release_failed` then puts the chunk back on its plaintext, which has every
+//! acknowledged write. A chunk is committed only with both legs healthy and all in sync.
 
-use std::{collections::VecDeque, fs::File, path::Path};
+use std::{
+    collections::VecDeque,
+    fs::File,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use devicemapper::Device;
 use serde_json::Value;
@@ -84,7 +93,7 @@ pub fn usable(dm: &Dm) -> std::result::Result<(), String> {
         let zero = Target::new(Sectors(0), Sectors(16), "zero", "");
         let a = create("a", &zero)?;
         let b = create("b", &zero)?;
-        create("m", &Target::new(Sectors(0), Sectors(16), "mirror", format!("core 1 8 2 {a} 0 {b} 0")))
+        create("m", &Target::new(Sectors(0), Sectors(16), "mirror", format!("core 1 8 2 {a} 0 {b} 0 1 handle_errors")))
     })();
     for n in ["m", "a", "b"] {
         dm.remove(&probe(n));
@@ -120,6 +129,8 @@ pub struct Mover<'a> {
     dm: &'a Dm,
     name: &'a DmName,
     raw: Device,
+    /// The PV, for messages.
+    path: PathBuf,
     disk: File,
     header: Header,
     layout: Layout,
@@ -136,6 +147,8 @@ pub struct Mover<'a> {
     ready: Vec<Chunk>,
     /// Set when the header on the disk cannot be told: the mirrors then stay.
     keep_mirrors: bool,
+    /// Mirrors put back on their plaintext while NAME was being suspended (a leg failed).
+    released: std::sync::Mutex<Vec<DmName>>,
     remover: Remover,
     /// Watches every suspension of NAME (`watched`).
     guardian: Option<Guardian>,
@@ -165,6 +178,7 @@ impl<'a> Mover<'a> {
             dm,
             name,
             raw,
+            path: path.to_path_buf(),
             disk,
             tuning: Tuning::for_shift(layout.shift),
             layout,
@@ -176,6 +190,7 @@ impl<'a> Mover<'a> {
             flight: VecDeque::new(),
             ready: Vec::new(),
             keep_mirrors: false,
+            released: Default::default(),
             remover: Remover::start()?,
             guardian: None,
             _lock: lock,
@@ -257,7 +272,8 @@ impl<'a> Mover<'a> {
         let sectors = Sectors::from_aligned_bytes(len);
         let plain = Sectors::from_aligned_bytes(self.plain_at(start));
         let region = (self.tuning.region / 512).min(1 << sectors.0.ilog2()).max(2);
-        let mirrored = format!("core 1 {region} 2 {} {} {crypt_dev} 0", self.raw, plain.0);
+        // handle_errors: ARCHITECTURE.md, "Disk faults".
+        let mirrored = format!("core 1 {region} 2 {} {} {crypt_dev} 0 1 handle_errors", self.raw, plain.0);
         let linear = Target::new(Sectors(0), sectors, "linear", format!("{} {}", self.raw, plain.0));
         let made = self.dm.resume(&crypt).and_then(|_| {
             let dev = self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[linear])?;
@@ -286,20 +302,50 @@ impl<'a> Mover<'a> {
         self.remover.remove(&c.crypt);
     }
 
-    /// (bytes in sync, all in sync). A leg that failed is an error: the plain leg's
-    /// means the plaintext may lack writes the encrypted copy has.
+    /// (bytes in sync, all in sync). A leg that failed is an error, which names the chunk.
     fn sync_of(&self, c: &Chunk) -> Result<(u64, bool)> {
         let st = self.dm.status(&c.mirror)?;
+        if st.first().is_some_and(|t| t.kind == "linear") {
+            return Err(if self.released.lock().expect("not poisoned").contains(&c.mirror) {
+                self.fault(c, "a leg of its mirror failed; the chunk runs on its plaintext again, which took the writes held")
+            } else {
+                Error::new(Kind::Failed, format!("{}: the mirror of the chunk at byte {} would not start", self.name, c.start))
+            });
+        }
         let s = st.first().map(|t| t.params.as_str()).unwrap_or("");
-        let m = mirror_status(s).ok_or_else(|| Error::new(Kind::Failed, format!("Unexpected status of {}: {s}", c.mirror)))?;
+        let m =
+            dm::mirror_status(s).ok_or_else(|| Error::new(Kind::Failed, format!("Unexpected status of {}: {s}", c.mirror)))?;
         if let Some(i) = m.health.find(|h| h != 'A') {
-            let which = if i == 0 { "the plaintext" } else { "the encrypted copy" };
-            return fail(format!(
-                "A write to {which} of the chunk at byte {} failed ({} health {}). Check the disk (dmesg).",
-                c.start, c.mirror, m.health
-            ));
+            let what = match (i, m.health.as_bytes()[i]) {
+                (0, b'D' | b'F') => "a write to the plaintext failed",
+                (0, _) => "a read of the plaintext failed",
+                _ => "a write to the encrypted copy failed",
+            };
+            return Err(self.fault(c, &format!("{what} ({} health {})", c.mirror, m.health)));
         }
         Ok(((c.len * m.synced / m.regions.max(1)).min(c.len), m.synced == m.regions))
+    }
+
+    /// The error that stops the run on a disk fault in chunk `c`: the device and the ranges.
+    fn fault(&self, c: &Chunk, what: &str) -> Error {
+        let (plain, crypt) = (self.plain_at(c.start) / 512, (self.layout.data_offset + c.start) / 512);
+        let n = c.len / 512;
+        Error::new(
+            Kind::Failed,
+            format!(
+                "Disk fault on {}: {what}, in the chunk at bytes {}-{} of {} (sectors {}-{} of {}: plaintext; \
+                 {}-{}: its encrypted copy). Stopped; the chunk was not committed. Check the disk (dmesg).",
+                self.path.display(),
+                c.start,
+                c.start + c.len - 1,
+                self.name,
+                plain,
+                plain + n - 1,
+                self.path.display(),
+                crypt,
+                crypt + n - 1
+            ),
+        )
     }
 
     /// One suspension of NAME: commit the `n` chunks next to the boundary (none: `n` is 0),
@@ -414,7 +460,7 @@ impl<'a> Mover<'a> {
     /// errors, step by step") justifies: ioctls and prepared O_DIRECT writes only; nothing that
     /// could wait for udev or a filesystem; the caller holds every signal.
     fn suspended(&self, n: usize, images: Option<&[Aligned; 2]>, new: &[Chunk]) -> Result<()> {
-        self.dm.suspend_unsynced(self.name)?;
+        self.suspend_name()?;
         // The points name a commit's steps; the first suspension of a run commits nothing.
         let point = |step| images.is_some().then(|| fault::point(step));
         point("mover-suspended");
@@ -527,6 +573,11 @@ impl<'a> Mover<'a> {
                 n += 1;
             }
             fault::trace(format_args!("mover: {n} in sync"));
+            // NAME runs, the chunks to commit are in sync (t_disk_faults breaks a disk here).
+            fault::point("mover-synced");
+            for c in self.flight.iter().take(n) {
+                self.sync_of(c)?;
+            }
             // kcopyd's copy is acknowledged, maybe not yet durable: a disk's write cache could
             // keep the chunks' encrypted bytes behind the header that makes them authoritative.
             // This flush is that barrier (libcryptsetup syncs its data before each commit too);
@@ -558,29 +609,13 @@ impl<'a> Mover<'a> {
                 self.name
             ));
         }
-        for c in &self.flight {
-            if let Some(s) = self.plain_leg_failed(&c.mirror)? {
-                return fail(format!(
-                    "{} reports a failed write to the plaintext ({s}); {} stays on its mirrors, which serve the \
-                     data from the encrypted copy. Check the disk (dmesg).",
-                    c.mirror, self.name
-                ));
-            }
-        }
+        // A mirror that holds writes after a leg failed lets them go to the plaintext first.
+        guardian::release_failed(self.dm)?;
         self.swap_to_committed()?;
         while let Some(c) = self.flight.pop_front() {
             self.discard(&c);
         }
         Ok(())
-    }
-
-    /// The status line of `mirror` when its plaintext leg failed a write: the plaintext may
-    /// then lack writes only the encrypted copy has, and must not be the only copy again.
-    fn plain_leg_failed(&self, mirror: &DmName) -> Result<Option<String>> {
-        let st = self.dm.status(mirror)?;
-        // Not a mirror (yet): a linear map of the chunk's plaintext, the whole truth.
-        let Some(s) = st.first().filter(|t| t.kind == "mirror").map(|t| t.params.clone()) else { return Ok(None) };
-        Ok(mirror_status(&s).is_none_or(|m| !m.health.starts_with('A')).then_some(s))
     }
 
     /// Before every suspension of NAME: a guardian that lives (one that died, killed on
@@ -601,9 +636,33 @@ impl<'a> Mover<'a> {
         self.dm.load_verified(self.name, &table)?;
         let _held = sys::SignalsHeld::hold();
         if !self.dm.is_suspended(self.name) {
-            self.dm.suspend_unsynced(self.name)?;
+            self.suspend_name()?;
         }
         self.dm.resume(self.name)
+    }
+
+    /// Suspends NAME. Its suspension waits for the writes a mirror holds after a leg failed
+    /// (`handle_errors`), which wait for that mirror's own suspension: meanwhile, a thread
+    /// puts such chunks back on their plaintext (`guardian::release_failed`).
+    fn suspend_name(&self) -> Result<()> {
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                while !done.load(Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_millis(500));
+                    if !done.load(Ordering::Acquire) {
+                        match guardian::release_failed(self.dm) {
+                            Ok(r) => self.released.lock().expect("not poisoned").extend(r),
+                            Err(e) => poll::error(&format!("{}: {}", self.name, e.msg)),
+                        }
+                    }
+                }
+            });
+            let r = self.dm.suspend_unsynced(self.name);
+            done.store(true, Ordering::Release);
+            watcher.thread().unpark();
+            r
+        })
     }
 
     /// What a killed run left: NAME (maybe suspended) mapping chunks through mirrors, and
@@ -615,16 +674,6 @@ impl<'a> Mover<'a> {
         let ours = self.dm.named_with_uuid(&self.uuid_prefix)?;
         if ours.is_empty() {
             return Ok(());
-        }
-        for (n, u) in &ours {
-            if u.starts_with(&format!("{}m", self.uuid_prefix)) {
-                if let Some(s) = self.plain_leg_failed(n)? {
-                    return fail(format!(
-                        "{n}, left by a run that died, reports a failed write to the plaintext ({s}); not unwinding \
-                         it. Check the disk (dmesg)."
-                    ));
-                }
-            }
         }
         self.swap_to_committed()?;
         // Mirrors first: each holds its dm-crypt device.
@@ -658,22 +707,6 @@ fn chunk_below(lowest: u64, boundary: u64, shift: u64, step: u64) -> Option<(u64
         start = (start - step).max(shift);
     }
     (boundary - start <= shift).then_some((start, lowest - start))
-}
-
-#[derive(Debug, PartialEq)]
-struct MirrorStatus {
-    synced: u64,
-    regions: u64,
-    health: String,
-}
-
-/// dm-raid1's status line: `N dev... SYNCED/REGIONS 1 HEALTH log-status...`.
-fn mirror_status(s: &str) -> Option<MirrorStatus> {
-    let t: Vec<&str> = s.split_whitespace().collect();
-    let n: usize = t.first()?.parse().ok()?;
-    let (synced, regions) = t.get(1 + n)?.split_once('/')?;
-    let health = t.get(3 + n)?.to_string();
-    (health.len() == n).then_some(MirrorStatus { synced: synced.parse().ok()?, regions: regions.parse().ok()?, health })
 }
 
 #[cfg(test)]
@@ -711,14 +744,5 @@ mod tests {
         assert_eq!(c.last(), Some(&(0, 16 * M)));
         // One chunk as large as the shift: one in flight at a time.
         assert_eq!(walk(64 * M, 16 * M, 16 * M), vec![(48 * M, 16 * M), (32 * M, 16 * M), (16 * M, 16 * M), (0, 16 * M)]);
-    }
-
-    #[test]
-    fn mirror_status_parsed() {
-        let m = mirror_status("2 254:0 253:5 120/128 1 AA 1 core").unwrap();
-        assert_eq!(m, MirrorStatus { synced: 120, regions: 128, health: "AA".into() });
-        assert_eq!(mirror_status("2 254:0 253:5 128/128 1 AD 1 core").unwrap().health, "AD");
-        assert!(mirror_status("2 254:0 253:5 1 AA").is_none());
-        assert!(mirror_status("").is_none());
     }
 }

@@ -36,6 +36,20 @@ check "--test: the initramfs is rebuilt and checked" \
   "grep -q 'the initramfs is rebuilt with update-initramfs -u -k all and checked (/ is on the volume group)' /run/test.out"
 check "--test: the initramfs asks for the passphrase" \
   "grep -q 'every boot from now on stops in the initramfs (update-initramfs) until the passphrase of vda_crypt' /run/test.out"
+echo "=== systemctl kill -s KILL of pvencrypt -b's unit inside the switch's freeze, the root suspended"
+PVENCRYPT_FAULT=header:stop pvencrypt -b --key-file /run/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y -i 2 \
+  /dev/vda > /run/k.out 2>&1
+cat /run/k.out
+killed_in_suspension pvencrypt-vda.service "killed in the switch"
+check "killed in the switch: the plain PV is back" '! cryptsetup isLuks /dev/vda && pvs /dev/vda > /dev/null'
+check "killed in the switch: its guardian says so in the kernel log" \
+  "journalctl -b -k -o cat | grep -q 'pvencrypt died in the switch.s freeze; the LVs run on the plain PV again'"
+check_eq "killed in the switch: the marker intact" "$(sha /var/marker)" "$(cat /var/marker.sha)"
+# Boot 2's pvencrypt-resume.service stops itself inside a commit, NAME suspended, to be killed
+# there (debian_resume.sh removes this).
+mkdir -p /etc/systemd/system/pvencrypt-resume.service.d
+printf '[Service]\nEnvironment=PVENCRYPT_FAULT=committed@2:stop\n' > /etc/systemd/system/pvencrypt-resume.service.d/fault.conf
+sync
 # Memory pressure until the switch is over (crypttab gets its line right after it): every
 # page a udev worker needs must come from the disk again. A freeze that waited for udev
 # would wait for itself (the root is on the PV being switched). Not longer: it would make

@@ -3,11 +3,15 @@
 # converted, /boot is a plain disk, LVM's devices file on, pvencrypt installed from the .deb
 # packaging/build-deb.sh makes of this build (a fault-injection build: the VM rig's).
 #   prepare  (busybox guest): VG vg on vda, LV root filled with the Debian root image (vdc)
-#   boot 1   (Debian's initramfs): pvencrypt -b /dev/vda runs in pvencrypt-vda.service; the
-#            power is cut half way through the data phase
+#   boot 1   (Debian's initramfs): pvencrypt -b /dev/vda runs in pvencrypt-vda.service, is
+#            stopped inside the switch's freeze and killed there (systemctl kill -s KILL): the
+#            root serves within a second, on the plain PV again; run again, the power is cut
+#            half way through the data phase
 #   boot 2   (the initramfs pvencrypt had rebuilt): it asks for the passphrase, the test types
 #            it; pvencrypt-resume.service asks again (systemd's password agents, the console
-#            among them), the test answers as an agent, the unit resumes; pvencrypt --abort
+#            among them), the test answers as an agent, the unit resumes, is stopped inside a
+#            commit and killed there (the root serves within a second); started again, it
+#            takes over and resumes; pvencrypt --abort
 #            stops it; a clean shutdown
 #   boot 3   pvencrypt-resume.service leaves the aborted conversion alone; pvencrypt run by
 #            hand clears the abort and goes on; the power is cut at 75%
@@ -84,7 +88,7 @@ boot_unlocking() {
   "${VM_CMD[@]}" < "$run/console" > "$log" 2>&1 &
   VM_PID=$!
   vm_wait_for "$log" 'Please unlock disk vda_crypt' 300 && printf 'secret-passphrase\n' >&7
-  vm_wait 900
+  vm_wait 1800
   exec 7>&-
   check "boot $1: the initramfs asks for the passphrase of vda_crypt" grep -aq 'Please unlock disk vda_crypt' "$log"
   vm_report "boot $1" "$log"
