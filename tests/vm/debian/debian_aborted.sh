@@ -1,7 +1,9 @@
 # Boot 3 of host/t_debian_root.sh: the conversion was stopped with --abort before the
-# reboot, so pvencrypt-resume.service leaves it alone. The admin runs pvencrypt by hand,
-# which clears the abort record and goes on, and the power is cut at 75%: the next boot's
-# resume unit must finish it (debian_finished.sh).
+# reboot, so pvencrypt-resume.service leaves it alone. The admin runs pvencrypt -b, which
+# clears the abort record and goes on in its unit; it stops itself inside a commit (NAME
+# suspended, the root with it) and `systemctl kill -s KILL` kills it there: the root must
+# serve within a second. Then a clean shutdown: the next boot's resume unit must finish it
+# (debian_finished.sh).
 . /tests/debian-lib.sh
 kv=$(uname -r)
 check_eq "root on the VG" "$(findmnt -n -o SOURCE /)" /dev/mapper/vg-root
@@ -13,9 +15,18 @@ check "--status says aborted" "pvencrypt --status | grep -qE '^ */dev/vda +vda_c
 uuid=$(cryptsetup luksUUID /dev/vda)
 check "the abort is recorded" "[ -s /var/lib/pvencrypt/aborted/$uuid ]"
 printf secret-passphrase > /run/key
-echo "=== pvencrypt, run by hand, power cut at 75%"
+echo "=== pvencrypt -b, stopped inside a commit and killed there"
 # The initramfs checked at boot 4 is the one pvencrypt-resume.service rebuilt at boot 2:
 # one rebuild less, minutes under TCG.
-PVENCRYPT_FAULT=run-75 pvencrypt --key-file /run/key -y --no-initramfs -i 2 2>&1 | sed 's/^/pvencrypt: /'
-check "the power cut came" false
+PVENCRYPT_FAULT=committed@2:stop pvencrypt -b --key-file /run/key -y --no-initramfs -i 2 /dev/vda > /run/b.out 2>&1
+rc=$?; cat /run/b.out
+check_eq "pvencrypt -b returns, with success" "$rc" 0
+check "it cleared the abort record" "[ ! -e /var/lib/pvencrypt/aborted/$uuid ]"
+follow pvencrypt-vda.service
+killed_in_suspension pvencrypt-vda.service "killed in a commit"
+check "killed in a commit: its guardian says so in the kernel log" \
+  "journalctl -b -k -o cat | grep -q 'pvencrypt died while vda_crypt was suspended; resumed it'"
+check_eq "killed in a commit: the marker intact" "$(sha /var/marker)" "$(cat /var/marker.sha)"
+status
+check "--status: stopped, for the next boot to resume" "pvencrypt --status | grep -qE '^ */dev/vda +vda_crypt +stopped'"
 result

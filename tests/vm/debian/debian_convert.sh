@@ -1,7 +1,7 @@
 # Boot 1 of host/t_debian_root.sh, on the Debian root (root is vg/root on vda, /boot is vdb,
 # systemd and udev running, pvencrypt installed from its .deb): pvencrypt -b converts the
 # PV under the running root in a unit of its own, as an admin would run it, and the power is
-# cut (PVENCRYPT_FAULT, no sync) half way through the data phase.
+# cut (PVENCRYPT_FAULT, no sync) three quarters through the data phase.
 . /tests/debian-lib.sh
 check_eq "root on the VG" "$(findmnt -n -o SOURCE /)" /dev/mapper/vg-root
 check_eq "pvencrypt installed by its package" "$(dpkg-query -W -f '${Status}' pvencrypt) $(command -v pvencrypt)" \
@@ -45,23 +45,18 @@ check "killed in the switch: the plain PV is back" '! cryptsetup isLuks /dev/vda
 check "killed in the switch: its guardian says so in the kernel log" \
   "journalctl -b -k -o cat | grep -q 'pvencrypt died in the switch.s freeze; the LVs run on the plain PV again'"
 check_eq "killed in the switch: the marker intact" "$(sha /var/marker)" "$(cat /var/marker.sha)"
-# Boot 2's pvencrypt-resume.service stops itself inside a commit, NAME suspended, to be killed
-# there (debian_resume.sh removes this).
-mkdir -p /etc/systemd/system/pvencrypt-resume.service.d
-printf '[Service]\nEnvironment=PVENCRYPT_FAULT=committed@2:stop\n' > /etc/systemd/system/pvencrypt-resume.service.d/fault.conf
-sync
 # Memory pressure until the switch is over (crypttab gets its line right after it): every
 # page a udev worker needs must come from the disk again. A freeze that waited for udev
 # would wait for itself (the root is on the PV being switched). Not longer: it would make
 # the initramfs rebuild take many minutes.
 ( until grep -q '^vda_crypt ' /etc/crypttab; do echo 3 > /proc/sys/vm/drop_caches; sleep 0.1; done ) &
-echo "=== pvencrypt -b: a unit of its own; page cache dropped every 0.1 s, power cut at 50%"
+echo "=== pvencrypt -b: a unit of its own; page cache dropped every 0.1 s, power cut at 75%"
 follow pvencrypt-vda.service
 # Whatever the hand-over puts in a keyring, root could list it here while the unit starts.
 ( while :; do awk '$8 == "user" && $9 ~ /^pvencrypt/' /proc/keys; grep -a '@pvencrypt-' /proc/net/unix; sleep 0.05; done ) \
   > /run/handover.seen 2>&1 &
 seen=$!
-PVENCRYPT_FAULT=run-50 pvencrypt -b --key-file /run/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y -i 2 \
+PVENCRYPT_FAULT=run-75 pvencrypt -b --key-file /run/key --pbkdf pbkdf2 --pbkdf-force-iterations 1000 -y -i 2 \
   /dev/vda > /run/b.out 2>&1
 rc=$?; kill $seen; cat /run/b.out
 check_eq "pvencrypt -b returns, with success" "$rc" 0

@@ -1,12 +1,12 @@
-# Boot 4 of host/t_debian_root.sh: the power was cut while pvencrypt, run by hand, went on
-# with the aborted conversion (which cleared its abort record): pvencrypt-resume.service
+# Boot 4 of host/t_debian_root.sh: pvencrypt -b had gone on with the aborted conversion
+# (which cleared its abort record) and was killed inside a commit: pvencrypt-resume.service
 # resumes it at boot, with the passphrase answered through systemd's agents, and finishes
 # it. Then every boot file is checked.
 . /tests/debian-lib.sh
 kv=$(uname -r)
 check_eq "root on the VG" "$(findmnt -n -o SOURCE /)" /dev/mapper/vg-root
 uuid=$(cryptsetup luksUUID /dev/vda)
-check "the abort record is gone (cleared by the run by hand)" "[ ! -e /var/lib/pvencrypt/aborted/$uuid ]"
+check "the abort record is gone (cleared by pvencrypt -b)" "[ ! -e /var/lib/pvencrypt/aborted/$uuid ]"
 follow pvencrypt-resume.service
 echo "=== pvencrypt-resume.service resumes and finishes"
 check "it asks through systemd's password agents" \
