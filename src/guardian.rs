@@ -104,6 +104,14 @@ pub fn guard(watch: &str) -> ! {
     let _ = std::io::stdout().write_all(&[READY]).and_then(|_| std::io::stdout().flush());
     let (mut copied, mut ended, mut b) = (false, false, [0u8; 64]);
     loop {
+        // While pvencrypt lives, stopped included, a chunk whose mirror lost a leg must not
+        // hold its writes until pvencrypt looks: release it within a second.
+        if let (Watch::Mover { .. }, Ok(dm)) = (&watch, &dm) {
+            if !sys::poll_in(0, 1000) {
+                let _ = release_failed(dm);
+                continue;
+            }
+        }
         match std::io::stdin().read(&mut b) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
@@ -144,7 +152,27 @@ pub fn guard(watch: &str) -> ! {
         sys::syslog(libc::LOG_WARNING, &m);
         kmsg(&m);
     }
+    // The dead run's mirrors keep serving until the next run takes over: a leg that fails
+    // meanwhile must not hold their writes either. Nothing is suspended now: a shutdown's
+    // SIGTERM may end this.
+    if let Watch::Mover { name } = &watch {
+        sys::default_signal(libc::SIGTERM);
+        while maps_mirrors(&dm, name) {
+            let _ = release_failed(&dm);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
     sys::exit_now(0)
+}
+
+/// Whether NAME's live table still sends I/O through a mover's mirror.
+fn maps_mirrors(dm: &Dm, name: &DmName) -> bool {
+    let Ok(live) = dm.table(name).map(|t| dm::referenced(&t)) else { return false };
+    dm.named_with_uuid("CRYPT-TEMP-pvencrypt-").is_ok_and(|ours| {
+        ours.iter().any(|(m, _)| {
+            dm.device_of(m).is_ok_and(|d| live.contains(&d)) && dm.table(m).is_ok_and(|t| t.iter().any(|t| t.kind == "mirror"))
+        })
+    })
 }
 
 /// The kernel log outlives a terminal that is gone; never a file on the PV.
@@ -277,8 +305,9 @@ pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
 /// missed a leg of a region it mirrors, nor, once a leg failed, any write to a region not
 /// yet copied: it holds them until the mirror is suspended, and dm core then sends them
 /// again through the linear map (ARCHITECTURE.md, "Disk faults"). So the plaintext has
-/// every acknowledged write, and one that fails there fails to its writer. NAME's own
-/// suspension waits for such writes: this may run while NAME is being suspended.
+/// every acknowledged write, and one that fails there fails to its writer. The mover's
+/// guardian runs this every second (NAME's own suspension waits for such writes), and
+/// the mover as it unwinds.
 pub fn release_failed(dm: &Dm) -> Result<Vec<DmName>> {
     let mut released = Vec::new();
     for (m, u) in dm.named_with_uuid("CRYPT-TEMP-pvencrypt-")? {
@@ -290,27 +319,22 @@ pub fn release_failed(dm: &Dm) -> Result<Vec<DmName>> {
             Err(_) if !dm.exists(&m) => continue,
             r => r?,
         };
-        let Some(Target { start, len, params, .. }) = table.into_iter().find(|t| t.kind == "mirror") else { continue };
-        if status.first().and_then(|s| dm::mirror_status(&s.params)).is_some_and(|s| s.health.bytes().all(|h| h == b'A')) {
+        if !table.iter().any(|t| t.kind == "mirror")
+            || status.first().and_then(|s| dm::mirror_status(&s.params)).is_some_and(|s| s.health.bytes().all(|h| h == b'A'))
+        {
             continue;
         }
-        let Some(leg) = dm::mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
-        if dm.has_inactive(&m)? {
-            dm.clear_inactive(&m)?;
-        }
-        dm.load_verified(&m, &[Target::new(start, len, "linear", leg)])?;
-        dm.suspend_noflush(&m)?;
-        resume_patiently(dm, &m)
-            .or_fail(|| format!("{m} will not resume, and I/O to its chunk waits: run `dmsetup resume {m}`"))?;
+        plain_instead(dm, &m)?;
         kmsg(&format!("{m}: a leg failed; its chunk runs on its plaintext again"));
         released.push(m);
     }
     Ok(released)
 }
 
-/// Puts a device whose mirror will not start back on its plaintext: the linear map it ran
-/// before (its mirror dropped), or, when the mirror was swapped in but would not resume, a
-/// linear map of the mirror's first leg. Below the boundary the plaintext is authoritative.
+/// Puts a mover device back on its plaintext: the linear map it ran before (its mirror
+/// dropped), or, when its mirror runs or was swapped in but would not resume, a linear map
+/// of the mirror's first leg. Below the boundary the plaintext is authoritative. A running
+/// mirror is suspended without flush: it may hold writes (`release_failed`).
 fn plain_instead(dm: &Dm, m: &DmName) -> Result<()> {
     if dm.has_inactive(m)? {
         dm.clear_inactive(m)?;
@@ -318,6 +342,9 @@ fn plain_instead(dm: &Dm, m: &DmName) -> Result<()> {
     if let Some(Target { start, len, params, .. }) = dm.table(m)?.into_iter().find(|t| t.kind == "mirror") {
         let Some(leg) = dm::mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
         dm.load_verified(m, &[Target::new(start, len, "linear", leg)])?;
+        if !dm.is_suspended(m) {
+            dm.suspend_noflush(m)?;
+        }
     }
     resume_patiently(dm, m).or_fail(|| format!("{m} will not resume, and I/O to its chunk waits: run `dmsetup resume {m}`"))
 }

@@ -131,6 +131,11 @@ pub fn ignore_signal(sig: c_int) {
     unsafe { libc::signal(sig, libc::SIG_IGN) };
 }
 
+pub fn default_signal(sig: c_int) {
+    // SAFETY: a valid signal number; SIG_DFL is always a valid disposition.
+    unsafe { libc::signal(sig, libc::SIG_DFL) };
+}
+
 pub fn kill(pid: u32, sig: c_int) {
     // SAFETY: kill(2) touches no memory of ours.
     unsafe { libc::kill(pid as libc::pid_t, sig) };
@@ -273,10 +278,11 @@ pub fn malloc_kib() -> (usize, usize, usize) {
 }
 
 /// poll(2) for input on one descriptor, up to `ms`; an interrupting signal ends it too.
-pub fn poll_in(fd: RawFd, ms: i32) {
+/// True when it is readable (or hung up).
+pub fn poll_in(fd: RawFd, ms: i32) -> bool {
     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, for the duration of the call.
-    unsafe { libc::poll(&mut p, 1, ms) };
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
 /// The pid of the process at the other end of a unix socket (SO_PEERCRED), as it was

@@ -29,8 +29,6 @@ use std::{
     collections::VecDeque,
     fs::File,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
-    time::Duration,
 };
 
 use devicemapper::Device;
@@ -147,8 +145,6 @@ pub struct Mover<'a> {
     ready: Vec<Chunk>,
     /// Set when the header on the disk cannot be told: the mirrors then stay.
     keep_mirrors: bool,
-    /// Mirrors put back on their plaintext while NAME was being suspended (a leg failed).
-    released: std::sync::Mutex<Vec<DmName>>,
     remover: Remover,
     /// Watches every suspension of NAME (`watched`).
     guardian: Option<Guardian>,
@@ -190,7 +186,6 @@ impl<'a> Mover<'a> {
             flight: VecDeque::new(),
             ready: Vec::new(),
             keep_mirrors: false,
-            released: Default::default(),
             remover: Remover::start()?,
             guardian: None,
             _lock: lock,
@@ -306,11 +301,7 @@ impl<'a> Mover<'a> {
     fn sync_of(&self, c: &Chunk) -> Result<(u64, bool)> {
         let st = self.dm.status(&c.mirror)?;
         if st.first().is_some_and(|t| t.kind == "linear") {
-            return Err(if self.released.lock().expect("not poisoned").contains(&c.mirror) {
-                self.fault(c, "a leg of its mirror failed; the chunk runs on its plaintext again, which took the writes held")
-            } else {
-                Error::new(Kind::Failed, format!("{}: the mirror of the chunk at byte {} would not start", self.name, c.start))
-            });
+            return Err(self.fault(c, "its mirror was put back on its plaintext (a leg failed: see the kernel log)"));
         }
         let s = st.first().map(|t| t.params.as_str()).unwrap_or("");
         let m =
@@ -460,7 +451,7 @@ impl<'a> Mover<'a> {
     /// errors, step by step") justifies: ioctls and prepared O_DIRECT writes only; nothing that
     /// could wait for udev or a filesystem; the caller holds every signal.
     fn suspended(&self, n: usize, images: Option<&[Aligned; 2]>, new: &[Chunk]) -> Result<()> {
-        self.suspend_name()?;
+        self.dm.suspend_unsynced(self.name)?;
         // The points name a commit's steps; the first suspension of a run commits nothing.
         let point = |step| images.is_some().then(|| fault::point(step));
         point("mover-suspended");
@@ -636,33 +627,9 @@ impl<'a> Mover<'a> {
         self.dm.load_verified(self.name, &table)?;
         let _held = sys::SignalsHeld::hold();
         if !self.dm.is_suspended(self.name) {
-            self.suspend_name()?;
+            self.dm.suspend_unsynced(self.name)?;
         }
         self.dm.resume(self.name)
-    }
-
-    /// Suspends NAME. Its suspension waits for the writes a mirror holds after a leg failed
-    /// (`handle_errors`), which wait for that mirror's own suspension: meanwhile, a thread
-    /// puts such chunks back on their plaintext (`guardian::release_failed`).
-    fn suspend_name(&self) -> Result<()> {
-        let done = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let watcher = s.spawn(|| {
-                while !done.load(Ordering::Acquire) {
-                    std::thread::park_timeout(Duration::from_millis(500));
-                    if !done.load(Ordering::Acquire) {
-                        match guardian::release_failed(self.dm) {
-                            Ok(r) => self.released.lock().expect("not poisoned").extend(r),
-                            Err(e) => poll::error(&format!("{}: {}", self.name, e.msg)),
-                        }
-                    }
-                }
-            });
-            let r = self.dm.suspend_unsynced(self.name);
-            done.store(true, Ordering::Release);
-            watcher.thread().unpark();
-            r
-        })
     }
 
     /// What a killed run left: NAME (maybe suspended) mapping chunks through mirrors, and

@@ -156,10 +156,17 @@ at=$(( (F3 - W0) / 8 ))
       echo $n > /tmp/ack3; done ) &
 loop=$!
 # Once the block's chunk is copied (NAME running, before the commit), the block goes bad:
-# the next write to it reaches the encrypted copy only.
-arm3='fault $F3 error; m=$(synced_over $F3); wait_for "dmsetup status $m | grep -q \" 1 D\"" 60'
+# the next write to it reaches the encrypted copy only, and the mirror holds it. pvencrypt
+# stays stopped meanwhile: its guardian must put the chunk back on its plaintext (which
+# fails the held write to its writer) without it.
+arm3='fault $F3 error; m=$(synced_over $F3); t0=$(now)
+  wait_for "dmsetup table $m | grep -q \" linear \"" 30 && released=$(awk -v a=$t0 -v b=$(now) "BEGIN { print b - a }")'
+released=
 armed_run PVENCRYPT_FAULT=mover-synced:stop "synced_over $F3 > /dev/null" "$arm3" --key-file /tmp/key -i 1
 check "failed plaintext write: the bad block went under a copied chunk" '[ -n "$ARMED" ]'
+echo "failed plaintext write: the chunk ran on its plaintext ${released:-never} s after the fault, pvencrypt stopped"
+check "failed plaintext write: pvencrypt stopped, its guardian put the chunk on its plaintext within 5 s" \
+  "[ -n '$released' ] && awk 'BEGIN { exit !($released <= 5) }'"
 stopped "failed plaintext write" $F3 $RC
 check "failed plaintext write: the LVs run on the plaintext again (no mover mirror left)" \
   '[ -z "$(dmsetup table | grep " mirror ")" ]'
