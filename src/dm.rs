@@ -521,12 +521,13 @@ pub fn mirror_status(s: &str) -> Option<MirrorStatus> {
     (health.len() == n).then_some(MirrorStatus { synced: synced.parse().ok()?, regions: regions.parse().ok()?, health })
 }
 
-/// "DEV OFFSET" of a mirror table's first leg: `LOGTYPE #LOGARGS ARGS... #LEGS DEV OFF ...`.
-pub fn mirror_first_leg(params: &str) -> Option<String> {
+/// "DEV OFFSET" of a mirror table's leg `i`: `LOGTYPE #LOGARGS ARGS... #LEGS DEV OFF ...`.
+pub fn mirror_leg(params: &str, i: usize) -> Option<String> {
     let t: Vec<&str> = params.split_whitespace().collect();
     let log_args: usize = t.get(1)?.parse().ok()?;
-    let at = 2 + log_args + 1;
-    Some(format!("{} {}", t.get(at)?, t.get(at + 1)?))
+    let legs: usize = t.get(2 + log_args)?.parse().ok()?;
+    let at = 2 + log_args + 1 + 2 * i;
+    (i < legs).then(|| Some(format!("{} {}", t.get(at)?, t.get(at + 1)?))).flatten()
 }
 
 #[cfg(test)]
@@ -601,9 +602,11 @@ mod tests {
     }
 
     #[test]
-    fn first_leg_of_a_core_mirror() {
-        assert_eq!(mirror_first_leg("core 1 2048 2 254:0 40960 253:7 0").as_deref(), Some("254:0 40960"));
-        assert_eq!(mirror_first_leg("core 2 2048 nosync 2 8:16 0 253:7 0").as_deref(), Some("8:16 0"));
-        assert_eq!(mirror_first_leg("core 1 2048"), None);
+    fn legs_of_a_core_mirror() {
+        assert_eq!(mirror_leg("core 1 2048 2 254:0 40960 253:7 0", 0).as_deref(), Some("254:0 40960"));
+        assert_eq!(mirror_leg("core 1 2048 2 254:0 40960 253:7 0 1 handle_errors", 1).as_deref(), Some("253:7 0"));
+        assert_eq!(mirror_leg("core 2 2048 nosync 2 8:16 0 253:7 0", 0).as_deref(), Some("8:16 0"));
+        assert_eq!(mirror_leg("core 1 2048 2 254:0 40960 253:7 0 1 handle_errors", 2), None);
+        assert_eq!(mirror_leg("core 1 2048", 0), None);
     }
 }

@@ -105,10 +105,14 @@ pub fn guard(watch: &str) -> ! {
     let (mut copied, mut ended, mut b) = (false, false, [0u8; 64]);
     loop {
         // While pvencrypt lives, stopped included, a chunk whose mirror lost a leg must not
-        // hold its writes until pvencrypt looks: release it within a second.
-        if let (Watch::Mover { .. }, Ok(dm)) = (&watch, &dm) {
+        // hold its writes until pvencrypt looks: release it within a second. Not while NAME
+        // is suspended: a commit's header write may be under way, and its table may name
+        // chunks that header makes encrypted (nothing is written through NAME meanwhile).
+        if let (Watch::Mover { name }, Ok(dm)) = (&watch, &dm) {
             if !sys::poll_in(0, 1000) {
-                let _ = release_failed(dm);
+                if !dm.is_suspended(name) {
+                    let _ = release_failed(dm, name, None);
+                }
                 continue;
             }
         }
@@ -124,8 +128,14 @@ pub fn guard(watch: &str) -> ! {
         sys::exit_now(0);
     }
     let Ok(dm) = dm else { sys::exit_now(1) };
+    let settled = match &watch {
+        Watch::Mover { name } => Some(settle(&dm, name)),
+        Watch::Switch { .. } => None,
+    };
+    // Found running, NAME maps through mirrors only chunks the header leaves in plaintext.
+    let lingers = matches!(settled, Some(Ok(Settled { resumed: false, .. })));
     let said = match &watch {
-        Watch::Mover { name } => match settle(&dm, name) {
+        Watch::Mover { name } => match settled.expect("settled") {
             Ok(Settled { resumed: true, .. }) => Some(format!("pvencrypt died while {name} was suspended; resumed it")),
             Ok(Settled { started: n, .. }) if n > 0 => {
                 Some(format!("pvencrypt died while {name} was starting its chunks' copies; started {n}"))
@@ -154,11 +164,12 @@ pub fn guard(watch: &str) -> ! {
     }
     // The dead run's mirrors keep serving until the next run takes over: a leg that fails
     // meanwhile must not hold their writes either. Nothing is suspended now: a shutdown's
-    // SIGTERM may end this.
-    if let Watch::Mover { name } = &watch {
+    // SIGTERM may end this. After a death inside a commit only the next run, which reads
+    // the header, knows which copy each chunk must go back to.
+    if let (Watch::Mover { name }, true) = (&watch, lingers) {
         sys::default_signal(libc::SIGTERM);
         while maps_mirrors(&dm, name) {
-            let _ = release_failed(&dm);
+            let _ = release_failed(&dm, name, None);
             std::thread::sleep(Duration::from_secs(1));
         }
     }
@@ -239,8 +250,6 @@ pub struct Settled {
     pub resumed: bool,
     /// Mirrors NAME's table named that had not started, and now run.
     pub started: usize,
-    /// Chunks put back on their plaintext after a leg of their mirror failed.
-    pub released: usize,
 }
 
 /// How often a resume is tried before it counts as failed.
@@ -296,51 +305,60 @@ pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
         }
         s.started += 1;
     }
-    s.released = release_failed(dm)?.len();
     Ok(s)
 }
 
-/// Puts every chunk whose mirror reports a failed leg back on its plaintext, through a
-/// suspension without flush. With `handle_errors`, dm-raid1 acknowledges no write that
-/// missed a leg of a region it mirrors, nor, once a leg failed, any write to a region not
-/// yet copied: it holds them until the mirror is suspended, and dm core then sends them
-/// again through the linear map (ARCHITECTURE.md, "Disk faults"). So the plaintext has
-/// every acknowledged write, and one that fails there fails to its writer. The mover's
-/// guardian runs this every second (NAME's own suspension waits for such writes), and
-/// the mover as it unwinds.
-pub fn release_failed(dm: &Dm) -> Result<Vec<DmName>> {
+/// Takes every chunk NAME maps through a mirror that reports a failed leg off that mirror,
+/// onto the copy that has every acknowledged write: the plaintext, or, for a chunk at or
+/// past `boundary` (the header's, when the caller read it: such a chunk is committed), its
+/// encrypted copy. With `handle_errors`, dm-raid1 acknowledges no write that missed a leg
+/// of a region it mirrors, nor, once a leg failed, any write to a region not yet copied:
+/// it holds them until the mirror is suspended, and a suspension without flush sends them
+/// again through the new map (ARCHITECTURE.md, "Disk faults"). One that fails there fails
+/// to its writer. The mover's guardian runs this every second with no boundary, when NAME
+/// maps only chunks the header leaves in plaintext; the mover with the header's.
+pub fn release_failed(dm: &Dm, name: &DmName, boundary: Option<u64>) -> Result<Vec<DmName>> {
+    let live = dm::referenced(&dm.table(name)?);
     let mut released = Vec::new();
     for (m, u) in dm.named_with_uuid("CRYPT-TEMP-pvencrypt-")? {
-        if u.contains("-probe-") {
-            continue;
-        }
         // The remover may take a committed chunk's devices away meanwhile.
-        let (table, status) = match dm.table(&m).and_then(|t| Ok((t, dm.status(&m)?))) {
+        let (dev, table, status) = match dm.device_of(&m).and_then(|d| Ok((d, dm.table(&m)?, dm.status(&m)?))) {
             Err(_) if !dm.exists(&m) => continue,
             r => r?,
         };
-        if !table.iter().any(|t| t.kind == "mirror")
+        if !live.contains(&dev)
+            || !table.iter().any(|t| t.kind == "mirror")
             || status.first().and_then(|s| dm::mirror_status(&s.params)).is_some_and(|s| s.health.bytes().all(|h| h == b'A'))
         {
             continue;
         }
-        plain_instead(dm, &m)?;
-        kmsg(&format!("{m}: a leg failed; its chunk runs on its plaintext again"));
+        // Mirror uuids end in `-m<start in sectors>` (Mover::prepare).
+        let start = u.rsplit_once("-m").and_then(|(_, t)| t.parse::<u64>().ok()).map(|s| s * 512);
+        let committed = matches!((start, boundary), (Some(s), Some(b)) if s >= b);
+        onto_leg(dm, &m, usize::from(committed))?;
+        let copy = if committed { "encrypted copy" } else { "plaintext" };
+        kmsg(&format!("{m}: a leg failed; its chunk runs on its {copy} again"));
         released.push(m);
     }
     Ok(released)
 }
 
 /// Puts a mover device back on its plaintext: the linear map it ran before (its mirror
-/// dropped), or, when its mirror runs or was swapped in but would not resume, a linear map
-/// of the mirror's first leg. Below the boundary the plaintext is authoritative. A running
-/// mirror is suspended without flush: it may hold writes (`release_failed`).
+/// dropped), or, when the mirror was swapped in but would not resume, a linear map of the
+/// mirror's first leg. Below the boundary the plaintext is authoritative.
 fn plain_instead(dm: &Dm, m: &DmName) -> Result<()> {
+    onto_leg(dm, m, 0)
+}
+
+/// A mover device onto a linear map of its mirror's leg `leg` (0: the plaintext, 1: the
+/// encrypted copy), or, with no mirror live, on the map it runs. A running mirror is
+/// suspended without flush: it may hold writes (`release_failed`).
+fn onto_leg(dm: &Dm, m: &DmName, leg: usize) -> Result<()> {
     if dm.has_inactive(m)? {
         dm.clear_inactive(m)?;
     }
     if let Some(Target { start, len, params, .. }) = dm.table(m)?.into_iter().find(|t| t.kind == "mirror") {
-        let Some(leg) = dm::mirror_first_leg(&params) else { return fail(format!("{m}: unexpected mirror table {params}")) };
+        let Some(leg) = dm::mirror_leg(&params, leg) else { return fail(format!("{m}: unexpected mirror table {params}")) };
         dm.load_verified(m, &[Target::new(start, len, "linear", leg)])?;
         if !dm.is_suspended(m) {
             dm.suspend_noflush(m)?;

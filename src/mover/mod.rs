@@ -600,8 +600,8 @@ impl<'a> Mover<'a> {
                 self.name
             ));
         }
-        // A mirror that holds writes after a leg failed lets them go to the plaintext first.
-        guardian::release_failed(self.dm)?;
+        // A mirror that holds writes after a leg failed lets them go to the right copy first.
+        guardian::release_failed(self.dm, self.name, Some(self.layout.boundary))?;
         self.swap_to_committed()?;
         while let Some(c) = self.flight.pop_front() {
             self.discard(&c);
@@ -638,6 +638,9 @@ impl<'a> Mover<'a> {
         // What the dead run's guardian did, in case it died too: NAME's I/O must not wait
         // on a mirror that never started when it is suspended below.
         guardian::settle(self.dm, self.name)?;
+        // The dead run's guardian releases no chunk after a death inside a commit: the header
+        // says which copy each must go back to.
+        guardian::release_failed(self.dm, self.name, Some(self.layout.boundary))?;
         let ours = self.dm.named_with_uuid(&self.uuid_prefix)?;
         if ours.is_empty() {
             return Ok(());
