@@ -228,7 +228,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     }
     // A rebuild that "succeeded" without the unlock is the worst case: the admin reboots
     // into a prompt that never comes. Say it where it cannot be missed.
-    match initramfs::verify(root, tool, name.as_str())[..] {
+    match initramfs::verify(root, tool, name.as_str(), &uuid)[..] {
         [] if opts.quiet => {}
         [] => poll::info(&format!("{}: {why}: rebuilt the initramfs ({cmd}); it opens {name}.", path.display())),
         ref problems => warn(format!(

@@ -51,6 +51,12 @@ pub fn plan(name: &str, needs: Option<&str>, tool: Option<Tool>, no_initramfs: b
         (Some(why), _) if no_initramfs => out.push(format!("the initramfs is NOT rebuilt (--no-initramfs; {why}).")),
         (Some(why), Some(tool)) => {
             out.push(format!("the initramfs is rebuilt with {} and checked ({why}).", tool.rebuild().join(" ")));
+            if tool == Tool::Dracut && initramfs::has_module(Path::new(ROOT), initramfs::DRACUT_OURS) {
+                out.push(format!(
+                    "{} has pvencrypt's dracut module put {name}'s crypttab entry into the images, generic ones too.",
+                    initramfs::dracut_drop_in(Path::new("/"), name).display()
+                ));
+            }
             if tool == Tool::Mkinitcpio(Hook::SdEncrypt) && !no_crypttab {
                 out.push(format!("{CRYPTTAB_INITRAMFS} gets the same line."));
             }
@@ -94,8 +100,9 @@ pub fn passphrase_note(name: &str, in_initramfs: bool, tool: Option<Tool>) -> St
 
 /// What the kernel command line (`/proc/cmdline`) would keep from opening the device at
 /// boot, as changes for the admin to make; empty when nothing. systemd-cryptsetup-generator(8):
-/// `luks=no` turns crypttab off, and once any `luks.uuid=` is given only the listed
-/// devices are opened; the `rd.` forms do the same in the initramfs.
+/// `luks=no` turns crypttab off, and once any `luks.uuid=` or `luks.name=UUID=NAME` is
+/// given only the listed devices are opened, crypttab entries too. The `rd.` forms count in
+/// the initramfs only, the plain ones in both.
 pub fn cmdline_advice(cmdline: &str, uuid: &str) -> Vec<String> {
     let mut advice = Vec::new();
     let args: Vec<(&str, &str)> = cmdline.split_whitespace().map(|a| a.split_once('=').unwrap_or((a, ""))).collect();
@@ -105,11 +112,19 @@ pub fn cmdline_advice(cmdline: &str, uuid: &str) -> Vec<String> {
             advice.push(format!("remove {k}={v}, which keeps the device from being opened"));
         }
     }
-    for key in ["luks.uuid", "rd.luks.uuid"] {
-        let listed: Vec<&str> = args.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect();
+    for (key, keys) in [("luks.uuid", &["luks"][..]), ("rd.luks.uuid", &["luks", "rd.luks"])] {
+        let listed: Vec<&str> = args
+            .iter()
+            .filter_map(|(k, v)| match k.rsplit_once('.') {
+                Some((p, "uuid")) if keys.contains(&p) => Some(*v),
+                Some((p, "name")) if keys.contains(&p) => Some(v.split_once('=').map_or(*v, |(u, _)| u)),
+                _ => None,
+            })
+            .collect();
         let ours = |v: &&str| v.trim_start_matches("luks-").eq_ignore_ascii_case(uuid);
         if !listed.is_empty() && !listed.iter().any(ours) {
-            advice.push(format!("add {key}={uuid}: only the devices listed by {key}= are opened"));
+            let given = keys.iter().flat_map(|p| [format!("{p}.uuid="), format!("{p}.name=")]).collect::<Vec<_>>();
+            advice.push(format!("add {key}={uuid}: only the devices listed by {} are opened", given.join(", ")));
         }
     }
     advice
@@ -233,10 +248,22 @@ mod tests {
         assert_eq!(
             cmdline_advice("root=/dev/vg/root rd.luks.uuid=luks-5678 luks.uuid=5678", u),
             [
-                "add luks.uuid=1234-abcd: only the devices listed by luks.uuid= are opened",
-                "add rd.luks.uuid=1234-abcd: only the devices listed by rd.luks.uuid= are opened"
+                "add luks.uuid=1234-abcd: only the devices listed by luks.uuid=, luks.name= are opened",
+                "add rd.luks.uuid=1234-abcd: only the devices listed by luks.uuid=, luks.name=, rd.luks.uuid=, \
+                 rd.luks.name= are opened"
             ]
         );
+        // luks.name=UUID=NAME lists its UUID; the plain forms count in the initramfs too.
+        assert_eq!(
+            cmdline_advice("luks.name=5678=home", u),
+            [
+                "add luks.uuid=1234-abcd: only the devices listed by luks.uuid=, luks.name= are opened",
+                "add rd.luks.uuid=1234-abcd: only the devices listed by luks.uuid=, luks.name=, rd.luks.uuid=, \
+                 rd.luks.name= are opened"
+            ]
+        );
+        assert_eq!(cmdline_advice("rd.luks.name=luks-1234-abcd=vda_crypt", u), Vec::<String>::new());
+        assert_eq!(cmdline_advice("rd.luks.name=1234-abcd=vda_crypt luks.name=5678=home", u).len(), 1);
         assert_eq!(
             cmdline_advice("quiet rd.luks=0 luks.crypttab=no luks=yes", u),
             [
