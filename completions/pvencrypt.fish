@@ -26,7 +26,7 @@ complete -c pvencrypt -l no-initramfs -d 'Do not rebuild or check the initramfs,
 complete -c pvencrypt -s y -l yes -d 'Do not ask for confirmation'
 complete -c pvencrypt -s b -l background -d 'Run in the background: return once the PVs are checked and the passphrase read. Under systemd the conversion runs as the unit pvencrypt-DEV.service (journalctl -u shows its messages, systemctl status its progress), elsewhere detached, logging to syslog'
 complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, or all) and wait until they have stopped: the chunks in flight go back to their plaintext, the last checkpoint stands. The data stays in use; running pvencrypt again resumes. Queued PVs (of `pvencrypt PV...`) are dropped from the queue'
-complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA'
+complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA; and, under the table (in the JSON: "warnings"), what must be fixed before the next reboot (the boot files\' warnings), until the reboot: a finished conversion that left some is listed as finished'
 complete -c pvencrypt -s t -l test -d 'Check everything and print the plan; change nothing'
 complete -c pvencrypt -s v -l verbose -d 'More detail (freeze duration, throughput); twice: libcryptsetup\'s messages too'
 complete -c pvencrypt -l debug -d 'Print libcryptsetup\'s and LVM\'s debug messages to stderr as they come, as cryptsetup --debug: no key material; held back while the switch\'s freeze lasts; none once in the background (-b), whose stderr is /dev/null'

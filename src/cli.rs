@@ -28,6 +28,9 @@ EXAMPLES:
 FILES:
   /etc/crypttab            gets the new device's entry right after the switch (--no-crypttab)
   /run/pvencrypt/DEV.json  the status of the running conversion of /dev/DEV
+  /run/pvencrypt/DEV.warnings.json  what to fix before the next reboot (--status shows it)
+  /etc/dracut.conf.d/pvencrypt-NAME.conf  with dracut: has pvencrypt's dracut module put NAME
+                           into the initramfs, generic images too
   /var/lib/pvencrypt/      queue.json (the PVs still to convert), aborted/ (--abort stands)
   pvencrypt-resume.service resumes a stopped conversion at boot, once the device is unlocked";
 
@@ -156,7 +159,10 @@ pub struct Cli {
     #[arg(long)]
     pub abort: bool,
 
-    /// Report every running or stopped conversion: state, percent, bytes, rate, ETA.
+    /// Report every running or stopped conversion: state, percent, bytes, rate, ETA; and,
+    /// under the table (in the JSON: "warnings"), what must be fixed before the next reboot
+    /// (the boot files' warnings), until the reboot: a finished conversion that left some is
+    /// listed as finished.
     #[arg(long, conflicts_with = "abort")]
     pub status: bool,
 

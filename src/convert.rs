@@ -157,7 +157,11 @@ pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid
 }
 
 fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>) {
-    let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
+    poll::clear_warnings(path);
+    let warn = |m: String| {
+        poll::error(&format!("WARNING: {}: {m}", path.display()));
+        poll::add_warning(path, name.as_str(), &m);
+    };
     // With a devices file, LVM would not look at the new device at all.
     match lvm::devices_file_replace(&format!("/dev/mapper/{name}"), &path.to_string_lossy()) {
         Ok(true) if !opts.quiet => {
