@@ -65,29 +65,39 @@ Description: encrypt an LVM physical volume in place while its LVs stay in use
  background runs, --status, --abort, and resuming by running it again;
  pvencrypt-resume.service resumes an interrupted conversion at boot.
 C
-# As debhelper's snippets for a unit that must not be restarted on upgrade.
+# debhelper's snippets (13.11, Debian 12) for an enabled unit that an upgrade neither stops nor
+# restarts: dh_installsystemd's postinst-systemd-enable, postrm-systemd(-reload-only).
+# The unmask lifts the mask that earlier builds' postrm put on `dpkg -r` (as debhelper's did
+# before 13.10), which left conversions unresumed at boot after a reinstall; deb-systemd-helper
+# lifts only its own mask, never the admin's. was-enabled is true on a first install and after
+# a removal, false once the admin disabled the unit: that choice stays.
 cat > "$p/DEBIAN/postinst" <<'S'
 #!/bin/sh
 set -e
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] || [ "$1" = abort-remove ]; then
-  if deb-systemd-helper debian-installed pvencrypt-resume.service; then
-    deb-systemd-helper update-state pvencrypt-resume.service >/dev/null || true
-  else
+  deb-systemd-helper unmask pvencrypt-resume.service >/dev/null || true
+  if deb-systemd-helper --quiet was-enabled pvencrypt-resume.service; then
     deb-systemd-helper enable pvencrypt-resume.service >/dev/null || true
+  else
+    deb-systemd-helper update-state pvencrypt-resume.service >/dev/null || true
   fi
-  if [ -d /run/systemd/system ]; then systemctl --system daemon-reload >/dev/null || true; fi
+  if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
+  fi
 fi
 S
+# No mask on removal: the unit file goes with the package, and the links left in /etc until
+# the purge point at nothing, which systemd skips.
 cat > "$p/DEBIAN/postrm" <<'S'
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ]; then systemctl --system daemon-reload >/dev/null || true; fi
-if [ "$1" = remove ] && [ -x /usr/bin/deb-systemd-helper ]; then
-  deb-systemd-helper mask pvencrypt-resume.service >/dev/null || true
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+  systemctl --system daemon-reload >/dev/null || true
 fi
-if [ "$1" = purge ] && [ -x /usr/bin/deb-systemd-helper ]; then
-  deb-systemd-helper purge pvencrypt-resume.service >/dev/null || true
-  deb-systemd-helper unmask pvencrypt-resume.service >/dev/null || true
+if [ "$1" = purge ]; then
+  if [ -x "/usr/bin/deb-systemd-helper" ]; then
+    deb-systemd-helper purge pvencrypt-resume.service >/dev/null || true
+  fi
   rm -rf /var/lib/pvencrypt
 fi
 S
