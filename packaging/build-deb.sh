@@ -5,7 +5,7 @@
 # target/release/pvencrypt). OUTDIR: where the .deb goes (default target/debian). Prints
 # the path of the .deb. Needs dpkg-dev (dpkg-shlibdeps computes the library dependencies).
 #
-# Installs /usr/sbin/pvencrypt, its man page, the bash/zsh/fish completions and
+# Installs /usr/sbin/pvencrypt (stripped), its man page, the bash/zsh/fish completions and
 # pvencrypt-resume.service (enabled, as a resume unit is expected to be; never stopped or
 # restarted by an upgrade: that would stop a conversion at its next checkpoint).
 set -euo pipefail
@@ -23,6 +23,8 @@ stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
 p=$stage/pkg
 
 install -D -m 755 "$bin" "$p/usr/sbin/pvencrypt"
+# As dh_strip does: Debian ships no symbol tables in a binary package.
+strip --remove-section=.comment --remove-section=.note "$p/usr/sbin/pvencrypt"
 install -d "$p/usr/share/man/man8"
 gzip -9n < "$root/man/pvencrypt.8" > "$p/usr/share/man/man8/pvencrypt.8.gz"
 install -D -m 644 "$root/completions/pvencrypt.bash" "$p/usr/share/bash-completion/completions/pvencrypt"
@@ -30,12 +32,26 @@ install -D -m 644 "$root/completions/_pvencrypt" "$p/usr/share/zsh/vendor-comple
 install -D -m 644 "$root/completions/pvencrypt.fish" "$p/usr/share/fish/vendor_completions.d/pvencrypt.fish"
 # Debian 12 ships units in /lib/systemd/system (/usr/lib only from Debian 13).
 install -D -m 644 "$root/systemd/pvencrypt-resume.service" "$p/lib/systemd/system/pvencrypt-resume.service"
+maintainer='pvencrypt developers <pvencrypt@users.noreply.github.com>'
 install -d "$p/usr/share/doc/pvencrypt"
 cat > "$p/usr/share/doc/pvencrypt/copyright" <<C
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: pvencrypt
+
+Files: *
+Copyright: 2026 pvencrypt developers
 License: GPL-2.0-or-later
  On Debian systems, the full text is in /usr/share/common-licenses/GPL-2.
+C
+# A native package (the version has no Debian revision): its changelog is changelog.gz. One
+# entry, dated by the last commit (else now) so that a tree always gives the same one.
+when=${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)}
+gzip -9n > "$p/usr/share/doc/pvencrypt/changelog.gz" <<C
+pvencrypt ($version) unstable; urgency=medium
+
+  * Built from the pvencrypt source tree; its git history lists the changes.
+
+ -- $maintainer  $(date -u -R -d "@$when")
 C
 
 # The libraries the binary links, as Debian names their packages (dpkg-shlibdeps wants a
@@ -49,11 +65,12 @@ for need in libcryptsetup12 liblvm2cmd2.03; do
 done
 
 mkdir -p "$p/DEBIAN"
+(cd "$p" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$p/DEBIAN/md5sums"
 cat > "$p/DEBIAN/control" <<C
 Package: pvencrypt
 Version: $version
 Architecture: $arch
-Maintainer: pvencrypt developers <root@localhost>
+Maintainer: $maintainer
 Section: admin
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$p" | cut -f1)
