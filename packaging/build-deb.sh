@@ -1,19 +1,20 @@
 #!/bin/bash
 # Builds the Debian package of pvencrypt with dpkg-deb (no cargo-deb to install).
 #   packaging/build-deb.sh [BINARY] [OUTDIR]
-# BINARY: a pvencrypt already built (default: cargo build --release, then
+# BINARY: a pvencrypt already built (default: cargo build --locked --release, then
 # target/release/pvencrypt). OUTDIR: where the .deb goes (default target/debian). Prints
 # the path of the .deb. Needs dpkg-dev (dpkg-shlibdeps computes the library dependencies).
 #
-# Installs /usr/sbin/pvencrypt (stripped), its man page, the bash/zsh/fish completions and
+# Installs /usr/sbin/pvencrypt (stripped), its man page, the bash/zsh/fish completions,
 # pvencrypt-resume.service (enabled, as a resume unit is expected to be; never stopped or
-# restarted by an upgrade: that would stop a conversion at its next checkpoint).
+# restarted by an upgrade: that would stop a conversion at its next checkpoint) and the dracut
+# module 91pvencrypt.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
 out=${2:-$root/target/debian}
 if [ -z "$bin" ]; then
-  (cd "$root" && cargo build --release) >&2
+  (cd "$root" && cargo build --locked --release) >&2
   bin=$root/target/release/pvencrypt
 fi
 [ -x "$bin" ] || { echo "build-deb: no binary $bin" >&2; exit 1; }
@@ -30,8 +31,13 @@ gzip -9n < "$root/man/pvencrypt.8" > "$p/usr/share/man/man8/pvencrypt.8.gz"
 install -D -m 644 "$root/completions/pvencrypt.bash" "$p/usr/share/bash-completion/completions/pvencrypt"
 install -D -m 644 "$root/completions/_pvencrypt" "$p/usr/share/zsh/vendor-completions/_pvencrypt"
 install -D -m 644 "$root/completions/pvencrypt.fish" "$p/usr/share/fish/vendor_completions.d/pvencrypt.fish"
-# Debian 12 ships units in /lib/systemd/system (/usr/lib only from Debian 13).
-install -D -m 644 "$root/systemd/pvencrypt-resume.service" "$p/lib/systemd/system/pvencrypt-resume.service"
+# Where the build host's systemd looks for units: Debian 12 /lib/systemd/system, Debian 13
+# /usr/lib/systemd/system (there systemd.pc comes with systemd-dev; without it, the fallback
+# still works through the merged /usr).
+unitdir=$(pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null) || true
+install -D -m 644 "$root/systemd/pvencrypt-resume.service" "$p${unitdir:-/lib/systemd/system}/pvencrypt-resume.service"
+install -D -m 755 "$root/dracut/91pvencrypt/module-setup.sh" "$p/usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh"
+
 maintainer='pvencrypt developers <pvencrypt@users.noreply.github.com>'
 install -d "$p/usr/share/doc/pvencrypt"
 cat > "$p/usr/share/doc/pvencrypt/copyright" <<C
