@@ -8,7 +8,7 @@
 # Installs /usr/sbin/pvencrypt (stripped), its man page, the bash/zsh/fish completions,
 # pvencrypt-resume.service (enabled, as a resume unit is expected to be; never stopped or
 # restarted by an upgrade: that would stop a conversion at its next checkpoint) and the dracut
-# module 91pvencrypt.
+# module 91pvencrypt. tests/vm/host/t_package.sh runs lintian on it and its maintainer scripts.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
