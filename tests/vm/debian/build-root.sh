@@ -11,6 +11,8 @@ set -euo pipefail
 kroot=$1
 work=${VM_WORK:?}/debian
 VERSION=3   # bump when the root's contents change: a cached older root is rebuilt
+# host/t_debian_root.sh and host/t_package.sh may run at once: one builds, the other waits.
+mkdir -p "$VM_WORK"; exec 9> "$VM_WORK/debian.lock"; flock 9
 [ "$(cat "$work/done" 2>/dev/null)" = "$VERSION" ] && exit 0
 kv=$(ls "$kroot/lib/modules")
 command -v mmdebstrap >/dev/null || {
