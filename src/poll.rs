@@ -409,8 +409,11 @@ pub fn detached() -> bool {
 /// `--status`, as LVM's reports print: aligned columns, or `--reportformat json`.
 pub fn report(all: &[Status], json: bool) -> String {
     // Before the data phase nothing is encrypted yet, and the total is not known.
-    let pct =
-        |s: &Status| if s.bytes_total == 0 { "0.00%".into() } else { crate::progress::percent(s.bytes_done, s.bytes_total) };
+    let pct = |s: &Status| match s.bytes_total {
+        _ if s.state == Phase::Finished => "100.00%".into(),
+        0 => "0.00%".into(),
+        t => crate::progress::percent(s.bytes_done, t),
+    };
     if json {
         // LVM's JSON reports give every value as a string.
         let rows: Vec<serde_json::Value> = all
@@ -432,7 +435,7 @@ pub fn report(all: &[Status], json: bool) -> String {
     if all.is_empty() {
         return "No conversion in progress.".into();
     }
-    let mib = |b: u64| format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64);
+    let mib = |b: u64| if b == 0 { String::new() } else { format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64) };
     let mut rows = vec![["PV", "Name", "State", "Encrypted", "Done", "Total", "Rate", "ETA"].map(String::from)];
     for s in all {
         rows.push([
@@ -505,12 +508,12 @@ mod tests {
 
     #[test]
     fn warnings_for_the_next_boot_under_the_table() {
-        let mut s = st(Phase::Finished, 8 << 20);
+        let mut s = Status { pv: "/dev/sda5".into(), name: "sda5_crypt".into(), state: Phase::Finished, ..Default::default() };
         s.warnings = vec!["the initramfs may NOT open sda5_crypt. DO NOT REBOOT".into(), "second".into()];
         let r = report(&[st(Phase::Encrypting, 1 << 20), s.clone()], false);
         let lines: Vec<&str> = r.lines().collect();
         assert_eq!(lines.len(), 5, "{r}");
-        assert!(lines[2].contains(" finished "), "{r}");
+        assert!(lines[2].contains(" finished ") && lines[2].ends_with(" 100.00%"), "{r}");
         assert_eq!(lines[3], "  WARNING: /dev/sda5: the initramfs may NOT open sda5_crypt. DO NOT REBOOT");
         assert_eq!(lines[4], "  WARNING: /dev/sda5: second");
         let v: serde_json::Value = serde_json::from_str(&report(&[s], true)).unwrap();
