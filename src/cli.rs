@@ -137,6 +137,22 @@ pub struct Cli {
     #[arg(long)]
     pub no_initramfs: bool,
 
+    /// Bind the new device to the TPM2 as systemd-cryptenroll --tpm2-device does ("auto":
+    /// the machine's; or a device node): a keyslot whose key the TPM2 seals against
+    /// --tpm2-pcrs, in the header from the switch on, and tpm2-device=auto in /etc/crypttab,
+    /// so that the machine boots with nobody at the console. The passphrase keyslot stays,
+    /// for when the TPM2 refuses (a firmware or Secure Boot change, the disk in another
+    /// machine). Needs systemd-cryptenroll, and when the system boots from the volume group
+    /// an initramfs that unlocks with a TPM2: dracut (with tpm2-tools) or mkinitcpio's
+    /// sd-encrypt; initramfs-tools cannot, and is refused.
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::Other)]
+    pub tpm2_device: Option<String>,
+
+    /// The PCRs the TPM2 key is sealed against, as systemd-cryptenroll --tpm2-pcrs
+    /// (default 7: the Secure Boot state).
+    #[arg(long, value_name = "PCR+PCR...", requires = "tpm2_device", value_hint = ValueHint::Other)]
+    pub tpm2_pcrs: Option<String>,
+
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]
     pub yes: bool,

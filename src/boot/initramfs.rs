@@ -313,16 +313,17 @@ pub enum Note {
 /// loader) unless `cmdline` has it already; dracut: the drop-in that has pvencrypt's module
 /// put the crypttab entry into every image, when the module is there (preflight refused a
 /// generic image without it).
-pub fn prepare(root: &Path, tool: Tool, name: &str, uuid: &str, discard: bool, no_crypttab: bool, cmdline: &str) -> Vec<Note> {
+pub fn prepare(root: &Path, tool: Tool, line: &crypttab::Line, no_crypttab: bool, cmdline: &str) -> Vec<Note> {
+    let (name, uuid) = (line.name, line.uuid);
     match tool {
         Tool::Mkinitcpio(Hook::SdEncrypt) if no_crypttab => vec![Note::Todo(format!(
             "add \"{}\" to {} (not touched: --no-crypttab), then run mkinitcpio -P",
-            crypttab::crypttab_line(name, uuid, discard).trim(),
+            line,
             crypttab::CRYPTTAB_INITRAMFS
         ))],
         Tool::Mkinitcpio(Hook::SdEncrypt) => {
             let path = root.join(crypttab::CRYPTTAB_INITRAMFS.trim_start_matches('/'));
-            match crypttab::add_crypttab(&path, name, uuid, discard) {
+            match crypttab::add_crypttab(&path, line) {
                 Ok(crypttab::Entry::Added) => {
                     vec![Note::Info(format!("added {name} to {} (the crypttab of the initramfs).", crypttab::CRYPTTAB_INITRAMFS))]
                 }
@@ -365,7 +366,7 @@ pub fn prepare(root: &Path, tool: Tool, name: &str, uuid: &str, discard: bool, n
                 notes.push(Note::Todo(format!(
                     "add \"{}\" to {} (not touched: --no-crypttab): the initramfs takes it from there; then run dracut \
                      -f --regenerate-all",
-                    crypttab::crypttab_line(name, uuid, discard).trim(),
+                    line,
                     crypttab::CRYPTTAB
                 )));
             }
@@ -496,9 +497,11 @@ pub fn lacks(tool: Tool, listing: &str) -> Vec<&'static str> {
     needs.into_iter().filter(|(_, any)| !any.iter().any(|p| lists(listing, p))).map(|(what, _)| what).collect()
 }
 
-/// Looks into every image the rebuild wrote. Empty when each one opens NAME (LUKS UUID);
-/// otherwise what is wrong, for a loud warning before the admin reboots.
-pub fn verify(root: &Path, tool: Tool, name: &str, uuid: &str) -> Vec<String> {
+/// Looks into every image the rebuild wrote. Empty when each one opens the device of LINE
+/// (with the TPM2 when LINE says so); otherwise what is wrong, for a loud warning before the
+/// admin reboots.
+pub fn verify(root: &Path, tool: Tool, line: &crypttab::Line) -> Vec<String> {
+    let (name, uuid) = (line.name, line.uuid);
     let images = images(root, tool);
     if images.is_empty() {
         return vec![format!("found no initramfs image of {} to check", tool.name())];
@@ -517,6 +520,13 @@ pub fn verify(root: &Path, tool: Tool, name: &str, uuid: &str) -> Vec<String> {
             problems.push(format!("{} lacks {}", img.label, lacking.join(" and ")));
             continue;
         }
+        // systemd-cryptsetup loads them when crypttab says tpm2-device=.
+        if line.tpm2 && !listing.contains("libtss2-esys.so") {
+            problems.push(format!(
+                "{} lacks the TPM2 libraries (libtss2-esys): it would ask for the passphrase of {name}",
+                img.label
+            ));
+        }
         let print = |file: &str, cmd: &[String]| run(root, &[cmd, &["-f".to_string(), file.to_string()]].concat());
         let text = match &img.crypttab {
             Crypttab::Unread => continue,
@@ -527,9 +537,11 @@ pub fn verify(root: &Path, tool: Tool, name: &str, uuid: &str) -> Vec<String> {
             Crypttab::Print(cmd) => print("etc/crypttab", cmd),
             Crypttab::Unpack(image) => unpacked_crypttab(root, image),
         };
-        match text {
-            Ok(t) if crypttab::find_entry(&t, name, Some(uuid)).is_some() => {}
-            Ok(_) => problems.push(format!("the crypttab inside {} has no entry for {name}", img.label)),
+        match text.as_deref().map(|t| crypttab::find_entry(t, name, Some(uuid))) {
+            Ok(Some(e)) if line.tpm2 && !e.contains("tpm2-device=") => problems
+                .push(format!("the entry for {name} inside {} has no tpm2-device=: it would ask for the passphrase", img.label)),
+            Ok(Some(_)) => {}
+            Ok(None) => problems.push(format!("the crypttab inside {} has no entry for {name}", img.label)),
             Err(e) => problems.push(format!("cannot read the crypttab inside {}: {e}", img.label)),
         }
         if let Crypttab::Print(cmd) = &img.crypttab {
