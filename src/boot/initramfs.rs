@@ -355,7 +355,7 @@ pub fn prepare(root: &Path, tool: Tool, line: &crypttab::Line, no_crypttab: bool
             let conf = format!(
                 "# Written by pvencrypt: dracut's images open {entry} (LUKS2 UUID {uuid}, the PV of a volume group the \
                  system boots from),\n# from its /etc/crypttab entry, host-only or generic (pvencrypt's dracut module, \
-                 {DRACUT_MODULES}/91pvencrypt).\n{settings}"
+                 /{DRACUT_MODULES}/91pvencrypt).\n{settings}"
             );
             let shown = Path::new("/").join(path.strip_prefix(root).unwrap_or(&path));
             let mut notes = match crate::sys::replace_file(&path, conf.as_bytes(), 0o644) {
