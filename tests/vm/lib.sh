@@ -31,6 +31,20 @@ _vm_cmd() {   # TEST DISK... -> VM_CMD array
           -kernel "$VM_KERNEL" -initrd "$VM_INITRD"
           -append "console=ttyS0 panic=-1 quiet pvtest=$test $VM_APPEND")
   for d in "$@"; do VM_CMD+=(-drive "file=$d,format=raw,if=virtio,cache=$VM_CACHE"); done
+  # More devices, e.g. a TPM2 (vm_swtpm).
+  VM_CMD+=(${VM_QEMU_ARGS:-})
+}
+
+# vm_swtpm DIR   starts a software TPM2 whose state lives in DIR (it outlives the process: the
+# same TPM at every boot) and sets VM_QEMU_ARGS for the next VM to have it as its TPM
+# (tpm-tis); swtpm ends when that VM does.
+vm_swtpm() {
+  mkdir -p "$1"
+  rm -f "$1/sock"
+  swtpm socket --tpm2 --tpmstate "dir=$1" --ctrl "type=unixio,path=$1/sock" --log "file=$1/log" --daemon ||
+    { echo "swtpm failed" >&2; return 1; }
+  local i; for i in $(seq 50); do [ -S "$1/sock" ] && break; sleep 0.1; done
+  VM_QEMU_ARGS="-chardev socket,id=chrtpm,path=$1/sock -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0"
 }
 
 # A TCG guest very rarely hangs in the kernel before its init runs (CI once saw "soft lockup"
