@@ -33,7 +33,7 @@ _pvencrypt() {
 
     case "${cmd}" in
         pvencrypt)
-            opts="-d -l -c -s -y -b -i -t -v -q -h -V --key-file --keyfile-size --keyfile-offset --cipher --key-size --pbkdf --pbkdf-memory --pbkdf-parallel --pbkdf-force-iterations --iter-time --label --sector-size --name --reduce-device-size --make-room --no-crypttab --no-initramfs --yes --background --interval --abort --status --reportformat --test --verbose --debug --quiet --help --version"
+            opts="-d -l -c -s -y -b -i -t -v -q -h -V --key-file --keyfile-size --keyfile-offset --cipher --key-size --pbkdf --pbkdf-memory --pbkdf-parallel --pbkdf-force-iterations --iter-time --label --sector-size --name --reduce-device-size --make-room --no-crypttab --no-initramfs --tpm2-device --tpm2-pcrs --yes --background --interval --abort --status --reportformat --test --verbose --debug --quiet --help --version"
             if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -169,6 +169,20 @@ _pvencrypt() {
                     return 0
                     ;;
                 --reduce-device-size)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --tpm2-device)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --tpm2-pcrs)
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace

@@ -17,6 +17,8 @@ complete -c pvencrypt -l sector-size -d 'Encryption sector size in bytes, 512, 1
 4096\t''"
 complete -c pvencrypt -l name -d 'Name of the opened device, /dev/mapper/NAME (default: the PV\'s basename + "_crypt")' -r -f
 complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the device, as cryptsetup\'s --reduce-device-size: half holds the LUKS2 header, half is the data shift, the room into which chunks are encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G (powers of 1024)' -r -f
+complete -c pvencrypt -l tpm2-device -d 'Bind the new device to the TPM2 as systemd-cryptenroll --tpm2-device does ("auto": the machine\'s; or a device node): a keyslot whose key the TPM2 seals against --tpm2-pcrs, in the header from the switch on, and tpm2-device=auto in /etc/crypttab, so that the machine boots with nobody at the console. The passphrase keyslot stays, for when the TPM2 refuses (a firmware or Secure Boot change, the disk in another machine). Needs systemd-cryptenroll, and when the system boots from the volume group an initramfs that unlocks with a TPM2: dracut (with tpm2-tools) or mkinitcpio\'s sd-encrypt; initramfs-tools cannot, and is refused' -r -f
+complete -c pvencrypt -l tpm2-pcrs -d 'The PCRs the TPM2 key is sealed against, as systemd-cryptenroll --tpm2-pcrs (default 7: the Secure Boot state)' -r -f
 complete -c pvencrypt -s i -l interval -d 'Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar; 0: no progress output at all, as pvmove -i 0' -r -f
 complete -c pvencrypt -l reportformat -d 'Report format for --status: basic (aligned columns) or json (as LVM\'s JSON reports)' -r -f -a "basic\t''
 json\t''"
@@ -26,7 +28,7 @@ complete -c pvencrypt -l no-initramfs -d 'Do not rebuild or check the initramfs,
 complete -c pvencrypt -s y -l yes -d 'Do not ask for confirmation'
 complete -c pvencrypt -s b -l background -d 'Run in the background: return once the PVs are checked and the passphrase read. Under systemd the conversion runs as the unit pvencrypt-DEV.service (journalctl -u shows its messages, systemctl status its progress), elsewhere detached, logging to syslog'
 complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, or all) and wait until they have stopped: the chunks in flight go back to their plaintext, the last checkpoint stands. The data stays in use; running pvencrypt again resumes. Queued PVs (of `pvencrypt PV...`) are dropped from the queue'
-complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA'
+complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA; and, under the table (in the JSON: "warnings"), what must be fixed before the next reboot (the boot files\' warnings), until the reboot: a finished conversion that left some is listed as finished'
 complete -c pvencrypt -s t -l test -d 'Check everything and print the plan; change nothing'
 complete -c pvencrypt -s v -l verbose -d 'More detail (freeze duration, throughput); twice: libcryptsetup\'s messages too'
 complete -c pvencrypt -l debug -d 'Print libcryptsetup\'s and LVM\'s debug messages to stderr as they come, as cryptsetup --debug: no key material; held back while the switch\'s freeze lasts; none once in the background (-b), whose stderr is /dev/null'

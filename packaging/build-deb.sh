@@ -1,19 +1,20 @@
 #!/bin/bash
 # Builds the Debian package of pvencrypt with dpkg-deb (no cargo-deb to install).
 #   packaging/build-deb.sh [BINARY] [OUTDIR]
-# BINARY: a pvencrypt already built (default: cargo build --release, then
+# BINARY: a pvencrypt already built (default: cargo build --locked --release, then
 # target/release/pvencrypt). OUTDIR: where the .deb goes (default target/debian). Prints
 # the path of the .deb. Needs dpkg-dev (dpkg-shlibdeps computes the library dependencies).
 #
-# Installs /usr/sbin/pvencrypt, its man page, the bash/zsh/fish completions and
+# Installs /usr/sbin/pvencrypt (stripped), its man page, the bash/zsh/fish completions,
 # pvencrypt-resume.service (enabled, as a resume unit is expected to be; never stopped or
-# restarted by an upgrade: that would stop a conversion at its next checkpoint).
+# restarted by an upgrade: that would stop a conversion at its next checkpoint) and the dracut
+# module 91pvencrypt. tests/vm/host/t_package.sh runs lintian on it and its maintainer scripts.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
 out=${2:-$root/target/debian}
 if [ -z "$bin" ]; then
-  (cd "$root" && cargo build --release) >&2
+  (cd "$root" && cargo build --locked --release) >&2
   bin=$root/target/release/pvencrypt
 fi
 [ -x "$bin" ] || { echo "build-deb: no binary $bin" >&2; exit 1; }
@@ -23,19 +24,40 @@ stage=$(mktemp -d); trap 'rm -rf "$stage"' EXIT
 p=$stage/pkg
 
 install -D -m 755 "$bin" "$p/usr/sbin/pvencrypt"
+# As dh_strip does: Debian ships no symbol tables in a binary package.
+strip --remove-section=.comment --remove-section=.note "$p/usr/sbin/pvencrypt"
 install -d "$p/usr/share/man/man8"
 gzip -9n < "$root/man/pvencrypt.8" > "$p/usr/share/man/man8/pvencrypt.8.gz"
 install -D -m 644 "$root/completions/pvencrypt.bash" "$p/usr/share/bash-completion/completions/pvencrypt"
 install -D -m 644 "$root/completions/_pvencrypt" "$p/usr/share/zsh/vendor-completions/_pvencrypt"
 install -D -m 644 "$root/completions/pvencrypt.fish" "$p/usr/share/fish/vendor_completions.d/pvencrypt.fish"
-# Debian 12 ships units in /lib/systemd/system (/usr/lib only from Debian 13).
-install -D -m 644 "$root/systemd/pvencrypt-resume.service" "$p/lib/systemd/system/pvencrypt-resume.service"
+# Where the build host's systemd looks for units: Debian 12 /lib/systemd/system, Debian 13
+# /usr/lib/systemd/system (there systemd.pc comes with systemd-dev; without it, the fallback
+# still works through the merged /usr).
+unitdir=$(pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null) || true
+install -D -m 644 "$root/systemd/pvencrypt-resume.service" "$p${unitdir:-/lib/systemd/system}/pvencrypt-resume.service"
+install -D -m 755 "$root/dracut/91pvencrypt/module-setup.sh" "$p/usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh"
+
+maintainer='pvencrypt developers <pvencrypt@users.noreply.github.com>'
 install -d "$p/usr/share/doc/pvencrypt"
 cat > "$p/usr/share/doc/pvencrypt/copyright" <<C
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: pvencrypt
+
+Files: *
+Copyright: 2026 pvencrypt developers
 License: GPL-2.0-or-later
  On Debian systems, the full text is in /usr/share/common-licenses/GPL-2.
+C
+# A native package (the version has no Debian revision): its changelog is changelog.gz. One
+# entry, dated by the last commit (else now) so that a tree always gives the same one.
+when=${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || date +%s)}
+gzip -9n > "$p/usr/share/doc/pvencrypt/changelog.gz" <<C
+pvencrypt ($version) unstable; urgency=medium
+
+  * Built from the pvencrypt source tree; its git history lists the changes.
+
+ -- $maintainer  $(date -u -R -d "@$when")
 C
 
 # The libraries the binary links, as Debian names their packages (dpkg-shlibdeps wants a
@@ -49,11 +71,12 @@ for need in libcryptsetup12 liblvm2cmd2.03; do
 done
 
 mkdir -p "$p/DEBIAN"
+(cd "$p" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) > "$p/DEBIAN/md5sums"
 cat > "$p/DEBIAN/control" <<C
 Package: pvencrypt
 Version: $version
 Architecture: $arch
-Maintainer: pvencrypt developers <root@localhost>
+Maintainer: $maintainer
 Section: admin
 Priority: optional
 Installed-Size: $(du -sk --exclude=DEBIAN "$p" | cut -f1)
@@ -65,29 +88,39 @@ Description: encrypt an LVM physical volume in place while its LVs stay in use
  background runs, --status, --abort, and resuming by running it again;
  pvencrypt-resume.service resumes an interrupted conversion at boot.
 C
-# As debhelper's snippets for a unit that must not be restarted on upgrade.
+# debhelper's snippets (13.11, Debian 12) for an enabled unit that an upgrade neither stops nor
+# restarts: dh_installsystemd's postinst-systemd-enable, postrm-systemd(-reload-only).
+# The unmask lifts the mask that earlier builds' postrm put on `dpkg -r` (as debhelper's did
+# before 13.10), which left conversions unresumed at boot after a reinstall; deb-systemd-helper
+# lifts only its own mask, never the admin's. was-enabled is true on a first install and after
+# a removal, false once the admin disabled the unit: that choice stays.
 cat > "$p/DEBIAN/postinst" <<'S'
 #!/bin/sh
 set -e
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] || [ "$1" = abort-remove ]; then
-  if deb-systemd-helper debian-installed pvencrypt-resume.service; then
-    deb-systemd-helper update-state pvencrypt-resume.service >/dev/null || true
-  else
+  deb-systemd-helper unmask pvencrypt-resume.service >/dev/null || true
+  if deb-systemd-helper --quiet was-enabled pvencrypt-resume.service; then
     deb-systemd-helper enable pvencrypt-resume.service >/dev/null || true
+  else
+    deb-systemd-helper update-state pvencrypt-resume.service >/dev/null || true
   fi
-  if [ -d /run/systemd/system ]; then systemctl --system daemon-reload >/dev/null || true; fi
+  if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
+  fi
 fi
 S
+# No mask on removal: the unit file goes with the package, and the links left in /etc until
+# the purge point at nothing, which systemd skips.
 cat > "$p/DEBIAN/postrm" <<'S'
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ]; then systemctl --system daemon-reload >/dev/null || true; fi
-if [ "$1" = remove ] && [ -x /usr/bin/deb-systemd-helper ]; then
-  deb-systemd-helper mask pvencrypt-resume.service >/dev/null || true
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
+  systemctl --system daemon-reload >/dev/null || true
 fi
-if [ "$1" = purge ] && [ -x /usr/bin/deb-systemd-helper ]; then
-  deb-systemd-helper purge pvencrypt-resume.service >/dev/null || true
-  deb-systemd-helper unmask pvencrypt-resume.service >/dev/null || true
+if [ "$1" = purge ]; then
+  if [ -x "/usr/bin/deb-systemd-helper" ]; then
+    deb-systemd-helper purge pvencrypt-resume.service >/dev/null || true
+  fi
   rm -rf /var/lib/pvencrypt
 fi
 S

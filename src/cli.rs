@@ -28,6 +28,9 @@ EXAMPLES:
 FILES:
   /etc/crypttab            gets the new device's entry right after the switch (--no-crypttab)
   /run/pvencrypt/DEV.json  the status of the running conversion of /dev/DEV
+  /run/pvencrypt/DEV.warnings.json  what to fix before the next reboot (--status shows it)
+  /etc/dracut.conf.d/pvencrypt-NAME.conf  with dracut: has pvencrypt's dracut module put NAME
+                           into the initramfs, generic images too
   /var/lib/pvencrypt/      queue.json (the PVs still to convert), aborted/ (--abort stands)
   pvencrypt-resume.service resumes a stopped conversion at boot, once the device is unlocked";
 
@@ -134,6 +137,22 @@ pub struct Cli {
     #[arg(long)]
     pub no_initramfs: bool,
 
+    /// Bind the new device to the TPM2 as systemd-cryptenroll --tpm2-device does ("auto":
+    /// the machine's; or a device node): a keyslot whose key the TPM2 seals against
+    /// --tpm2-pcrs, in the header from the switch on, and tpm2-device=auto in /etc/crypttab,
+    /// so that the machine boots with nobody at the console. The passphrase keyslot stays,
+    /// for when the TPM2 refuses (a firmware or Secure Boot change, the disk in another
+    /// machine). Needs systemd-cryptenroll, and when the system boots from the volume group
+    /// an initramfs that unlocks with a TPM2: dracut (with tpm2-tools) or mkinitcpio's
+    /// sd-encrypt; initramfs-tools cannot, and is refused.
+    #[arg(long, value_name = "PATH", value_hint = ValueHint::Other)]
+    pub tpm2_device: Option<String>,
+
+    /// The PCRs the TPM2 key is sealed against, as systemd-cryptenroll --tpm2-pcrs
+    /// (default 7: the Secure Boot state).
+    #[arg(long, value_name = "PCR+PCR...", requires = "tpm2_device", value_hint = ValueHint::Other)]
+    pub tpm2_pcrs: Option<String>,
+
     /// Do not ask for confirmation.
     #[arg(short = 'y', long)]
     pub yes: bool,
@@ -156,7 +175,10 @@ pub struct Cli {
     #[arg(long)]
     pub abort: bool,
 
-    /// Report every running or stopped conversion: state, percent, bytes, rate, ETA.
+    /// Report every running or stopped conversion: state, percent, bytes, rate, ETA; and,
+    /// under the table (in the JSON: "warnings"), what must be fixed before the next reboot
+    /// (the boot files' warnings), until the reboot: a finished conversion that left some is
+    /// listed as finished.
     #[arg(long, conflicts_with = "abort")]
     pub status: bool,
 

@@ -157,7 +157,11 @@ pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid
 }
 
 fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>) {
-    let warn = |m: String| poll::error(&format!("WARNING: {}: {m}", path.display()));
+    poll::clear_warnings(path);
+    let warn = |m: String| {
+        poll::error(&format!("WARNING: {}: {m}", path.display()));
+        poll::add_warning(path, name.as_str(), &m);
+    };
     // With a devices file, LVM would not look at the new device at all.
     match lvm::devices_file_replace(&format!("/dev/mapper/{name}"), &path.to_string_lossy()) {
         Ok(true) if !opts.quiet => {
@@ -170,23 +174,23 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
             path.display()
         )),
     }
-    let uuid = match luks::open(path)
-        .and_then(|mut cd| cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into()))
-    {
-        Ok(u) => u,
+    let header = luks::open(path).and_then(|mut cd| {
+        let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())?;
+        let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 header".into())?;
+        Ok((uuid, boot::tpm2::bound(&json)))
+    });
+    let (uuid, tpm2) = match header {
+        Ok(h) => h,
         Err(e) => return warn(format!("{e}; add /dev/mapper/{name} to /etc/crypttab by hand.")),
     };
     let discard = device_of(path).is_ok_and(|(dev, _)| boot::supports_discard(dev));
+    let line = boot::Line { name: name.as_str(), uuid: &uuid, discard, tpm2 };
     if opts.no_crypttab {
         if !opts.quiet {
-            poll::info(&format!(
-                "{}: not touching /etc/crypttab; the next boot needs: {}",
-                path.display(),
-                boot::crypttab_line(name.as_str(), &uuid, discard).trim()
-            ));
+            poll::info(&format!("{}: not touching /etc/crypttab; the next boot needs: {line}", path.display()));
         }
     } else {
-        match boot::add_crypttab(&Path::new(boot::ROOT).join("etc/crypttab"), name.as_str(), &uuid, discard) {
+        match boot::add_crypttab(&Path::new(boot::ROOT).join("etc/crypttab"), &line) {
             Ok(boot::Entry::Added) if !opts.quiet => {
                 poll::info(&format!("{}: added {name} to {}.", path.display(), boot::CRYPTTAB))
             }
@@ -215,7 +219,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
         Ok(t) => t,
         Err(missing) => return warn(format!("{why}, but {missing}; then rebuild the initramfs before rebooting.")),
     };
-    for note in initramfs::prepare(root, tool, name.as_str(), &uuid, discard, opts.no_crypttab, &cmdline) {
+    for note in initramfs::prepare(root, tool, &line, opts.no_crypttab, &cmdline) {
         match note {
             initramfs::Note::Info(m) if !opts.quiet => poll::info(&format!("{}: {m}", path.display())),
             initramfs::Note::Info(_) => {}
@@ -228,7 +232,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     }
     // A rebuild that "succeeded" without the unlock is the worst case: the admin reboots
     // into a prompt that never comes. Say it where it cannot be missed.
-    match initramfs::verify(root, tool, name.as_str())[..] {
+    match initramfs::verify(root, tool, &line)[..] {
         [] if opts.quiet => {}
         [] => poll::info(&format!("{}: {why}: rebuilt the initramfs ({cmd}); it opens {name}.", path.display())),
         ref problems => warn(format!(

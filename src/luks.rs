@@ -64,6 +64,8 @@ pub struct Format {
     /// Data offset = data shift.
     pub shift: Sectors,
     pub pbkdf: CryptPbkdfType,
+    /// `--tpm2-device` and its PCRs: the header gets a TPM2 keyslot and token.
+    pub tpm2: Option<(String, String)>,
 }
 
 /// "aes-xts-plain64" → ("aes", "xts-plain64"), as cryptsetup splits it.
@@ -124,6 +126,11 @@ impl MemHeader {
     /// A path libcryptsetup can open; it reopens the same memory.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    }
+
+    /// The same for a program this process runs (root may open another's fds).
+    pub fn path_for_children(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd()))
     }
 }
 
@@ -189,6 +196,17 @@ pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Mark
         .keyslot_handle()
         .add_by_key(None, None, temp_key.bytes(), CryptVolumeKey::empty())
         .or_fail(|| "Cannot add the temporary keyslot".into())?;
+    if let Some((device, pcrs)) = &fmt.tpm2 {
+        // Not later: libcryptsetup adds no keyslot to a header marked for reencryption.
+        drop(cd);
+        crate::boot::tpm2::enroll(&header.path_for_children(), &temp_key, device, pcrs)
+            .map_err(|e| Error::new(Kind::Failed, format!("Cannot bind the new header to the TPM2: {e}.")))?;
+        cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
+            .or_fail(|| "Cannot open the new LUKS2 header".into())?;
+        cd.context_handle()
+            .load::<()>(Some(EncryptionFormat::Luks2), None)
+            .or_fail(|| "Cannot load the new LUKS2 header".into())?;
+    }
     let mut m = marker.clone();
     m.temp_keyslot = Some(temp_slot);
     set_marker(&mut cd, &m)?;
@@ -637,6 +655,7 @@ mod loop_tests {
             uuid: Uuid::new_v4(),
             shift: Sectors(shift),
             pbkdf: CryptPbkdfType { iterations: 1000, ..temp_pbkdf() },
+            tpm2: None,
         }
     }
 
@@ -717,6 +736,55 @@ mod image_tests {
         let disk = std::fs::read(&lo.path).unwrap();
         assert!(disk[end as usize..16 << 20].iter().all(|&b| b == 0), "unused header area wiped");
         assert!(disk[16 << 20..48 << 20] == pattern[16 << 20..48 << 20], "the PV's data beyond the header untouched");
+    }
+
+    /// `--tpm2-device`, with swtpm as the TPM2 (tpm2-tss's swtpm TCTI): the keyslot and
+    /// token systemd-cryptenroll adds to the header in memory stay through the marking for
+    /// reencryption and the placement, beside the passphrase's.
+    #[test]
+    fn a_tpm2_binding_made_before_the_marking_is_in_the_placed_header() {
+        let Some(lo) = Loop::new(64) else { return };
+        let tcti = std::path::Path::new("/usr/lib/x86_64-linux-gnu/libtss2-tcti-swtpm.so.0");
+        if crate::boot::which(std::path::Path::new("/"), "swtpm").is_none() || !tcti.exists() {
+            return eprintln!("skipped: needs swtpm and libtss2-tcti-swtpm0");
+        }
+        let state = std::env::temp_dir().join(format!("pvencrypt-swtpm-{}", std::process::id()));
+        std::fs::create_dir_all(&state).unwrap();
+        let port = 20000 + std::process::id() % 20000;
+        let mut swtpm = std::process::Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .args(["--server", &format!("type=tcp,port={port}"), "--ctrl", &format!("type=tcp,port={}", port + 1)])
+            .spawn()
+            .unwrap();
+        let up = (0..100).any(|_| {
+            std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_ok()
+                || (std::thread::sleep(std::time::Duration::from_millis(50)), false).1
+        });
+        capture_log();
+        let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
+        let fmt = Format { tpm2: Some((format!("swtpm:host=127.0.0.1,port={port}"), "7".into())), ..cheap_format(32768) };
+        let prepared = up.then(|| prepare(&fmt, &lo.path, &key, &super::loop_tests::test_marker()));
+        let _ = swtpm.kill();
+        let _ = swtpm.wait();
+        let _ = std::fs::remove_dir_all(&state);
+        assert!(up, "swtpm did not listen on port {port}");
+        let p = prepared.unwrap().unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        init_reencryption(&p, &fmt, &lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let img = header_image(&p).unwrap();
+        let f = crate::direct::open(&lo.path).unwrap();
+        f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();
+
+        let mut cd = open(&lo.path).unwrap();
+        assert_ne!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
+        let json = cd.status_handle().dump_json().unwrap();
+        assert!(crate::boot::tpm2::bound(&json), "{json}");
+        let token = json["tokens"].as_object().unwrap().values().find(|t| t["type"] == "systemd-tpm2").unwrap();
+        let slot: u32 = token["keyslots"][0].as_str().unwrap().parse().unwrap();
+        assert!(slot != p.user_slot && slot != p.temp_slot, "the TPM2's own keyslot: {json}");
+        assert_eq!(json["keyslots"][slot.to_string()]["type"], "luks2", "{json}");
+        assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot, "the passphrase still opens it");
+        assert!(super::marker(&mut cd).is_some(), "pvencrypt's token too");
     }
 
     /// The mover's hand-made commits (header.rs), read back by libcryptsetup: every

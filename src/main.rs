@@ -272,6 +272,9 @@ fn confirm(cli: &Cli, moves: Option<u64>) -> Result<()> {
     // must not miss.
     let boot = if cli.no_crypttab {
         ""
+    } else if cli.tpm2_device.is_some() {
+        " Every boot from now on unlocks it with the TPM2, and asks for the passphrase on the console when the TPM2 \
+         refuses."
     } else {
         " Every boot from now on waits for the passphrase on the console (to avoid typing it on a headless server: \
          systemd-cryptenroll --tpm2-device=auto, clevis, or dropbear-initramfs; pvencrypt sets up none of them)."

@@ -23,6 +23,8 @@ pub struct Options {
     pub make_room: bool,
     pub no_crypttab: bool,
     pub no_initramfs: bool,
+    /// `--tpm2-device`, and the PCRs to seal against.
+    pub tpm2: Option<(String, String)>,
     /// Nothing is asked on the terminal.
     pub yes: bool,
     /// Progress lines every this many seconds instead of a bar.
@@ -48,6 +50,10 @@ impl From<&Cli> for Options {
             make_room: c.make_room,
             no_crypttab: c.no_crypttab,
             no_initramfs: c.no_initramfs,
+            tpm2: c
+                .tpm2_device
+                .clone()
+                .map(|d| (d, c.tpm2_pcrs.clone().unwrap_or_else(|| crate::boot::tpm2::DEFAULT_PCRS.into()))),
             yes: c.yes,
             interval: c.interval,
             verbose: c.verbose,

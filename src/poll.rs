@@ -6,6 +6,10 @@
 //!
 //! The lock is what makes a conversion "running": the kernel drops it when the
 //! process dies, however it dies, so a stale status file never lies about that.
+//!
+//! What the next boot needs the admin to do (the boot integration's warnings) is kept
+//! beside, in KEY.warnings.json, until the reboot: `--status` shows it while the run goes
+//! on and after it ended, so that a `-b` user, whose terminal never saw it, does too.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -52,6 +56,8 @@ pub enum Phase {
     /// Waits its turn after the PVs before it on the same command line; `pvencrypt`
     /// converts it (queue.rs).
     Queued,
+    /// Done, with warnings for the next boot: listed until the reboot.
+    Finished,
 }
 
 impl std::fmt::Display for Phase {
@@ -75,6 +81,9 @@ pub struct Status {
     pub eta_seconds: Option<u64>,
     /// Unix time of the last update.
     pub updated: u64,
+    /// What to fix before the next reboot (`add_warning`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Whether two paths name the same device (as the kernel names it).
@@ -110,6 +119,39 @@ fn running(key: &str) -> bool {
 
 fn read_status(key: &str) -> Option<Status> {
     serde_json::from_slice(&fs::read(status_path(key)).ok()?).ok()
+}
+
+fn warnings_path(key: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(format!("{key}.warnings.json"))
+}
+
+/// The boot warnings of PV's conversion, as a `Finished` status.
+fn read_warnings(key: &str) -> Option<Status> {
+    serde_json::from_slice(&fs::read(warnings_path(key)).ok()?).ok()
+}
+
+/// Records a warning for the next boot of PV's conversion (device NAME). Best effort, as
+/// the status file: the message went to the terminal or the journal already.
+pub fn add_warning(pv: &Path, name: &str, msg: &str) {
+    let key = key_of(pv);
+    let mut w = read_warnings(&key).unwrap_or_else(|| Status {
+        pv: pv.display().to_string(),
+        name: name.into(),
+        state: Phase::Finished,
+        ..Default::default()
+    });
+    w.warnings.push(msg.into());
+    w.updated = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let path = warnings_path(&key);
+    let tmp = path.with_extension("new");
+    if fs::create_dir_all(RUN_DIR).is_ok() && fs::write(&tmp, serde_json::to_vec(&w).expect("serializes")).is_ok() {
+        let _ = fs::rename(&tmp, &path);
+    }
+}
+
+/// Before the boot integration runs again: the warnings of the last one are stale.
+pub fn clear_warnings(pv: &Path) {
+    let _ = fs::remove_file(warnings_path(&key_of(pv)));
 }
 
 /// This process's claim on one device: taken before anything is changed, held until
@@ -216,23 +258,34 @@ impl Drop for Run {
 
 /// Every conversion known on this machine: the running ones from /run/pvencrypt, the
 /// stopped ones from the headers (`unfinished`, found by the caller).
+/// A finished one is listed while it left warnings for the next boot.
 pub fn statuses(unfinished: Vec<Status>) -> Vec<Status> {
     let mut out: Vec<Status> = Vec::new();
-    if let Ok(rd) = fs::read_dir(RUN_DIR) {
-        let mut keys: Vec<String> =
-            rd.flatten().filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".lock").map(String::from)).collect();
-        keys.sort();
-        for k in keys {
-            if running(&k) {
-                if let Some(s) = read_status(&k) {
-                    out.push(s);
-                }
+    let names: Vec<String> = fs::read_dir(RUN_DIR)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let mut keys: Vec<&str> = names.iter().filter_map(|n| n.strip_suffix(".lock")).collect();
+    keys.sort();
+    for k in keys {
+        if running(k) {
+            if let Some(s) = read_status(k) {
+                out.push(s);
             }
         }
     }
+    let same =
+        |r: &Status, s: &Status| (!r.name.is_empty() && r.name == s.name) || key_of(Path::new(&r.pv)) == key_of(Path::new(&s.pv));
     for s in unfinished {
-        if !out.iter().any(|r| (!r.name.is_empty() && r.name == s.name) || key_of(Path::new(&r.pv)) == key_of(Path::new(&s.pv))) {
+        if !out.iter().any(|r| same(r, &s)) {
             out.push(s);
+        }
+    }
+    let mut warned: Vec<&str> = names.iter().filter_map(|n| n.strip_suffix(".warnings.json")).collect();
+    warned.sort();
+    for w in warned.into_iter().filter_map(read_warnings) {
+        match out.iter_mut().find(|r| same(r, &w)) {
+            Some(r) => r.warnings = w.warnings,
+            None => out.push(w),
         }
     }
     out
@@ -246,7 +299,7 @@ pub fn select(all: Vec<Status>, which: &[PathBuf]) -> Vec<Status> {
 /// Asks every running conversion in `which` (all if empty) to stop at its next
 /// checkpoint, and waits until each has. Returns the ones that were stopped.
 pub fn abort(which: &[PathBuf], timeout: Duration) -> Result<Vec<Status>> {
-    let running = select(statuses(vec![]), which);
+    let running: Vec<Status> = select(statuses(vec![]), which).into_iter().filter(|s| s.state != Phase::Finished).collect();
     for p in which {
         if !running.iter().any(|s| key_of(Path::new(&s.pv)) == key_of(p)) {
             return refuse(format!("No conversion of {} is running.", p.display()));
@@ -356,8 +409,11 @@ pub fn detached() -> bool {
 /// `--status`, as LVM's reports print: aligned columns, or `--reportformat json`.
 pub fn report(all: &[Status], json: bool) -> String {
     // Before the data phase nothing is encrypted yet, and the total is not known.
-    let pct =
-        |s: &Status| if s.bytes_total == 0 { "0.00%".into() } else { crate::progress::percent(s.bytes_done, s.bytes_total) };
+    let pct = |s: &Status| match s.bytes_total {
+        _ if s.state == Phase::Finished => "100.00%".into(),
+        0 => "0.00%".into(),
+        t => crate::progress::percent(s.bytes_done, t),
+    };
     if json {
         // LVM's JSON reports give every value as a string.
         let rows: Vec<serde_json::Value> = all
@@ -370,6 +426,7 @@ pub fn report(all: &[Status], json: bool) -> String {
                     "bytes_done": s.bytes_done.to_string(), "bytes_total": s.bytes_total.to_string(),
                     "rate": s.rate.map(|r| r.to_string()).unwrap_or_default(),
                     "eta_seconds": s.eta_seconds.map(|r| r.to_string()).unwrap_or_default(),
+                    "warnings": s.warnings,
                 })
             })
             .collect();
@@ -378,7 +435,7 @@ pub fn report(all: &[Status], json: bool) -> String {
     if all.is_empty() {
         return "No conversion in progress.".into();
     }
-    let mib = |b: u64| format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64);
+    let mib = |b: u64| if b == 0 { String::new() } else { format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64) };
     let mut rows = vec![["PV", "Name", "State", "Encrypted", "Done", "Total", "Rate", "ETA"].map(String::from)];
     for s in all {
         rows.push([
@@ -393,13 +450,17 @@ pub fn report(all: &[Status], json: bool) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..8).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-    rows.iter()
+    let mut lines: Vec<String> = rows
+        .iter()
         .map(|r| {
             let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             format!("  {}", line.join(" ").trim_end())
         })
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    for s in all {
+        lines.extend(s.warnings.iter().map(|w| format!("  WARNING: {}: {w}", s.pv)));
+    }
+    lines.join("\n")
 }
 
 #[cfg(test)]
@@ -417,6 +478,7 @@ mod tests {
             rate: Some(1 << 20),
             eta_seconds: Some(3725),
             updated: 0,
+            warnings: vec![],
         }
     }
 
@@ -441,5 +503,21 @@ mod tests {
         assert_eq!(row["bytes_total"], (8u64 << 20).to_string());
         let empty: serde_json::Value = serde_json::from_str(&report(&[], true)).unwrap();
         assert_eq!(empty["report"][0]["conversion"].as_array().unwrap().len(), 0);
+        assert_eq!(row["warnings"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn warnings_for_the_next_boot_under_the_table() {
+        let mut s = Status { pv: "/dev/sda5".into(), name: "sda5_crypt".into(), state: Phase::Finished, ..Default::default() };
+        s.warnings = vec!["the initramfs may NOT open sda5_crypt. DO NOT REBOOT".into(), "second".into()];
+        let r = report(&[st(Phase::Encrypting, 1 << 20), s.clone()], false);
+        let lines: Vec<&str> = r.lines().collect();
+        assert_eq!(lines.len(), 5, "{r}");
+        assert!(lines[2].contains(" finished ") && lines[2].ends_with(" 100.00%"), "{r}");
+        assert_eq!(lines[3], "  WARNING: /dev/sda5: the initramfs may NOT open sda5_crypt. DO NOT REBOOT");
+        assert_eq!(lines[4], "  WARNING: /dev/sda5: second");
+        let v: serde_json::Value = serde_json::from_str(&report(&[s], true)).unwrap();
+        assert_eq!(v["report"][0]["conversion"][0]["warnings"][1], "second");
+        assert_eq!(v["report"][0]["conversion"][0]["state"], "finished");
     }
 }

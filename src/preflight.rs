@@ -161,6 +161,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     check_uses(opts, &dm, dev, &holders)?;
     check_filters(path, name.as_str(), &pv.pv_uuid)?;
     check_initramfs(opts, path, name.as_str(), &vg.vg_uuid)?;
+    check_tpm2(opts, Some(&vg.vg_uuid))?;
     check_kernel(opts, path, &name, room.shift, dev, &dm)?;
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
     Ok(Target { path: path.into(), dev, size, name, vg: Some(vg), pv, room, make_room, lvs })
@@ -188,6 +189,7 @@ fn orphan(opts: &Options, path: &Path, dev: Device, size: Sectors, name: DmName,
         return refuse(room.shortage(&shape));
     }
     let make_room = room.short().then(|| plan::MakeRoom { keep: lvm::Extents(0), ranges: vec![], size: room.limit });
+    check_tpm2(opts, None)?;
     check_kernel(opts, path, &name, room.shift, dev, dm)?;
     Ok(Target { path: path.into(), dev, size, name, vg: None, pv, room, make_room, lvs: vec![] })
 }
@@ -267,6 +269,17 @@ fn check_initramfs(opts: &Options, path: &Path, name: &str, vg_uuid: &str) -> Re
         }
         Err(missing) => refuse(boot::initramfs::refusal(&why, name, &missing)),
     }
+}
+
+/// `--tpm2-device`: the TPM2, systemd-cryptenroll, and what unlocks with it at boot.
+fn check_tpm2(opts: &Options, vg_uuid: Option<&str>) -> Result<()> {
+    let Some((device, _)) = &opts.tpm2 else { return Ok(()) };
+    let root = Path::new(boot::ROOT);
+    // check_initramfs refused a system that boots from the VG without a tool.
+    let initramfs =
+        boot::boot_needs(&active_lvs(vg_uuid)).map(|_| if opts.no_initramfs { None } else { boot::initramfs::detect(root).ok() });
+    boot::tpm2::check(root, device, initramfs, crate::service::systemd_booted())
+        .or_else(|e| refuse(format!("{e}. Nothing was changed.")))
 }
 
 /// On a terminal without --yes, a missing room is planned as with --make-room and the
@@ -373,6 +386,7 @@ pub fn format_of(opts: &Options, shift: Sectors) -> Result<Format> {
         uuid: uuid::Uuid::new_v4(),
         shift,
         pbkdf: pbkdf(opts)?,
+        tpm2: opts.tpm2.clone(),
     })
 }
 
@@ -404,16 +418,18 @@ pub fn describe(opts: &Options, t: &Target) -> String {
         );
     }
     if !opts.no_crypttab {
-        out += &format!(
-            "\n  {} gets: {}",
-            boot::CRYPTTAB,
-            boot::crypttab_line(t.name.as_str(), "<new LUKS UUID>", boot::supports_discard(t.dev)).trim()
-        );
+        let line = boot::Line {
+            name: t.name.as_str(),
+            uuid: "<new LUKS UUID>",
+            discard: boot::supports_discard(t.dev),
+            tpm2: opts.tpm2.is_some(),
+        };
+        out += &format!("\n  {} gets: {line}", boot::CRYPTTAB);
     }
     let needs = boot::boot_needs(&active_lvs(t.vg.as_ref().map(|v| v.vg_uuid.as_str())));
     // Without a tool that can open the device, preflight refused (or --no-initramfs).
     let tool = needs.as_ref().and_then(|_| boot::initramfs::detect(Path::new(boot::ROOT)).ok());
-    for line in boot::plan(t.name.as_str(), needs.as_deref(), tool, opts.no_initramfs, opts.no_crypttab) {
+    for line in boot::plan(t.name.as_str(), needs.as_deref(), tool, opts.no_initramfs, opts.no_crypttab, opts.tpm2.is_some()) {
         out += &format!("\n  {line}");
     }
     for a in boot::cmdline_advice(&fs::read_to_string("/proc/cmdline").unwrap_or_default(), "<new LUKS UUID>") {

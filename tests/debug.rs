@@ -40,6 +40,7 @@ fn child(dir: &Path) {
             parallel_threads: 0,
             flags: CryptPbkdf::NO_BENCHMARK,
         },
+        tpm2: None,
     };
     let marker = luks::Marker {
         type_: luks::TOKEN_TYPE.into(),

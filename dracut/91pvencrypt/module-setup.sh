@@ -19,7 +19,13 @@ check() {
 
 # called by dracut
 depends() {
-    echo crypt
+    local deps=crypt name
+    # pvencrypt --tpm2-device: systemd-cryptsetup unlocks with the TPM2 libraries.
+    for name in $pvencrypt_crypttab; do
+        awk -v n="$name" '$1 == n && $4 ~ /tpm2-device=/ { f = 1 } END { exit !f }' \
+            "$dracutsysrootdir"/etc/crypttab 2> /dev/null && deps="crypt tpm2-tss"
+    done
+    echo "$deps"
     return 0
 }
 

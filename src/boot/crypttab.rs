@@ -8,10 +8,23 @@ use crate::error::{fail, Context, Result};
 pub const CRYPTTAB: &str = "/etc/crypttab";
 pub const CRYPTTAB_INITRAMFS: &str = "/etc/crypttab.initramfs";
 
-/// The crypttab line for NAME: the LUKS UUID (stable, unlike /dev/sdX), no key file
-/// (asked at boot), and discard when the device supports it.
-pub fn crypttab_line(name: &str, uuid: &str, discard: bool) -> String {
-    format!("{name} UUID={uuid} none luks{}\n", if discard { ",discard" } else { "" })
+/// The entry of one device: NAME, the LUKS UUID (stable, unlike /dev/sdX), no key file
+/// (the passphrase is asked at boot), discard when the device supports it, and
+/// tpm2-device=auto when the header has a TPM2 keyslot (tpm2.rs).
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    pub name: &'a str,
+    pub uuid: &'a str,
+    pub discard: bool,
+    pub tpm2: bool,
+}
+
+impl std::fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let discard = if self.discard { ",discard" } else { "" };
+        let tpm2 = if self.tpm2 { ",tpm2-device=auto" } else { "" };
+        write!(f, "{} UUID={} none luks{discard}{tpm2}", self.name, self.uuid)
+    }
 }
 
 /// What `add_crypttab` did.
@@ -35,21 +48,21 @@ pub fn find_entry<'a>(text: &'a str, name: &str, uuid: Option<&str>) -> Option<&
 /// Appends the entry unless one for NAME or the UUID is there. Written to a temporary
 /// file beside it and renamed: a crash leaves the old file or the new one. Under a lock,
 /// so that two pvencrypt runs (or threads) cannot lose each other's line.
-pub fn add_crypttab(path: &Path, name: &str, uuid: &str, discard: bool) -> Result<Entry> {
+pub fn add_crypttab(path: &Path, line: &Line) -> Result<Entry> {
     let _lock = lock_for(path)?;
     let old = match fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return fail(format!("Cannot read {}: {e}", path.display())),
     };
-    if let Some(line) = find_entry(&old, name, Some(uuid)) {
-        return Ok(Entry::Present(line.to_string()));
+    if let Some(l) = find_entry(&old, line.name, Some(line.uuid)) {
+        return Ok(Entry::Present(l.to_string()));
     }
     let mut new = old.clone();
     if !new.is_empty() && !new.ends_with('\n') {
         new.push('\n');
     }
-    new.push_str(&crypttab_line(name, uuid, discard));
+    new.push_str(&format!("{line}\n"));
     let mode = fs::metadata(path).map(|m| m.mode() & 0o7777).unwrap_or(0o644);
     crate::sys::replace_file(path, new.as_bytes(), mode).or_fail(|| format!("Cannot write {}", path.display()))?;
     Ok(Entry::Added)
@@ -68,6 +81,17 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    fn line<'a>(name: &'a str, uuid: &'a str, discard: bool) -> Line<'a> {
+        Line { name, uuid, discard, tpm2: false }
+    }
+
+    #[test]
+    fn the_line_with_its_options() {
+        assert_eq!(line("sda5_crypt", "u-1", false).to_string(), "sda5_crypt UUID=u-1 none luks");
+        let l = Line { name: "sda5_crypt", uuid: "u-1", discard: true, tpm2: true };
+        assert_eq!(l.to_string(), "sda5_crypt UUID=u-1 none luks,discard,tpm2-device=auto");
+    }
+
     #[test]
     fn concurrent_crypttab_updates_keep_every_line() {
         if !crate::sys::is_root() {
@@ -79,7 +103,8 @@ mod tests {
                 let p = &p;
                 s.spawn(move || {
                     for i in 0..25 {
-                        add_crypttab(p, &format!("d{t}_{i}_crypt"), &format!("{t}-{i}"), false).unwrap();
+                        let (name, uuid) = (format!("d{t}_{i}_crypt"), format!("{t}-{i}"));
+                        add_crypttab(p, &line(&name, &uuid, false)).unwrap();
                     }
                 });
             }
@@ -109,7 +134,7 @@ mod tests {
     #[test]
     fn entry_appended_once_keeping_the_file_and_its_mode() {
         let p = tmp(Some("# <target name> <source device> <key file> <options>\nhome_crypt UUID=aaa none luks"));
-        assert_eq!(add_crypttab(&p, "sda5_crypt", "1234-abcd", true).unwrap(), Entry::Added);
+        assert_eq!(add_crypttab(&p, &line("sda5_crypt", "1234-abcd", true)).unwrap(), Entry::Added);
         let text = fs::read_to_string(&p).unwrap();
         assert_eq!(
             text,
@@ -117,7 +142,7 @@ mod tests {
              sda5_crypt UUID=1234-abcd none luks,discard\n"
         );
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
-        assert!(matches!(add_crypttab(&p, "sda5_crypt", "1234-abcd", true).unwrap(), Entry::Present(_)));
+        assert!(matches!(add_crypttab(&p, &line("sda5_crypt", "1234-abcd", true)).unwrap(), Entry::Present(_)));
         assert_eq!(fs::read_to_string(&p).unwrap(), text);
     }
 
@@ -125,17 +150,17 @@ mod tests {
     fn an_entry_by_uuid_under_another_name_is_left_alone() {
         let p = tmp(Some("mine UUID=1234-ABCD none luks,discard,tries=3\n"));
         assert_eq!(
-            add_crypttab(&p, "sda5_crypt", "1234-abcd", false).unwrap(),
+            add_crypttab(&p, &line("sda5_crypt", "1234-abcd", false)).unwrap(),
             Entry::Present("mine UUID=1234-ABCD none luks,discard,tries=3".into())
         );
         let commented = tmp(Some("#sda5_crypt UUID=1234-abcd none luks\n"));
-        assert_eq!(add_crypttab(&commented, "sda5_crypt", "1234-abcd", false).unwrap(), Entry::Added);
+        assert_eq!(add_crypttab(&commented, &line("sda5_crypt", "1234-abcd", false)).unwrap(), Entry::Added);
     }
 
     #[test]
     fn missing_file_is_created() {
         let p = tmp(None);
-        assert_eq!(add_crypttab(&p, "vda_crypt", "u", false).unwrap(), Entry::Added);
+        assert_eq!(add_crypttab(&p, &line("vda_crypt", "u", false)).unwrap(), Entry::Added);
         assert_eq!(fs::read_to_string(&p).unwrap(), "vda_crypt UUID=u none luks\n");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
     }

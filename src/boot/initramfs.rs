@@ -7,11 +7,16 @@
 //! - initramfs-tools (Debian, Ubuntu): cryptsetup-initramfs's hook
 //!   /usr/share/initramfs-tools/hooks/cryptroot copies the /etc/crypttab entries that /,
 //!   /usr and the resume device sit on into the image as cryptroot/crypttab.
-//! - dracut: modules.d/90crypt (check() requires cryptsetup); in hostonly mode it copies
+//! - dracut: modules.d/90crypt (check() requires cryptsetup). In hostonly mode it copies
 //!   the needed /etc/crypttab lines and writes rd.luks.uuid into the image's own
-//!   etc/cmdline.d, otherwise its udev rules ask for every LUKS device: the kernel command
-//!   line needs nothing either way. omit_dracutmodules drops it; dracutmodules, when set,
-//!   is the whole list (dracut.conf(5)).
+//!   etc/cmdline.d. A generic image (hostonly unset: Debian's default) opens a LUKS device
+//!   only when the kernel command line names it (parse-crypt.sh: rd.luks.uuid=, or rd.auto,
+//!   off since dracut 024), so pvencrypt's own module (dracut/91pvencrypt, from its package)
+//!   puts the entry in, asked for by /etc/dracut.conf.d/pvencrypt-NAME.conf. A systemd
+//!   image opens what its etc/crypttab lists (systemd-cryptsetup-generator reads the real
+//!   kernel command line, never etc/cmdline.d); a shell one what etc/cmdline.d names.
+//!   omit_dracutmodules drops crypt; dracutmodules, when set, is the whole list
+//!   (dracut.conf(5)).
 //! - mkinitcpio (Arch): install/sd-encrypt copies /etc/crypttab.initramfs into the image as
 //!   /etc/crypttab and needs the systemd hook; install/encrypt opens only the device named
 //!   by cryptdevice= on the kernel command line and runs in a busybox (udev) initramfs.
@@ -45,6 +50,8 @@ pub enum Hook {
 
 const CRYPTROOT_HOOK: &str = "usr/share/initramfs-tools/hooks/cryptroot";
 const DRACUT_MODULES: &str = "usr/lib/dracut/modules.d";
+/// pvencrypt's dracut module (dracut/91pvencrypt in the source), by the name dracut knows.
+pub const DRACUT_OURS: &str = "pvencrypt";
 
 impl Tool {
     pub fn name(self) -> &'static str {
@@ -78,7 +85,10 @@ impl Tool {
 /// otherwise what is missing and what to install or add. With several tools installed,
 /// the first of update-initramfs, dracut, mkinitcpio is the one pvencrypt runs.
 pub fn detect(root: &Path) -> Result<Tool, String> {
-    if which(root, "update-initramfs").is_some() {
+    // Ubuntu's dracut (25.10 on) ships an update-initramfs of its own that runs dracut;
+    // initramfs-tools is the one whose update-initramfs comes with mkinitramfs.
+    let dracut_wrapper = which(root, "mkinitramfs").is_none() && which(root, "dracut").is_some();
+    if which(root, "update-initramfs").is_some() && !dracut_wrapper {
         if root.join(CRYPTROOT_HOOK).is_file() {
             return Ok(Tool::InitramfsTools);
         }
@@ -124,15 +134,19 @@ pub fn refusal(why: &str, name: &str, missing: &str) -> String {
     )
 }
 
-fn dracut(root: &Path) -> Result<(), String> {
-    // Any NNcrypt: the number only orders the modules, and a distribution may patch it.
-    let has_module = fs::read_dir(root.join(DRACUT_MODULES)).is_ok_and(|d| {
+/// Whether dracut has the module NAME, under any number: the number only orders the
+/// modules, and a distribution may patch it.
+pub fn has_module(root: &Path, name: &str) -> bool {
+    fs::read_dir(root.join(DRACUT_MODULES)).is_ok_and(|d| {
         d.flatten().any(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.len() > 5 && n.trim_start_matches(|c: char| c.is_ascii_digit()) == "crypt"
+            n.len() > name.len() && n.trim_start_matches(|c: char| c.is_ascii_digit()) == name
         })
-    });
-    if !has_module {
+    })
+}
+
+fn dracut(root: &Path) -> Result<(), String> {
+    if !has_module(root, "crypt") {
         return Err(format!(
             "dracut has no crypt module (no /{DRACUT_MODULES}/90crypt): install it (dracut-core on Debian and Ubuntu; \
              the dracut package elsewhere)"
@@ -142,6 +156,15 @@ fn dracut(root: &Path) -> Result<(), String> {
         return Err("dracut's crypt module needs cryptsetup, which is not installed: install cryptsetup".into());
     }
     let vars = settings(&dracut_conf(root));
+    let hostonly = vars.get("hostonly").and_then(|w| w.last()).is_some_and(|(w, _)| w == "yes");
+    if !hostonly && !has_module(root, DRACUT_OURS) {
+        return Err(format!(
+            "dracut builds generic images here (hostonly is not \"yes\"), which open a LUKS device only when the kernel \
+             command line names it, and pvencrypt's dracut module, which puts the device into them, is not installed \
+             (no /{DRACUT_MODULES}/91pvencrypt): install pvencrypt from its package, or set hostonly=\"yes\" in \
+             /etc/dracut.conf.d/hostonly.conf"
+        ));
+    }
     let origin = |var: &str| vars.get(var).and_then(|w| w.iter().find(|(w, _)| w == "crypt")).map(|(_, f)| f.clone());
     if let Some(file) = origin("omit_dracutmodules") {
         return Err(format!(
@@ -287,17 +310,20 @@ pub enum Note {
 /// Before the rebuild: what the tool reads besides /etc/crypttab. sd-encrypt: the entry
 /// in /etc/crypttab.initramfs (unless `no_crypttab`: then the line to add); encrypt: the
 /// cryptdevice= argument, which pvencrypt leaves to the admin (it does not edit the boot
-/// loader) unless `cmdline` has it already.
-pub fn prepare(root: &Path, tool: Tool, name: &str, uuid: &str, discard: bool, no_crypttab: bool, cmdline: &str) -> Vec<Note> {
+/// loader) unless `cmdline` has it already; dracut: the drop-in that has pvencrypt's module
+/// put the crypttab entry into every image, when the module is there (preflight refused a
+/// generic image without it).
+pub fn prepare(root: &Path, tool: Tool, line: &crypttab::Line, no_crypttab: bool, cmdline: &str) -> Vec<Note> {
+    let (name, uuid) = (line.name, line.uuid);
     match tool {
         Tool::Mkinitcpio(Hook::SdEncrypt) if no_crypttab => vec![Note::Todo(format!(
             "add \"{}\" to {} (not touched: --no-crypttab), then run mkinitcpio -P",
-            crypttab::crypttab_line(name, uuid, discard).trim(),
+            line,
             crypttab::CRYPTTAB_INITRAMFS
         ))],
         Tool::Mkinitcpio(Hook::SdEncrypt) => {
             let path = root.join(crypttab::CRYPTTAB_INITRAMFS.trim_start_matches('/'));
-            match crypttab::add_crypttab(&path, name, uuid, discard) {
+            match crypttab::add_crypttab(&path, line) {
                 Ok(crypttab::Entry::Added) => {
                     vec![Note::Info(format!("added {name} to {} (the crypttab of the initramfs).", crypttab::CRYPTTAB_INITRAMFS))]
                 }
@@ -318,8 +344,41 @@ pub fn prepare(root: &Path, tool: Tool, name: &str, uuid: &str, discard: bool, n
                  edit the boot loader"
             ))]
         }
-        Tool::InitramfsTools | Tool::Dracut => vec![],
+        Tool::Dracut if !has_module(root, DRACUT_OURS) => vec![],
+        Tool::Dracut => {
+            // The admin's own line for the device, if there is one, under its name.
+            let text = fs::read_to_string(root.join(crypttab::CRYPTTAB.trim_start_matches('/'))).unwrap_or_default();
+            let entry = crypttab::find_entry(&text, name, Some(uuid)).and_then(|l| l.split_whitespace().next()).unwrap_or(name);
+            let path = dracut_drop_in(root, entry);
+            let _ = fs::create_dir_all(path.parent().unwrap_or(root));
+            let settings = format!("add_dracutmodules+=\" {DRACUT_OURS} \"\npvencrypt_crypttab+=\" {entry} \"\n");
+            let conf = format!(
+                "# Written by pvencrypt: dracut's images open {entry} (LUKS2 UUID {uuid}, the PV of a volume group the \
+                 system boots from),\n# from its /etc/crypttab entry, host-only or generic (pvencrypt's dracut module, \
+                 {DRACUT_MODULES}/91pvencrypt).\n{settings}"
+            );
+            let shown = Path::new("/").join(path.strip_prefix(root).unwrap_or(&path));
+            let mut notes = match crate::sys::replace_file(&path, conf.as_bytes(), 0o644) {
+                Ok(()) => vec![Note::Info(format!("wrote {}: dracut's images carry {entry}.", shown.display()))],
+                Err(e) => vec![Note::Todo(format!("write {} ({e}) with: {}", shown.display(), settings.replace('\n', " ")))],
+            };
+            if no_crypttab {
+                notes.push(Note::Todo(format!(
+                    "add \"{}\" to {} (not touched: --no-crypttab): the initramfs takes it from there; then run dracut \
+                     -f --regenerate-all",
+                    line,
+                    crypttab::CRYPTTAB
+                )));
+            }
+            notes
+        }
+        Tool::InitramfsTools => vec![],
     }
+}
+
+/// The dracut configuration file that names the crypttab entry ENTRY for pvencrypt's module.
+pub fn dracut_drop_in(root: &Path, entry: &str) -> PathBuf {
+    root.join(format!("etc/dracut.conf.d/pvencrypt-{entry}.conf"))
 }
 
 pub fn cryptdevice(name: &str, uuid: &str) -> String {
@@ -335,14 +394,14 @@ pub struct Image {
     pub crypttab: Crypttab,
 }
 
-/// How to read the crypttab inside an image.
+/// How to read the files inside an image.
 #[derive(Debug, PartialEq)]
 pub enum Crypttab {
     /// Not needed: the listing says enough.
     Unread,
     /// initramfs-tools: `unmkinitramfs IMAGE DIR`, then DIR/[main/]cryptroot/crypttab.
     Unpack(PathBuf),
-    /// dracut: this command prints etc/crypttab, when the listing shows one.
+    /// dracut: this command, with `-f FILE` after it, prints FILE.
     Print(Vec<String>),
 }
 
@@ -380,12 +439,8 @@ pub fn images(root: &Path, tool: Tool) -> Vec<Image> {
                     Some(p) => (path(&p), vec![path(&p)]),
                     None => (format!("dracut's image for {k}"), vec!["--kver".into(), k.clone()]),
                 };
-                let print = ["lsinitrd".to_string()].into_iter().chain(which.clone()).chain(["-f".into(), "etc/crypttab".into()]);
-                Image {
-                    label,
-                    list: ["lsinitrd".to_string()].into_iter().chain(which).collect(),
-                    crypttab: Crypttab::Print(print.collect()),
-                }
+                let list: Vec<String> = ["lsinitrd".to_string()].into_iter().chain(which).collect();
+                Image { label, list: list.clone(), crypttab: Crypttab::Print(list) }
             })
             .collect(),
         // mkinitcpio -P builds what the presets name (default_image=, fallback_image=,
@@ -442,9 +497,11 @@ pub fn lacks(tool: Tool, listing: &str) -> Vec<&'static str> {
     needs.into_iter().filter(|(_, any)| !any.iter().any(|p| lists(listing, p))).map(|(what, _)| what).collect()
 }
 
-/// Looks into every image the rebuild wrote. Empty when each one opens NAME; otherwise
-/// what is wrong, for a loud warning before the admin reboots.
-pub fn verify(root: &Path, tool: Tool, name: &str) -> Vec<String> {
+/// Looks into every image the rebuild wrote. Empty when each one opens the device of LINE
+/// (with the TPM2 when LINE says so); otherwise what is wrong, for a loud warning before the
+/// admin reboots.
+pub fn verify(root: &Path, tool: Tool, line: &crypttab::Line) -> Vec<String> {
+    let (name, uuid) = (line.name, line.uuid);
     let images = images(root, tool);
     if images.is_empty() {
         return vec![format!("found no initramfs image of {} to check", tool.name())];
@@ -463,19 +520,66 @@ pub fn verify(root: &Path, tool: Tool, name: &str) -> Vec<String> {
             problems.push(format!("{} lacks {}", img.label, lacking.join(" and ")));
             continue;
         }
+        // systemd-cryptsetup loads them when crypttab says tpm2-device=.
+        if line.tpm2 && !listing.contains("libtss2-esys.so") {
+            problems.push(format!(
+                "{} lacks the TPM2 libraries (libtss2-esys): it would ask for the passphrase of {name}",
+                img.label
+            ));
+        }
+        let print = |file: &str, cmd: &[String]| run(root, &[cmd, &["-f".to_string(), file.to_string()]].concat());
         let text = match &img.crypttab {
             Crypttab::Unread => continue,
-            Crypttab::Print(_) if !lists(&listing, "etc/crypttab") => continue,
-            Crypttab::Print(cmd) => run(root, cmd),
+            Crypttab::Print(_) if !lists(&listing, "etc/crypttab") => {
+                problems.push(format!("{} has no etc/crypttab, so it does not know {name}", img.label));
+                continue;
+            }
+            Crypttab::Print(cmd) => print("etc/crypttab", cmd),
             Crypttab::Unpack(image) => unpacked_crypttab(root, image),
         };
-        match text {
-            Ok(t) if crypttab::find_entry(&t, name, None).is_some() => {}
-            Ok(_) => problems.push(format!("the crypttab inside {} has no entry for {name}", img.label)),
+        match text.as_deref().map(|t| crypttab::find_entry(t, name, Some(uuid))) {
+            Ok(Some(e)) if line.tpm2 && !e.contains("tpm2-device=") => problems
+                .push(format!("the entry for {name} inside {} has no tpm2-device=: it would ask for the passphrase", img.label)),
+            Ok(Some(_)) => {}
+            Ok(None) => problems.push(format!("the crypttab inside {} has no entry for {name}", img.label)),
             Err(e) => problems.push(format!("cannot read the crypttab inside {}: {e}", img.label)),
+        }
+        if let Crypttab::Print(cmd) = &img.crypttab {
+            problems.extend(dracut_opens(&listing, uuid, |f| print(f, cmd)).map(|p| format!("{}: {p}", img.label)));
         }
     }
     problems
+}
+
+/// What keeps a dracut image whose etc/crypttab lists the device from opening it: a systemd
+/// image needs systemd-cryptsetup's generator; a shell one, rd.luks.uuid in etc/cmdline.d
+/// (the kernel's own command line is the admin's; cmdline_advice looks at it).
+fn dracut_opens(listing: &str, uuid: &str, print: impl Fn(&str) -> Result<String, String>) -> Option<String> {
+    let systemd = dracut_modules(listing).map_or_else(
+        || lists(listing, "usr/lib/systemd/systemd") || lists(listing, "lib/systemd/systemd"),
+        |m| m.contains(&"systemd"),
+    );
+    if systemd {
+        let generator = "systemd/system-generators/systemd-cryptsetup-generator";
+        return (!lists(listing, &format!("usr/lib/{generator}")) && !lists(listing, &format!("lib/{generator}")))
+            .then(|| "its systemd lacks systemd-cryptsetup-generator, which opens what etc/crypttab lists".into());
+    }
+    let confs = listing.lines().filter_map(|l| l.split_whitespace().last()).filter(|f| {
+        let f = f.trim_start_matches("./");
+        f.starts_with("etc/cmdline.d/") && f.ends_with(".conf")
+    });
+    let names = |text: &str| {
+        text.split_whitespace()
+            .filter_map(|a| a.strip_prefix("rd.luks.uuid="))
+            .any(|u| u.trim_start_matches("luks-").eq_ignore_ascii_case(uuid))
+    };
+    if confs.map(|f| print(f.trim_start_matches("./"))).any(|t| t.is_ok_and(|t| names(&t))) {
+        return None;
+    }
+    Some(format!(
+        "no rd.luks.uuid={uuid} in its etc/cmdline.d: without systemd, it opens only the LUKS devices named there or \
+         on the kernel command line"
+    ))
 }
 
 /// Runs the rebuild; Err says how it failed.

@@ -9,6 +9,7 @@
 
 pub mod crypttab;
 pub mod initramfs;
+pub mod tpm2;
 
 use std::{
     fs,
@@ -17,7 +18,7 @@ use std::{
 
 use devicemapper::Device;
 
-pub use crypttab::{add_crypttab, crypttab_line, Entry, CRYPTTAB, CRYPTTAB_INITRAMFS};
+pub use crypttab::{add_crypttab, Entry, Line, CRYPTTAB, CRYPTTAB_INITRAMFS};
 pub use initramfs::Tool;
 
 pub const ROOT: &str = "/";
@@ -43,14 +44,27 @@ pub fn boot_needs(on_vg: &[Device]) -> Option<String> {
 }
 
 /// The boot part of the plan `--test` prints: the initramfs (when the system boots from
-/// the VG: NEEDS says why) and what every boot asks from now on.
-pub fn plan(name: &str, needs: Option<&str>, tool: Option<Tool>, no_initramfs: bool, no_crypttab: bool) -> Vec<String> {
+/// the VG: NEEDS says why) and what every boot asks from now on (TPM2: `--tpm2-device`).
+pub fn plan(
+    name: &str,
+    needs: Option<&str>,
+    tool: Option<Tool>,
+    no_initramfs: bool,
+    no_crypttab: bool,
+    tpm2: bool,
+) -> Vec<String> {
     use initramfs::Hook;
     let mut out = Vec::new();
     match (needs, tool) {
         (Some(why), _) if no_initramfs => out.push(format!("the initramfs is NOT rebuilt (--no-initramfs; {why}).")),
         (Some(why), Some(tool)) => {
             out.push(format!("the initramfs is rebuilt with {} and checked ({why}).", tool.rebuild().join(" ")));
+            if tool == Tool::Dracut && initramfs::has_module(Path::new(ROOT), initramfs::DRACUT_OURS) {
+                out.push(format!(
+                    "{} has pvencrypt's dracut module put {name}'s crypttab entry into the images, generic ones too.",
+                    initramfs::dracut_drop_in(Path::new("/"), name).display()
+                ));
+            }
             if tool == Tool::Mkinitcpio(Hook::SdEncrypt) && !no_crypttab {
                 out.push(format!("{CRYPTTAB_INITRAMFS} gets the same line."));
             }
@@ -65,7 +79,7 @@ pub fn plan(name: &str, needs: Option<&str>, tool: Option<Tool>, no_initramfs: b
         _ => {}
     }
     if needs.is_some() || !no_crypttab {
-        out.push(passphrase_note(name, needs.is_some(), tool));
+        out.push(passphrase_note(name, needs.is_some(), tool, tpm2));
     }
     out
 }
@@ -73,8 +87,21 @@ pub fn plan(name: &str, needs: Option<&str>, tool: Option<Tool>, no_initramfs: b
 /// What every boot asks from now on, and how a headless server can avoid typing it
 /// (pvencrypt sets none of these up). `in_initramfs`: the system boots from the VG, so
 /// the initramfs (built by `tool`, when known) opens NAME; otherwise /etc/crypttab opens
-/// it once the root filesystem is up.
-pub fn passphrase_note(name: &str, in_initramfs: bool, tool: Option<Tool>) -> String {
+/// it once the root filesystem is up. `tpm2`: the TPM2 unlocks it, the passphrase is the
+/// fallback.
+pub fn passphrase_note(name: &str, in_initramfs: bool, tool: Option<Tool>, tpm2: bool) -> String {
+    let place = match (in_initramfs, tool) {
+        (true, Some(t)) => format!("in the initramfs ({})", t.name()),
+        (true, None) => "in the initramfs".into(),
+        (false, _) => "once the root filesystem is up (from /etc/crypttab)".into(),
+    };
+    if tpm2 {
+        return format!(
+            "every boot from now on unlocks {name} with the TPM2, {place}, with nobody at the console; when the TPM2 \
+             refuses (a firmware or Secure Boot change, the disk in another machine) it asks for the passphrase there \
+             instead."
+        );
+    }
     match in_initramfs {
         true => format!(
             "every boot from now on stops in the initramfs{} until the passphrase of {name} is typed on the \
@@ -94,8 +121,9 @@ pub fn passphrase_note(name: &str, in_initramfs: bool, tool: Option<Tool>) -> St
 
 /// What the kernel command line (`/proc/cmdline`) would keep from opening the device at
 /// boot, as changes for the admin to make; empty when nothing. systemd-cryptsetup-generator(8):
-/// `luks=no` turns crypttab off, and once any `luks.uuid=` is given only the listed
-/// devices are opened; the `rd.` forms do the same in the initramfs.
+/// `luks=no` turns crypttab off, and once any `luks.uuid=` or `luks.name=UUID=NAME` is
+/// given only the listed devices are opened, crypttab entries too. The `rd.` forms count in
+/// the initramfs only, the plain ones in both.
 pub fn cmdline_advice(cmdline: &str, uuid: &str) -> Vec<String> {
     let mut advice = Vec::new();
     let args: Vec<(&str, &str)> = cmdline.split_whitespace().map(|a| a.split_once('=').unwrap_or((a, ""))).collect();
@@ -105,11 +133,19 @@ pub fn cmdline_advice(cmdline: &str, uuid: &str) -> Vec<String> {
             advice.push(format!("remove {k}={v}, which keeps the device from being opened"));
         }
     }
-    for key in ["luks.uuid", "rd.luks.uuid"] {
-        let listed: Vec<&str> = args.iter().filter(|(k, _)| *k == key).map(|(_, v)| *v).collect();
+    for (key, keys) in [("luks.uuid", &["luks"][..]), ("rd.luks.uuid", &["luks", "rd.luks"])] {
+        let listed: Vec<&str> = args
+            .iter()
+            .filter_map(|(k, v)| match k.rsplit_once('.') {
+                Some((p, "uuid")) if keys.contains(&p) => Some(*v),
+                Some((p, "name")) if keys.contains(&p) => Some(v.split_once('=').map_or(*v, |(u, _)| u)),
+                _ => None,
+            })
+            .collect();
         let ours = |v: &&str| v.trim_start_matches("luks-").eq_ignore_ascii_case(uuid);
         if !listed.is_empty() && !listed.iter().any(ours) {
-            advice.push(format!("add {key}={uuid}: only the devices listed by {key}= are opened"));
+            let given = keys.iter().flat_map(|p| [format!("{p}.uuid="), format!("{p}.name=")]).collect::<Vec<_>>();
+            advice.push(format!("add {key}={uuid}: only the devices listed by {} are opened", given.join(", ")));
         }
     }
     advice
@@ -170,7 +206,7 @@ mod tests {
 
     #[test]
     fn the_plan_for_the_boot() {
-        let plan = plan("sda5_crypt", Some("/ is on the volume group"), Some(Tool::InitramfsTools), false, false);
+        let plan = plan("sda5_crypt", Some("/ is on the volume group"), Some(Tool::InitramfsTools), false, false, false);
         assert_eq!(plan.len(), 2);
         assert_eq!(plan[0], "the initramfs is rebuilt with update-initramfs -u -k all and checked (/ is on the volume group).");
         assert!(plan[1].contains("stops in the initramfs (update-initramfs) until the passphrase"), "{}", plan[1]);
@@ -179,6 +215,7 @@ mod tests {
             "sda5_crypt",
             Some("/ is on the volume group"),
             Some(Tool::Mkinitcpio(initramfs::Hook::Encrypt)),
+            false,
             false,
             false,
         );
@@ -194,28 +231,29 @@ mod tests {
             Some(Tool::Mkinitcpio(initramfs::Hook::SdEncrypt)),
             false,
             false,
+            false,
         );
         assert_eq!(plan[1], "/etc/crypttab.initramfs gets the same line.");
 
-        let plan = super::plan("sda5_crypt", Some("/usr is on the volume group"), None, true, false);
+        let plan = super::plan("sda5_crypt", Some("/usr is on the volume group"), None, true, false, false);
         assert_eq!(plan[0], "the initramfs is NOT rebuilt (--no-initramfs; /usr is on the volume group).");
         assert!(plan[1].starts_with("every boot from now on stops in the initramfs until"), "{}", plan[1]);
 
-        let plan = super::plan("sda5_crypt", None, None, false, false);
+        let plan = super::plan("sda5_crypt", None, None, false, false, false);
         assert_eq!(plan.len(), 1);
         assert!(plan[0].contains("once the root filesystem is up"), "{}", plan[0]);
-        assert!(super::plan("sda5_crypt", None, None, false, true).is_empty(), "--no-crypttab: nothing opens it at boot");
+        assert!(super::plan("sda5_crypt", None, None, false, true, false).is_empty(), "--no-crypttab: nothing opens it at boot");
     }
 
     #[test]
     fn the_passphrase_is_asked_in_the_initramfs_or_after_root() {
-        let early = passphrase_note("sda5_crypt", true, Some(Tool::InitramfsTools));
+        let early = passphrase_note("sda5_crypt", true, Some(Tool::InitramfsTools), false);
         assert!(early.starts_with("every boot from now on stops in the initramfs (update-initramfs) until the passphrase of sda5_crypt is typed on the console."), "{early}");
         for way in ["systemd-cryptenroll --tpm2-device=auto", "clevis", "dropbear-initramfs", "sets up none"] {
             assert!(early.contains(way), "{way}: {early}");
         }
-        assert!(passphrase_note("x", true, None).starts_with("every boot from now on stops in the initramfs until"));
-        let late = passphrase_note("sda5_crypt", false, None);
+        assert!(passphrase_note("x", true, None, false).starts_with("every boot from now on stops in the initramfs until"));
+        let late = passphrase_note("sda5_crypt", false, None, false);
         assert!(
             late.starts_with(
                 "every boot from now on asks for the passphrase of sda5_crypt on the console once the root filesystem is up"
@@ -223,6 +261,11 @@ mod tests {
             "{late}"
         );
         assert!(!late.contains("initramfs"), "{late}");
+        let tpm = passphrase_note("vda_crypt", true, Some(Tool::Dracut), true);
+        assert!(
+            tpm.starts_with("every boot from now on unlocks vda_crypt with the TPM2, in the initramfs (dracut), with nobody at the console; when the TPM2 refuses"),
+            "{tpm}"
+        );
     }
 
     #[test]
@@ -233,10 +276,22 @@ mod tests {
         assert_eq!(
             cmdline_advice("root=/dev/vg/root rd.luks.uuid=luks-5678 luks.uuid=5678", u),
             [
-                "add luks.uuid=1234-abcd: only the devices listed by luks.uuid= are opened",
-                "add rd.luks.uuid=1234-abcd: only the devices listed by rd.luks.uuid= are opened"
+                "add luks.uuid=1234-abcd: only the devices listed by luks.uuid=, luks.name= are opened",
+                "add rd.luks.uuid=1234-abcd: only the devices listed by luks.uuid=, luks.name=, rd.luks.uuid=, \
+                 rd.luks.name= are opened"
             ]
         );
+        // luks.name=UUID=NAME lists its UUID; the plain forms count in the initramfs too.
+        assert_eq!(
+            cmdline_advice("luks.name=5678=home", u),
+            [
+                "add luks.uuid=1234-abcd: only the devices listed by luks.uuid=, luks.name= are opened",
+                "add rd.luks.uuid=1234-abcd: only the devices listed by luks.uuid=, luks.name=, rd.luks.uuid=, \
+                 rd.luks.name= are opened"
+            ]
+        );
+        assert_eq!(cmdline_advice("rd.luks.name=luks-1234-abcd=vda_crypt", u), Vec::<String>::new());
+        assert_eq!(cmdline_advice("rd.luks.name=1234-abcd=vda_crypt luks.name=5678=home", u).len(), 1);
         assert_eq!(
             cmdline_advice("quiet rd.luks=0 luks.crypttab=no luks=yes", u),
             [

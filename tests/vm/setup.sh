@@ -8,8 +8,12 @@ work=${VM_WORK:-$root/vm-work}
 # The rig itself (kmod: depmod/modprobe resolve module dependencies for the initramfs).
 pkgs="qemu-system-x86 busybox-static lvm2 cryptsetup-bin e2fsprogs util-linux cpio gzip xz-utils
   kmod thin-provisioning-tools gcc libc6-dev"
-# packaging/build-deb.sh (the Debian root test installs pvencrypt from its package).
-pkgs+=" dpkg-dev"
+# packaging/build-deb.sh (the Debian root test installs pvencrypt from its package);
+# host/t_package.sh checks the package with lintian.
+pkgs+=" dpkg-dev lintian"
+# --tpm2-device: a software TPM2 for the VMs (QEMU's tpm-tis), and for the host test of the
+# binding (src/luks.rs) through tpm2-tss's swtpm TCTI.
+pkgs+=" swtpm libtss2-tcti-swtpm0"
 # run.sh builds pvencrypt: its build dependencies (bindgen needs libclang).
 pkgs+=" pkg-config clang libclang-dev libcryptsetup-dev liblvm2-dev libdevmapper-dev"
 

@@ -24,10 +24,26 @@ fn root(files: &[(&str, &str)]) -> PathBuf {
     r
 }
 
-const DEBIAN: [(&str, &str); 2] =
-    [("usr/sbin/update-initramfs", "#!/bin/sh\n"), ("usr/share/initramfs-tools/hooks/cryptroot", "")];
-const DRACUT: [(&str, &str); 3] =
-    [("usr/bin/dracut", ""), ("usr/lib/dracut/modules.d/90crypt/module-setup.sh", ""), ("usr/sbin/cryptsetup", "")];
+const DEBIAN: [(&str, &str); 3] = [
+    ("usr/sbin/update-initramfs", "#!/bin/sh\n"),
+    ("usr/sbin/mkinitramfs", "#!/bin/sh\n"),
+    ("usr/share/initramfs-tools/hooks/cryptroot", ""),
+];
+/// dracut with its crypt module, cryptsetup and pvencrypt's module.
+const DRACUT: [(&str, &str); 4] = [
+    ("usr/bin/dracut", ""),
+    ("usr/lib/dracut/modules.d/90crypt/module-setup.sh", ""),
+    ("usr/sbin/cryptsetup", ""),
+    ("usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh", ""),
+];
+
+fn line(discard: bool) -> crypttab::Line<'static> {
+    crypttab::Line { name: "sda5_crypt", uuid: "u-1", discard, tpm2: false }
+}
+
+fn ln<'a>(name: &'a str, uuid: &'a str) -> crypttab::Line<'a> {
+    crypttab::Line { name, uuid, discard: false, tpm2: false }
+}
 
 fn with<'a>(base: &[(&'a str, &'a str)], more: &[(&'a str, &'a str)]) -> PathBuf {
     root(&[base, more].concat())
@@ -36,7 +52,7 @@ fn with<'a>(base: &[(&'a str, &'a str)], more: &[(&'a str, &'a str)]) -> PathBuf
 #[test]
 fn initramfs_tools_needs_cryptsetup_initramfs() {
     assert_eq!(detect(&root(&DEBIAN)), Ok(Tool::InitramfsTools));
-    let err = detect(&root(&DEBIAN[..1])).unwrap_err();
+    let err = detect(&root(&DEBIAN[..2])).unwrap_err();
     assert!(err.contains("apt install cryptsetup-initramfs"), "{err}");
     assert!(err.contains("/usr/share/initramfs-tools/hooks/cryptroot"), "{err}");
 }
@@ -49,7 +65,7 @@ fn no_tool_at_all() {
 
 #[test]
 fn the_refusal_says_why_and_what_to_install() {
-    let missing = can_open(&root(&DEBIAN[..1]), "").unwrap_err();
+    let missing = can_open(&root(&DEBIAN[..2]), "").unwrap_err();
     assert_eq!(
         refusal("/ is on the volume group", "sda5_crypt", &missing),
         "/ is on the volume group, so the next boot must open sda5_crypt in the initramfs, but the initramfs \
@@ -74,11 +90,37 @@ fn the_encrypt_hook_opens_one_device_only() {
 fn dracut_needs_its_crypt_module_and_cryptsetup() {
     assert_eq!(detect(&root(&DRACUT)), Ok(Tool::Dracut));
     // Another number in front of the module's name is still the module.
-    assert_eq!(detect(&root(&[DRACUT[0], ("usr/lib/dracut/modules.d/70crypt/", ""), DRACUT[2]])), Ok(Tool::Dracut));
-    let err = detect(&root(&[DRACUT[0], ("usr/lib/dracut/modules.d/90crypt-loop/", ""), DRACUT[2]])).unwrap_err();
+    assert_eq!(detect(&root(&[DRACUT[0], ("usr/lib/dracut/modules.d/70crypt/", ""), DRACUT[2], DRACUT[3]])), Ok(Tool::Dracut));
+    let err = detect(&root(&[DRACUT[0], ("usr/lib/dracut/modules.d/90crypt-loop/", ""), DRACUT[2], DRACUT[3]])).unwrap_err();
     assert!(err.starts_with("dracut has no crypt module (no /usr/lib/dracut/modules.d/90crypt)"), "{err}");
     let err = detect(&root(&DRACUT[..2])).unwrap_err();
     assert!(err.contains("install cryptsetup"), "{err}");
+}
+
+#[test]
+fn a_generic_dracut_image_needs_pvencrypts_module() {
+    // Debian 12's dracut: no hostonly setting, so generic images that open LUKS devices only
+    // when the kernel command line names them.
+    let err = detect(&root(&DRACUT[..3])).unwrap_err();
+    assert_eq!(
+        err,
+        "dracut builds generic images here (hostonly is not \"yes\"), which open a LUKS device only when the kernel \
+         command line names it, and pvencrypt's dracut module, which puts the device into them, is not installed (no \
+         /usr/lib/dracut/modules.d/91pvencrypt): install pvencrypt from its package, or set hostonly=\"yes\" in \
+         /etc/dracut.conf.d/hostonly.conf"
+    );
+    let hostonly = |v: &'static str| ("etc/dracut.conf.d/10-h.conf", v);
+    assert_eq!(detect(&with(&DRACUT[..3], &[hostonly("hostonly=\"yes\"\n")])), Ok(Tool::Dracut));
+    assert!(detect(&with(&DRACUT[..3], &[hostonly("hostonly=\"yes\"\nhostonly=\"no\"\n")])).is_err());
+    assert_eq!(detect(&with(&DRACUT, &[hostonly("hostonly=no\n")])), Ok(Tool::Dracut));
+}
+
+#[test]
+fn ubuntus_update_initramfs_that_runs_dracut() {
+    let wrapper = ("usr/sbin/update-initramfs", "#!/bin/sh\nexec dracut \"$@\"\n");
+    assert_eq!(detect(&with(&DRACUT, &[wrapper])), Ok(Tool::Dracut));
+    // Without dracut, an update-initramfs alone is initramfs-tools' (lacking its hook here).
+    assert!(detect(&root(&[wrapper])).unwrap_err().contains("apt install cryptsetup-initramfs"));
 }
 
 #[test]
@@ -143,7 +185,9 @@ fn mkinitcpio_hooks() {
 #[test]
 fn update_initramfs_comes_first_when_several_are_installed() {
     assert_eq!(detect(&root(&[&DEBIAN[..], &DRACUT[..]].concat())), Ok(Tool::InitramfsTools));
-    assert!(detect(&root(&[&DEBIAN[..1], &DRACUT[..]].concat())).is_err());
+    assert!(detect(&root(&[&DEBIAN[..2], &DRACUT[..]].concat())).is_err());
+    // The package of initramfs-tools is the one with mkinitramfs.
+    assert_eq!(detect(&root(&[&DEBIAN[..1], &DEBIAN[2..], &DRACUT[..]].concat())), Ok(Tool::Dracut));
 }
 
 #[test]
@@ -156,18 +200,18 @@ fn rebuild_commands() {
 #[test]
 fn sd_encrypt_gets_crypttab_initramfs() {
     let r = root(&[("etc/crypttab.initramfs", "# <name> <device> <password> <options>\n")]);
-    let notes = prepare(&r, Tool::Mkinitcpio(Hook::SdEncrypt), "sda5_crypt", "u-1", true, false, "");
+    let notes = prepare(&r, Tool::Mkinitcpio(Hook::SdEncrypt), &line(true), false, "");
     assert_eq!(notes, [Note::Info("added sda5_crypt to /etc/crypttab.initramfs (the crypttab of the initramfs).".into())]);
     assert_eq!(
         fs::read_to_string(r.join("etc/crypttab.initramfs")).unwrap(),
         "# <name> <device> <password> <options>\nsda5_crypt UUID=u-1 none luks,discard\n"
     );
-    let again = prepare(&r, Tool::Mkinitcpio(Hook::SdEncrypt), "sda5_crypt", "u-1", true, false, "");
+    let again = prepare(&r, Tool::Mkinitcpio(Hook::SdEncrypt), &line(true), false, "");
     assert!(matches!(&again[..], [Note::Info(m)] if m.contains("already has")), "{again:?}");
     assert!(!r.join("etc/crypttab").exists());
 
     let r = root(&[]);
-    let notes = prepare(&r, Tool::Mkinitcpio(Hook::SdEncrypt), "sda5_crypt", "u-1", false, true, "");
+    let notes = prepare(&r, Tool::Mkinitcpio(Hook::SdEncrypt), &line(false), true, "");
     assert_eq!(
         notes,
         [Note::Todo(
@@ -182,26 +226,47 @@ fn sd_encrypt_gets_crypttab_initramfs() {
 #[test]
 fn encrypt_hook_gets_a_kernel_argument_for_the_admin() {
     let r = root(&[]);
-    let notes = prepare(&r, Tool::Mkinitcpio(Hook::Encrypt), "sda5_crypt", "u-1", false, false, "root=/dev/vg/root rw");
+    let notes = prepare(&r, Tool::Mkinitcpio(Hook::Encrypt), &line(false), false, "root=/dev/vg/root rw");
     assert!(
         matches!(&notes[..], [Note::Todo(m)] if m.starts_with("add cryptdevice=UUID=u-1:sda5_crypt to the kernel command line")),
         "{notes:?}"
     );
-    assert!(prepare(
-        &r,
-        Tool::Mkinitcpio(Hook::Encrypt),
-        "sda5_crypt",
-        "u-1",
-        false,
-        false,
-        "cryptdevice=UUID=u-1:sda5_crypt rw"
-    )
-    .is_empty());
+    assert!(prepare(&r, Tool::Mkinitcpio(Hook::Encrypt), &line(false), false, "cryptdevice=UUID=u-1:sda5_crypt rw").is_empty());
     assert!(fs::read_dir(r.join("etc")).unwrap().next().is_none(), "nothing written");
     for t in [Tool::InitramfsTools, Tool::Dracut] {
-        assert!(prepare(&r, t, "sda5_crypt", "u-1", false, false, "").is_empty());
+        assert!(prepare(&r, t, &line(false), false, "").is_empty());
     }
     assert!(fs::read_dir(r.join("etc")).unwrap().next().is_none(), "nothing written");
+}
+
+#[test]
+fn dracut_gets_a_drop_in_for_pvencrypts_module() {
+    let r = with(&DRACUT, &[("etc/crypttab", "# <target name> <source device> <key file> <options>\n")]);
+    let notes = prepare(&r, Tool::Dracut, &line(false), false, "");
+    assert_eq!(
+        notes,
+        [Note::Info("wrote /etc/dracut.conf.d/pvencrypt-sda5_crypt.conf: dracut's images carry sda5_crypt.".into())]
+    );
+    let conf = fs::read_to_string(r.join("etc/dracut.conf.d/pvencrypt-sda5_crypt.conf")).unwrap();
+    assert!(conf.starts_with("# Written by pvencrypt: dracut's images open sda5_crypt (LUKS2 UUID u-1,"), "{conf}");
+    let vars = settings(&[("c".into(), conf)]);
+    let words = |k: &str| vars[k].iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>();
+    assert_eq!(words("add_dracutmodules"), ["pvencrypt"]);
+    assert_eq!(words("pvencrypt_crypttab"), ["sda5_crypt"]);
+    // The admin's own line for the UUID, under another name: that name goes to the image.
+    let r = with(&DRACUT, &[("etc/crypttab", "cryptroot UUID=U-1 none luks\n")]);
+    prepare(&r, Tool::Dracut, &line(false), false, "");
+    assert!(r.join("etc/dracut.conf.d/pvencrypt-cryptroot.conf").is_file());
+    // --no-crypttab: the line to add, and the drop-in that takes it from there.
+    let r = with(&DRACUT, &[]);
+    let notes = prepare(&r, Tool::Dracut, &line(true), true, "");
+    assert!(
+        matches!(&notes[1], Note::Todo(m) if m.starts_with("add \"sda5_crypt UUID=u-1 none luks,discard\" to /etc/crypttab"))
+    );
+    // Host-only without pvencrypt's module: dracut's crypt module copies the entry itself.
+    let r = with(&DRACUT[..3], &[("etc/dracut.conf.d/h.conf", "hostonly=yes\n")]);
+    assert!(prepare(&r, Tool::Dracut, &line(false), false, "").is_empty());
+    assert!(!r.join("etc/dracut.conf.d/pvencrypt-sda5_crypt.conf").exists());
 }
 
 #[test]
@@ -226,7 +291,7 @@ fn images_of_installed_kernels() {
         [Image {
             label: p.clone(),
             list: vec!["lsinitrd".into(), p.clone()],
-            crypttab: Crypttab::Print(vec!["lsinitrd".into(), p, "-f".into(), "etc/crypttab".into()])
+            crypttab: Crypttab::Print(vec!["lsinitrd".into(), p])
         }]
     );
     // Fedora: the kernel beside its modules, the image found by lsinitrd.
@@ -308,7 +373,9 @@ rootfs-block
 ========================================================================
 crw-r--r--   1 root     root       5,   1 Oct 10 02:00 dev/console
 -rw-r--r--   1 root     root           68 Oct 10 02:00 etc/crypttab
+-rw-r--r--   1 root     root           52 Oct 10 02:00 etc/cmdline.d/90crypt.conf
 lrwxrwxrwx   1 root     root            7 Oct 10 02:00 sbin -> usr/sbin
+-rwxr-xr-x   1 root     root        47696 Oct 10 02:00 usr/lib/systemd/system-generators/systemd-cryptsetup-generator
 -rwxr-xr-x   1 root     root       253040 Oct 10 02:00 usr/sbin/cryptsetup
 ========================================================================
 ";
@@ -413,47 +480,103 @@ fn a_debian_image_that_opens_the_device() {
     let img = "boot/initrd.img-6.1.0-13-amd64";
     let good = "vda_crypt UUID=1234 none luks,discard\n";
     let r = with_stubs(&DEBIAN_STUBS, img, LSINITRAMFS, Some(good));
-    assert_eq!(verify(&r, Tool::InitramfsTools, "vda_crypt"), Vec::<String>::new());
+    assert_eq!(verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")), Vec::<String>::new());
     let p = |r: &Path| r.join(img).to_string_lossy().to_string();
     // The hook wrote another device's entry only.
     assert_eq!(
-        verify(&r, Tool::InitramfsTools, "sda5_crypt"),
+        verify(&r, Tool::InitramfsTools, &ln("sda5_crypt", "9999")),
         [format!("the crypttab inside {} has no entry for sda5_crypt", p(&r))]
     );
     let r = with_stubs(&DEBIAN_STUBS, img, LSINITRAMFS, None);
     assert_eq!(
-        verify(&r, Tool::InitramfsTools, "vda_crypt"),
+        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")),
         [format!("cannot read the crypttab inside {}: no cryptroot/crypttab in it", p(&r))]
     );
     let r = with_stubs(&DEBIAN_STUBS, img, &LSINITRAMFS.replace("cryptroot/crypttab\n", ""), Some(good));
-    assert_eq!(verify(&r, Tool::InitramfsTools, "vda_crypt"), [format!("{} lacks cryptroot/crypttab", p(&r))]);
+    assert_eq!(verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")), [format!("{} lacks cryptroot/crypttab", p(&r))]);
     // Nothing unpacked is left behind.
     let left =
         |d: &str| fs::read_dir(d).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("pvencrypt-initramfs-"));
     assert!(!left("/run") && !left("/var/tmp"));
     // No image, or no lister: said, not passed over.
     let r = root(&DEBIAN_STUBS);
-    assert_eq!(verify(&r, Tool::InitramfsTools, "vda_crypt"), ["found no initramfs image of update-initramfs to check"]);
+    assert_eq!(
+        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")),
+        ["found no initramfs image of update-initramfs to check"]
+    );
     let r = with_stubs(&DEBIAN_STUBS[..2], img, LSINITRAMFS, Some(good));
-    assert_eq!(verify(&r, Tool::InitramfsTools, "vda_crypt"), [format!("cannot list {}: lsinitramfs is not installed", p(&r))]);
+    assert_eq!(
+        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")),
+        [format!("cannot list {}: lsinitramfs is not installed", p(&r))]
+    );
 }
 
 #[test]
-fn a_dracut_image_with_and_without_crypttab() {
-    let lsinitrd = ("usr/bin/lsinitrd", "#!/bin/sh\nif [ \"$2\" = -f ]; then cat \"$1.crypttab\"; else cat \"$1\"; fi\n");
+fn a_dracut_image_opens_the_device_or_says_why_not() {
+    // lsinitrd IMAGE lists IMAGE; lsinitrd IMAGE -f FILE prints IMAGE.<FILE's name>.
+    let lsinitrd = ("usr/bin/lsinitrd", "#!/bin/sh\nif [ \"$2\" = -f ]; then cat \"$1.${3##*/}\"; else cat \"$1\"; fi\n");
     let img = "boot/initramfs-6.1.0-13-amd64.img";
     let p = |r: &Path| r.join(img).to_string_lossy().to_string();
-    let r = with_stubs(&[DRACUT[0], lsinitrd], img, LSINITRD, Some("luks-1234 UUID=1234 none\nvda_crypt UUID=5 none luks\n"));
-    assert_eq!(verify(&r, Tool::Dracut, "vda_crypt"), Vec::<String>::new());
-    assert_eq!(verify(&r, Tool::Dracut, "sdb_crypt"), [format!("the crypttab inside {} has no entry for sdb_crypt", p(&r))]);
-    // A generic image (no hostonly) has no crypttab: its crypt module asks for every LUKS device.
+    let ct = "luks-1234 UUID=1234 none\nvda_crypt UUID=5 none luks\n";
+    // Host-only, systemd: the crypttab entry, which systemd-cryptsetup-generator opens.
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, LSINITRD, Some(ct));
+    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5")), Vec::<String>::new());
+    assert_eq!(
+        verify(&r, Tool::Dracut, &ln("sdb_crypt", "6")),
+        [format!("the crypttab inside {} has no entry for sdb_crypt", p(&r))]
+    );
+    // A generic image without pvencrypt's module: no crypttab, so nothing opens the device
+    // (Debian 12's dracut: the next boot stopped with "Could not boot").
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &LSINITRD.replace("etc/crypttab", "etc/fstab"), None);
-    assert_eq!(verify(&r, Tool::Dracut, "vda_crypt"), Vec::<String>::new());
+    assert_eq!(
+        verify(&r, Tool::Dracut, &ln("vda_crypt", "5")),
+        [format!("{} has no etc/crypttab, so it does not know vda_crypt", p(&r))]
+    );
+    // systemd without its cryptsetup generator.
+    let no_gen = LSINITRD.replace("systemd-cryptsetup-generator", "systemd-fstab-generator");
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, &no_gen, Some(ct));
+    assert_eq!(
+        verify(&r, Tool::Dracut, &ln("vda_crypt", "5")),
+        [format!("{}: its systemd lacks systemd-cryptsetup-generator, which opens what etc/crypttab lists", p(&r))]
+    );
+    // A shell image (no systemd): it needs rd.luks.uuid in etc/cmdline.d.
+    let shell = LSINITRD.replace("\nsystemd\nsystemd-initrd\n", "\n");
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, &shell, Some(ct));
+    fs::write(r.join(format!("{img}.90crypt.conf")), " rd.luks.uuid=luks-1234\n").unwrap();
+    assert_eq!(
+        verify(&r, Tool::Dracut, &ln("vda_crypt", "5")),
+        [format!(
+            "{}: no rd.luks.uuid=5 in its etc/cmdline.d: without systemd, it opens only the LUKS devices named there or \
+             on the kernel command line",
+            p(&r)
+        )]
+    );
+    assert_eq!(verify(&r, Tool::Dracut, &ln("luks-1234", "1234")), Vec::<String>::new());
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, &shell.replace("90crypt.conf", "91pvencrypt.conf"), Some(ct));
+    fs::write(r.join(format!("{img}.91pvencrypt.conf")), " rd.luks.uuid=luks-5\n").unwrap();
+    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5")), Vec::<String>::new());
+
+    // --tpm2-device: the entry says tpm2-device=, and the TPM2 libraries are in the image.
+    let tpm = crypttab::Line { name: "vda_crypt", uuid: "5", discard: false, tpm2: true };
+    let with_libs = format!("{LSINITRD}-rwxr-xr-x   1 root root 0 Oct 10 02:00 usr/lib/x86_64-linux-gnu/libtss2-esys.so.0\n");
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, &with_libs, Some("vda_crypt UUID=5 none luks,tpm2-device=auto\n"));
+    assert_eq!(verify(&r, Tool::Dracut, &tpm), Vec::<String>::new());
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, LSINITRD, Some("vda_crypt UUID=5 none luks,tpm2-device=auto\n"));
+    assert_eq!(
+        verify(&r, Tool::Dracut, &tpm),
+        [format!("{} lacks the TPM2 libraries (libtss2-esys): it would ask for the passphrase of vda_crypt", p(&r))]
+    );
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, &with_libs, Some(ct));
+    assert_eq!(
+        verify(&r, Tool::Dracut, &tpm),
+        [format!("the entry for vda_crypt inside {} has no tpm2-device=: it would ask for the passphrase", p(&r))]
+    );
+
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &LSINITRD.replace("\ncrypt\n", "\n"), None);
-    assert_eq!(verify(&r, Tool::Dracut, "vda_crypt"), [format!("{} lacks the crypt dracut module", p(&r))]);
+    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5")), [format!("{} lacks the crypt dracut module", p(&r))]);
     let failing = ("usr/bin/lsinitrd", "#!/bin/sh\necho 'Need zstd to unpack the initramfs.' >&2; exit 1\n");
     let r = with_stubs(&[DRACUT[0], failing], img, LSINITRD, None);
-    let got = verify(&r, Tool::Dracut, "vda_crypt");
+    let got = verify(&r, Tool::Dracut, &ln("vda_crypt", "5"));
     assert_eq!(got, [format!("cannot list {0}: lsinitrd {0} failed: Need zstd to unpack the initramfs.", p(&r))]);
 }
 
@@ -463,7 +586,7 @@ fn mkinitcpio_images_by_hook() {
     let preset = ("etc/mkinitcpio.d/linux.preset", "PRESETS=('default')\ndefault_image=\"/boot/initramfs-linux.img\"\n");
     let img = "boot/initramfs-linux.img";
     let r = with_stubs(&[lsinitcpio, preset], img, LSINITCPIO_SD, None);
-    assert!(verify(&r, Tool::Mkinitcpio(Hook::SdEncrypt), "vda_crypt").is_empty());
-    let got = verify(&r, Tool::Mkinitcpio(Hook::Encrypt), "vda_crypt");
+    assert!(verify(&r, Tool::Mkinitcpio(Hook::SdEncrypt), &ln("vda_crypt", "1234")).is_empty());
+    let got = verify(&r, Tool::Mkinitcpio(Hook::Encrypt), &ln("vda_crypt", "1234"));
     assert_eq!(got, [format!("{} lacks hooks/encrypt and cryptsetup", r.join(img).display())]);
 }

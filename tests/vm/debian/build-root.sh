@@ -25,6 +25,9 @@ case $flavor in
     tool=dracut,cryptsetup;;
   *) echo "build-root: unknown flavor $flavor" >&2; exit 2;;
 esac
+# Two tests of one flavor may run at once (host/t_debian_root.sh and host/t_package.sh;
+# t_dracut_root.sh and t_dracut_hostonly.sh): one builds, the other waits.
+mkdir -p "$VM_WORK"; exec 9> "$work.lock"; flock 9
 [ "$(cat "$work/done" 2>/dev/null)" = "$VERSION" ] && exit 0
 kv=$(ls "$kroot/lib/modules")
 command -v mmdebstrap >/dev/null || {

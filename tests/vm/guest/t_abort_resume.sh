@@ -3,7 +3,11 @@
 # second process (exit 1 for the converter, data in use), then a resume in the
 # background (-b, passphrase piped in as the boot unit does) that completes, logging
 # to syslog. No acknowledged record is lost and no LV byte changes.
+# The kernel command line names another LUKS device (rd.luks.uuid=), so every run warns that
+# the next boot would not open vda_crypt: --status shows that warning while the -b run goes
+# on, and after it ended (as a finished row), as the -b user's terminal never saw it.
 # disks: 512M
+# append: rd.luks.uuid=luks-00000000-0000-0000-0000-000000000000
 # timeout: 900
 . /tests/lib.sh
 printf 'secret-passphrase' > /tmp/key
@@ -52,7 +56,9 @@ status_json
 check_eq "--status: aborted (stopped with --abort)" "$(field state)" aborted
 p=$(pct100)
 check "--status: stopped part-way ($p/10000)" '[ "$p" -gt 0 ] && [ "$p" -lt 10000 ]'
-check "the boot unit's condition (pvencrypt --status | grep -qw stopped) leaves it alone" '! pvencrypt --status | grep -qw stopped'
+check "the boot unit's condition leaves it alone" '! pvencrypt --status --reportformat json | grep -q "state.: .stopped"'
+warning="WARNING: /dev/vda: before rebooting, change the kernel command line .*: add rd.luks.uuid=$(cryptsetup luksUUID /dev/vda): only"
+check "--status shows the stopped run's warning for the next boot" "pvencrypt --status | grep -q '$warning'"
 check "no temporary mapping left after the abort" '! dmsetup ls | grep -q "temporary-cryptsetup\|^pvencrypt-"'
 check "vda_crypt stays open" '[ -b /dev/mapper/vda_crypt ]'
 check_eq "raw LV unchanged after the abort" "$(sha /dev/mapper/vg-raw)" "$raw_sha"
@@ -67,8 +73,12 @@ check_eq "-b exits 0" "$rc" 0
 st=$(field state) p=$(pct100)
 echo "-b returned after $(echo "$t1 $t0" | awk '{print $1 - $2}') s; state=$st at $p/10000"
 check "-b returned with the work still going on" '[ "$st" = encrypting ] || [ "$st" = preparing ]'
-check "the background conversion completes" wait_for '! pvencrypt --status | grep -q vda' 600
+check "--status shows it while the -b run goes on" \
+  "wait_for 'pvencrypt --status | grep -q \"$warning\"' 120 && [ \"\$(field state)\" != finished ]"
+check "the background conversion completes" wait_for '[ "$(field state)" = finished ]' 600
 pvencrypt --status
+check "--status shows the warning after the end, once" "[ \$(pvencrypt --status | grep -c '$warning') = 1 ]"
+check "and in its JSON" "status_json | grep -A2 '\"warnings\": \\[' | grep -q 'add rd.luks.uuid='"
 writer_stop
 acked=$(writer_acked)
 cat /tmp/messages | grep pvencrypt | tail -5

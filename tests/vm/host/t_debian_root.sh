@@ -28,9 +28,11 @@ kv=$(ls "$deb/boot" | sed -n 's/^vmlinuz-//p')
 # The package, from this build's binary.
 pkg=$("$here/../../packaging/build-deb.sh" "$VM_PVENCRYPT" "$run/deb") || { echo "packaging/build-deb.sh failed"; exit 1; }
 files=$(dpkg-deb -c "$pkg" | awk '{print $6}')
+# The unit goes where the build host's systemd has them, as build-deb.sh finds it.
+unitdir=$(pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null) || true
 for f in ./usr/sbin/pvencrypt ./usr/share/man/man8/pvencrypt.8.gz ./usr/share/bash-completion/completions/pvencrypt \
   ./usr/share/zsh/vendor-completions/_pvencrypt ./usr/share/fish/vendor_completions.d/pvencrypt.fish \
-  ./lib/systemd/system/pvencrypt-resume.service; do
+  ".${unitdir:-/lib/systemd/system}/pvencrypt-resume.service" ./usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh; do
   check "the package has $f" grep -qx "$f" <<< "$files"
 done
 check "the package depends on the libraries" \
