@@ -5,19 +5,19 @@
 # it: pvencrypt adds /etc/dracut.conf.d/pvencrypt-NAME.conf for its dracut module.
 #   prepare  (busybox guest): VG vg on vda, LV root filled with the root image (vdc)
 #   boot 1   (the cached generic image): pvencrypt -b /dev/vda in its unit; crypttab, the
-#            drop-in and dracut's rebuild right after the switch; the power is cut a quarter
+#            drop-in and dracut's rebuild (generic) right after the switch; while it runs the
+#            test sets hostonly="yes" for the next rebuild; the power is cut a quarter
 #            through the data phase. The host looks into the rebuilt image (etc/crypttab).
-#   boot 2   (that image): systemd's prompt in the initramfs, the passphrase typed once;
-#            pvencrypt-resume.service takes it from root's keyring (KeyringMode=shared), asks
-#            nothing, finishes; the image it rebuilt is checked with lsinitrd
-#   boot 3   the root comes up from the finished vda_crypt, the passphrase typed once
-# With DRACUT_HOSTONLY=1 (host/t_dracut_hostonly.sh): hostonly="yes" in /etc/dracut.conf.d,
-# boot 1 converts in the foreground to the end, boot 2 is boot 3 above.
+#   boot 2   (that generic image): systemd's prompt in the initramfs, the passphrase typed
+#            once; pvencrypt-resume.service takes it from root's keyring (KeyringMode=shared),
+#            asks nothing, rebuilds the image (host-only now: one crypttab entry, not two)
+#            and finishes; lsinitrd checks the image
+#   boot 3   (the host-only image) the root comes up from the finished vda_crypt, the
+#            passphrase typed once
 . "$(dirname "$0")/../lib.sh"
 here=$(cd "$(dirname "$0")/.." && pwd)
 name=$(basename "$0" .sh)
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
-hostonly=${DRACUT_HOSTONLY:-}
 "$here/debian/build-root.sh" "$VM_WORK/kernel" dracut || { echo "debian/build-root.sh dracut failed"; exit 1; }
 deb=$VM_WORK/debian-dracut
 kv=$(ls "$deb/boot" | sed -n 's/^vmlinuz-//p')
@@ -52,7 +52,6 @@ ln -sf /dev/null "$run/root/etc/systemd/system/getty@tty1.service"
 # LVM's devices file on, as in t_debian_root.sh.
 sed -i 's/^\t# use_devicesfile = 0$/\tuse_devicesfile = 1/' "$run/root/etc/lvm/lvm.conf"
 grep -q '^.use_devicesfile = 1$' "$run/root/etc/lvm/lvm.conf" || { echo "cannot enable the devices file"; exit 1; }
-[ -z "$hostonly" ] || echo 'hostonly="yes"' > "$run/root/etc/dracut.conf.d/50-hostonly.conf"
 disks=$(vm_disks "$run" 1G)
 mkfs.ext4 -q -F -d "$deb/boot" "$run/vdb.img" 128M
 mkfs.ext4 -q -F -d "$run/root" "$run/vdc.img" 640M
@@ -114,32 +113,23 @@ boot_unlocking() {
 }
 
 log1=$logs/$name.boot1.log t=$SECONDS
-if [ -n "$hostonly" ]; then
-  VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=1500 vm_boot "$log1" dracut_hostonly "$run"/vd{a,b}.img
-  vm_report "boot 1" "$log1"
-  tr -d '\r' < "$log1" | grep -aE '^(pvencrypt|status|dracut):'
-  check "boot 1" vm_passed "$log1"
-else
-  VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=1200 vm_boot "$log1" dracut_convert "$run"/vd{a,b}.img
-  vm_report "boot 1" "$log1"
-  tr -d '\r' < "$log1" | grep -aE '^(pvencrypt|status|dracut):'
-  check "boot 1: the power was cut in the data phase" "grep -aq '^status: .* encrypting ' '$log1' && ! grep -aq '^VM-EXIT' '$log1'"
-fi
+VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=1200 vm_boot "$log1" dracut_convert "$run"/vd{a,b}.img
+vm_report "boot 1" "$log1"
+tr -d '\r' < "$log1" | grep -aE '^(pvencrypt|status|dracut):'
+check "boot 1: the power was cut in the data phase" "grep -aq '^status: .* encrypting ' '$log1' && ! grep -aq '^VM-EXIT' '$log1'"
 check "boot 1: pvencrypt rebuilt the initramfs and found the unlock in it" \
   grep -aq 'rebuilt the initramfs (dracut -f --regenerate-all); it opens vda_crypt' "$log1"
 check "boot 1: no warning about the initramfs" "! grep -aq 'DO NOT REBOOT' '$log1'"
 took "boot 1" $t
-if [ -z "$hostonly" ]; then
-  # The image boot 2 boots, looked into on the host: the guest's power was cut.
-  rm -f "$run/initrd.img"; debugfs -R "dump /initrd.img-$kv $run/initrd.img" "$run/vdb.img" 2>/dev/null
-  initrd_file "$run/initrd.img" etc/crypttab | sed 's/^/image crypttab: /'
-  check "the rebuilt image's etc/crypttab has vda_crypt" "initrd_file '$run/initrd.img' etc/crypttab | grep -q '^vda_crypt UUID='"
-  check "the rebuilt image has the pvencrypt dracut module" \
-    "initrd_file '$run/initrd.img' usr/lib/dracut/modules.txt | grep -qx pvencrypt"
-  boot_unlocking 2 dracut_resume
-  boot_unlocking 3 debian_booted
-else
-  boot_unlocking 2 debian_booted
-fi
+# The image boot 2 boots, looked into on the host: the guest's power was cut.
+rm -f "$run/initrd.img"; debugfs -R "dump /initrd.img-$kv $run/initrd.img" "$run/vdb.img" 2>/dev/null
+initrd_file "$run/initrd.img" etc/crypttab | sed 's/^/image crypttab: /'
+check "the rebuilt image's etc/crypttab has vda_crypt" "initrd_file '$run/initrd.img' etc/crypttab | grep -q '^vda_crypt UUID='"
+check "the rebuilt image has the pvencrypt dracut module" \
+  "initrd_file '$run/initrd.img' usr/lib/dracut/modules.txt | grep -qx pvencrypt"
+check "the rebuilt image is generic (no 90crypt.conf in etc/cmdline.d)" \
+  "! initrd_file '$run/initrd.img' etc/cmdline.d/90crypt.conf | grep -q ."
+boot_unlocking 2 dracut_resume
+boot_unlocking 3 debian_booted
 took "$name" $t_start
 result
