@@ -1,0 +1,28 @@
+# Sourced by the dracut root's test scripts (host/t_dracut_root.sh, t_dracut_hostonly.sh):
+# debian-lib.sh, plus what the dracut tests look at.
+. /tests/debian-lib.sh
+
+# dracut_timer   in the background: prints how long the first dracut run (pvencrypt's
+# rebuild, dracut -f --regenerate-all) took in this TCG guest, as "dracut: ..." lines.
+dracut_timer() {
+  # (minbase has no pgrep)
+  ( until grep -qsx dracut /proc/[0-9]*/comm; do sleep 0.2; done; t0=$(now)
+    while grep -qsx dracut /proc/[0-9]*/comm; do sleep 0.2; done; t1=$(now)
+    echo "dracut: the rebuild ran from ${t0}s to ${t1}s of uptime: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }') s" ) &
+}
+
+# image_opens NAME LABEL   the initramfs in /boot, as lsinitrd shows it (its listing left in
+# /run/ird.list, its etc/crypttab in /run/ird.crypttab): etc/crypttab has NAME's line (with
+# the LUKS UUID of vda), and pvencrypt's dracut module is in.
+image_opens() {
+  local img=/boot/initrd.img-$(uname -r) uuid
+  uuid=$(cryptsetup luksUUID /dev/vda)
+  lsinitrd "$img" > /run/ird.list 2>&1
+  lsinitrd -f etc/crypttab "$img" > /run/ird.crypttab 2>&1
+  sed "s/^/$2: image crypttab: /" /run/ird.crypttab
+  # A host-only image has 90crypt's copy, which names the device by path.
+  check "$2: the image's etc/crypttab opens $1 (lsinitrd)" \
+    "grep -qE '^$1 (UUID=|/dev/disk/by-uuid/)$uuid ' /run/ird.crypttab"
+  check "$2: the image has the pvencrypt dracut module" \
+    "sed -n '/^dracut modules:/,/^=====/p' /run/ird.list | grep -qx pvencrypt"
+}
