@@ -20,9 +20,11 @@ case $flavor in
     tool=cryptsetup-initramfs;;
   dracut)
     work=${VM_WORK:?}/debian-dracut
-    VERSION=1   # the same, for the dracut root
+    VERSION=2   # the same, for the dracut root
     # dracut conflicts with initramfs-tools: none of it gets in. cryptsetup: 90crypt's check().
-    tool=dracut,cryptsetup;;
+    # tpm2-tools (and the TPM2 libraries with it): dracut's tpm2-tss module, systemd-cryptenroll
+    # and systemd-cryptsetup's TPM2 unlock (host/t_dracut_tpm2.sh); a generic image leaves them out.
+    tool=dracut,cryptsetup,tpm2-tools,libtss2-tcti-device0;;
   *) echo "build-root: unknown flavor $flavor" >&2; exit 2;;
 esac
 # Two tests of one flavor may run at once (host/t_debian_root.sh and host/t_package.sh;

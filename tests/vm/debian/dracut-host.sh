@@ -1,0 +1,96 @@
+# Sourced by the host tests of the dracut root (host/t_dracut_*.sh), after lib.sh's checks:
+# the root image with pvencrypt's package installed (vda: the PV, vdb: /boot, vdc: the root
+# image), the prepare boot that puts the root on vg/root, and boot_unlocking. Sets name, run,
+# logs, deb, kv, debian (the kernel command line), took, initrd_file.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+name=$(basename "$0" .sh)
+run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
+"$here/debian/build-root.sh" "$VM_WORK/kernel" dracut || { echo "debian/build-root.sh dracut failed"; exit 1; }
+deb=$VM_WORK/debian-dracut
+kv=$(ls "$deb/boot" | sed -n 's/^vmlinuz-//p')
+[ -x "${VM_PVENCRYPT:-}" ] || { echo "no pvencrypt binary (VM_PVENCRYPT; run through run.sh)"; exit 1; }
+t_start=$SECONDS
+took() { echo "TIME: $1 took $((SECONDS - $2)) s"; }
+
+# The package, from this build's binary.
+pkg=$("$here/../../packaging/build-deb.sh" "$VM_PVENCRYPT" "$run/deb") || { echo "packaging/build-deb.sh failed"; exit 1; }
+
+# The root image: the cached root, the package installed, the test driver and scripts.
+rm -rf "$run/root"; mkdir -p "$run"; cp -a "$deb/root" "$run/root"
+cp "$pkg" "$run/root/tmp/pvencrypt.deb"
+chroot "$run/root" dpkg -i /tmp/pvencrypt.deb > "$logs/$name.dpkg.log" 2>&1
+check "dpkg -i pvencrypt.deb" [ $? -eq 0 ]
+rm "$run/root/tmp/pvencrypt.deb"
+check "the package ships pvencrypt's dracut module" \
+  "dpkg-deb -c '$pkg' | awk '{print \$6}' | grep -qx ./usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh"
+mkdir -p "$run/root/tests"
+cp "$here/guest/lib.sh" "$here"/debian/*.sh "$here/debian/run-test" "$run/root/tests/"
+cp "$here/debian/pvtest.service" "$run/root/etc/systemd/system/"
+mkdir -p "$run/root/etc/systemd/system/multi-user.target.wants"
+ln -s ../pvtest.service "$run/root/etc/systemd/system/multi-user.target.wants/pvtest.service"
+# The console belongs to the test and to the password prompts: no login prompt on it.
+ln -sf /dev/null "$run/root/etc/systemd/system/serial-getty@ttyS0.service"
+ln -sf /dev/null "$run/root/etc/systemd/system/getty@tty1.service"
+# LVM's devices file on, as in t_debian_root.sh.
+sed -i 's/^\t# use_devicesfile = 0$/\tuse_devicesfile = 1/' "$run/root/etc/lvm/lvm.conf"
+grep -q '^.use_devicesfile = 1$' "$run/root/etc/lvm/lvm.conf" || { echo "cannot enable the devices file"; exit 1; }
+disks=$(vm_disks "$run" 1G)
+mkfs.ext4 -q -F -d "$deb/boot" "$run/vdb.img" 128M
+mkfs.ext4 -q -F -d "$run/root" "$run/vdc.img" 640M
+rm -rf "$run/root"
+took "the root image" $t_start
+
+t=$SECONDS
+vm_boot "$logs/$name.prepare.log" debian_prepare "$run"/vd{a,b,c}.img
+vm_report prepare "$logs/$name.prepare.log"
+vm_passed "$logs/$name.prepare.log" || { echo "prepare failed"; exit 1; }
+took "prepare" $t
+
+# dracut's initramfs drops to its emergency shell if the root never comes (the host stops
+# waiting). No floppy probing (QEMU has a controller, no disk): every read of fd0 fails slowly.
+debian="root=/dev/mapper/vg-root rw modprobe.blacklist=floppy"
+
+# initrd_file IMG PATH   a file of a dracut image, on the host (gzip, zstd or plain cpio; an
+# early microcode cpio in front would hide the rest: the VM root has none).
+initrd_file() {
+  local dec=cat
+  case $(head -c4 "$1" | od -An -tx1 | tr -d ' \n') in
+    1f8b*) dec="gzip -dc";; 28b52ffd) dec="zstd -dc";;
+  esac
+  $dec < "$1" | cpio -i --quiet --to-stdout "$2" 2>/dev/null
+}
+
+# boot_unlocking N TEST: boots with the image now in /boot, types the passphrase once at
+# the prompt of systemd-cryptsetup in the initramfs (the console is the VM's stdin).
+prompt='Please enter passphrase for disk .*vda_crypt'
+boot_unlocking() {
+  local log=$logs/$name.boot$1.log t=$SECONDS
+  rm -f "$run/initrd.img" "$run/console"
+  debugfs -R "dump /initrd.img-$kv $run/initrd.img" "$run/vdb.img" 2>/dev/null
+  mkfifo "$run/console"; exec 7<> "$run/console"
+  VM_INITRD=$run/initrd.img VM_APPEND="$debian" _vm_cmd "$2" "$run"/vd{a,b}.img
+  "${VM_CMD[@]}" < "$run/console" > "$log" 2>&1 &
+  VM_PID=$!
+  # An image that does not open vda_crypt waits for vg-root: dracut-initqueue's "timeout,
+  # still waiting" (then "Could not boot", its emergency shell). No use waiting longer.
+  if vm_wait_for "$log" "$prompt|still waiting for following initqueue hooks|Could not boot|[Ee]mergency" 400 &&
+     grep -aqE "$prompt" "$log"; then
+    echo "boot $1: the prompt after $((SECONDS - t)) s"
+    printf 'secret-passphrase\n' >&7
+    vm_wait 1500
+  else
+    sleep 5; vm_kill
+  fi
+  exec 7>&-
+  check "boot $1: the initramfs asks for the passphrase of vda_crypt" "grep -aqE '$prompt' '$log'"
+  check "boot $1: it asks once" "[ \$(grep -acE '$prompt' '$log') -eq 1 ]"
+  vm_report "boot $1" "$log"
+  tr -d '\r' < "$log" | grep -aE '^(pvencrypt|status|dracut|keyring):'
+  check "boot $1" vm_passed "$log"
+  took "boot $1" $t
+  vm_passed "$log" || {
+    echo "boot $1 failed; its console's end:"; tr -d '\r' < "$log" | grep -av '^\s*$' | tail -25 | sed 's/^/  | /'
+    result
+  }
+}
+
