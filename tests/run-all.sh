@@ -6,6 +6,12 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 tests/vm/setup.sh || { echo "setup failed"; exit 1; }
+# The Debian roots of the boot tests (mmdebstrap: downloads and dpkg, little CPU) build while
+# cargo compiles; a test that needs one waits for its build's lock (debian/build-root.sh).
+export VM_WORK=${VM_WORK:-$root/vm-work}
+mkdir -p "$VM_WORK"
+( for flavor in initramfs-tools dracut; do tests/vm/debian/build-root.sh "$VM_WORK/kernel" "$flavor"; done ) \
+  > "$VM_WORK/build-root.log" 2>&1 &
 # tests/completions.rs runs the completion scripts in bash, zsh and fish.
 command -v zsh >/dev/null && command -v fish >/dev/null ||
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q zsh fish >/dev/null || { echo "setup failed"; exit 1; }
