@@ -17,6 +17,22 @@ EXIT STATUS:
   5  failed during the conversion; the device is left in a state stock cryptsetup opens
      and running pvencrypt again resumes
 
+BOOT STACKS (when /, /usr or the resume device is on the volume group; checked before
+anything changes, the rebuilt images looked into after the switch):
+  initramfs-tools  needs cryptsetup-initramfs; crypttab, update-initramfs -u -k all; the
+                   image's cryptroot/crypttab checked. --tpm2-device refused (it asks for a
+                   passphrase only): use dracut, or clevis afterwards
+  dracut           needs the crypt module and cryptsetup, and host-only images or pvencrypt's
+                   module (91pvencrypt, in the package: generic images open LUKS only when the
+                   command line names it); crypttab and /etc/dracut.conf.d/pvencrypt-NAME.conf,
+                   dracut -f --regenerate-all; the entry in the image's etc/crypttab and what
+                   reads it checked. --tpm2-device needs its systemd-initrd and tpm2-tss
+                   modules and tpm2-tools
+  mkinitcpio       sd-encrypt (with systemd): also /etc/crypttab.initramfs; encrypt: prints
+                   the cryptdevice= argument for the boot loader (not edited); --tpm2-device
+                   only with sd-encrypt
+  --tpm2-device elsewhere needs systemd as init (crypttab's tpm2-device=auto).
+
 EXAMPLES:
   pvencrypt /dev/sda5                     convert, asking for a passphrase twice
   pvencrypt --key-file /root/key -y -b /dev/sda5
@@ -24,6 +40,8 @@ EXAMPLES:
   pvencrypt                               resume every unfinished conversion
   pvencrypt --abort                       stop running conversions at their last checkpoint
   pvencrypt --status --reportformat json  progress for scripts
+  pvencrypt --tpm2-device=auto /dev/sda5  every boot unlocks with the TPM2 (the passphrase
+                                          stays as the fallback)
 
 FILES:
   /etc/crypttab            gets the new device's entry right after the switch (--no-crypttab)
