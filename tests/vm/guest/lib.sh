@@ -2,7 +2,8 @@
 # A test makes checks, then calls `result`, which prints RESULT: PASS|FAIL and exits.
 # Every failed check prints a line starting with CHECK-FAIL: that run.sh shows the host.
 
-CHECKS=0 FAILS=0
+# Sourced again by a script that runs another (debian/*.sh): the counts carry on.
+CHECKS=${CHECKS:-0} FAILS=${FAILS:-0}
 
 # check NAME CMD...   run a condition; one argument is eval'd (pipes, &&), more run as is.
 check() {
