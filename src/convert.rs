@@ -118,7 +118,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
     })();
     dm.remove(&alias);
     let (temp_slot, temp_key) = result?;
-    integrate_boot(opts, &t.path, &t.name, t.vg.as_ref().map(|v| v.vg_uuid.as_str()));
+    integrate_boot(opts, &t.path, &t.name, t.vg.as_ref().map(|v| v.vg_uuid.as_str()), false);
     encrypt(opts, &t.path, &t.name, Some(temp_slot), &temp_key, run)
 }
 
@@ -148,15 +148,16 @@ pub fn make_room(opts: &Options, t: &Target, m: &plan::MakeRoom) -> Result<()> {
 /// Right after the switch (and again on resume, where it finds its work done): LVM's
 /// devices file, the crypttab entry, and the initramfs when the system boots from the
 /// VG. A failure here does not stop the conversion, which is safe either way; it is
-/// reported for the admin to fix before the next reboot.
-pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>) {
-    update_boot_files(opts, path, name, vg_uuid);
+/// reported for the admin to fix before the next reboot. `resumed`: the images may be the
+/// ones a run before built; checked first, rebuilt only if they would not open the device.
+pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>, resumed: bool) {
+    update_boot_files(opts, path, name, vg_uuid, resumed);
     // A power cut during the hours of the data phase must boot with these files, and LVM
     // 2.03.16 renames its new devices file into place without an fsync of the file.
     crate::sys::sync();
 }
 
-fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>) {
+fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>, resumed: bool) {
     poll::clear_warnings(path);
     let warn = |m: String| {
         poll::error(&format!("WARNING: {}: {m}", path.display()));
@@ -227,12 +228,23 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
         }
     }
     let cmd = tool.rebuild().join(" ");
+    // The copy of LVM's devices file in the image must list the new device too.
+    let mapper = format!("/dev/mapper/{name}");
+    let devices = lvm::devices_file_lists(&mapper).then(lvm::devices_file);
+    // A rebuild takes minutes on a slow machine, and a stopped conversion resumes at every
+    // boot: images that open the device already are left as they are.
+    if resumed && initramfs::verify(root, tool, &line, devices.as_deref()).is_empty() {
+        if !opts.quiet {
+            poll::info(&format!("{}: {why}: the initramfs opens {name} already; not rebuilt.", path.display()));
+        }
+        return;
+    }
     if let Err(e) = initramfs::rebuild(root, tool) {
         return warn(format!("{why}: {e}. Run {cmd} again by hand before rebooting."));
     }
     // A rebuild that "succeeded" without the unlock is the worst case: the admin reboots
     // into a prompt that never comes. Say it where it cannot be missed.
-    match initramfs::verify(root, tool, &line)[..] {
+    match initramfs::verify(root, tool, &line, devices.as_deref())[..] {
         [] if opts.quiet => {}
         [] => poll::info(&format!("{}: {why}: rebuilt the initramfs ({cmd}); it opens {name}.", path.display())),
         ref problems => warn(format!(

@@ -184,7 +184,7 @@ fn open_and_integrate(opts: &Options, path: &Path, m: &Marker, key: &Passphrase)
     }
     drop(cd);
     let vg = m.vg_name.as_ref().and_then(|v| lvm::vg(v).ok());
-    integrate_boot(opts, path, &m.name, vg.as_ref().map(|v| v.vg_uuid.as_str()));
+    integrate_boot(opts, path, &m.name, vg.as_ref().map(|v| v.vg_uuid.as_str()), true);
     Ok(())
 }
 

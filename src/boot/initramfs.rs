@@ -498,10 +498,12 @@ pub fn lacks(tool: Tool, listing: &str) -> Vec<&'static str> {
 }
 
 /// Looks into every image the rebuild wrote. Empty when each one opens the device of LINE
-/// (with the TPM2 when LINE says so); otherwise what is wrong, for a loud warning before the
-/// admin reboots.
-pub fn verify(root: &Path, tool: Tool, line: &crypttab::Line) -> Vec<String> {
+/// (with the TPM2 when LINE says so) and, when `devices` (LVM's devices file, when it lists
+/// /dev/mapper/NAME) is in the image, LVM there finds the PV on it; otherwise what is wrong,
+/// for a loud warning before the admin reboots.
+pub fn verify(root: &Path, tool: Tool, line: &crypttab::Line, devices: Option<&Path>) -> Vec<String> {
     let (name, uuid) = (line.name, line.uuid);
+    let devices = devices.map(|p| p.to_string_lossy().trim_start_matches('/').to_string());
     let images = images(root, tool);
     if images.is_empty() {
         return vec![format!("found no initramfs image of {} to check", tool.name())];
@@ -528,15 +530,32 @@ pub fn verify(root: &Path, tool: Tool, line: &crypttab::Line) -> Vec<String> {
             ));
         }
         let print = |file: &str, cmd: &[String]| run(root, &[cmd, &["-f".to_string(), file.to_string()]].concat());
+        // The image's copy of the devices file, if it has one.
+        let mut devices_text = None;
         let text = match &img.crypttab {
             Crypttab::Unread => continue,
             Crypttab::Print(_) if !lists(&listing, "etc/crypttab") => {
                 problems.push(format!("{} has no etc/crypttab, so it does not know {name}", img.label));
                 continue;
             }
-            Crypttab::Print(cmd) => print("etc/crypttab", cmd),
-            Crypttab::Unpack(image) => unpacked_crypttab(root, image),
+            Crypttab::Print(cmd) => {
+                devices_text = devices.as_deref().filter(|d| lists(&listing, d)).map(|d| print(d, cmd));
+                print("etc/crypttab", cmd)
+            }
+            Crypttab::Unpack(image) => unpacked(root, image, devices.as_deref()).map(|(c, d)| {
+                devices_text = d.map(Ok);
+                c
+            }),
         };
+        let mapper = format!("/dev/mapper/{name}");
+        match devices_text {
+            Some(Ok(t)) if !crate::lvm::lists(&t, &mapper) => problems.push(format!(
+                "LVM's devices file inside {} does not list {mapper}: LVM there would not find the volume group",
+                img.label
+            )),
+            Some(Err(e)) => problems.push(format!("cannot read LVM's devices file inside {}: {e}", img.label)),
+            _ => {}
+        }
         match text.as_deref().map(|t| crypttab::find_entry(t, name, Some(uuid))) {
             Ok(Some(e)) if line.tpm2 && !e.contains("tpm2-device=") => problems
                 .push(format!("the entry for {name} inside {} has no tpm2-device=: it would ask for the passphrase", img.label)),
@@ -598,9 +617,10 @@ fn run(root: &Path, argv: &[String]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The crypttab of an initramfs-tools image, and the file DEVICES (relative) if it has it.
 /// unmkinitramfs unpacks the whole image (it cannot pick one file): into whichever of
 /// /run and /var/tmp has more room, removed right after.
-fn unpacked_crypttab(root: &Path, image: &Path) -> Result<String, String> {
+fn unpacked(root: &Path, image: &Path, devices: Option<&str>) -> Result<(String, Option<String>), String> {
     let parent = ["/run", "/var/tmp"].into_iter().max_by_key(|d| crate::sys::statvfs_avail(d).unwrap_or(0)).unwrap_or("/var/tmp");
     let dir = crate::sys::mkdtemp(&Path::new(parent).join("pvencrypt-initramfs-")).map_err(|e| format!("{parent}: {e}"))?;
     let argv = ["unmkinitramfs".to_string(), image.to_string_lossy().into_owned(), dir.to_string_lossy().into_owned()];
@@ -610,6 +630,8 @@ fn unpacked_crypttab(root: &Path, image: &Path) -> Result<String, String> {
             .find_map(|p| fs::read_to_string(dir.join(p)).ok())
             .ok_or_else(|| "no cryptroot/crypttab in it".to_string())
     });
+    let found = devices.and_then(|d| ["", "main/"].iter().find_map(|p| fs::read_to_string(dir.join(p).join(d)).ok()));
+    let text = text.map(|t| (t, found));
     let _ = fs::remove_dir_all(&dir);
     text
 }

@@ -21,7 +21,8 @@ fn crypt_name(field: &str) -> Option<&str> {
     rest.get(32..)?.strip_prefix('-')
 }
 
-fn lists(text: &str, dev: &str) -> bool {
+/// Whether a devices file's TEXT lists `dev` (as `devices_file_lists`).
+pub fn lists(text: &str, dev: &str) -> bool {
     let (by_name, by_id) = (format!("DEVNAME={dev}"), format!("IDNAME={dev}"));
     let name = dev.strip_prefix("/dev/mapper/");
     text.lines()

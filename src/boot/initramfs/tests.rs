@@ -468,7 +468,7 @@ const DEBIAN_STUBS: [(&str, &str); 4] = [
     ("usr/bin/lsinitramfs", "#!/bin/sh\necho \"$1\"; cat \"$1\"\n"),
     (
         "usr/bin/unmkinitramfs",
-        "#!/bin/sh\n[ -d \"$2\" ] && mkdir -p \"$2/main/cryptroot\" && { [ ! -f \"$1.crypttab\" ] || cp \"$1.crypttab\" \"$2/main/cryptroot/crypttab\"; }\n",
+        "#!/bin/sh\n[ -d \"$2\" ] && mkdir -p \"$2/main/cryptroot\" \"$2/main/etc/lvm/devices\" && { [ ! -f \"$1.crypttab\" ] || cp \"$1.crypttab\" \"$2/main/cryptroot/crypttab\"; } && { [ ! -f \"$1.devices\" ] || cp \"$1.devices\" \"$2/main/etc/lvm/devices/system.devices\"; }\n",
     ),
 ];
 
@@ -480,20 +480,32 @@ fn a_debian_image_that_opens_the_device() {
     let img = "boot/initrd.img-6.1.0-13-amd64";
     let good = "vda_crypt UUID=1234 none luks,discard\n";
     let r = with_stubs(&DEBIAN_STUBS, img, LSINITRAMFS, Some(good));
-    assert_eq!(verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")), Vec::<String>::new());
+    assert_eq!(verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234"), None), Vec::<String>::new());
     let p = |r: &Path| r.join(img).to_string_lossy().to_string();
     // The hook wrote another device's entry only.
     assert_eq!(
-        verify(&r, Tool::InitramfsTools, &ln("sda5_crypt", "9999")),
+        verify(&r, Tool::InitramfsTools, &ln("sda5_crypt", "9999"), None),
         [format!("the crypttab inside {} has no entry for sda5_crypt", p(&r))]
     );
     let r = with_stubs(&DEBIAN_STUBS, img, LSINITRAMFS, None);
     assert_eq!(
-        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")),
+        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234"), None),
         [format!("cannot read the crypttab inside {}: no cryptroot/crypttab in it", p(&r))]
     );
     let r = with_stubs(&DEBIAN_STUBS, img, &LSINITRAMFS.replace("cryptroot/crypttab\n", ""), Some(good));
-    assert_eq!(verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")), [format!("{} lacks cryptroot/crypttab", p(&r))]);
+    assert_eq!(verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234"), None), [format!("{} lacks cryptroot/crypttab", p(&r))]);
+    // The image's copy of LVM's devices file.
+    let r = with_stubs(&DEBIAN_STUBS, img, LSINITRAMFS, Some(good));
+    let devices = Path::new("/etc/lvm/devices/system.devices");
+    assert_eq!(verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234"), Some(devices)), Vec::<String>::new());
+    fs::write(r.join(format!("{img}.devices")), "IDTYPE=devname IDNAME=/dev/vda DEVNAME=/dev/vda PVID=x\n").unwrap();
+    assert_eq!(
+        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234"), Some(devices)),
+        [format!(
+            "LVM's devices file inside {} does not list /dev/mapper/vda_crypt: LVM there would not find the volume group",
+            p(&r)
+        )]
+    );
     // Nothing unpacked is left behind.
     let left =
         |d: &str| fs::read_dir(d).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("pvencrypt-initramfs-"));
@@ -501,12 +513,12 @@ fn a_debian_image_that_opens_the_device() {
     // No image, or no lister: said, not passed over.
     let r = root(&DEBIAN_STUBS);
     assert_eq!(
-        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")),
+        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234"), None),
         ["found no initramfs image of update-initramfs to check"]
     );
     let r = with_stubs(&DEBIAN_STUBS[..2], img, LSINITRAMFS, Some(good));
     assert_eq!(
-        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234")),
+        verify(&r, Tool::InitramfsTools, &ln("vda_crypt", "1234"), None),
         [format!("cannot list {}: lsinitramfs is not installed", p(&r))]
     );
 }
@@ -520,23 +532,23 @@ fn a_dracut_image_opens_the_device_or_says_why_not() {
     let ct = "luks-1234 UUID=1234 none\nvda_crypt UUID=5 none luks\n";
     // Host-only, systemd: the crypttab entry, which systemd-cryptsetup-generator opens.
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, LSINITRD, Some(ct));
-    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5")), Vec::<String>::new());
+    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), None), Vec::<String>::new());
     assert_eq!(
-        verify(&r, Tool::Dracut, &ln("sdb_crypt", "6")),
+        verify(&r, Tool::Dracut, &ln("sdb_crypt", "6"), None),
         [format!("the crypttab inside {} has no entry for sdb_crypt", p(&r))]
     );
     // A generic image without pvencrypt's module: no crypttab, so nothing opens the device
     // (Debian 12's dracut: the next boot stopped with "Could not boot").
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &LSINITRD.replace("etc/crypttab", "etc/fstab"), None);
     assert_eq!(
-        verify(&r, Tool::Dracut, &ln("vda_crypt", "5")),
+        verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), None),
         [format!("{} has no etc/crypttab, so it does not know vda_crypt", p(&r))]
     );
     // systemd without its cryptsetup generator.
     let no_gen = LSINITRD.replace("systemd-cryptsetup-generator", "systemd-fstab-generator");
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &no_gen, Some(ct));
     assert_eq!(
-        verify(&r, Tool::Dracut, &ln("vda_crypt", "5")),
+        verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), None),
         [format!("{}: its systemd lacks systemd-cryptsetup-generator, which opens what etc/crypttab lists", p(&r))]
     );
     // A shell image (no systemd): it needs rd.luks.uuid in etc/cmdline.d.
@@ -544,39 +556,59 @@ fn a_dracut_image_opens_the_device_or_says_why_not() {
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &shell, Some(ct));
     fs::write(r.join(format!("{img}.90crypt.conf")), " rd.luks.uuid=luks-1234\n").unwrap();
     assert_eq!(
-        verify(&r, Tool::Dracut, &ln("vda_crypt", "5")),
+        verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), None),
         [format!(
             "{}: no rd.luks.uuid=5 in its etc/cmdline.d: without systemd, it opens only the LUKS devices named there or \
              on the kernel command line",
             p(&r)
         )]
     );
-    assert_eq!(verify(&r, Tool::Dracut, &ln("luks-1234", "1234")), Vec::<String>::new());
+    assert_eq!(verify(&r, Tool::Dracut, &ln("luks-1234", "1234"), None), Vec::<String>::new());
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &shell.replace("90crypt.conf", "91pvencrypt.conf"), Some(ct));
     fs::write(r.join(format!("{img}.91pvencrypt.conf")), " rd.luks.uuid=luks-5\n").unwrap();
-    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5")), Vec::<String>::new());
+    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), None), Vec::<String>::new());
 
     // --tpm2-device: the entry says tpm2-device=, and the TPM2 libraries are in the image.
     let tpm = crypttab::Line { name: "vda_crypt", uuid: "5", discard: false, tpm2: true };
     let with_libs = format!("{LSINITRD}-rwxr-xr-x   1 root root 0 Oct 10 02:00 usr/lib/x86_64-linux-gnu/libtss2-esys.so.0\n");
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &with_libs, Some("vda_crypt UUID=5 none luks,tpm2-device=auto\n"));
-    assert_eq!(verify(&r, Tool::Dracut, &tpm), Vec::<String>::new());
+    assert_eq!(verify(&r, Tool::Dracut, &tpm, None), Vec::<String>::new());
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, LSINITRD, Some("vda_crypt UUID=5 none luks,tpm2-device=auto\n"));
     assert_eq!(
-        verify(&r, Tool::Dracut, &tpm),
+        verify(&r, Tool::Dracut, &tpm, None),
         [format!("{} lacks the TPM2 libraries (libtss2-esys): it would ask for the passphrase of vda_crypt", p(&r))]
     );
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &with_libs, Some(ct));
     assert_eq!(
-        verify(&r, Tool::Dracut, &tpm),
+        verify(&r, Tool::Dracut, &tpm, None),
         [format!("the entry for vda_crypt inside {} has no tpm2-device=: it would ask for the passphrase", p(&r))]
     );
 
+    // LVM's devices file in the image must list the new device (it lists the raw PV before).
+    let devices = Path::new("/etc/lvm/devices/system.devices");
+    let listing = format!("{LSINITRD}-rw-r--r--   1 root root 0 Oct 10 02:00 etc/lvm/devices/system.devices\n");
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, &listing, Some(ct));
+    let raw = "VERSION=1.1.3\nIDTYPE=devname IDNAME=/dev/vda DEVNAME=/dev/vda PVID=b0fhhyKS2UW6tJqOz97g3pKc3MaecQbJ\n";
+    fs::write(r.join(format!("{img}.system.devices")), raw).unwrap();
+    assert_eq!(
+        verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), Some(devices)),
+        [format!(
+            "LVM's devices file inside {} does not list /dev/mapper/vda_crypt: LVM there would not find the volume group",
+            p(&r)
+        )]
+    );
+    let crypt = "IDTYPE=crypt_uuid IDNAME=CRYPT-LUKS2-d55779749ef241ab80727bdf26dc1037-vda_crypt DEVNAME=/dev/mapper/vda_crypt\n";
+    fs::write(r.join(format!("{img}.system.devices")), crypt).unwrap();
+    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), Some(devices)), Vec::<String>::new());
+    // An image without the file: LVM there uses every device.
+    let r = with_stubs(&[DRACUT[0], lsinitrd], img, LSINITRD, Some(ct));
+    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), Some(devices)), Vec::<String>::new());
+
     let r = with_stubs(&[DRACUT[0], lsinitrd], img, &LSINITRD.replace("\ncrypt\n", "\n"), None);
-    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5")), [format!("{} lacks the crypt dracut module", p(&r))]);
+    assert_eq!(verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), None), [format!("{} lacks the crypt dracut module", p(&r))]);
     let failing = ("usr/bin/lsinitrd", "#!/bin/sh\necho 'Need zstd to unpack the initramfs.' >&2; exit 1\n");
     let r = with_stubs(&[DRACUT[0], failing], img, LSINITRD, None);
-    let got = verify(&r, Tool::Dracut, &ln("vda_crypt", "5"));
+    let got = verify(&r, Tool::Dracut, &ln("vda_crypt", "5"), None);
     assert_eq!(got, [format!("cannot list {0}: lsinitrd {0} failed: Need zstd to unpack the initramfs.", p(&r))]);
 }
 
@@ -586,7 +618,7 @@ fn mkinitcpio_images_by_hook() {
     let preset = ("etc/mkinitcpio.d/linux.preset", "PRESETS=('default')\ndefault_image=\"/boot/initramfs-linux.img\"\n");
     let img = "boot/initramfs-linux.img";
     let r = with_stubs(&[lsinitcpio, preset], img, LSINITCPIO_SD, None);
-    assert!(verify(&r, Tool::Mkinitcpio(Hook::SdEncrypt), &ln("vda_crypt", "1234")).is_empty());
-    let got = verify(&r, Tool::Mkinitcpio(Hook::Encrypt), &ln("vda_crypt", "1234"));
+    assert!(verify(&r, Tool::Mkinitcpio(Hook::SdEncrypt), &ln("vda_crypt", "1234"), None).is_empty());
+    let got = verify(&r, Tool::Mkinitcpio(Hook::Encrypt), &ln("vda_crypt", "1234"), None);
     assert_eq!(got, [format!("{} lacks hooks/encrypt and cryptsetup", r.join(img).display())]);
 }

@@ -19,6 +19,8 @@ check_eq "it finished (exit 0)" \
 check "it says so in the journal" \
   "journal pvencrypt-resume.service 6 | grep -q '/dev/vda: encrypted; the volume group runs on /dev/mapper/vda_crypt'"
 check "reencryption finished" "! cryptsetup luksDump /dev/vda | grep -q online-reencrypt"
+check "the image opens vda_crypt: checked, not rebuilt" \
+  "journal pvencrypt-resume.service 6 | grep -q 'the initramfs opens vda_crypt already; not rebuilt'"
 check_eq "one crypttab entry" "$(grep -v '^#' /etc/crypttab | grep -cE "^vda_crypt UUID=$uuid none luks(,discard)?\$")" 1
 check "devices file: vda_crypt in, vda out" \
   "grep -q 'IDNAME=CRYPT-LUKS2-.*-vda_crypt' /etc/lvm/devices/system.devices && ! grep -q 'DEVNAME=/dev/vda ' /etc/lvm/devices/system.devices"

@@ -31,6 +31,8 @@ ln -s ../pvtest.service "$run/root/etc/systemd/system/multi-user.target.wants/pv
 # The console belongs to the test and to the password prompts: no login prompt on it.
 ln -sf /dev/null "$run/root/etc/systemd/system/serial-getty@ttyS0.service"
 ln -sf /dev/null "$run/root/etc/systemd/system/getty@tty1.service"
+# DRACUT_HOSTONLY=1: host-only images (90crypt copies the root's crypttab entries itself).
+[ -z "${DRACUT_HOSTONLY:-}" ] || echo 'hostonly="yes"' > "$run/root/etc/dracut.conf.d/50-hostonly.conf"
 # LVM's devices file on, as in t_debian_root.sh.
 sed -i 's/^\t# use_devicesfile = 0$/\tuse_devicesfile = 1/' "$run/root/etc/lvm/lvm.conf"
 grep -q '^.use_devicesfile = 1$' "$run/root/etc/lvm/lvm.conf" || { echo "cannot enable the devices file"; exit 1; }

@@ -1,4 +1,5 @@
-# Boot 1 of host/t_dracut_tpm2.sh, on the dracut root with a TPM2 (swtpm, QEMU's tpm-tis):
+# Boot 1 of host/t_dracut_tpm2.sh, on the dracut root (host-only images) with a TPM2 (swtpm,
+# QEMU's tpm-tis):
 # pvencrypt --tpm2-device=auto converts the root PV in the foreground, to the end. The TPM2
 # keyslot and token are in the header from the switch on (systemd-cryptenroll ran on the
 # header in memory); crypttab says tpm2-device=auto; the image dracut rebuilt has the TPM2
@@ -35,5 +36,7 @@ check "pvencrypt found the unlock in the image" "grep -q 'rebuilt the initramfs 
 image_opens vda_crypt "the image"
 check "the image's entry has tpm2-device=auto" "grep -q '^vda_crypt .*tpm2-device=auto' /run/ird.crypttab"
 check "the image has the TPM2 libraries" "grep -q 'libtss2-esys.so' /run/ird.list"
+check "the image is host-only (90crypt's etc/cmdline.d/90crypt.conf)" "grep -q 'etc/cmdline.d/90crypt.conf' /run/ird.list"
+check_eq "the image's crypttab has vda_crypt once" "$(grep -c '^vda_crypt ' /run/ird.crypttab)" 1
 check_eq "marker intact" "$(sha /var/marker)" "$(cat /var/marker.sha)"
 result

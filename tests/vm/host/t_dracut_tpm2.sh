@@ -1,14 +1,17 @@
 # --tpm2-device on the dracut root (debian/build-root.sh's dracut flavor, with tpm2-tools),
-# the machine's TPM2 a software one (swtpm, its state kept across the boots; QEMU's tpm-tis):
+# its images host-only (hostonly="yes": 90crypt copies the entry, pvencrypt's module adds no
+# second one), the machine's TPM2 a software one (swtpm, its state kept across the boots;
+# QEMU's tpm-tis):
 #   prepare  (busybox guest): VG vg on vda, LV root filled with the root image (vdc)
 #   boot 1   (the cached generic image, the TPM2 there): a TPM2 that is not there is refused
 #            with nothing changed; --test; pvencrypt --tpm2-device=auto converts the root PV
-#            in the foreground to the end; the header, crypttab and the rebuilt image checked
+#            in the foreground to the end; the header, crypttab and the rebuilt (host-only)
+#            image checked
 #   boot 2   (that image, the same TPM2): the root comes up with nobody typing anything
 #   boot 3   (that image, no TPM2): systemd-cryptsetup falls back to the passphrase prompt;
 #            typed once, the root comes up
 . "$(dirname "$0")/../lib.sh"
-. "$(dirname "$0")/../debian/dracut-host.sh"
+DRACUT_HOSTONLY=1 . "$(dirname "$0")/../debian/dracut-host.sh"
 
 log1=$logs/$name.boot1.log t=$SECONDS
 vm_swtpm "$run/tpm" || exit 1
