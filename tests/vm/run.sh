@@ -96,7 +96,12 @@ run_one() {
 
 tests=()
 if [ ${#names[@]} -eq 0 ]; then
-  tests=("$here"/host/t_*.sh "$here"/guest/t_*.sh)   # the host tests are the longest: first
+  # Longest first (a "# seconds: N" header, measured: the host tests' own), so that two
+  # slots end close together.
+  tests=()
+  while read -r _ f; do tests+=("$f"); done < <(
+    for f in "$here"/host/t_*.sh "$here"/guest/t_*.sh; do echo "$(header "$f" seconds | grep -o '^[0-9]*' || true) $f"; done |
+      awk '{ print ($1 ~ /^[0-9]+$/ ? $1 : 0), $NF }' | sort -s -k1,1nr)
 else
   for n in "${names[@]}"; do
     f=

@@ -1,3 +1,4 @@
+# seconds: 360   (measured, TCG: run.sh starts the longest first)
 # Every on-disk state of the kernel mover is standard LUKS2: pvencrypt stops itself (SIGSTOP)
 # at every header commit, between its two copies and after both, and a copy of the disk taken
 # there is opened by stock cryptsetup, which must map exactly the PV's bytes, and finished by
