@@ -45,9 +45,11 @@ sha() { sha256sum < "$1" | cut -c1-64; }
 
 # wait_for CMD TIMEOUT_S   polls CMD every 0.1 s; 1 if it never succeeded.
 wait_for() {
-  local end=$(( $(cut -d. -f1 /proc/uptime) + $2 ))
+  # In hundredths of a second (/proc/uptime has two decimals): whole seconds made a 1 s wait
+  # anything from 0 to 1 s.
+  local end=$(( $(cut -d' ' -f1 /proc/uptime | tr -d .) + $2 * 100 ))
   until eval "$1"; do
-    [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ] || return 1
+    [ "$(cut -d' ' -f1 /proc/uptime | tr -d .)" -lt "$end" ] || return 1
     usleep 100000
   done
 }
