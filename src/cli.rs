@@ -22,9 +22,10 @@ anything changes, the rebuilt images looked into after the switch):
   initramfs-tools  needs cryptsetup-initramfs; crypttab, update-initramfs -u -k all; the
                    image's cryptroot/crypttab checked. --tpm2-device refused (it asks for a
                    passphrase only): use dracut, or clevis afterwards
-  dracut           needs the crypt module and cryptsetup, and host-only images or pvencrypt's
-                   module (91pvencrypt, in the package: generic images open LUKS only when the
-                   command line names it); crypttab and /etc/dracut.conf.d/pvencrypt-NAME.conf,
+  dracut           needs the crypt module, cryptsetup and pvencrypt's module (91pvencrypt, in
+                   the package: generic images open LUKS only when the command line names it,
+                   host-only ones built during the conversion miss it); crypttab and
+                   /etc/dracut.conf.d/pvencrypt-NAME.conf,
                    dracut -f --regenerate-all; the entry in the image's etc/crypttab and what
                    reads it checked. --tpm2-device needs its systemd-initrd and tpm2-tss
                    modules and tpm2-tools

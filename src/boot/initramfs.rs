@@ -156,13 +156,14 @@ fn dracut(root: &Path) -> Result<(), String> {
         return Err("dracut's crypt module needs cryptsetup, which is not installed: install cryptsetup".into());
     }
     let vars = settings(&dracut_conf(root));
-    let hostonly = vars.get("hostonly").and_then(|w| w.last()).is_some_and(|(w, _)| w == "yes");
-    if !hostonly && !has_module(root, DRACUT_OURS) {
+    // Generic images open a LUKS device only when the kernel command line names it, and a
+    // host-only one built during the conversion misses it too: 90crypt looks for LUKS among
+    // the root's devices, and finds pvencrypt's mover there (t_dracut_tpm2 saw it).
+    if !has_module(root, DRACUT_OURS) {
         return Err(format!(
-            "dracut builds generic images here (hostonly is not \"yes\"), which open a LUKS device only when the kernel \
-             command line names it, and pvencrypt's dracut module, which puts the device into them, is not installed \
-             (no /{DRACUT_MODULES}/91pvencrypt): install pvencrypt from its package, or set hostonly=\"yes\" in \
-             /etc/dracut.conf.d/hostonly.conf"
+            "pvencrypt's dracut module, which puts the device into dracut's images, is not installed (no \
+             /{DRACUT_MODULES}/91pvencrypt): install pvencrypt from its package (generic images open a LUKS device only \
+             when the kernel command line names it, and host-only ones built during the conversion do not see it)"
         ));
     }
     let origin = |var: &str| vars.get(var).and_then(|w| w.iter().find(|(w, _)| w == "crypt")).map(|(_, f)| f.clone());
