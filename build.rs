@@ -10,8 +10,13 @@ mod cli {
     include!("src/cli.rs");
 }
 
+#[allow(dead_code)]
+#[path = "src/units.rs"]
+mod units;
+
 fn main() -> io::Result<()> {
     println!("cargo:rerun-if-changed=src/cli.rs");
+    println!("cargo:rerun-if-changed=src/units.rs");
     println!("cargo:rerun-if-changed=man/pvencrypt.8.in");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let cmd = cli::Cli::command();

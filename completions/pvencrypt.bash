@@ -33,7 +33,7 @@ _pvencrypt() {
 
     case "${cmd}" in
         pvencrypt)
-            opts="-d -l -c -s -y -b -i -t -v -q -h -V --key-file --keyfile-size --keyfile-offset --cipher --key-size --pbkdf --pbkdf-memory --pbkdf-parallel --pbkdf-force-iterations --iter-time --label --sector-size --name --reduce-device-size --make-room --no-crypttab --no-initramfs --tpm2-device --tpm2-pcrs --yes --background --interval --abort --status --reportformat --test --verbose --debug --quiet --help --version"
+            opts="-d -l -c -s -y -b -i -t -v -q -h -V --key-file --keyfile-size --keyfile-offset --cipher --key-size --pbkdf --pbkdf-memory --pbkdf-parallel --pbkdf-force-iterations --iter-time --type --label --uuid --sector-size --name --reduce-device-size --make-room --no-crypttab --no-initramfs --tpm2-device --tpm2-pcrs --yes --background --interval --abort --status --reportformat --test --verbose --debug --quiet --help --version"
             if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -150,7 +150,18 @@ _pvencrypt() {
                     fi
                     return 0
                     ;;
+                --type)
+                    COMPREPLY=($(compgen -W "luks2" -- "${cur}"))
+                    return 0
+                    ;;
                 --label)
+                    COMPREPLY=("${cur}")
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o nospace
+                    fi
+                    return 0
+                    ;;
+                --uuid)
                     COMPREPLY=("${cur}")
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o nospace
@@ -204,7 +215,7 @@ _pvencrypt() {
                     return 0
                     ;;
                 --reportformat)
-                    COMPREPLY=($(compgen -W "basic json" -- "${cur}"))
+                    COMPREPLY=($(compgen -W "basic json json_std" -- "${cur}"))
                     return 0
                     ;;
                 *)

@@ -10,22 +10,25 @@ complete -c pvencrypt -l pbkdf-memory -d 'Memory cost of argon2 in KiB' -r -f
 complete -c pvencrypt -l pbkdf-parallel -d 'Parallel cost of argon2 (threads)' -r -f
 complete -c pvencrypt -l pbkdf-force-iterations -d 'Fixed number of PBKDF iterations instead of a benchmark (argon2: time cost)' -r -f
 complete -c pvencrypt -l iter-time -d 'PBKDF benchmark target in milliseconds' -r -f
+complete -c pvencrypt -l type -d 'The format, as cryptsetup\'s --type: luks2, the only one (LUKS1 has no online reencryption); accepted so that cryptsetup-reencrypt\'s command lines work' -r -f -a "luks2\t''"
 complete -c pvencrypt -l label -d 'LUKS2 label' -r -f
-complete -c pvencrypt -l sector-size -d 'Encryption sector size in bytes, 512, 1024, 2048 or 4096: 512 keeps every filesystem usable; 4096 only when every LV\'s filesystem uses 4 KiB blocks' -r -f -a "512\t''
+complete -c pvencrypt -l uuid -d 'LUKS2 UUID, as cryptsetup luksFormat --uuid (default: a new random one). One PV only' -r -f
+complete -c pvencrypt -l sector-size -d 'Encryption sector size in bytes, 512, 1024, 2048 or 4096 (default: the disk\'s logical block size, 512 on most disks, 4096 on 4Kn ones; never smaller). 512 keeps every filesystem usable; a larger one only when every LV\'s filesystem uses blocks that large' -r -f -a "512\t''
 1024\t''
 2048\t''
 4096\t''"
 complete -c pvencrypt -l name -d 'Name of the opened device, /dev/mapper/NAME (default: the PV\'s basename + "_crypt")' -r -f
 complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the device, as cryptsetup\'s --reduce-device-size: half holds the LUKS2 header, half is the data shift, the room into which chunks are encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G (powers of 1024)' -r -f
-complete -c pvencrypt -l tpm2-device -d 'Bind the new device to the TPM2 as systemd-cryptenroll --tpm2-device does ("auto": the machine\'s; or a device node): a keyslot whose key the TPM2 seals against --tpm2-pcrs, in the header from the switch on, and tpm2-device=auto in /etc/crypttab, so that the machine boots with nobody at the console. The passphrase keyslot stays, for when the TPM2 refuses (a firmware or Secure Boot change, the disk in another machine). Needs systemd-cryptenroll, and when the system boots from the volume group an initramfs that unlocks with a TPM2: dracut (with tpm2-tools) or mkinitcpio\'s sd-encrypt; initramfs-tools cannot, and is refused' -r -f
+complete -c pvencrypt -l tpm2-device -d 'Bind the new device to the TPM2 as systemd-cryptenroll --tpm2-device does ("auto": the machine\'s; or a device node): a keyslot whose key the TPM2 seals against --tpm2-pcrs, in the header from the switch on, and tpm2-device=auto in /etc/crypttab, so that the machine boots, and a stopped conversion resumes, with nobody at the console. The passphrase keyslot stays, for when the TPM2 refuses (a firmware or Secure Boot change, the disk in another machine). Needs systemd-cryptenroll, and when the system boots from the volume group an initramfs that unlocks with a TPM2: dracut (with tpm2-tools) or mkinitcpio\'s sd-encrypt; initramfs-tools cannot, and is refused' -r -f
 complete -c pvencrypt -l tpm2-pcrs -d 'The PCRs the TPM2 key is sealed against, as systemd-cryptenroll --tpm2-pcrs (default 7: the Secure Boot state)' -r -f
 complete -c pvencrypt -s i -l interval -d 'Print progress as "PV: Encrypted: N%" lines every SECONDS instead of a progress bar; 0: no progress output at all, as pvmove -i 0' -r -f
-complete -c pvencrypt -l reportformat -d 'Report format for --status: basic (aligned columns) or json (as LVM\'s JSON reports)' -r -f -a "basic\t''
-json\t''"
+complete -c pvencrypt -l reportformat -d 'Report format for --status, as LVM\'s: basic (aligned columns), json (every value a string) or json_std (numbers as numbers, an unknown value null)' -r -f -a "basic\t''
+json\t''
+json_std\t''"
 complete -c pvencrypt -l make-room -d 'When the PV reaches into the space LUKS2 needs at the end of the device, move the extents there to free extents lower on the same PV (pvmove, live) and shrink the PV (pvresize) first. Without it, pvencrypt asks on a terminal (unless --yes), and otherwise refuses and says how much is missing'
 complete -c pvencrypt -l no-crypttab -d 'Do not add the new device to /etc/crypttab (pvencrypt prints the line the next boot needs instead)'
 complete -c pvencrypt -l no-initramfs -d 'Do not rebuild or check the initramfs, even when root, /usr or the resume device is on the volume group, and convert even when the initramfs tool cannot open LUKS2 (a warning instead of a refusal): building an initramfs that opens the device before the next boot is then yours'
-complete -c pvencrypt -s y -l yes -d 'Do not ask for confirmation'
+complete -c pvencrypt -s y -l yes -d 'Do not ask for confirmation (cryptsetup\'s --batch-mode)'
 complete -c pvencrypt -s b -l background -d 'Run in the background: return once the PVs are checked and the passphrase read. Under systemd the conversion runs as the unit pvencrypt-DEV.service (journalctl -u shows its messages, systemctl status its progress), elsewhere detached, logging to syslog'
 complete -c pvencrypt -l abort -d 'Stop running conversions (of the PVs given, or all) and wait until they have stopped: the chunks in flight go back to their plaintext, the last checkpoint stands. The data stays in use; running pvencrypt again resumes. Queued PVs (of `pvencrypt PV...`) are dropped from the queue'
 complete -c pvencrypt -l status -d 'Report every running or stopped conversion: state, percent, bytes, rate, ETA; and, under the table (in the JSON: "warnings"), what must be fixed before the next reboot (the boot files\' warnings), until the reboot: a finished conversion that left some is listed as finished'

@@ -1,5 +1,6 @@
 // The command line. build.rs includes this file to render the man page and the
-// shell completions, so it must depend on nothing but clap and std.
+// shell completions, so it must depend on nothing but clap, std and units.rs (which
+// build.rs includes too).
 
 use std::path::PathBuf;
 
@@ -11,11 +12,15 @@ EXIT STATUS:
      or --status, the request succeeded)
   1  interrupted (--abort, SIGINT, SIGTERM): stopped at a checkpoint; the data is in use
      on the new device and running pvencrypt again resumes
-  2  invalid command line
-  3  refused before anything was changed: the disk is byte-for-byte unchanged
-  4  key problem (empty or unreadable key file, passphrases differ, wrong passphrase)
-  5  failed during the conversion; the device is left in a state stock cryptsetup opens
-     and running pvencrypt again resumes
+  2  wrong passphrase: it opens no keyslot (cryptsetup's exit 2)
+  3  refused before anything was changed: the disk is byte-for-byte unchanged (never
+     once the command has written: from the first write on an error exits 1, 5 or 6);
+     an invalid command line too (LVM's exit 3)
+  4  key problem (empty or unreadable key file, passphrases that differ)
+  5  failed after the first write; the device is the plain PV again (a switch undone) or
+     a LUKS2 device that stock cryptsetup opens, and running pvencrypt again goes on
+  6  failed, and undoing the failed step failed too: the message says what is left to
+     do by hand
 
 BOOT STACKS (when /, /usr or the resume device is on the volume group; checked before
 anything changes, the rebuilt images looked into after the switch):
@@ -115,16 +120,26 @@ pub struct Cli {
     #[arg(long, value_name = "MS", value_hint = ValueHint::Other)]
     pub iter_time: Option<u32>,
 
+    /// The format, as cryptsetup's --type: luks2, the only one (LUKS1 has no online
+    /// reencryption); accepted so that cryptsetup-reencrypt's command lines work.
+    #[arg(long = "type", value_name = "TYPE", value_parser = ["luks2"])]
+    pub luks_type: Option<String>,
+
     /// LUKS2 label.
     #[arg(long, value_name = "LABEL", value_hint = ValueHint::Other)]
     pub label: Option<String>,
 
-    /// Encryption sector size in bytes, 512, 1024, 2048 or 4096: 512 keeps every filesystem
-    /// usable; 4096 only when every LV's filesystem uses 4 KiB blocks.
-    #[arg(long, value_name = "BYTES", default_value_t = 512, hide_possible_values = true,
+    /// LUKS2 UUID, as cryptsetup luksFormat --uuid (default: a new random one). One PV only.
+    #[arg(long, value_name = "UUID", value_hint = ValueHint::Other)]
+    pub uuid: Option<String>,
+
+    /// Encryption sector size in bytes, 512, 1024, 2048 or 4096 (default: the disk's logical
+    /// block size, 512 on most disks, 4096 on 4Kn ones; never smaller). 512 keeps every
+    /// filesystem usable; a larger one only when every LV's filesystem uses blocks that large.
+    #[arg(long, value_name = "BYTES", hide_possible_values = true,
           value_parser = clap::builder::PossibleValuesParser::new(["512", "1024", "2048", "4096"])
               .map(|s| s.parse::<u32>().unwrap()))]
-    pub sector_size: u32,
+    pub sector_size: Option<u32>,
 
     /// Name of the opened device, /dev/mapper/NAME (default: the PV's basename + "_crypt").
     #[arg(long, value_name = "NAME", value_hint = ValueHint::Other)]
@@ -134,7 +149,7 @@ pub struct Cli {
     /// holds the LUKS2 header, half is the data shift, the room into which chunks are
     /// encrypted ahead of the last checkpoint (a quarter of it each). Suffixes K, M, G
     /// (powers of 1024).
-    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = parse_size, value_hint = ValueHint::Other)]
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = crate::units::parse_size, value_hint = ValueHint::Other)]
     pub reduce_device_size: u64,
 
     /// When the PV reaches into the space LUKS2 needs at the end of the device, move the
@@ -159,11 +174,11 @@ pub struct Cli {
     /// Bind the new device to the TPM2 as systemd-cryptenroll --tpm2-device does ("auto":
     /// the machine's; or a device node): a keyslot whose key the TPM2 seals against
     /// --tpm2-pcrs, in the header from the switch on, and tpm2-device=auto in /etc/crypttab,
-    /// so that the machine boots with nobody at the console. The passphrase keyslot stays,
-    /// for when the TPM2 refuses (a firmware or Secure Boot change, the disk in another
-    /// machine). Needs systemd-cryptenroll, and when the system boots from the volume group
-    /// an initramfs that unlocks with a TPM2: dracut (with tpm2-tools) or mkinitcpio's
-    /// sd-encrypt; initramfs-tools cannot, and is refused.
+    /// so that the machine boots, and a stopped conversion resumes, with nobody at the
+    /// console. The passphrase keyslot stays, for when the TPM2 refuses (a firmware or
+    /// Secure Boot change, the disk in another machine). Needs systemd-cryptenroll, and when
+    /// the system boots from the volume group an initramfs that unlocks with a TPM2: dracut
+    /// (with tpm2-tools) or mkinitcpio's sd-encrypt; initramfs-tools cannot, and is refused.
     #[arg(long, value_name = "PATH", value_hint = ValueHint::Other)]
     pub tpm2_device: Option<String>,
 
@@ -172,8 +187,27 @@ pub struct Cli {
     #[arg(long, value_name = "PCR+PCR...", requires = "tpm2_device", value_hint = ValueHint::Other)]
     pub tpm2_pcrs: Option<String>,
 
-    /// Do not ask for confirmation.
-    #[arg(short = 'y', long)]
+    /// LVM's --config, for every LVM command pvencrypt runs (in process).
+    #[arg(long, value_name = "STRING", value_hint = ValueHint::Other)]
+    pub config: Option<String>,
+
+    /// LVM's --devices: LVM sees only these devices (comma-separated, or repeated); the
+    /// new /dev/mapper/NAME is added once it exists.
+    #[arg(long, value_name = "PV", value_delimiter = ',', value_hint = ValueHint::FilePath)]
+    pub devices: Vec<String>,
+
+    /// LVM's --devicesfile: the devices file under /etc/lvm/devices that LVM reads, and that
+    /// pvencrypt updates to list /dev/mapper/NAME instead of the PV.
+    #[arg(long, value_name = "NAME", value_hint = ValueHint::Other)]
+    pub devicesfile: Option<String>,
+
+    /// LVM's -A/--autobackup, for the pvmove of --make-room.
+    #[arg(short = 'A', long, value_name = "y|n", value_parser = clap::builder::BoolishValueParser::new(),
+          hide_possible_values = true)]
+    pub autobackup: Option<bool>,
+
+    /// Do not ask for confirmation (cryptsetup's --batch-mode).
+    #[arg(short = 'y', long, alias = "batch-mode")]
     pub yes: bool,
 
     /// Run in the background: return once the PVs are checked and the passphrase read. Under
@@ -201,8 +235,9 @@ pub struct Cli {
     #[arg(long, conflicts_with = "abort")]
     pub status: bool,
 
-    /// Report format for --status: basic (aligned columns) or json (as LVM's JSON reports).
-    #[arg(long, value_enum, value_name = "FORMAT", default_value = "basic", hide_possible_values = true)]
+    /// Report format for --status, as LVM's: basic (aligned columns), json (every value a
+    /// string) or json_std (numbers as numbers, an unknown value null).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "basic", hide_possible_values = true, requires = "status")]
     pub reportformat: ReportFormat,
 
     /// Check everything and print the plan; change nothing.
@@ -235,25 +270,6 @@ pub enum Pbkdf {
 pub enum ReportFormat {
     Basic,
     Json,
-}
-
-/// A size with an optional binary suffix, in bytes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'S' => 512,
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix in {s:?}")),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size too large: {s:?}"))
+    #[value(name = "json_std")]
+    JsonStd,
 }

@@ -22,17 +22,17 @@ use libcryptsetup_rs::consts::vals::CryptReencryptInfo;
 use crate::{
     boot::{self, initramfs},
     direct,
-    dm::{Dm, DmName},
-    error::{fail, Context, Error, Kind, Result},
+    dm::{block_device, Dm, DmName},
+    error::{fail, Context, Error, Kind, Result, Written},
     key::Passphrase,
     luks::{self, Marker},
     lvm,
     mover::{self, Mover},
     options::Options,
-    plan,
-    poll::{self, Phase, Run},
-    preflight::{active_lvs, device_of, format_of, unchanged_since_preflight, Target},
+    output, plan,
+    preflight::{format_of, unchanged_since_preflight, Target},
     progress::Progress,
+    running::{self, Phase, Run},
     switch::{self, Switch},
 };
 
@@ -41,7 +41,7 @@ pub static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Steps 2–5 for one PV.
 pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> Result<()> {
-    let fmt = format_of(opts, t.room.shift)?;
+    let fmt = format_of(opts, t.room.shift, t.sector_size)?;
     let dm = Dm::open()?;
 
     // Step 2: the alias is an exclusive-openable view of the raw device for
@@ -102,11 +102,11 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
             sw.deactivate();
         }
         for m in luks::take_log(opts.verbose > 1) {
-            poll::error(&format!("  {m}"));
+            output::error(&format!("  {m}"));
         }
         let switched = switched?;
         if opts.verbose > 0 {
-            poll::error(&format!(
+            output::error(&format!(
                 "{}: switched under a freeze of {:.1} ms; now on /dev/mapper/{} ({}).",
                 t.path.display(),
                 switched.freeze.as_secs_f64() * 1000.0,
@@ -119,7 +119,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
     dm.remove(&alias);
     let (temp_slot, temp_key) = result?;
     integrate_boot(opts, &t.path, &t.name, t.vg.as_ref().map(|v| v.vg_uuid.as_str()), false);
-    encrypt(opts, &t.path, &t.name, Some(temp_slot), &temp_key, run)
+    Ok(encrypt(opts, &t.path, &t.name, Some(temp_slot), &temp_key, run)?)
 }
 
 /// `--make-room`: LVM's own live pvmove of the extents in the way to free extents lower
@@ -129,9 +129,12 @@ pub fn make_room(opts: &Options, t: &Target, m: &plan::MakeRoom) -> Result<()> {
     let dev = t.path.to_string_lossy().to_string();
     if !m.ranges.is_empty() {
         if !opts.quiet {
-            poll::info(&format!("{dev}: moving {} extents out of the room LUKS2 needs (pvmove)...", m.moved()));
+            output::info(&format!("{dev}: moving {} extents out of the room LUKS2 needs (pvmove)...", m.moved()));
         }
         let mut args: Vec<String> = ["pvmove", "--alloc", "anywhere", "-i", "1"].map(String::from).to_vec();
+        if let Some(a) = opts.autobackup {
+            args.extend(["--autobackup".into(), if a { "y" } else { "n" }.into()]);
+        }
         args.extend(m.ranges.iter().map(|(a, b)| format!("{dev}:{}-{}", a.0, b.0)));
         args.push(format!("{dev}:0-{}", m.keep.0 - 1));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -140,7 +143,7 @@ pub fn make_room(opts: &Options, t: &Target, m: &plan::MakeRoom) -> Result<()> {
     let size = m.size.to_string();
     lvm::run(&["pvresize", "-y", "--setphysicalvolumesize", &size, &dev]).or_fail(|| format!("pvresize of {dev} to {size}"))?;
     if !opts.quiet {
-        poll::info(&format!("{dev}: the PV now ends at {} MiB.", m.size.mib()));
+        output::info(&format!("{dev}: the PV now ends at {} MiB.", m.size.mib()));
     }
     Ok(())
 }
@@ -151,6 +154,8 @@ pub fn make_room(opts: &Options, t: &Target, m: &plan::MakeRoom) -> Result<()> {
 /// reported for the admin to fix before the next reboot. `resumed`: the images may be the
 /// ones a run before built; checked first, rebuilt only if they would not open the device.
 pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>, resumed: bool) {
+    // The PV is on NAME now: an LVM restricted to --devices must see it there.
+    lvm::see_device(&format!("/dev/mapper/{name}"));
     update_boot_files(opts, path, name, vg_uuid, resumed);
     // A power cut during the hours of the data phase must boot with these files, and LVM
     // 2.03.16 renames its new devices file into place without an fsync of the file.
@@ -158,15 +163,15 @@ pub(crate) fn integrate_boot(opts: &Options, path: &Path, name: &DmName, vg_uuid
 }
 
 fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option<&str>, resumed: bool) {
-    poll::clear_warnings(path);
+    running::clear_warnings(path);
     let warn = |m: String| {
-        poll::error(&format!("WARNING: {}: {m}", path.display()));
-        poll::add_warning(path, name.as_str(), &m);
+        output::error(&format!("WARNING: {}: {m}", path.display()));
+        running::add_warning(path, name.as_str(), &m);
     };
     // With a devices file, LVM would not look at the new device at all.
     match lvm::devices_file_replace(&format!("/dev/mapper/{name}"), &path.to_string_lossy()) {
         Ok(true) if !opts.quiet => {
-            poll::info(&format!("{}: {} now lists /dev/mapper/{name} instead.", path.display(), lvm::devices_file().display()))
+            output::info(&format!("{}: {} now lists /dev/mapper/{name} instead.", path.display(), lvm::devices_file().display()))
         }
         Ok(_) => {}
         Err(e) => warn(format!(
@@ -184,19 +189,19 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
         Ok(h) => h,
         Err(e) => return warn(format!("{e}; add /dev/mapper/{name} to /etc/crypttab by hand.")),
     };
-    let discard = device_of(path).is_ok_and(|(dev, _)| boot::supports_discard(dev));
+    let discard = block_device(path).is_ok_and(|(dev, _)| boot::supports_discard(dev));
     let line = boot::Line { name: name.as_str(), uuid: &uuid, discard, tpm2 };
     if opts.no_crypttab {
         if !opts.quiet {
-            poll::info(&format!("{}: not touching /etc/crypttab; the next boot needs: {line}", path.display()));
+            output::info(&format!("{}: not touching /etc/crypttab; the next boot needs: {line}", path.display()));
         }
     } else {
         match boot::add_crypttab(&Path::new(boot::ROOT).join("etc/crypttab"), &line) {
             Ok(boot::Entry::Added) if !opts.quiet => {
-                poll::info(&format!("{}: added {name} to {}.", path.display(), boot::CRYPTTAB))
+                output::info(&format!("{}: added {name} to {}.", path.display(), boot::CRYPTTAB))
             }
             Ok(boot::Entry::Present(l)) if !opts.quiet => {
-                poll::info(&format!("{}: {} already has \"{l}\"; left as it is.", path.display(), boot::CRYPTTAB))
+                output::info(&format!("{}: {} already has \"{l}\"; left as it is.", path.display(), boot::CRYPTTAB))
             }
             Ok(_) => {}
             Err(e) => warn(format!("{e}")),
@@ -206,7 +211,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     for a in boot::cmdline_advice(&cmdline, &uuid) {
         warn(format!("before rebooting, change the kernel command line (e.g. GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub): {a}."));
     }
-    let on_vg = active_lvs(vg_uuid);
+    let on_vg = lvm::active_lvs(vg_uuid);
     let Some(why) = boot::boot_needs(&on_vg) else { return };
     if opts.no_initramfs {
         return warn(format!(
@@ -222,7 +227,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     };
     for note in initramfs::prepare(root, tool, &line, opts.no_crypttab, &cmdline) {
         match note {
-            initramfs::Note::Info(m) if !opts.quiet => poll::info(&format!("{}: {m}", path.display())),
+            initramfs::Note::Info(m) if !opts.quiet => output::info(&format!("{}: {m}", path.display())),
             initramfs::Note::Info(_) => {}
             initramfs::Note::Todo(m) => warn(format!("before rebooting, {m}.")),
         }
@@ -235,7 +240,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     // boot: images that open the device already are left as they are.
     if resumed && initramfs::verify(root, tool, &line, devices.as_deref()).is_empty() {
         if !opts.quiet {
-            poll::info(&format!("{}: {why}: the initramfs opens {name} already; not rebuilt.", path.display()));
+            output::info(&format!("{}: {why}: the initramfs opens {name} already; not rebuilt.", path.display()));
         }
         return;
     }
@@ -246,7 +251,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     // into a prompt that never comes. Say it where it cannot be missed.
     match initramfs::verify(root, tool, &line, devices.as_deref())[..] {
         [] if opts.quiet => {}
-        [] => poll::info(&format!("{}: {why}: rebuilt the initramfs ({cmd}); it opens {name}.", path.display())),
+        [] => output::info(&format!("{}: {why}: rebuilt the initramfs ({cmd}); it opens {name}.", path.display())),
         ref problems => warn(format!(
             "{why}, but the initramfs that {cmd} built may NOT open {name} at boot: {}. DO NOT REBOOT before this is \
              fixed: check /etc/crypttab and the {} configuration, run {cmd}, and look into the image with {}.",
@@ -257,8 +262,15 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     }
 }
 
-/// Steps 4 and 5, for a fresh conversion or a resumed one.
-pub fn encrypt(opts: &Options, path: &Path, name: &DmName, slot: Option<u32>, key: &Passphrase, run: &mut Run) -> Result<()> {
+/// Steps 4 and 5, for a fresh conversion or a resumed one: after the first write.
+pub fn encrypt(
+    opts: &Options,
+    path: &Path,
+    name: &DmName,
+    slot: Option<u32>,
+    key: &Passphrase,
+    run: &mut Run,
+) -> Result<(), Written> {
     let label = path.display().to_string();
     let mut shown = Progress::new(&label, opts.interval, opts.quiet);
     let t0 = Instant::now();
@@ -284,7 +296,7 @@ pub fn encrypt(opts: &Options, path: &Path, name: &DmName, slot: Option<u32>, ke
     let finished = match mover::usable(&dm) {
         Ok(()) => in_kernel(&dm, path, name, slot, key, &mut report),
         Err(why) => {
-            poll::error(&format!(
+            output::error(&format!(
                 "WARNING: {label}: the kernel cannot move the data ({why}); libcryptsetup moves it instead, \
                  step by step, each step holding back the I/O of its area."
             ));
@@ -295,7 +307,7 @@ pub fn encrypt(opts: &Options, path: &Path, name: &DmName, slot: Option<u32>, ke
     let elapsed = shown.finish();
     crate::fault::memory("encrypted");
     for m in luks::take_log(opts.verbose > 1) {
-        poll::error(&format!("  {m}"));
+        output::error(&format!("  {m}"));
     }
     if !finished? {
         // The last checkpoint may lie past the last report.
@@ -306,17 +318,18 @@ pub fn encrypt(opts: &Options, path: &Path, name: &DmName, slot: Option<u32>, ke
                 "{label}: stopped at {} encrypted; the data is in use on /dev/mapper/{name}. Run pvencrypt again to resume.",
                 crate::progress::percent(last.0, last.1)
             ),
-        ));
+        )
+        .into());
     }
     if opts.verbose > 0 {
         let mib = last.1 as f64 / (1u64 << 20) as f64;
-        poll::error(&format!(
+        output::error(&format!(
             "{label}: encrypted {mib:.0} MiB in {:.1} s ({:.1} MiB/s).",
             elapsed.as_secs_f64(),
             mib / t0.elapsed().as_secs_f64().max(1e-6)
         ));
     }
-    finish(path)
+    Ok(finish(path)?)
 }
 
 /// The data moved by the kernel (mover.rs), under memory locked for the whole phase:
@@ -345,7 +358,7 @@ pub(crate) fn open_mover<'a>(
     slot: Option<u32>,
     key: &Passphrase,
 ) -> Result<Mover<'a>> {
-    let (raw, _) = device_of(path)?;
+    let (raw, _) = block_device(path)?;
     let mut cd = luks::open(path)?;
     let vk = luks::volume_key(&mut cd, slot, key)?;
     let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())?;
@@ -385,7 +398,7 @@ fn wipe_leftovers(cd: &mut libcryptsetup_rs::CryptDevice, path: &Path, m: &Marke
         luks::unused_header_areas(&json, offset).ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no layout"))?;
     direct::zero(path, &unused).or_fail(|| format!("Cannot wipe the unused header area of {}", path.display()))?;
 
-    let (_, size) = device_of(path)?;
+    let (_, size) = block_device(path)?;
     let tail = size.bytes() - 2 * offset;
     let pv_end = pv_size(m)?.bytes();
     if pv_end > tail {

@@ -7,13 +7,15 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    fs,
+    os::unix::fs::{FileTypeExt, MetadataExt},
     path::Path,
 };
 
 use devicemapper::{DevId, Device, DmFlags, DmOptions, DmUuid, DM};
 
 use crate::{
-    error::{fail, Context, Error, Kind, Result},
+    error::{fail, refuse, Context, Error, Kind, Result},
     units::Sectors,
 };
 
@@ -528,6 +530,29 @@ pub fn mirror_leg(params: &str, i: usize) -> Option<String> {
     let legs: usize = t.get(2 + log_args)?.parse().ok()?;
     let at = 2 + log_args + 1 + 2 * i;
     (i < legs).then(|| Some(format!("{} {}", t.get(at)?, t.get(at + 1)?))).flatten()
+}
+
+/// The block device `path` names, and its size; anything else is refused.
+pub fn block_device(path: &Path) -> Result<(Device, Sectors)> {
+    let md = fs::metadata(path).context(Kind::Refused, || format!("Cannot use {}", path.display()))?;
+    if !md.file_type().is_block_device() {
+        return refuse(format!("{} is not a block device.", path.display()));
+    }
+    let rdev = md.rdev();
+    let dev = Device { major: libc::major(rdev), minor: libc::minor(rdev) };
+    let size = fs::read_to_string(format!("/sys/dev/block/{dev}/size"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| Error::new(Kind::Refused, format!("Cannot read the size of {}.", path.display())))?;
+    Ok((dev, Sectors(size)))
+}
+
+/// The kernel names of what holds `dev` as its lower device (sysfs `holders`): dm-N for
+/// device-mapper, md, bcache...
+pub fn holders_of(dev: Device) -> Vec<String> {
+    fs::read_dir(format!("/sys/dev/block/{dev}/holders"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

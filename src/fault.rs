@@ -74,7 +74,7 @@ pub fn debug() -> bool {
 /// False when it was not written. Called from C: never panics, and a closed stderr is
 /// not an error.
 pub fn debug_line(from: &str, msg: &str) -> bool {
-    if !debug() || crate::switch::frozen() {
+    if !debug() || crate::output::held() {
         return false;
     }
     let _ = writeln!(std::io::stderr().lock(), "# {from}: {msg}");

@@ -141,7 +141,7 @@ pub fn guard(watch: &str) -> ! {
                 Some(format!("pvencrypt died while {name} was starting its chunks' copies; started {n}"))
             }
             Ok(_) => None,
-            Err(e) => Some(format!("pvencrypt died inside a commit of {name}; {}", e.msg)),
+            Err(e) => Some(format!("pvencrypt died inside a commit of {name}; {e}")),
         },
         Watch::Switch { holders, name, alias, moved, .. } => {
             let copy = alias_file.as_ref().filter(|_| copied).map(|f| (f, &mut buf, *moved));
@@ -154,7 +154,7 @@ pub fn guard(watch: &str) -> ! {
             match r {
                 Ok(None) => None,
                 Ok(Some(m)) => Some(format!("pvencrypt died in the switch's freeze; {m}")),
-                Err(e) => Some(format!("pvencrypt died in the switch's freeze; {}", e.msg)),
+                Err(e) => Some(format!("pvencrypt died in the switch's freeze; {e}")),
             }
         }
     };

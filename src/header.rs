@@ -30,11 +30,12 @@ use crate::{
 };
 
 const BIN_LEN: usize = 4096;
-const MAGIC_1ST: &[u8; 6] = b"LUKS\xba\xbe";
-const MAGIC_2ND: &[u8; 6] = b"SKUL\xba\xbe";
+/// The magic of the primary and of the secondary binary header (LUKS2 on-disk format).
+pub const MAGIC_1ST: &[u8; 6] = b"LUKS\xba\xbe";
+pub const MAGIC_2ND: &[u8; 6] = b"SKUL\xba\xbe";
 const CSUM: std::ops::Range<usize> = 448..512;
 /// Where libcryptsetup looks for a secondary header when the primary is damaged.
-const SECONDARY_OFFSETS: [u64; 9] = [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000];
+pub const SECONDARY_OFFSETS: [u64; 9] = [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000];
 
 fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
@@ -595,7 +596,7 @@ mod tests {
         let refused = |disk: Value, part: &str| {
             for b in [32 << 20, 0] {
                 let e = next_commit(&disk, &ours, &l, b).unwrap_err();
-                assert!(e.msg.contains(&format!("its {part} are not")), "{part}: {}", e.msg);
+                assert!(e.to_string().contains(&format!("its {part} are not")), "{part}: {e}");
             }
         };
         // Segments: the boundary elsewhere (an old header restored), or the reencryption ended.
@@ -614,8 +615,7 @@ mod tests {
 
     #[test]
     fn copies_round_trip_and_the_newest_intact_one_wins() {
-        let dir = std::env::temp_dir().join(format!("pvencrypt-header-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new("header");
         let path = dir.join("img");
         std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
@@ -645,6 +645,5 @@ mod tests {
         // Primary gone: the secondary is found at its offset.
         f.write_all_at(&[0u8; 512], 0).unwrap();
         assert_eq!(Header::read(&f).unwrap().seqid, 8);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

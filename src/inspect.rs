@@ -12,21 +12,18 @@
 //!
 //! A crash after step 1 leaves neither an LVM label nor a LUKS2 header, so nothing at
 //! boot uses the device; the record says where the copy of the first segment lies, and
-//! `restore_plain` puts the plain PV back from it. After step 2 stock libcryptsetup
+//! the repair (resume.rs, `restore_plain`) puts the plain PV back from it. After step 2 stock libcryptsetup
 //! restores the primary header from the secondary one; after step 3 it is LUKS2.
 
 use std::{fs::File, io, os::unix::fs::FileExt, path::Path};
 
 use crate::{
     dm::Dm,
+    header::{MAGIC_1ST, MAGIC_2ND, SECONDARY_OFFSETS},
     luks::{self, Marker},
 };
 
-const LUKS_MAGIC: &[u8] = b"LUKS\xba\xbe";
-const LUKS_MAGIC_2ND: &[u8] = b"SKUL\xba\xbe";
 const RECORD_MAGIC: &[u8; 16] = b"PVENCRYPT-SWITCH";
-/// Where LUKS2 puts its secondary header, by JSON area size (16 KiB … 4 MiB).
-const SECONDARY_OFFSETS: [u64; 9] = [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000];
 const TOKEN_JSON: &[u8] = br#""type":"pvencrypt""#;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +104,7 @@ pub fn probe(path: &Path) -> io::Result<Found> {
     let mut buf = crate::direct::Aligned::new(4096 + 12288);
     f.read_exact_at(&mut buf[..4096], 0)?;
     let start = &buf[..4096];
-    if start.starts_with(LUKS_MAGIC) {
+    if start.starts_with(MAGIC_1ST) {
         return Ok(Found::Luks);
     }
     if let Some(r) = SwitchRecord::decode(start) {
@@ -118,30 +115,11 @@ pub fn probe(path: &Path) -> io::Result<Found> {
         if f.read_exact_at(second, off).is_err() {
             break;
         }
-        if second.starts_with(LUKS_MAGIC_2ND) && second.windows(TOKEN_JSON.len()).any(|w| w == TOKEN_JSON) {
+        if second.starts_with(MAGIC_2ND) && second.windows(TOKEN_JSON.len()).any(|w| w == TOKEN_JSON) {
             return Ok(Found::TornHeader);
         }
     }
     Ok(Found::Other)
-}
-
-/// Undoes a switch a crash cut after step 1 whose header libcryptsetup cannot restore:
-/// copies the first segment back from where the record says it lies. Exact, because
-/// the LVs were suspended from that copy on, and nothing has used the device since: it
-/// carries no label. Refuses unless the copy starts with the label of the recorded PV.
-pub fn restore_plain(path: &Path, r: &SwitchRecord) -> io::Result<()> {
-    let f = crate::direct::open(path)?;
-    let (from, len) = r.moved;
-    let mut buf = crate::direct::Aligned::new(crate::direct::CHUNK);
-    f.read_exact_at(&mut buf[..4096], from)?;
-    let label = crate::lvm::label_in(&buf[..2048]).map_err(io::Error::other)?;
-    if label.as_ref().map(|l| l.pv_uuid.as_str()) != Some(r.pv_uuid.as_str()) {
-        return Err(io::Error::other(format!(
-            "the copy at byte {from} does not start with the label of PV {}; not restoring it",
-            r.pv_uuid
-        )));
-    }
-    crate::direct::copy(&f, &mut buf, from, 0, len)
 }
 
 /// Everything a device can be found in, as far as pvencrypt is concerned.
@@ -216,7 +194,7 @@ mod tests {
     fn record_round_trips_and_rejects_damage() {
         let r = SwitchRecord { moved: (520093696, 16777216), pv_uuid: "a".repeat(38), name: "sda5_crypt".into() };
         let s = r.encode().unwrap();
-        assert!(!s.starts_with(LUKS_MAGIC));
+        assert!(!s.starts_with(MAGIC_1ST));
         assert_eq!(SwitchRecord::decode(&s), Some(r.clone()));
         for i in [0, 20, 40, 100, RECORD_LEN - 1] {
             let mut bad = s;
@@ -228,13 +206,12 @@ mod tests {
 
     #[test]
     fn probe_tells_the_states_apart() {
-        let dir = std::env::temp_dir().join(format!("pvencrypt-probe-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new("probe");
         let img = dir.join("img");
         let mut disk = vec![0u8; 1 << 20];
         std::fs::write(&img, &disk).unwrap();
         assert_eq!(probe(&img).unwrap(), Found::Other);
-        disk[0x4000..0x4006].copy_from_slice(LUKS_MAGIC_2ND);
+        disk[0x4000..0x4006].copy_from_slice(MAGIC_2ND);
         disk[0x5000..0x5000 + TOKEN_JSON.len()].copy_from_slice(TOKEN_JSON);
         std::fs::write(&img, &disk).unwrap();
         assert_eq!(probe(&img).unwrap(), Found::TornHeader);
@@ -242,9 +219,8 @@ mod tests {
         disk[..512].copy_from_slice(&r.encode().unwrap());
         std::fs::write(&img, &disk).unwrap();
         assert_eq!(probe(&img).unwrap(), Found::TornSwitch(r));
-        disk[..6].copy_from_slice(LUKS_MAGIC);
+        disk[..6].copy_from_slice(MAGIC_1ST);
         std::fs::write(&img, &disk).unwrap();
         assert_eq!(probe(&img).unwrap(), Found::Luks);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -120,7 +120,7 @@ pub fn refuse_volume_as_key(path: &Path) -> Result<()> {
 pub fn volume_signature(path: &Path) -> io::Result<Option<&'static str>> {
     let mut start = Vec::with_capacity(2048);
     File::open(path)?.take(2048).read_to_end(&mut start)?;
-    if start.starts_with(b"LUKS\xba\xbe") || start.starts_with(b"SKUL\xba\xbe") {
+    if start.starts_with(crate::header::MAGIC_1ST) || start.starts_with(crate::header::MAGIC_2ND) {
         return Ok(Some("a LUKS header"));
     }
     if start.chunks(512).any(|s| s.starts_with(b"LABELONE")) {
@@ -178,16 +178,14 @@ mod tests {
         f.1.write_all(content).unwrap();
         let src = KeySource { file: Some(&f.0), size, offset };
         let r = src.read("", false).map(|p| p.bytes().to_vec());
-        std::fs::remove_file(&f.0).unwrap();
         r
     }
 
-    fn tempfile() -> (std::path::PathBuf, File) {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!("pvencrypt-key-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    fn tempfile() -> (std::path::PathBuf, File, crate::testing::TempDir) {
+        let dir = crate::testing::TempDir::new("key");
+        let p = dir.join("key");
         let f = File::create(&p).unwrap();
-        (p, f)
+        (p, f, dir)
     }
 
     #[test]
@@ -206,7 +204,7 @@ mod tests {
     fn empty_key_file_is_refused() {
         let e = read(b"", None, None).unwrap_err();
         assert_eq!(e.kind, Kind::Key);
-        assert!(e.msg.contains("empty"), "{}", e.msg);
+        assert!(e.to_string().contains("empty"), "{e}");
     }
 
     #[test]
@@ -225,9 +223,7 @@ mod tests {
     fn signature(content: &[u8]) -> Option<&'static str> {
         let mut f = tempfile();
         f.1.write_all(content).unwrap();
-        let r = volume_signature(&f.0).unwrap();
-        std::fs::remove_file(&f.0).unwrap();
-        r
+        volume_signature(&f.0).unwrap()
     }
 
     #[test]
@@ -256,7 +252,6 @@ mod tests {
         let mut f = tempfile();
         f.1.write_all(b"LUKS\xba\xbe").unwrap();
         assert!(refuse_volume_as_key(&f.0).is_ok());
-        std::fs::remove_file(&f.0).unwrap();
         assert!(refuse_volume_as_key(Path::new("-")).is_ok());
         assert!(refuse_volume_as_key(Path::new("/nonexistent/key")).is_ok());
     }

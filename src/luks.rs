@@ -361,7 +361,7 @@ pub fn activate(cd: &mut CryptDevice, path: &Path, name: &str, slot: Option<u32>
 
 fn key_error(e: libcryptsetup_rs::LibcryptErr, what: impl FnOnce() -> String) -> Error {
     if matches!(e, libcryptsetup_rs::LibcryptErr::IOError(ref io) if io.raw_os_error() == Some(libc::EPERM)) {
-        Error::new(Kind::Key, "No key available with this passphrase.")
+        Error::new(Kind::WrongPassphrase, "No key available with this passphrase.")
     } else {
         Error::new(Kind::Failed, format!("{}: {e}", what()))
     }
@@ -616,34 +616,7 @@ mod tests {
 mod loop_tests {
     use super::*;
 
-    pub(crate) struct Loop {
-        pub path: PathBuf,
-        file: PathBuf,
-    }
-
-    impl Loop {
-        pub(crate) fn new(mib: u64) -> Option<Loop> {
-            if !crate::sys::is_root() {
-                eprintln!("skipped: needs root");
-                return None;
-            }
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let file = std::env::temp_dir().join(format!("pvencrypt-luks-{}-{n}.img", std::process::id()));
-            File::create(&file).unwrap().set_len(mib << 20).unwrap();
-            let out = std::process::Command::new("losetup").args(["-f", "--show"]).arg(&file).output().unwrap();
-            assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-            let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-            Some(Loop { path, file })
-        }
-    }
-
-    impl Drop for Loop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup").arg("-d").arg(&self.path).status();
-            let _ = std::fs::remove_file(&self.file);
-        }
-    }
+    pub(crate) use crate::testing::Loop;
 
     pub(crate) fn cheap_format(shift: u64) -> Format {
         Format {
@@ -673,22 +646,22 @@ mod loop_tests {
 
     #[test]
     fn header_prepared_in_memory_leaves_the_disk_alone() {
-        let Some(lo) = Loop::new(64) else { return };
+        let Some(lo) = Loop::zeroed(64) else { return };
         capture_log();
         libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
-        let before = std::fs::read(&lo.path).unwrap();
+        let before = std::fs::read(&lo.dev).unwrap();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let p =
-            prepare(&cheap_format(32768), &lo.path, &key, &test_marker()).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+            prepare(&cheap_format(32768), &lo.dev, &key, &test_marker()).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         assert_ne!(p.user_slot, p.temp_slot);
-        assert!(std::fs::read(&lo.path).unwrap() == before, "preparing must not write to the device");
+        assert!(std::fs::read(&lo.dev).unwrap() == before, "preparing must not write to the device");
         let mut cd = open(&p.header.path()).unwrap();
         let (_, m) = super::marker(&mut cd).expect("token present");
         assert_eq!(m.temp_keyslot, Some(p.temp_slot));
         assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
         assert_eq!(check_key(&mut cd, &p.temp_key).unwrap(), p.temp_slot);
         let wrong = Passphrase::checked(zeroize::Zeroizing::new(b"nope".to_vec()), "t").unwrap();
-        assert_eq!(check_key(&mut cd, &wrong).unwrap_err().kind, Kind::Key);
+        assert_eq!(check_key(&mut cd, &wrong).unwrap_err().kind, Kind::WrongPassphrase);
     }
 }
 
@@ -702,38 +675,38 @@ mod image_tests {
 
     #[test]
     fn header_image_placed_by_hand_is_a_luks2_device_in_reencryption() {
-        let Some(lo) = Loop::new(64) else { return };
+        let Some(lo) = Loop::zeroed(64) else { return };
         capture_log();
         let pattern: Vec<u8> = (0..64u64 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
-        std::fs::write(&lo.path, &pattern).unwrap();
+        std::fs::write(&lo.dev, &pattern).unwrap();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let fmt = cheap_format(32768);
-        let p = prepare(&fmt, &lo.path, &key, &super::loop_tests::test_marker()).unwrap();
-        init_reencryption(&p, &fmt, &lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
-        let disk = std::fs::read(&lo.path).unwrap();
+        let p = prepare(&fmt, &lo.dev, &key, &super::loop_tests::test_marker()).unwrap();
+        init_reencryption(&p, &fmt, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let disk = std::fs::read(&lo.dev).unwrap();
         assert!(disk[..48 << 20] == pattern[..48 << 20], "the start and the PV must be untouched");
         assert!(disk[48 << 20..] == pattern[..16 << 20], "the first segment is copied to the end");
 
         let img = header_image(&p).unwrap();
         assert!(img.len() < 2 << 20, "only the used part: {}", img.len());
         let end = img.len() as u64;
-        let f = std::fs::OpenOptions::new().write(true).open(&lo.path).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&lo.dev).unwrap();
         f.write_all_at(&img[4096..], 4096).unwrap();
         f.write_all_at(&img[..4096], 0).unwrap();
         f.sync_all().unwrap();
 
-        let mut cd = open(&lo.path).unwrap();
+        let mut cd = open(&lo.dev).unwrap();
         let json = cd.status_handle().dump_json().unwrap();
         let unused = unused_header_areas(&json, cd.status_handle().get_data_offset() * 512).unwrap();
         assert_eq!(unused, vec![(end, (16 << 20) - end)]);
-        crate::direct::zero(&lo.path, &unused).unwrap();
+        crate::direct::zero(&lo.dev, &unused).unwrap();
         assert_ne!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
         assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
         let json = cd.status_handle().dump_json().unwrap();
         assert_eq!(moved_segment_in(&json), Some((48 << 20, 16 << 20)));
         // The PV may use the device up to S - 2H.
         assert_eq!(progress_in(&json), Some((0, 32 << 20)));
-        let disk = std::fs::read(&lo.path).unwrap();
+        let disk = std::fs::read(&lo.dev).unwrap();
         assert!(disk[end as usize..16 << 20].iter().all(|&b| b == 0), "unused header area wiped");
         assert!(disk[16 << 20..48 << 20] == pattern[16 << 20..48 << 20], "the PV's data beyond the header untouched");
     }
@@ -743,13 +716,12 @@ mod image_tests {
     /// reencryption and the placement, beside the passphrase's.
     #[test]
     fn a_tpm2_binding_made_before_the_marking_is_in_the_placed_header() {
-        let Some(lo) = Loop::new(64) else { return };
+        let Some(lo) = Loop::zeroed(64) else { return };
         let tcti = std::path::Path::new("/usr/lib/x86_64-linux-gnu/libtss2-tcti-swtpm.so.0");
         if crate::boot::which(std::path::Path::new("/"), "swtpm").is_none() || !tcti.exists() {
             return eprintln!("skipped: needs swtpm and libtss2-tcti-swtpm0");
         }
-        let state = std::env::temp_dir().join(format!("pvencrypt-swtpm-{}", std::process::id()));
-        std::fs::create_dir_all(&state).unwrap();
+        let state = crate::testing::TempDir::new("swtpm");
         let port = 20000 + std::process::id() % 20000;
         let mut swtpm = std::process::Command::new("swtpm")
             .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear", "--tpmstate"])
@@ -764,18 +736,17 @@ mod image_tests {
         capture_log();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let fmt = Format { tpm2: Some((format!("swtpm:host=127.0.0.1,port={port}"), "7".into())), ..cheap_format(32768) };
-        let prepared = up.then(|| prepare(&fmt, &lo.path, &key, &super::loop_tests::test_marker()));
+        let prepared = up.then(|| prepare(&fmt, &lo.dev, &key, &super::loop_tests::test_marker()));
         let _ = swtpm.kill();
         let _ = swtpm.wait();
-        let _ = std::fs::remove_dir_all(&state);
         assert!(up, "swtpm did not listen on port {port}");
         let p = prepared.unwrap().unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
-        init_reencryption(&p, &fmt, &lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        init_reencryption(&p, &fmt, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let img = header_image(&p).unwrap();
-        let f = crate::direct::open(&lo.path).unwrap();
+        let f = crate::direct::open(&lo.dev).unwrap();
         f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();
 
-        let mut cd = open(&lo.path).unwrap();
+        let mut cd = open(&lo.dev).unwrap();
         assert_ne!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
         let json = cd.status_handle().dump_json().unwrap();
         assert!(crate::boot::tpm2::bound(&json), "{json}");
@@ -785,6 +756,11 @@ mod image_tests {
         assert_eq!(json["keyslots"][slot.to_string()]["type"], "luks2", "{json}");
         assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot, "the passphrase still opens it");
         assert!(super::marker(&mut cd).is_some(), "pvencrypt's token too");
+        // The token's plugin finds no TPM2 that unseals it (swtpm is gone; systemd's plugin
+        // uses the machine's own TPM2, as crypttab's tpm2-device=auto): nothing, and the
+        // resume asks. The VM test t_dracut_tpm2 unseals with a TPM2.
+        assert!(crate::boot::tpm2::unseal(&lo.dev).is_none(), "unsealed without the TPM2");
+        assert!(crate::boot::tpm2::unseal(&p.header.path()).is_none(), "the header before the binding has no token");
     }
 
     /// The mover's hand-made commits (header.rs), read back by libcryptsetup: every
@@ -793,20 +769,20 @@ mod image_tests {
     #[test]
     fn hand_committed_states_are_what_libcryptsetup_reads() {
         use crate::header::{self, Header, Layout};
-        let Some(lo) = Loop::new(64) else { return };
+        let Some(lo) = Loop::zeroed(64) else { return };
         capture_log();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let fmt = cheap_format(8192);
-        let p = prepare(&fmt, &lo.path, &key, &super::loop_tests::test_marker()).unwrap();
+        let p = prepare(&fmt, &lo.dev, &key, &super::loop_tests::test_marker()).unwrap();
         let before = open(&p.header.path()).unwrap().status_handle().dump_json().unwrap();
-        init_reencryption(&p, &fmt, &lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        init_reencryption(&p, &fmt, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let img = header_image(&p).unwrap();
-        let f = crate::direct::open(&lo.path).unwrap();
+        let f = crate::direct::open(&lo.dev).unwrap();
         f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();
 
         let mut h = Header::read(&f).unwrap();
         let l = Layout::of(&h.json).unwrap();
-        let mut cd = open(&lo.path).unwrap();
+        let mut cd = open(&lo.dev).unwrap();
         let vk = volume_key(&mut cd, None, &key).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         assert_eq!(vk.len(), 64);
         assert_eq!(*volume_key(&mut cd, Some(p.temp_slot), &p.temp_key).unwrap(), *vk);
@@ -816,14 +792,14 @@ mod image_tests {
             let json = header::at_boundary(&h.json, &l, b).unwrap();
             h.write(&f, &h.images(&json).unwrap()).unwrap();
             h.committed(json);
-            let mut cd = open(&lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+            let mut cd = open(&lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
             assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::Clean, "at {b}");
             assert_eq!(progress(&mut cd), Some((l.total - b, l.total)), "at {b}");
             assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
         }
         let json = header::finished(&h.json).unwrap();
         h.write(&f, &h.images(&json).unwrap()).unwrap();
-        let mut cd = open(&lo.path).unwrap();
+        let mut cd = open(&lo.dev).unwrap();
         assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
         assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
         let after = cd.status_handle().dump_json().unwrap();
@@ -836,14 +812,14 @@ mod image_tests {
     #[test]
     fn a_keyslot_destroyed_by_libcryptsetup_between_commits_stays_destroyed() {
         use crate::header::{self, Header, Layout};
-        let Some(lo) = Loop::new(64) else { return };
+        let Some(lo) = Loop::zeroed(64) else { return };
         capture_log();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let fmt = cheap_format(8192);
-        let p = prepare(&fmt, &lo.path, &key, &super::loop_tests::test_marker()).unwrap();
-        init_reencryption(&p, &fmt, &lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let p = prepare(&fmt, &lo.dev, &key, &super::loop_tests::test_marker()).unwrap();
+        init_reencryption(&p, &fmt, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let img = header_image(&p).unwrap();
-        let f = crate::direct::open(&lo.path).unwrap();
+        let f = crate::direct::open(&lo.dev).unwrap();
         f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();
         let mut ours = Header::read(&f).unwrap();
         let l = Layout::of(&ours.json).unwrap();
@@ -857,7 +833,7 @@ mod image_tests {
             assert_eq!(Header::read(&f).unwrap().seqid, ours.seqid);
         };
         commit(&mut ours, 40 << 20);
-        let mut cd = open(&lo.path).unwrap();
+        let mut cd = open(&lo.dev).unwrap();
         destroy_keyslot(&mut cd, p.temp_slot).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         drop(cd);
         let killed = Header::read(&f).unwrap().seqid;
@@ -865,12 +841,12 @@ mod image_tests {
         for b in [4 << 20, 0] {
             commit(&mut ours, b);
             assert!(ours.seqid > killed);
-            let mut cd = open(&lo.path).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+            let mut cd = open(&lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
             assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
             assert!(volume_key(&mut cd, Some(p.temp_slot), &p.temp_key).is_err(), "at {b}: the killed keyslot is back");
             assert!(ours.json["keyslots"].get(p.temp_slot.to_string()).is_none());
         }
-        let mut cd = open(&lo.path).unwrap();
+        let mut cd = open(&lo.dev).unwrap();
         assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
         // finish() again after it: nothing left to destroy is not an error.
         destroy_keyslot(&mut cd, p.temp_slot).unwrap();

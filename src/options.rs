@@ -11,8 +11,11 @@ pub struct Options {
     pub cipher: String,
     /// Bits.
     pub key_size: u32,
-    pub sector_size: u32,
+    /// `None`: the device's logical block size.
+    pub sector_size: Option<u32>,
     pub label: Option<String>,
+    /// The LUKS2 UUID; `None`: a new random one.
+    pub uuid: Option<String>,
     pub pbkdf: Option<Pbkdf>,
     pub pbkdf_memory: Option<u32>,
     pub pbkdf_parallel: Option<u32>,
@@ -25,12 +28,25 @@ pub struct Options {
     pub no_initramfs: bool,
     /// `--tpm2-device`, and the PCRs to seal against.
     pub tpm2: Option<(String, String)>,
+    /// LVM's common options (--config, --devices, --devicesfile).
+    pub lvm: crate::lvm::Common,
+    /// LVM's --autobackup for --make-room's pvmove.
+    pub autobackup: Option<bool>,
     /// Nothing is asked on the terminal.
     pub yes: bool,
     /// Progress lines every this many seconds instead of a bar.
     pub interval: Option<u32>,
     pub verbose: u8,
     pub quiet: bool,
+}
+
+impl Options {
+    /// The options of a command line's arguments (without the program name): a queued
+    /// PV's, recorded as typed.
+    pub fn from_args(args: &[String]) -> Result<Options, clap::Error> {
+        let cli = <Cli as clap::Parser>::try_parse_from(std::iter::once("pvencrypt".to_string()).chain(args.iter().cloned()))?;
+        Ok(Options::from(&cli))
+    }
 }
 
 impl From<&Cli> for Options {
@@ -41,6 +57,7 @@ impl From<&Cli> for Options {
             key_size: c.key_size,
             sector_size: c.sector_size,
             label: c.label.clone(),
+            uuid: c.uuid.clone(),
             pbkdf: c.pbkdf,
             pbkdf_memory: c.pbkdf_memory,
             pbkdf_parallel: c.pbkdf_parallel,
@@ -54,6 +71,8 @@ impl From<&Cli> for Options {
                 .tpm2_device
                 .clone()
                 .map(|d| (d, c.tpm2_pcrs.clone().unwrap_or_else(|| crate::boot::tpm2::DEFAULT_PCRS.into()))),
+            lvm: crate::lvm::Common { config: c.config.clone(), devices: c.devices.clone(), devicesfile: c.devicesfile.clone() },
+            autobackup: c.autobackup,
             yes: c.yes,
             interval: c.interval,
             verbose: c.verbose,

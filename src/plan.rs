@@ -198,8 +198,8 @@ mod tests {
         let r = room(&p, 32 << 20, 512).unwrap();
         let segs = segments(&[(0, 116, true), (116, 3, false), (119, 8, true)]);
         let e = make_room(&r, &p, &segs, &VgName("vg0".into())).unwrap_err();
-        assert!(e.msg.contains("8 extents at the end of the PV must move, and only 3"), "{}", e.msg);
-        assert!(e.msg.contains("(5 missing)") && e.msg.contains("vgextend vg0"), "{}", e.msg);
+        assert!(e.to_string().contains("8 extents at the end of the PV must move, and only 3"), "{e}");
+        assert!(e.to_string().contains("(5 missing)") && e.to_string().contains("vgextend vg0"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    os::unix::fs::{FileTypeExt, MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -17,13 +17,13 @@ use libcryptsetup_rs::{
 use crate::{
     boot,
     cli::Pbkdf,
-    dm::{Dm, DmName},
+    dm::{block_device, Dm, DmName},
     error::{refuse, Context, Error, Kind, Result},
     inspect::{inspect, State},
     luks::{self, Format},
     lvm,
     options::Options,
-    plan, poll,
+    output, plan,
     units::Sectors,
 };
 
@@ -40,20 +40,8 @@ pub struct Target {
     /// What --make-room has to do first, when the PV reaches into the room LUKS2 needs.
     pub make_room: Option<plan::MakeRoom>,
     pub lvs: Vec<String>,
-}
-
-pub fn device_of(path: &Path) -> Result<(Device, Sectors)> {
-    let md = fs::metadata(path).context(Kind::Refused, || format!("Cannot use {}", path.display()))?;
-    if !md.file_type().is_block_device() {
-        return refuse(format!("{} is not a block device.", path.display()));
-    }
-    let rdev = md.rdev();
-    let dev = Device { major: libc::major(rdev), minor: libc::minor(rdev) };
-    let size = fs::read_to_string(format!("/sys/dev/block/{dev}/size"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| Error::new(Kind::Refused, format!("Cannot read the size of {}.", path.display())))?;
-    Ok((dev, Sectors(size)))
+    /// The encryption sector size: --sector-size, else the device's logical block size.
+    pub sector_size: u32,
 }
 
 pub fn default_name(path: &Path) -> String {
@@ -62,7 +50,9 @@ pub fn default_name(path: &Path) -> String {
 
 /// Step 1. Read-only.
 pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
-    let (dev, size) = device_of(path)?;
+    let (dev, size) = block_device(path)?;
+    let lbs = crate::sys::logical_block_size(path).context(Kind::Refused, || format!("Cannot use {}", path.display()))?;
+    let sector = sector_size(opts, path, lbs)?;
     match inspect(path) {
         State::Other => {}
         State::Foreign => return refuse(format!("{} is already a LUKS device.", path.display())),
@@ -97,7 +87,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         .context(Kind::Refused, || format!("Cannot read {} as an LVM physical volume", path.display()))?
         .ok_or_else(|| Error::new(Kind::Refused, format!("{} is not an LVM physical volume.", path.display())))?;
     let Some(vg_name) = pv.vg_name.clone() else {
-        return orphan(opts, path, dev, size, name, pv, &dm);
+        return orphan(opts, path, dev, size, sector, name, pv, &dm);
     };
     let vg = lvm::vg(&vg_name).context(Kind::Refused, || format!("Cannot use volume group {vg_name}"))?;
     if vg.vg_attr.partial() || vg.vg_missing_pv_count > 0 {
@@ -124,7 +114,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         extent_size: vg.vg_extent_size,
         pv_size: recorded,
     };
-    let room = plan::room(&shape, opts.reduce_device_size, opts.sector_size)?;
+    let room = plan::room(&shape, opts.reduce_device_size, sector)?;
     let make_room = if !room.short() {
         None
     } else if opts.make_room || may_ask(opts) {
@@ -150,30 +140,35 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
             ));
         }
     }
-    if let Ok(rd) = fs::read_dir(format!("/sys/dev/block/{dev}/holders")) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().to_string();
-            if !n.starts_with("dm-") {
-                return refuse(format!("{} is held by {n}, which is not a device-mapper device.", path.display()));
-            }
-        }
+    if let Some(n) = crate::dm::holders_of(dev).into_iter().find(|n| !n.starts_with("dm-")) {
+        return refuse(format!("{} is held by {n}, which is not a device-mapper device.", path.display()));
     }
-    check_uses(opts, &dm, dev, &holders)?;
+    check_uses(sector, lbs, &dm, &holders)?;
     check_filters(path, name.as_str(), &pv.pv_uuid)?;
     check_initramfs(opts, path, name.as_str(), &vg.vg_uuid)?;
     check_tpm2(opts, Some(&vg.vg_uuid))?;
-    check_kernel(opts, path, &name, room.shift, dev, &dm)?;
+    check_kernel(opts, path, &name, room.shift, sector, dev, &dm)?;
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
-    Ok(Target { path: path.into(), dev, size, name, vg: Some(vg), pv, room, make_room, lvs })
+    Ok(Target { path: path.into(), dev, size, name, vg: Some(vg), pv, room, make_room, lvs, sector_size: sector })
 }
 
 /// A PV in no VG yet (the scripted `pvcreate; pvencrypt; vgextend`): nothing may use it,
 /// and it only shrinks to leave LUKS2 its room, with nothing to move (pvresize).
-fn orphan(opts: &Options, path: &Path, dev: Device, size: Sectors, name: DmName, pv: lvm::Pv, dm: &Dm) -> Result<Target> {
+#[allow(clippy::too_many_arguments)]
+fn orphan(
+    opts: &Options,
+    path: &Path,
+    dev: Device,
+    size: Sectors,
+    sector: u32,
+    name: DmName,
+    pv: lvm::Pv,
+    dm: &Dm,
+) -> Result<Target> {
     if let Some(h) = dm.holders(dev)?.first() {
         return refuse(format!("{} is in no volume group, yet {} uses it.", path.display(), h.name));
     }
-    if fs::read_dir(format!("/sys/dev/block/{dev}/holders")).is_ok_and(|mut rd| rd.next().is_some()) {
+    if !crate::dm::holders_of(dev).is_empty() {
         return refuse(format!("{} is in no volume group, yet something holds it open.", path.display()));
     }
     check_filters(path, name.as_str(), &pv.pv_uuid)?;
@@ -184,32 +179,31 @@ fn orphan(opts: &Options, path: &Path, dev: Device, size: Sectors, name: DmName,
         extent_size: Sectors(0),
         pv_size: pv.pv_size,
     };
-    let room = plan::room(&shape, opts.reduce_device_size, opts.sector_size)?;
+    let room = plan::room(&shape, opts.reduce_device_size, sector)?;
     if room.limit <= pv.pe_start {
         return refuse(room.shortage(&shape));
     }
     let make_room = room.short().then(|| plan::MakeRoom { keep: lvm::Extents(0), ranges: vec![], size: room.limit });
     check_tpm2(opts, None)?;
-    check_kernel(opts, path, &name, room.shift, dev, dm)?;
-    Ok(Target { path: path.into(), dev, size, name, vg: None, pv, room, make_room, lvs: vec![] })
+    check_kernel(opts, path, &name, room.shift, sector, dev, dm)?;
+    Ok(Target { path: path.into(), dev, size, name, vg: None, pv, room, make_room, lvs: vec![], sector_size: sector })
 }
 
 /// The kernel can run what the conversion needs, before anything changes.
-fn check_kernel(opts: &Options, path: &Path, name: &DmName, shift: Sectors, dev: Device, dm: &Dm) -> Result<()> {
+fn check_kernel(opts: &Options, path: &Path, name: &DmName, shift: Sectors, sector: u32, dev: Device, dm: &Dm) -> Result<()> {
     // A throw-away mapping (never resumed, no I/O): the kernel must be able to run the
     // cipher. This also loads dm-crypt's modules now: inside the freeze their autoloading
     // would run modprobe from a disk that may be frozen.
-    let fmt = format_of(opts, shift)?;
-    dm.probe_crypt(&DmName::new(format!("{name}-pvencrypt-probe"))?, &opts.cipher, fmt.key_bytes, opts.sector_size, dev)
-        .map_err(|e| {
-            Error::new(
-                Kind::Refused,
-                format!("{e}. Is dm-crypt available (modprobe dm-crypt), and does the kernel know this cipher?"),
-            )
-        })?;
+    let fmt = format_of(opts, shift, sector)?;
+    dm.probe_crypt(&DmName::new(format!("{name}-pvencrypt-probe"))?, &opts.cipher, fmt.key_bytes, sector, dev).map_err(|e| {
+        Error::new(
+            Kind::Refused,
+            format!("{e}. Is dm-crypt available (modprobe dm-crypt), and does the kernel know this cipher?"),
+        )
+    })?;
     // The data mover's modules too (dm-mirror, dm-log, dm-region-hash), before any suspension.
     if let Err(why) = crate::mover::usable(dm) {
-        crate::poll::error(&format!(
+        crate::output::error(&format!(
             "WARNING: {}: the kernel cannot move the data ({why}); libcryptsetup will, step by step.",
             path.display()
         ));
@@ -242,7 +236,7 @@ fn check_filters(path: &Path, name: &str, pv_uuid: &str) -> Result<()> {
                     path.display()
                 ))
             }
-            Err(e) => poll::error(&format!(
+            Err(e) => output::error(&format!(
                 "WARNING: {}: cannot check devices/{setting} ({e}); make sure it accepts /dev/mapper/{name}.",
                 path.display()
             )),
@@ -255,12 +249,12 @@ fn check_filters(path: &Path, name: &str, pv_uuid: &str) -> Result<()> {
 /// that opens NAME: refused without one. `--no-initramfs` means the admin builds it
 /// (another tool, another machine): then a warning only.
 fn check_initramfs(opts: &Options, path: &Path, name: &str, vg_uuid: &str) -> Result<()> {
-    let Some(why) = boot::boot_needs(&active_lvs(Some(vg_uuid))) else { return Ok(()) };
+    let Some(why) = boot::boot_needs(&lvm::active_lvs(Some(vg_uuid))) else { return Ok(()) };
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     match boot::initramfs::can_open(Path::new(boot::ROOT), &cmdline) {
         Ok(_) => Ok(()),
         Err(missing) if opts.no_initramfs => {
-            poll::error(&format!(
+            output::error(&format!(
                 "WARNING: {}: {why}, but {missing}. With --no-initramfs, an initramfs that opens {name} is yours to \
                  build before rebooting.",
                 path.display()
@@ -276,8 +270,13 @@ fn check_tpm2(opts: &Options, vg_uuid: Option<&str>) -> Result<()> {
     let Some((device, _)) = &opts.tpm2 else { return Ok(()) };
     let root = Path::new(boot::ROOT);
     // check_initramfs refused a system that boots from the VG without a tool.
-    let initramfs =
-        boot::boot_needs(&active_lvs(vg_uuid)).map(|_| if opts.no_initramfs { None } else { boot::initramfs::detect(root).ok() });
+    let initramfs = boot::boot_needs(&lvm::active_lvs(vg_uuid)).map(|_| {
+        if opts.no_initramfs {
+            None
+        } else {
+            boot::initramfs::detect(root).ok()
+        }
+    });
     boot::tpm2::check(root, device, initramfs, crate::service::systemd_booted())
         .or_else(|e| refuse(format!("{e}. Nothing was changed.")))
 }
@@ -288,21 +287,27 @@ fn may_ask(opts: &Options) -> bool {
     !opts.yes && std::io::IsTerminal::is_terminal(&std::io::stdin())
 }
 
-/// The active LVs of the VG, on any PV.
-pub fn active_lvs(vg_uuid: Option<&str>) -> Vec<Device> {
-    let Some(vg_uuid) = vg_uuid else { return vec![] };
-    Dm::open().and_then(|dm| dm.devices_with_uuid(&lvm::lv_uuid_prefix(vg_uuid))).unwrap_or_default()
+/// The encryption sector size: --sector-size, which dm-crypt refuses below the device's
+/// logical block size (a 4Kn disk: 4096), else that block size (cryptsetup luksFormat
+/// picks it too), at least 512.
+fn sector_size(opts: &Options, path: &Path, lbs: u32) -> Result<u32> {
+    match opts.sector_size {
+        Some(s) if s < lbs => refuse(format!(
+            "--sector-size {s} is smaller than the {lbs}-byte logical blocks of {}: dm-crypt cannot encrypt in \
+             units smaller than the device's. Use --sector-size {lbs}, or leave it out.",
+            path.display()
+        )),
+        Some(s) => Ok(s),
+        None => Ok(lbs.max(512)),
+    }
 }
 
 /// What the LVs are used for must survive the conversion: /boot must stay readable by
 /// the boot loader, and a larger encryption sector must not break a filesystem that
 /// writes smaller blocks (the LVs inherit the crypt device's logical block size).
-fn check_uses(opts: &Options, dm: &Dm, raw: Device, holders: &[crate::dm::Holder]) -> Result<()> {
+/// `lbs`: the PV's logical block size.
+fn check_uses(sector: u32, lbs: u32, dm: &Dm, holders: &[crate::dm::Holder]) -> Result<()> {
     let mounts = boot::mounts();
-    let lbs = fs::read_to_string(format!("/sys/dev/block/{raw}/queue/logical_block_size"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .unwrap_or(512);
     // /boot as a mount of its own, or as a plain directory of a filesystem on the VG.
     let boot_dev = fs::metadata("/boot").ok().map(|m| Device { major: libc::major(m.dev()), minor: libc::minor(m.dev()) });
     for h in holders {
@@ -320,16 +325,16 @@ fn check_uses(opts: &Options, dm: &Dm, raw: Device, holders: &[crate::dm::Holder
                  cannot read LUKS2 in reencryption at all). Move /boot to a partition of its own first."
             ));
         }
-        if opts.sector_size <= lbs {
+        if sector <= lbs {
             continue;
         }
         for m in &mounted {
             let bsize = crate::sys::statvfs_bsize(&m.point);
-            if !m.fstype.starts_with("ext") || bsize.is_none_or(|b| b < opts.sector_size as u64) {
+            if !m.fstype.starts_with("ext") || bsize.is_none_or(|b| b < sector as u64) {
                 return refuse(format!(
                     "--sector-size {} is larger than what {} ({} on {}, blocks of {} bytes) may write; \
                      use --sector-size {lbs}.",
-                    opts.sector_size,
+                    sector,
                     h.name,
                     m.fstype,
                     m.point,
@@ -337,12 +342,12 @@ fn check_uses(opts: &Options, dm: &Dm, raw: Device, holders: &[crate::dm::Holder
                 ));
             }
         }
-        let stacked = fs::read_dir(format!("/sys/dev/block/{dev}/holders")).is_ok_and(|mut d| d.next().is_some());
+        let stacked = !crate::dm::holders_of(dev).is_empty();
         if mounted.is_empty() && !stacked && dm.open_count(&h.name)? > 0 {
             return refuse(format!(
                 "--sector-size {} is larger than the {lbs}-byte blocks {} is used with now, by a user pvencrypt \
                  cannot check (swap, a process, a virtual machine); use --sector-size {lbs}.",
-                opts.sector_size, h.name
+                sector, h.name
             ));
         }
     }
@@ -372,7 +377,7 @@ fn pbkdf(opts: &Options) -> Result<CryptPbkdfType> {
     Ok(p)
 }
 
-pub fn format_of(opts: &Options, shift: Sectors) -> Result<Format> {
+pub fn format_of(opts: &Options, shift: Sectors, sector_size: u32) -> Result<Format> {
     let (cipher, cipher_mode) = luks::split_cipher(&opts.cipher)?;
     if opts.key_size == 0 || !opts.key_size.is_multiple_of(8) {
         return refuse(format!("--key-size must be a multiple of 8 bits (got {}).", opts.key_size));
@@ -381,9 +386,12 @@ pub fn format_of(opts: &Options, shift: Sectors) -> Result<Format> {
         cipher,
         cipher_mode,
         key_bytes: opts.key_size as usize / 8,
-        sector_size: opts.sector_size,
+        sector_size,
         label: opts.label.clone(),
-        uuid: uuid::Uuid::new_v4(),
+        uuid: match &opts.uuid {
+            None => uuid::Uuid::new_v4(),
+            Some(u) => uuid::Uuid::parse_str(u).map_err(|e| Error::new(Kind::Refused, format!("--uuid {u:?}: {e}.")))?,
+        },
         shift,
         pbkdf: pbkdf(opts)?,
         tpm2: opts.tpm2.clone(),
@@ -396,6 +404,7 @@ pub fn describe(opts: &Options, t: &Target) -> String {
     let mut out = format!(
         "{path}: {vg}, {size} MiB. It becomes a LUKS2 device opened as /dev/mapper/{name}.\n  \
          header and data shift: {h} MiB each; the PV ends at {end} MiB, the room needed starts at {limit} MiB.\n  \
+         encryption: {cipher}, {bits}-bit key, {sector}-byte sectors{why}.\n  \
          suspended for the switch: {lvs}.",
         path = t.path.display(),
         vg = t.vg.as_ref().map_or("PV in no volume group yet".into(), |v| format!("PV of volume group {}", v.vg_name)),
@@ -404,6 +413,14 @@ pub fn describe(opts: &Options, t: &Target) -> String {
         h = mib(t.room.shift),
         end = mib(t.room.pv_end),
         limit = mib(t.room.limit),
+        cipher = opts.cipher,
+        bits = opts.key_size,
+        sector = t.sector_size,
+        why = match opts.sector_size {
+            Some(_) => " (--sector-size)",
+            None if t.sector_size > 512 => " (the disk's logical block size)",
+            None => "",
+        },
         lvs = if t.lvs.is_empty() { "none (no LV is active)".to_string() } else { t.lvs.join(", ") },
     );
     if let Some(m) = t.make_room.as_ref().filter(|m| m.ranges.is_empty()) {
@@ -417,22 +434,21 @@ pub fn describe(opts: &Options, t: &Target) -> String {
             mib(m.size)
         );
     }
+    // As libcryptsetup writes it.
+    let uuid =
+        opts.uuid.as_deref().and_then(|u| uuid::Uuid::parse_str(u).ok()).map_or("<new LUKS UUID>".into(), |u| u.to_string());
+    let uuid = uuid.as_str();
     if !opts.no_crypttab {
-        let line = boot::Line {
-            name: t.name.as_str(),
-            uuid: "<new LUKS UUID>",
-            discard: boot::supports_discard(t.dev),
-            tpm2: opts.tpm2.is_some(),
-        };
+        let line = boot::Line { name: t.name.as_str(), uuid, discard: boot::supports_discard(t.dev), tpm2: opts.tpm2.is_some() };
         out += &format!("\n  {} gets: {line}", boot::CRYPTTAB);
     }
-    let needs = boot::boot_needs(&active_lvs(t.vg.as_ref().map(|v| v.vg_uuid.as_str())));
+    let needs = boot::boot_needs(&lvm::active_lvs(t.vg.as_ref().map(|v| v.vg_uuid.as_str())));
     // Without a tool that can open the device, preflight refused (or --no-initramfs).
     let tool = needs.as_ref().and_then(|_| boot::initramfs::detect(Path::new(boot::ROOT)).ok());
     for line in boot::plan(t.name.as_str(), needs.as_deref(), tool, opts.no_initramfs, opts.no_crypttab, opts.tpm2.is_some()) {
         out += &format!("\n  {line}");
     }
-    for a in boot::cmdline_advice(&fs::read_to_string("/proc/cmdline").unwrap_or_default(), "<new LUKS UUID>") {
+    for a in boot::cmdline_advice(&fs::read_to_string("/proc/cmdline").unwrap_or_default(), uuid) {
         out += &format!("\n  you must change the kernel command line: {a}.");
     }
     out
@@ -450,7 +466,7 @@ pub fn describe(opts: &Options, t: &Target) -> String {
 pub fn unchanged_since_preflight(t: &Target) -> Result<()> {
     let dev = t.path.to_string_lossy();
     let pv = lvm::pvs_with(Some(&dev), &["--readonly"]).or_fail(|| format!("Cannot read the PV {dev}"))?;
-    let (_, size) = device_of(&t.path)?;
+    let (_, size) = block_device(&t.path)?;
     let (what, changed) = match &t.vg {
         Some(planned) => {
             let name = &planned.vg_name;

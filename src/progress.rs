@@ -25,7 +25,7 @@ impl Progress {
     pub fn new(pv: &str, interval: Option<u32>, quiet: bool) -> Progress {
         // `-i 0` asks for no progress at all, as pvmove's.
         let quiet = quiet || interval == Some(0);
-        let bar = (!quiet && interval.is_none() && !crate::poll::detached() && std::io::stderr().is_terminal()).then(|| {
+        let bar = (!quiet && interval.is_none() && !crate::output::detached() && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             b.set_style(
                 ProgressStyle::with_template(
@@ -45,7 +45,7 @@ impl Progress {
             b.set_length(total);
             b.set_position(done);
         } else if let Some(line) = self.line(done, total) {
-            crate::poll::info(&line);
+            crate::output::info(&line);
         }
     }
 

@@ -11,10 +11,9 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cli::Cli,
     error::{Context, Error, Kind, Result},
     options::Options,
-    poll::{Phase, Status},
+    running::{Phase, Status},
 };
 
 /// Persistent, as a pvmove in progress is: a reboot must not forget B and C.
@@ -34,11 +33,9 @@ impl Queued {
     /// The conversion options it was queued with; what the current run is asked to do
     /// (confirmation, progress, verbosity) comes from `now`.
     pub fn options(&self, now: &Options) -> Result<Options> {
-        let cli = <Cli as clap::Parser>::try_parse_from(std::iter::once("pvencrypt".to_string()).chain(self.args.clone()))
-            .map_err(|e| {
-                Error::new(Kind::Failed, format!("{}: the queued command line no longer parses: {e}", self.pv.display()))
-            })?;
-        let queued = Options::from(&cli);
+        let queued = Options::from_args(&self.args).map_err(|e| {
+            Error::new(Kind::Failed, format!("{}: the queued command line no longer parses: {e}", self.pv.display()))
+        })?;
         Ok(Options { yes: now.yes, interval: now.interval, verbose: now.verbose, quiet: now.quiet, ..queued })
     }
 }
@@ -60,7 +57,7 @@ pub fn find(q: &Queued) -> Option<PathBuf> {
 
 /// By device number: without udev, /dev/mapper/NAME is a node of its own, not a link.
 fn is_dm(p: &Path) -> bool {
-    crate::preflight::device_of(p).is_ok_and(|(dev, _)| Path::new(&format!("/sys/dev/block/{dev}/dm")).exists())
+    crate::dm::block_device(p).is_ok_and(|(dev, _)| Path::new(&format!("/sys/dev/block/{dev}/dm")).exists())
 }
 
 pub struct Queue {
@@ -102,7 +99,7 @@ impl Queue {
         let mut dropped = Vec::new();
         self.update(|q| {
             q.retain(|o| {
-                let hit = which.is_empty() || which.iter().any(|p| crate::poll::same_device(p, &o.pv));
+                let hit = which.is_empty() || which.iter().any(|p| crate::running::same_device(p, &o.pv));
                 if hit {
                     dropped.push(o.clone());
                 }
@@ -146,8 +143,7 @@ mod tests {
 
     #[test]
     fn queue_survives_in_its_file_and_empties_to_nothing() {
-        let dir = std::env::temp_dir().join(format!("pvencrypt-queue-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = crate::testing::TempDir::new("queue");
         let q = Queue::at(&dir.join("queue.json"));
         assert!(q.load().is_empty());
         q.add(&[item("/dev/sdb", "u-b"), item("/dev/sdc", "u-c")]).unwrap();
@@ -158,12 +154,11 @@ mod tests {
         q.remove("u-b").unwrap();
         q.remove("u-c").unwrap();
         assert!(!dir.join("queue.json").exists(), "an empty queue leaves no file");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn queued_options_come_from_the_queued_command_line_and_the_mode_from_now() {
-        let now = Options::from(&<Cli as clap::Parser>::parse_from(["pvencrypt", "-y", "-i", "5"]));
+        let now = Options::from_args(&["-y".into(), "-i".into(), "5".into()]).unwrap();
         let o = item("/dev/sdb", "u").options(&now).unwrap();
         assert_eq!(o.cipher, "serpent-xts-plain64");
         assert!(o.yes);

@@ -4,32 +4,33 @@
 //! libcryptsetup cannot resume from: said plainly, with what to do.
 
 use std::{
-    fs,
+    fs, io,
+    os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
 
 use crate::{
+    abort,
     convert::{encrypt, finish, integrate_boot, open_mover},
     direct,
-    dm::{Dm, DmName},
-    error::{fail, refuse, Context, Error, Kind, Result},
-    inspect::{self, State},
+    dm::{block_device, Dm, DmName},
+    error::{fail, refuse, Context, Error, Kind, Result, Written},
+    inspect::{self, State, SwitchRecord},
     key::Passphrase,
     luks::{self, Marker},
     lvm,
     options::Options,
-    poll::{self, Phase, Run, Status},
-    preflight::device_of,
+    output,
+    running::{Phase, Run, Status},
 };
 
 /// A conversion a crash cut inside the switch, made whole; only in a run meant to change
 /// the disk, and only while nothing holds the raw device. Returns the marker when the
-/// device is now LUKS2 in our conversion, `None` when the plain PV was put back.
-pub fn repair(path: &Path, state: &State) -> Result<Option<Marker>> {
-    let (dev, _) = device_of(path)?;
-    let held: Vec<String> = fs::read_dir(format!("/sys/dev/block/{dev}/holders"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+/// device is now LUKS2 in our conversion, `None` when the plain PV was put back. The disk
+/// holds a run's writes already: no error here is a refusal.
+pub fn repair(path: &Path, state: &State) -> Result<Option<Marker>, Written> {
+    let (dev, _) = block_device(path)?;
+    let held = crate::dm::holders_of(dev);
     if !held.is_empty() {
         return fail(format!(
             "{}: a crash cut a conversion inside its switch, and {} now hold(s) the device; not repairing it \
@@ -48,14 +49,14 @@ pub fn repair(path: &Path, state: &State) -> Result<Option<Marker>> {
     // A complete secondary header: libcryptsetup restores the primary one on load.
     if let Ok(mut cd) = luks::open(path) {
         if let Some((_, m)) = luks::marker(&mut cd) {
-            poll::error(&format!("{}: completed a LUKS2 header whose placement a crash interrupted.", path.display()));
+            output::error(&format!("{}: completed a LUKS2 header whose placement a crash interrupted.", path.display()));
             return Ok(Some(m));
         }
     }
     match state {
         State::TornSwitch(r) => {
-            inspect::restore_plain(path, r).or_fail(|| format!("Cannot put the plain PV back on {}", path.display()))?;
-            poll::error(&format!(
+            restore_plain(path, r).or_fail(|| format!("Cannot put the plain PV back on {}", path.display()))?;
+            output::error(&format!(
                 "{}: a crash cut the switch before the LUKS2 header was complete; the plain PV is back, as it was. \
                  Run pvencrypt {} to convert it.",
                 path.display(),
@@ -65,6 +66,25 @@ pub fn repair(path: &Path, state: &State) -> Result<Option<Marker>> {
         }
         _ => fail(format!("{}: libcryptsetup cannot restore the LUKS2 header from its secondary copy.", path.display())),
     }
+}
+
+/// Undoes a switch a crash cut after step 1 whose header libcryptsetup cannot restore:
+/// copies the first segment back from where the record says it lies. Exact, because
+/// the LVs were suspended from that copy on, and nothing has used the device since: it
+/// carries no label. Refuses unless the copy starts with the label of the recorded PV.
+fn restore_plain(path: &Path, r: &SwitchRecord) -> io::Result<()> {
+    let f = crate::direct::open(path)?;
+    let (from, len) = r.moved;
+    let mut buf = crate::direct::Aligned::new(crate::direct::CHUNK);
+    f.read_exact_at(&mut buf[..4096], from)?;
+    let label = crate::lvm::label_in(&buf[..2048]).map_err(io::Error::other)?;
+    if label.as_ref().map(|l| l.pv_uuid.as_str()) != Some(r.pv_uuid.as_str()) {
+        return Err(io::Error::other(format!(
+            "the copy at byte {from} does not start with the label of PV {}; not restoring it",
+            r.pv_uuid
+        )));
+    }
+    crate::direct::copy(&f, &mut buf, from, 0, len)
 }
 
 /// Devices with an unfinished conversion of ours, and the state of each. Read-only.
@@ -102,11 +122,20 @@ pub fn resume(opts: &Options, path: &Path, state: State, key: &Passphrase, run: 
     match state {
         // Nothing of ours on it: nothing to take up.
         State::Other | State::Foreign => refuse(format!("{} holds no unfinished conversion of pvencrypt.", path.display())),
+        // The disk holds a run's writes: no error from here on is a refusal.
+        state => Ok(take_up(opts, path, state, key, run)?),
+    }
+}
+
+fn take_up(opts: &Options, path: &Path, state: State, key: &Passphrase, run: &mut Run) -> Result<DmName, Written> {
+    match state {
+        State::Other | State::Foreign => unreachable!("refused by resume"),
         // A crash inside the switch, between the header writes: made whole first.
         State::TornSwitch(_) | State::TornHeader => match repair(path, &state)? {
-            Some(_) => resume(opts, path, inspect::inspect(path), key, run),
+            Some(_) => Ok(resume(opts, path, inspect::inspect(path), key, run)?),
             None => {
-                Err(Error::new(Kind::Interrupted, format!("{}: run pvencrypt {} to convert it.", path.display(), path.display())))
+                Err(Error::new(Kind::Interrupted, format!("{}: run pvencrypt {} to convert it.", path.display(), path.display()))
+                    .into())
             }
         },
         // pvencrypt killed in the data phase, the machine still up: libcryptsetup 2.6
@@ -149,12 +178,14 @@ pub fn resume(opts: &Options, path: &Path, state: State, key: &Passphrase, run: 
             // Killed right after its last commit, the mover left NAME on a mirror.
             let dm = Dm::open()?;
             open_mover(&dm, path, &m.name, None, key)?.take_over()?;
-            finish(path).map(|_| m.name)
+            finish(path)?;
+            Ok(m.name)
         }
         // Stopped (--abort, a signal), or a crash or reboot in the data phase: go on.
         State::Converting(m) => {
             open_and_integrate(opts, path, &m, key)?;
-            encrypt(opts, path, &m.name, None, key, run).map(|_| m.name)
+            encrypt(opts, path, &m.name, None, key, run)?;
+            Ok(m.name)
         }
     }
 }
@@ -162,9 +193,9 @@ pub fn resume(opts: &Options, path: &Path, state: State, key: &Passphrase, run: 
 /// libcryptsetup's temporary dm-crypt mappings of a process that died (it writes through one when its
 /// crypto library lacks the cipher).
 fn remove_temporaries(opts: &Options, path: &Path) -> Result<()> {
-    for t in Dm::open()?.remove_stale_temporaries(device_of(path)?.0)? {
+    for t in Dm::open()?.remove_stale_temporaries(block_device(path)?.0)? {
         if !opts.quiet {
-            poll::info(&format!("{}: removed {t}, left by a crashed run.", path.display()));
+            output::info(&format!("{}: removed {t}, left by a crashed run.", path.display()));
         }
     }
     Ok(())
@@ -173,13 +204,16 @@ fn remove_temporaries(opts: &Options, path: &Path) -> Result<()> {
 /// The passphrase checked, NAME opened if it is not (libcryptsetup recovers a torn step
 /// on open), the boot files brought up to date.
 fn open_and_integrate(opts: &Options, path: &Path, m: &Marker, key: &Passphrase) -> Result<()> {
+    // The PV is on NAME (opened below if it is not): an LVM restricted to --devices must
+    // see it there.
+    lvm::see_device(&format!("/dev/mapper/{}", m.name));
     let mut cd = luks::open(path)?;
     luks::check_key(&mut cd, key)?;
     remove_temporaries(opts, path)?;
     if !Dm::open()?.exists(&m.name) {
         luks::activate(&mut cd, path, m.name.as_str(), None, key)?;
         if !opts.quiet {
-            poll::info(&format!("{}: opened as /dev/mapper/{}.", path.display(), m.name));
+            output::info(&format!("{}: opened as /dev/mapper/{}.", path.display(), m.name));
         }
     }
     drop(cd);
@@ -200,7 +234,7 @@ pub fn unfinished_status() -> Vec<Status> {
                 State::TornSwitch(_) | State::TornHeader => Status { pv, name, state: Phase::Interrupted, ..Default::default() },
                 _ => {
                     let (done, total) = crate::header::read_json(&path).and_then(|j| luks::progress_in(&j)).unwrap_or((0, 0));
-                    let state = if poll::is_aborted(&path) { Phase::Aborted } else { Phase::Stopped };
+                    let state = if abort::is_aborted(&path) { Phase::Aborted } else { Phase::Stopped };
                     Status { pv, name, state, bytes_done: done, bytes_total: total, ..Default::default() }
                 }
             }

@@ -195,28 +195,6 @@ pub fn ask_password(prompt: &str) -> Result<Passphrase> {
     }
 }
 
-/// Whether stderr goes to the journal (systemd sets JOURNAL_STREAM to its device:inode).
-fn to_journal() -> bool {
-    static J: OnceLock<bool> = OnceLock::new();
-    *J.get_or_init(|| {
-        use std::os::unix::fs::MetadataExt;
-        let Some(v) = std::env::var_os("JOURNAL_STREAM") else { return false };
-        let Ok(m) = std::fs::metadata("/proc/self/fd/2") else { return false };
-        v.to_string_lossy() == format!("{}:{}", m.dev(), m.ino())
-    })
-}
-
-/// One line for the journal with its syslog priority (`libc::LOG_INFO`...), or None when
-/// stderr does not go to the journal.
-pub fn journal_line(prio: libc::c_int, msg: &str) -> Option<String> {
-    to_journal().then(|| prefixed(prio, msg))
-}
-
-fn prefixed(prio: libc::c_int, msg: &str) -> String {
-    // sd-daemon(3): a "<N>" prefix on every line sets its priority.
-    msg.lines().map(|l| format!("<{prio}>{l}\n")).collect()
-}
-
 /// Tells systemd about this unit (sd_notify(3): "READY=1", "STATUS=..."); nothing when
 /// not run as a unit that listens. Never blocks.
 pub fn notify(state: &str) {
@@ -237,21 +215,9 @@ pub fn notify(state: &str) {
     }
 }
 
-/// A line to stdout or stderr as it is; for the journal with its priority.
-pub fn write_line(w: &mut dyn Write, prio: libc::c_int, msg: &str) {
-    let line = journal_line(prio, msg).unwrap_or_else(|| format!("{msg}\n"));
-    let _ = w.write_all(line.as_bytes()).and_then(|_| w.flush());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_line_gets_the_priority() {
-        assert_eq!(prefixed(libc::LOG_INFO, "/dev/sda5: Encrypted: 12.50%"), "<6>/dev/sda5: Encrypted: 12.50%\n");
-        assert_eq!(prefixed(libc::LOG_ERR, "a\nb"), "<3>a\n<3>b\n");
-    }
 
     #[test]
     fn unit_names() {
@@ -287,15 +253,14 @@ mod tests {
 
     #[test]
     fn notify_needs_a_socket() {
-        let dir = std::env::temp_dir().join(format!("pvencrypt-notify-{}", std::process::id()));
-        let _ = std::fs::remove_file(&dir);
-        let listener = UnixDatagram::bind(&dir).unwrap();
+        let dir = crate::testing::TempDir::new("notify");
+        let sock = dir.join("sock");
+        let listener = UnixDatagram::bind(&sock).unwrap();
         // No other test reads NOTIFY_SOCKET.
-        std::env::set_var("NOTIFY_SOCKET", &dir);
+        std::env::set_var("NOTIFY_SOCKET", &sock);
         notify("STATUS=hello");
         let mut buf = [0u8; 64];
         let n = listener.recv(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"STATUS=hello");
-        std::fs::remove_file(&dir).unwrap();
     }
 }

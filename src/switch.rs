@@ -27,10 +27,7 @@ use std::{
     fs::File,
     os::unix::fs::FileExt,
     path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Mutex,
-    },
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -39,12 +36,12 @@ use devicemapper::Device;
 use crate::{
     direct::{self, Aligned},
     dm::{self, Dm, DmName, Holder, Target},
-    error::{fail, Context, Error, Kind, Result},
+    error::{fail, Context, Error, Kind, Result, Written},
     fault,
     guardian::{Guardian, Watch},
     inspect::SwitchRecord,
     luks::{self, Format, Prepared},
-    sys,
+    output, sys,
 };
 
 pub struct Switch<'a> {
@@ -134,8 +131,8 @@ pub struct Staged {
 impl Switch<'_> {
     /// Outside the freeze. On success NAME exists on the alias, with its table for the
     /// PV loaded but not live; on failure nothing but the free tail has changed (NAME
-    /// may exist: `deactivate` removes it).
-    pub fn stage(&self, p: &Prepared, fmt: &Format, size: u64) -> Result<Staged> {
+    /// may exist: `deactivate` removes it). That tail is the first write.
+    pub fn stage(&self, p: &Prepared, fmt: &Format, size: u64) -> Result<Staged, Written> {
         luks::init_reencryption(p, fmt, self.alias_path)?;
         fault::memory("init");
         let moved = moved_segment(p)?;
@@ -148,7 +145,7 @@ impl Switch<'_> {
         fault::memory("image");
         luks::activate_staged(p, self.name.as_str(), self.alias_path)?;
         fault::memory("activated");
-        (|| {
+        (|| -> Result<Staged> {
             let alias = self.dm.device_of(self.alias_name)?;
             let table = self.dm.table(self.name)?;
             if let Some(t) = table.iter().find(|t| t.kind != "linear") {
@@ -169,10 +166,11 @@ impl Switch<'_> {
                 buf: Aligned::new(direct::CHUNK),
             })
         })()
+        .map_err(Written::from)
     }
 
     /// The freeze. The caller holds the VG lock (`VgLock`).
-    pub fn run(&self, staged: &mut Staged) -> Result<Switched> {
+    pub fn run(&self, staged: &mut Staged) -> Result<Switched, Written> {
         // Dirty pages flushed now are pages the suspend does not have to flush.
         fault::trace("sync");
         sys::sync();
@@ -309,13 +307,15 @@ impl Switch<'_> {
         }
         self.deactivate();
         let (from, len) = s.moved;
-        let mut msg = match direct::copy(f, &mut s.buf, from, 0, len) {
-            Ok(()) if kept.is_empty() => format!("{cause}\nThe device was restored to the plain PV; nothing changed."),
-            Ok(()) => format!("{cause}\nThe device was restored to the plain PV."),
-            Err(e) => format!(
-                "{cause}\nRestoring the first {len} bytes from offset {from} failed too: {e}. Do not reboot; copy them back by hand."
-            ),
+        let undo = direct::copy(f, &mut s.buf, from, 0, len).err().map(|e| {
+            Error::caused_by(Kind::Unrecovered, format!("Restoring the first {len} bytes from offset {from} failed too"), e)
+        });
+        let mut note = match (&undo, kept.is_empty()) {
+            (None, true) => "The device was restored to the plain PV; nothing changed.".to_string(),
+            (None, false) => "The device was restored to the plain PV.".to_string(),
+            (Some(_), _) => "Do not reboot; copy them back by hand.".to_string(),
         };
+        let kind = if undo.is_some() || !kept.is_empty() { Kind::Unrecovered } else { Kind::Failed };
         for lv in kept {
             let m = format!(
                 "{lv} is left SUSPENDED: it holds a new table for {} that could not be dropped. Run `dmsetup clear {lv}`, \
@@ -323,21 +323,15 @@ impl Switch<'_> {
                 self.name
             );
             loud(&m);
-            msg += &format!("\n{m}");
+            note += &format!("\n{m}");
         }
-        Error::new(cause.kind, msg)
+        Error::rollback(kind, cause, undo, note)
     }
 }
 
 /// How often a resume is tried before the device is reported as left suspended.
 const RESUME_TRIES: u32 = 5;
 
-static FROZEN: AtomicBool = AtomicBool::new(false);
-
-/// True while devices on the PV are suspended for the switch: nothing may be written then.
-pub fn frozen() -> bool {
-    FROZEN.load(Ordering::SeqCst)
-}
 static PANIC_MSG: Mutex<Option<String>> = Mutex::new(None);
 
 /// The devices suspended for the switch, resumed bottom-up when this goes out of scope
@@ -354,7 +348,7 @@ pub struct Frozen<'a> {
 impl<'a> Frozen<'a> {
     fn new(dm: &'a Dm, n: usize) -> Frozen<'a> {
         let signals = sys::SignalsHeld::hold();
-        FROZEN.store(true, Ordering::SeqCst);
+        output::hold(true);
         Frozen { dm, names: Vec::with_capacity(n), _signals: signals }
     }
 
@@ -394,13 +388,13 @@ impl<'a> Frozen<'a> {
                 None => {}
             }
         }
-        FROZEN.store(false, Ordering::SeqCst);
+        output::hold(false);
         // Only now may anything be written where the root filesystem may live.
         for (name, tries) in retried {
-            crate::poll::error(&format!("pvencrypt: WARNING: resuming {name} took {tries} attempts."));
+            crate::output::error(&format!("pvencrypt: WARNING: resuming {name} took {tries} attempts."));
         }
         if let Some(m) = PANIC_MSG.lock().ok().and_then(|mut m| m.take()) {
-            crate::poll::error(&m);
+            crate::output::error(&m);
         }
         let mut msg = Vec::new();
         for (name, e) in failed {
@@ -424,7 +418,7 @@ impl Drop for Frozen<'_> {
         if !self.names.is_empty() {
             let _ = self.resume_all();
         }
-        FROZEN.store(false, Ordering::SeqCst);
+        output::hold(false);
     }
 }
 
@@ -433,7 +427,7 @@ impl Drop for Frozen<'_> {
 pub fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if FROZEN.load(Ordering::SeqCst) {
+        if output::held() {
             if let Ok(mut m) = PANIC_MSG.lock() {
                 *m = Some(format!("pvencrypt: panic in the freeze: {info}"));
             }

@@ -91,6 +91,16 @@ fn sync_dir_of(path: &Path) -> io::Result<()> {
 }
 
 /// The block size of the filesystem mounted at `path`.
+/// The logical block size of a block device (BLKSSZGET): what the kernel reads and writes
+/// it in, 4096 on a 4Kn disk. sysfs has it only for whole disks, not their partitions.
+pub fn logical_block_size(dev: &Path) -> io::Result<u32> {
+    let f = File::open(dev)?;
+    let mut size: c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which outlives the call.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), libc::BLKSSZGET, &mut size) })?;
+    Ok(size as u32)
+}
+
 pub fn statvfs_bsize(path: &str) -> Option<u64> {
     let c = CString::new(path).ok()?;
     // SAFETY: statvfs is plain data; all zeros is a valid value for it.
@@ -152,9 +162,16 @@ pub fn no_core_dumps() {
     }
 }
 
-/// fork(2): `Some(pid)` in the parent, `None` in the child. pvencrypt has one thread.
+/// fork(2): `Some(pid)` in the parent, `None` in the child. Only while this process has
+/// one thread (-b forks before any starts; the mover starts one): the child of a
+/// multi-threaded process may only call async-signal-safe functions until it execs.
 pub fn fork() -> io::Result<Option<u32>> {
-    // SAFETY: the process is single-threaded, so the child may run any code.
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!("this process has {threads} threads; fork needs one")));
+    }
+    // SAFETY: one thread, checked above (only this thread could start another): the
+    // child may run any code.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(None),
@@ -352,17 +369,27 @@ pub fn stop_self() {
 mod tests {
     use super::*;
 
+    /// The child of a multi-threaded process may not run arbitrary code: refused, never
+    /// forked.
+    #[test]
+    fn fork_refuses_a_process_with_threads() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || rx.recv());
+        let e = fork().expect_err("forked with two threads");
+        assert!(e.to_string().contains("threads; fork needs one"), "{e}");
+        drop(tx);
+        let _ = other.join();
+    }
+
     #[test]
     fn creates_every_missing_directory() {
-        let top = std::env::temp_dir().join(format!("pvencrypt-dirs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&top);
+        let top = crate::testing::TempDir::new("dirs");
         let deep = top.join("var/lib/pvencrypt/aborted");
         create_dir_durably(&deep).unwrap();
         assert!(deep.is_dir());
         create_dir_durably(&deep).expect("an existing directory is fine");
         replace_file(&deep.join("uuid"), b"/dev/sda5\n", 0o644).unwrap();
         assert_eq!(std::fs::read(deep.join("uuid")).unwrap(), b"/dev/sda5\n");
-        std::fs::remove_dir_all(&top).unwrap();
     }
 
     /// The payload of key `serial` into `buf`; returns its length (larger than `buf`: cut).

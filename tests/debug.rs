@@ -2,6 +2,8 @@
 //! them. The library calls run in a child (this test binary again), whose stderr is
 //! read: the log callbacks write straight to the process's stderr.
 
+mod common;
+
 use std::{env, fs, path::Path, process::Command};
 
 use libcryptsetup_rs::{
@@ -65,14 +67,13 @@ fn debug_prints_library_debug_lines_without_the_passphrase() {
         eprintln!("skipped: needs root for LVM");
         return;
     }
-    let dir = env::temp_dir().join(format!("pvencrypt-debug-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
+    let dir = common::TempDir::new("debug");
     let out = Command::new(env::current_exe().unwrap())
         .args(["--exact", "debug_prints_library_debug_lines_without_the_passphrase", "--nocapture", "--test-threads=1"])
-        .env(CHILD, &dir)
+        .env(CHILD, dir.path())
         .output()
         .unwrap();
-    let _ = fs::remove_dir_all(&dir);
+    drop(dir);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "child failed: {err}");
     let count = |p: &str| err.lines().filter(|l| l.starts_with(p)).count();

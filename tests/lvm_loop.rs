@@ -6,16 +6,16 @@
 //! `cargo test --test lvm_loop -- --ignored record_fixtures` re-records the
 //! JSON under tests/fixtures/lvm/ that the unit tests in src/lvm/report.rs parse.
 
+mod common;
+
+use common::{is_root, Loop};
 use pvencrypt::lvm;
 
 use std::{
     env, fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        PoisonError, RwLock,
-    },
+    sync::{PoisonError, RwLock},
     thread,
 };
 
@@ -26,46 +26,8 @@ use lvm::{Extents, LvName, PeRange, Sectors, SegDevice};
 /// test poisons it, which must not fail the others.
 static LVM_RUNNING: RwLock<()> = RwLock::new(());
 
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    eprintln!("skipped: needs root for loop devices and LVM");
-    false
-}
-
 fn lvm(args: &[&str]) -> lvm::Output {
     lvm::run(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// A sparse file on a loop device; detached and deleted on drop.
-struct Loop {
-    dev: String,
-    file: PathBuf,
-}
-
-impl Loop {
-    fn new(mib: u64) -> Loop {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let file = env::temp_dir().join(format!("pvencrypt-lvm-{}-{n}.img", std::process::id()));
-        fs::File::create(&file).unwrap().set_len(mib << 20).unwrap();
-        let out = Command::new("losetup").args(["-f", "--show"]).arg(&file).output().unwrap();
-        if !out.status.success() {
-            let _ = fs::remove_file(&file);
-            panic!("losetup: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let dev = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        Loop { dev, file }
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.dev]).status();
-        let _ = fs::remove_file(&self.file);
-    }
 }
 
 /// Loop devices plus the VGs made on them, all removed on drop, also when
@@ -77,10 +39,10 @@ struct Setup {
 
 impl Setup {
     fn new(sizes_mib: &[u64]) -> Setup {
-        Setup { vgs: Vec::new(), loops: sizes_mib.iter().map(|&m| Loop::new(m)).collect() }
+        Setup { vgs: Vec::new(), loops: sizes_mib.iter().map(|&m| Loop::zeroed(m).expect("root")).collect() }
     }
     fn dev(&self, i: usize) -> &str {
-        &self.loops[i].dev
+        self.loops[i].name()
     }
     /// A VG name unique to this process and test; no '-', which dm names
     /// would double.
@@ -114,8 +76,8 @@ impl Drop for Setup {
             }
         }
         for l in &self.loops {
-            if lvm::read_label(Path::new(&l.dev)).ok().flatten().is_some() {
-                if let Err(e) = lvm::run(&["pvremove", "-ff", "-y", "--", &l.dev]) {
+            if lvm::read_label(&l.dev).ok().flatten().is_some() {
+                if let Err(e) = lvm::run(&["pvremove", "-ff", "-y", "--", l.name()]) {
                     eprintln!("cleanup: {e}");
                 }
             }
@@ -446,21 +408,21 @@ fn loop_sees_device_changes() {
     let l = &s.loops[0];
     let resize = |mib: u64| {
         fs::OpenOptions::new().write(true).open(&l.file).unwrap().set_len(mib << 20).unwrap();
-        assert!(Command::new("losetup").args(["-c", &l.dev]).status().unwrap().success());
+        assert!(Command::new("losetup").args(["-c", l.name()]).status().unwrap().success());
     };
-    lvm(&["pvcreate", "-y", "--", &l.dev]);
-    assert_eq!(pv(&l.dev).dev_size, Sectors(256 * MIB));
-    lvm(&["pvremove", "-y", "--", &l.dev]);
+    lvm(&["pvcreate", "-y", "--", l.name()]);
+    assert_eq!(pv(l.name()).dev_size, Sectors(256 * MIB));
+    lvm(&["pvremove", "-y", "--", l.name()]);
     resize(64);
-    lvm(&["pvcreate", "-y", "--", &l.dev]);
-    let p = pv(&l.dev);
+    lvm(&["pvcreate", "-y", "--", l.name()]);
+    let p = pv(l.name());
     assert_eq!((p.dev_size, p.pv_size), (Sectors(64 * MIB), Sectors(64 * MIB)));
     resize(128);
-    let p = pv(&l.dev);
+    let p = pv(l.name());
     // The recorded size stays until pvresize.
     assert_eq!((p.dev_size, p.pv_size), (Sectors(128 * MIB), Sectors(64 * MIB)));
-    lvm(&["pvresize", "--", &l.dev]);
-    assert_eq!(pv(&l.dev).pv_size, Sectors(128 * MIB));
+    lvm(&["pvresize", "--", l.name()]);
+    assert_eq!(pv(l.name()).pv_size, Sectors(128 * MIB));
 }
 
 #[test]

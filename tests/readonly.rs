@@ -2,38 +2,11 @@
 //! in, and `--status --reportformat json` stays valid JSON (issue 12, item 3). Root only:
 //! the devices are loop devices; no device-mapper needed.
 
-use std::{
-    fs,
-    os::unix::fs::FileExt,
-    path::{Path, PathBuf},
-    process::Command,
-};
+mod common;
 
-struct Loop {
-    dev: PathBuf,
-    file: PathBuf,
-}
+use std::{fs, path::Path, process::Command};
 
-impl Loop {
-    fn new(image: &[(u64, &[u8])]) -> Loop {
-        let file = std::env::temp_dir().join(format!("pvencrypt-ro-{}.img", std::process::id()));
-        let f = fs::File::create(&file).unwrap();
-        f.set_len(64 << 20).unwrap();
-        for (at, bytes) in image {
-            f.write_all_at(bytes, *at).unwrap();
-        }
-        let out = Command::new("losetup").args(["-f", "--show"]).arg(&file).output().unwrap();
-        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
-        Loop { dev: PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()), file }
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
-        let _ = fs::remove_file(&self.file);
-    }
-}
+use common::Loop;
 
 fn digest(p: &Path) -> Vec<u8> {
     // The whole 64 MiB, compared as bytes: no hashing crate needed.
@@ -47,8 +20,8 @@ fn pvencrypt(args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn status_and_test_leave_a_torn_header_alone() {
-    if !pvencrypt::sys::is_root() {
-        return eprintln!("skipped: needs root");
+    if !common::is_root() {
+        return;
     }
     // A PV label beside our secondary LUKS2 header: the state a crash between the header
     // writes left before the label went first, which the old --status "repaired".
@@ -56,7 +29,10 @@ fn status_and_test_leave_a_torn_header_alone() {
     let mut secondary = b"SKUL\xba\xbe".to_vec();
     secondary.resize(4096, 0);
     secondary.extend_from_slice(br#"{"tokens":{"0":{"type":"pvencrypt","keyslots":[]}}}"#);
-    let lo = Loop::new(&[(0, &label), (0x4000, &secondary)]);
+    let mut image = vec![0u8; 64 << 20];
+    image[..label.len()].copy_from_slice(&label);
+    image[0x4000..0x4000 + secondary.len()].copy_from_slice(&secondary);
+    let lo = Loop::new(&image, 0).expect("root");
     let before = digest(&lo.dev);
     let dev = lo.dev.to_str().unwrap();
 

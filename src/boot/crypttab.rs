@@ -97,7 +97,7 @@ mod tests {
         if !crate::sys::is_root() {
             return eprintln!("skipped: needs root (the lock lives in /run/pvencrypt)");
         }
-        let p = tmp(Some("# crypttab\n"));
+        let (_dir_p, p) = tmp(Some("# crypttab\n"));
         std::thread::scope(|s| {
             for t in 0..8 {
                 let p = &p;
@@ -118,22 +118,20 @@ mod tests {
         assert_eq!(text.lines().count(), 1 + 8 * 25);
     }
 
-    fn tmp(content: Option<&str>) -> std::path::PathBuf {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("pvencrypt-boot-{}-{n}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+    /// A crypttab (None: not there yet) in a directory of its own: (the directory, the file).
+    fn tmp(content: Option<&str>) -> (crate::testing::TempDir, std::path::PathBuf) {
+        let dir = crate::testing::TempDir::new("boot");
         let p = dir.join("crypttab");
         if let Some(c) = content {
             fs::write(&p, c).unwrap();
             fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
         }
-        p
+        (dir, p)
     }
 
     #[test]
     fn entry_appended_once_keeping_the_file_and_its_mode() {
-        let p = tmp(Some("# <target name> <source device> <key file> <options>\nhome_crypt UUID=aaa none luks"));
+        let (_dir_p, p) = tmp(Some("# <target name> <source device> <key file> <options>\nhome_crypt UUID=aaa none luks"));
         assert_eq!(add_crypttab(&p, &line("sda5_crypt", "1234-abcd", true)).unwrap(), Entry::Added);
         let text = fs::read_to_string(&p).unwrap();
         assert_eq!(
@@ -148,18 +146,18 @@ mod tests {
 
     #[test]
     fn an_entry_by_uuid_under_another_name_is_left_alone() {
-        let p = tmp(Some("mine UUID=1234-ABCD none luks,discard,tries=3\n"));
+        let (_dir_p, p) = tmp(Some("mine UUID=1234-ABCD none luks,discard,tries=3\n"));
         assert_eq!(
             add_crypttab(&p, &line("sda5_crypt", "1234-abcd", false)).unwrap(),
             Entry::Present("mine UUID=1234-ABCD none luks,discard,tries=3".into())
         );
-        let commented = tmp(Some("#sda5_crypt UUID=1234-abcd none luks\n"));
+        let (_dir_commented, commented) = tmp(Some("#sda5_crypt UUID=1234-abcd none luks\n"));
         assert_eq!(add_crypttab(&commented, &line("sda5_crypt", "1234-abcd", false)).unwrap(), Entry::Added);
     }
 
     #[test]
     fn missing_file_is_created() {
-        let p = tmp(None);
+        let (_dir_p, p) = tmp(None);
         assert_eq!(add_crypttab(&p, &line("vda_crypt", "u", false)).unwrap(), Entry::Added);
         assert_eq!(fs::read_to_string(&p).unwrap(), "vda_crypt UUID=u none luks\n");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o644);

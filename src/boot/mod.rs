@@ -99,7 +99,8 @@ pub fn passphrase_note(name: &str, in_initramfs: bool, tool: Option<Tool>, tpm2:
         return format!(
             "every boot from now on unlocks {name} with the TPM2, {place}, with nobody at the console; when the TPM2 \
              refuses (a firmware or Secure Boot change, the disk in another machine) it asks for the passphrase there \
-             instead."
+             instead. Until the conversion has finished, a libcryptsetup older than 2.7 asks too (it opens no \
+             device in reencryption with a token); pvencrypt-resume.service then resumes with the TPM2."
         );
     }
     match in_initramfs {

@@ -124,15 +124,118 @@ pub fn bound(json: &serde_json::Value) -> bool {
     json["tokens"].as_object().is_some_and(|t| t.values().any(|t| t["type"] == TOKEN_TYPE))
 }
 
+/// The keyslot passphrase the device's `systemd-tpm2` token unseals with this machine's TPM2:
+/// a stopped conversion resumes at boot with nobody at the console, as the device was
+/// opened. None: no such token, or the TPM2 does not unseal it (another machine, other PCR
+/// values, no TPM2, no plugin): the caller asks for the passphrase.
+///
+/// libcryptsetup opens a device with a token but has no call that hands out the token's
+/// passphrase, and a resume works with a passphrase throughout (it opens, checks and unlocks
+/// keyslots with it). So this calls the token's plugin as libcryptsetup does: the
+/// `cryptsetup_token_open` of `libcryptsetup-token-systemd-tpm2.so` in libcryptsetup's token
+/// directory (the plugin ABI of libcryptsetup.h), without parameters: the machine's TPM2, as
+/// crypttab's `tpm2-device=auto` (the plugin's parameters are systemd's private struct). The
+/// calls are libcryptsetup's own, outside libcryptsetup-rs's lock: call it before a run
+/// starts threads that use libcryptsetup.
+pub fn unseal(dev: &Path) -> Option<Passphrase> {
+    use libcryptsetup_rs_sys as cs;
+    use std::{
+        ffi::{c_char, c_int, c_void, CStr, CString},
+        os::unix::ffi::OsStrExt,
+        ptr,
+    };
+    type Open = unsafe extern "C" fn(*mut cs::crypt_device, c_int, *mut *mut c_char, *mut usize, *mut c_void) -> c_int;
+    type Free = unsafe extern "C" fn(*mut c_void, usize);
+
+    // SAFETY: returns NULL or a static string.
+    let dir = unsafe { cs::crypt_token_external_path() };
+    if dir.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL, NUL-terminated, static.
+    let plugin = Path::new(std::ffi::OsStr::from_bytes(unsafe { CStr::from_ptr(dir) }.to_bytes()))
+        .join(format!("libcryptsetup-token-{TOKEN_TYPE}.so"));
+    let plugin = CString::new(plugin.as_os_str().as_bytes()).ok()?;
+    let dev = CString::new(dev.as_os_str().as_bytes()).ok()?;
+    let mut cd = ptr::null_mut();
+    // SAFETY: `cd` receives a handle that the wrapper below frees; `dev` outlives the call.
+    if unsafe { cs::crypt_init(&mut cd, dev.as_ptr()) } < 0 {
+        return None;
+    }
+    let _free = libcryptsetup_rs::CryptDevice::from_ptr(cd);
+    // SAFETY: a live handle; the type is a static C string.
+    if unsafe { cs::crypt_load(cd, cs::CRYPT_LUKS2.as_ptr().cast(), ptr::null_mut()) } < 0 {
+        return None;
+    }
+    let tokens: Vec<c_int> = (0..32)
+        .filter(|&t| {
+            let mut ty: *const c_char = ptr::null();
+            // SAFETY: a loaded handle; `ty` receives NULL or a string owned by the handle.
+            let status = unsafe { cs::crypt_token_status(cd, t, &mut ty) };
+            status >= cs::crypt_token_info_CRYPT_TOKEN_INTERNAL
+                && !ty.is_null()
+                // SAFETY: non-NULL, NUL-terminated, alive as long as the handle.
+                && unsafe { CStr::from_ptr(ty) }.to_bytes() == TOKEN_TYPE.as_bytes()
+        })
+        .collect();
+    if tokens.is_empty() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated path; the plugin is the one libcryptsetup itself would load.
+    let lib = unsafe { libc::dlopen(plugin.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if lib.is_null() {
+        return None;
+    }
+    // SAFETY: a live handle from dlopen; the symbols have the types libcryptsetup.h gives them.
+    let (open, free) = unsafe {
+        (libc::dlsym(lib, c"cryptsetup_token_open".as_ptr()), libc::dlsym(lib, c"cryptsetup_token_buffer_free".as_ptr()))
+    };
+    let mut found = None;
+    if !open.is_null() {
+        // SAFETY: the ABI's prototypes (crypt_token_open_func, crypt_token_buffer_free_func).
+        let (open, free) = unsafe {
+            (
+                std::mem::transmute::<*mut c_void, Open>(open),
+                (!free.is_null()).then(|| std::mem::transmute::<*mut c_void, Free>(free)),
+            )
+        };
+        for t in tokens {
+            let (mut buf, mut len) = (ptr::null_mut::<c_char>(), 0usize);
+            // SAFETY: a loaded LUKS2 handle and a token of the plugin's type; no parameters
+            // (usrptr NULL: the plugin's defaults).
+            if unsafe { open(cd, t, &mut buf, &mut len, ptr::null_mut()) } < 0 || buf.is_null() {
+                continue;
+            }
+            // SAFETY: the plugin returned `len` bytes at `buf`, ours to copy, wipe and free.
+            let secret = zeroize::Zeroizing::new(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }.to_vec());
+            // SAFETY: as above; the plugin's free function or, without one, what libcryptsetup
+            // does (wipe, free(3)).
+            unsafe {
+                match free {
+                    Some(f) => f(buf.cast(), len),
+                    None => {
+                        zeroize::Zeroize::zeroize(std::slice::from_raw_parts_mut(buf.cast::<u8>(), len));
+                        libc::free(buf.cast());
+                    }
+                }
+            }
+            found = Passphrase::checked(secret, "The TPM2 token").ok();
+            if found.is_some() {
+                break;
+            }
+        }
+    }
+    // SAFETY: nothing of the library is used past this point.
+    unsafe { libc::dlclose(lib) };
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn root(files: &[&str]) -> std::path::PathBuf {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let r = std::env::temp_dir().join(format!("pvencrypt-tpm2-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&r);
+    fn root(files: &[&str]) -> crate::testing::TempDir {
+        let r = crate::testing::TempDir::new("tpm2");
         for f in files {
             let p = r.join(f);
             fs::create_dir_all(p.parent().unwrap()).unwrap();

@@ -129,10 +129,65 @@ fn command_line(args: &[&str]) -> Result<CString, Error> {
     Ok(CString::new(line).expect("NUL bytes rejected above"))
 }
 
+/// LVM's options common to all its commands, as the admin gave them to pvencrypt
+/// (`--config`, `--devices`, `--devicesfile`): every command pvencrypt runs gets them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Common {
+    pub config: Option<String>,
+    /// `--devices`: LVM sees these devices only; the device a conversion opens is added
+    /// (`see_device`), or LVM would lose the PV the moment it moves there.
+    pub devices: Vec<String>,
+    /// `--devicesfile`: the file under /etc/lvm/devices LVM reads and pvencrypt updates.
+    pub devicesfile: Option<String>,
+}
+
+static COMMON: Mutex<Common> = Mutex::new(Common { config: None, devices: Vec::new(), devicesfile: None });
+
+/// Sets the options every LVM command gets (once, before any runs).
+pub fn set_common(c: Common) {
+    *COMMON.lock().unwrap_or_else(PoisonError::into_inner) = c;
+}
+
+pub fn common() -> Common {
+    COMMON.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// With `--devices`, LVM is also to see `dev` (/dev/mapper/NAME of a conversion): the PV
+/// moves there at the switch.
+pub fn see_device(dev: &str) {
+    let mut c = COMMON.lock().unwrap_or_else(PoisonError::into_inner);
+    if !c.devices.is_empty() && !c.devices.iter().any(|d| d == dev) {
+        c.devices.push(dev.to_string());
+    }
+}
+
+/// `args` with the common options after the command name.
+fn with_common(args: &[&str], c: &Common) -> Vec<String> {
+    let mut out = vec![args[0].to_string()];
+    if let Some(v) = &c.config {
+        out.extend(["--config".into(), v.clone()]);
+    }
+    if !c.devices.is_empty() {
+        out.extend(["--devices".into(), c.devices.join(",")]);
+    }
+    if let Some(v) = &c.devicesfile {
+        out.extend(["--devicesfile".into(), v.clone()]);
+    }
+    out.extend(args[1..].iter().map(|a| a.to_string()));
+    out
+}
+
 /// Runs one LVM command in-process, `args[0]` being the command name
-/// (`"pvs"`, `"vgcfgbackup"`, ...). Success is LVM's ECMD_PROCESSED (1);
-/// any other code becomes [`Error::Command`] carrying LVM's error lines.
+/// (`"pvs"`, `"vgcfgbackup"`, ...), with the common options (`set_common`). Success is
+/// LVM's ECMD_PROCESSED (1); any other code becomes [`Error::Command`] carrying LVM's
+/// error lines.
 pub fn run(args: &[&str]) -> Result<Output, Error> {
+    if args.is_empty() {
+        return command_line(args).map(|_| Output::new());
+    }
+    let full = with_common(args, &common());
+    let full: Vec<&str> = full.iter().map(String::as_str).collect();
+    let args = &full[..];
     let line = command_line(args)?;
     let _lvm = LVM.lock().unwrap_or_else(PoisonError::into_inner);
     take_capture();
@@ -183,6 +238,39 @@ fn private_dir() -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The admin's --config, --devices and --devicesfile go to every command, after its
+    /// name; nothing is added without them.
+    #[test]
+    fn common_options_follow_the_command_name() {
+        let args = ["pvs", "--reportformat", "json", "--", "/dev/sda5"];
+        assert_eq!(with_common(&args, &Common::default()), args);
+        let c = Common {
+            config: Some("devices { filter = [ \"a|.*|\" ] }".into()),
+            devices: vec!["/dev/sda5".into(), "/dev/mapper/sda5_crypt".into()],
+            devicesfile: Some("test.devices".into()),
+        };
+        assert_eq!(
+            with_common(&args, &c),
+            [
+                "pvs",
+                "--config",
+                "devices { filter = [ \"a|.*|\" ] }",
+                "--devices",
+                "/dev/sda5,/dev/mapper/sda5_crypt",
+                "--devicesfile",
+                "test.devices",
+                "--reportformat",
+                "json",
+                "--",
+                "/dev/sda5"
+            ]
+        );
+        assert_eq!(
+            lvm_split(command_line(&["pvs", "--config", c.config.as_deref().unwrap()]).unwrap().to_str().unwrap())[2],
+            c.config.unwrap()
+        );
+    }
 
     /// lvm_split from LVM 2.03.16 tools/lvmcmdline.c, to check that what
     /// we build splits back into exactly our arguments.

@@ -3,10 +3,15 @@
 use super::config::settings;
 use super::*;
 
-/// LVM's devices file. When it exists and lists a PV, LVM looks only at the devices it
-/// lists (with devices/use_devicesfile = 1).
+/// LVM's devices file (`--devicesfile NAME`: devices/NAME beside the configured one).
+/// When it exists and lists a PV, LVM looks only at the devices it lists (with
+/// devices/use_devicesfile = 1).
 pub fn devices_file() -> PathBuf {
-    settings().devices_file.clone()
+    let configured = settings().devices_file.clone();
+    match common().devicesfile {
+        Some(name) => configured.with_file_name(name),
+        None => configured,
+    }
 }
 
 /// True when the devices file has an entry for `dev` (a path, or a dm-crypt device's

@@ -115,6 +115,12 @@ pub fn lv_uuid_prefix(vg_uuid: &str) -> String {
     format!("LVM-{}", vg_uuid.replace('-', ""))
 }
 
+/// The active LVs of the VG, on any PV.
+pub fn active_lvs(vg_uuid: Option<&str>) -> Vec<devicemapper::Device> {
+    let Some(vg_uuid) = vg_uuid else { return vec![] };
+    crate::dm::Dm::open().and_then(|dm| dm.devices_with_uuid(&lv_uuid_prefix(vg_uuid))).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

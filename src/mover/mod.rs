@@ -41,7 +41,7 @@ use crate::{
     fault,
     guardian::{self, Guardian, Watch},
     header::{self, CryptsetupLock, Header, Layout},
-    poll, sys,
+    output, sys,
     units::Sectors,
 };
 
@@ -64,7 +64,7 @@ impl Tuning {
         // in flight beat four small ones; 2 MiB regions keep kcopyd busy.
         let mut t = Tuning { chunk: (shift / 2).max(1 << 20), region: 2 << 20 };
         for kv in std::env::var("PVENCRYPT_MOVER").unwrap_or_default().split(',') {
-            let parse = |v: &str| crate::cli::parse_size(v).ok();
+            let parse = |v: &str| crate::units::parse_size(v).ok();
             match kv.split_once('=') {
                 Some(("chunk", v)) => t.chunk = parse(v).unwrap_or(t.chunk),
                 Some(("region", v)) => t.region = parse(v).unwrap_or(t.region),
@@ -96,7 +96,7 @@ pub fn usable(dm: &Dm) -> std::result::Result<(), String> {
     for n in ["m", "a", "b"] {
         dm.remove(&probe(n));
     }
-    r.map(|_| ()).map_err(|e| e.msg)
+    r.map(|_| ()).map_err(|e| e.to_string())
 }
 
 struct Chunk {
@@ -389,7 +389,7 @@ impl<'a> Mover<'a> {
             Err(e2) => {
                 // Nor here; the new chunks' devices are left to `take_over`.
                 self.keep_mirrors = true;
-                return Err(Error::new(e.kind, format!("{}\n{}", e.msg, e2.msg)));
+                return Err(Error::rollback(e.kind, e, Some(e2), ""));
             }
         }
         Err(e)
@@ -428,10 +428,7 @@ impl<'a> Mover<'a> {
         let disk = Header::read(&self.disk).map_err(|e| {
             Error::new(
                 Kind::Failed,
-                format!(
-                    "{}: cannot read the LUKS2 header back before a commit ({}); stopped at the last commit.",
-                    self.name, e.msg
-                ),
+                format!("{}: cannot read the LUKS2 header back before a commit ({e}); stopped at the last commit.", self.name),
             )
         })?;
         if disk.seqid < self.header.seqid {
@@ -442,7 +439,7 @@ impl<'a> Mover<'a> {
             ));
         }
         let json = header::next_commit(&disk.json, &self.header.json, &self.layout, boundary)
-            .map_err(|e| Error::new(e.kind, format!("{}: {}", self.name, e.msg)))?;
+            .map_err(|e| Error::caused_by(e.kind, self.name.to_string(), e))?;
         let images = disk.images(&json)?;
         Ok(Commit { _lock: lock, disk, json, images })
     }
@@ -541,7 +538,7 @@ impl<'a> Mover<'a> {
         let r = self.chunks(progress);
         if !matches!(r, Ok(true)) {
             if let Err(e) = self.unwind() {
-                poll::error(&format!("{}: {}", self.name, e.msg));
+                output::error(&format!("{}: {e}", self.name));
             }
             // The last commit's secondary copy.
             let _ = Header::flush(&self.disk);
@@ -652,7 +649,7 @@ impl<'a> Mover<'a> {
         for (n, _) in &ours {
             remove_patiently(self.dm, n);
         }
-        poll::info(&format!("{}: took over from a run that died ({} device(s) of it removed).", self.name, ours.len()));
+        output::info(&format!("{}: took over from a run that died ({} device(s) of it removed).", self.name, ours.len()));
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 use crate::{
     dm::{Dm, DmName},
     error::{Context, Result},
-    poll,
+    output,
 };
 
 /// Removes discarded devices on a thread of its own: a removal waits for RCU grace
@@ -62,5 +62,5 @@ pub(super) fn remove_patiently(dm: &Dm, name: &DmName) {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    poll::error(&format!("WARNING: cannot remove {name}; pvencrypt removes it when run again."));
+    output::error(&format!("WARNING: cannot remove {name}; pvencrypt removes it when run again."));
 }

@@ -25,7 +25,7 @@ copy_file() {
 copy_libs() { local l; for l in $(ldd "$1" 2>/dev/null | grep -o '/[^ ]*'); do copy_file "$l"; done; }
 copy_bin() { copy_file "$1"; copy_libs "$1"; }
 
-for t in lvm dmsetup cryptsetup mkfs.ext4 mke2fs e2fsck blkid flock lsblk thin_check thin_dump thin_repair; do
+for t in lvm dmsetup cryptsetup mkfs.ext4 mke2fs e2fsck blkid flock lsblk thin_check thin_dump thin_repair cache_check; do
   p=$(command -v $t) || { echo "build-initramfs: missing $t (run setup.sh)" >&2; exit 1; }
   copy_bin "$p"
 done
@@ -48,7 +48,7 @@ ln -s /proc/self/mounts $w/etc/mtab               # mkfs/e2fsck look here for "m
 
 # Modules with their dependencies (softdeps too) in load order; built-ins are skipped.
 want="virtio_pci virtio_blk dm-mod dm-crypt dm-mirror dm-log dm-region-hash dm-snapshot dm-flakey
-  dm-delay dm-zero dm-thin-pool dm-bufio dm-persistent-data ext4 aesni_intel xts aes_generic
+  dm-delay dm-zero dm-thin-pool dm-cache dm-cache-smq dm-bufio dm-persistent-data ext4 aesni_intel xts aes_generic
   sha256_generic crc32c_generic af_alg algif_skcipher algif_hash loop md-mod"
 : > $w/usr/lib/modules/order
 for m in $want; do

@@ -11,7 +11,8 @@
 #   vm_passed LOG                 true iff the guest printed RESULT: PASS and exited 0
 #   check NAME CMD... / result    like the guest's, for host-driven tests
 #
-# VM_APPEND adds kernel command line arguments (e.g. VM_APPEND="pvfault=after-header").
+# VM_APPEND adds kernel command line arguments (e.g. VM_APPEND="pvfault=after-header");
+# VM_BLOCKSIZE=4096 gives the disks 4096-byte logical and physical sectors (4Kn).
 # Disks are guest /dev/vda, /dev/vdb... in order.
 
 VM_ROOT=${VM_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
@@ -30,7 +31,16 @@ _vm_cmd() {   # TEST DISK... -> VM_CMD array
   VM_CMD=(qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2048 -nographic -no-reboot -nic none
           -kernel "$VM_KERNEL" -initrd "$VM_INITRD"
           -append "console=ttyS0 panic=-1 quiet pvtest=$test $VM_APPEND")
-  for d in "$@"; do VM_CMD+=(-drive "file=$d,format=raw,if=virtio,cache=$VM_CACHE"); done
+  local n=0
+  for d in "$@"; do
+    if [ -n "${VM_BLOCKSIZE:-}" ]; then
+      VM_CMD+=(-drive "file=$d,format=raw,if=none,id=d$n,cache=$VM_CACHE"
+               -device "virtio-blk-pci,drive=d$n,logical_block_size=$VM_BLOCKSIZE,physical_block_size=$VM_BLOCKSIZE")
+    else
+      VM_CMD+=(-drive "file=$d,format=raw,if=virtio,cache=$VM_CACHE")
+    fi
+    n=$((n + 1))
+  done
   # More devices, e.g. a TPM2 (vm_swtpm).
   VM_CMD+=(${VM_QEMU_ARGS:-})
 }

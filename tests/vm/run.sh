@@ -5,7 +5,8 @@
 #   tests/vm/run.sh --demo             one VM on this terminal running guest/demo.sh
 #
 # Guest tests, tests/vm/guest/t_*.sh: one fresh VM each on fresh sparse disks (header
-# "# disks: 512M 256M" = vda vdb, the default; "# timeout: SECONDS"; "# append: ARGS" for the
+# "# disks: 512M 256M" = vda vdb, the default; "# blocksize: 4096" for disks with 4096-byte
+# logical sectors (4Kn); "# timeout: SECONDS"; "# append: ARGS" for the
 # kernel command line); pass iff the console
 # shows RESULT: PASS and the script exited 0.
 # Host-driven tests, tests/vm/host/t_*.sh: bash scripts using lib.sh to boot, kill and reboot
@@ -72,9 +73,9 @@ run_one() {
   name=$(basename "$f" .sh) kind=$(basename "$(dirname "$f")")
   log=$VM_LOGS/$name.log
   if [ "$kind" = guest ]; then
-    local sizes tmo append
-    sizes=$(header "$f" disks) tmo=$(header "$f" timeout) append=$(header "$f" append)
-    VM_TIMEOUT=${tmo:-$VM_TIMEOUT} VM_APPEND="$VM_APPEND $append" vm_boot "$log" "$name" $(vm_disks "$VM_WORK/run/$name" ${sizes:-512M 256M})
+    local sizes tmo append bs
+    sizes=$(header "$f" disks) tmo=$(header "$f" timeout) append=$(header "$f" append) bs=$(header "$f" blocksize)
+    VM_BLOCKSIZE=$bs VM_TIMEOUT=${tmo:-$VM_TIMEOUT} VM_APPEND="$VM_APPEND $append" vm_boot "$log" "$name" $(vm_disks "$VM_WORK/run/$name" ${sizes:-512M 256M})
     vm_passed "$log"; rc=$?
   else
     VM_RUN=$VM_WORK/run/$name bash "$f" > "$log" 2>&1; rc=$?

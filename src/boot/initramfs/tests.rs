@@ -1,16 +1,15 @@
 //! Fake systems in temporary directories, one per tool and configuration, and listings
 //! captured from the real tools (shortened; their format kept).
 
-use std::{fs, path::PathBuf};
+use std::fs;
+
+use crate::testing::TempDir;
 
 use super::*;
 
 /// An empty root with FILES (path, content) in it.
-fn root(files: &[(&str, &str)]) -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let r = std::env::temp_dir().join(format!("pvencrypt-root-{}-{n}", std::process::id()));
-    let _ = fs::remove_dir_all(&r);
+fn root(files: &[(&str, &str)]) -> TempDir {
+    let r = TempDir::new("root");
     fs::create_dir_all(r.join("etc")).unwrap();
     for (path, content) in files {
         let p = r.join(path);
@@ -45,7 +44,7 @@ fn ln<'a>(name: &'a str, uuid: &'a str) -> crypttab::Line<'a> {
     crypttab::Line { name, uuid, discard: false, tpm2: false }
 }
 
-fn with<'a>(base: &[(&'a str, &'a str)], more: &[(&'a str, &'a str)]) -> PathBuf {
+fn with<'a>(base: &[(&'a str, &'a str)], more: &[(&'a str, &'a str)]) -> TempDir {
     root(&[base, more].concat())
 }
 
@@ -440,7 +439,7 @@ fn bash_assignments() {
 
 /// ROOT with stand-ins for the listing tools (shell scripts: an image file holds its own
 /// listing, IMAGE.crypttab the crypttab inside it) and one installed kernel.
-fn with_stubs(tool_files: &[(&str, &str)], image: &str, listing: &str, crypttab: Option<&str>) -> PathBuf {
+fn with_stubs(tool_files: &[(&str, &str)], image: &str, listing: &str, crypttab: Option<&str>) -> TempDir {
     let mut files = vec![("lib/modules/6.1.0-13-amd64/modules.dep", ""), ("boot/vmlinuz-6.1.0-13-amd64", ""), (image, listing)];
     let ct = format!("{image}.crypttab");
     if let Some(c) = crypttab {

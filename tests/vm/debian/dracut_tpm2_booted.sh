@@ -1,6 +1,6 @@
-# Boots 2 and 3 of host/t_dracut_tpm2.sh: the root came up from vda_crypt, unlocked by the
-# TPM2 (pvtpm2=1 on the kernel command line: boot 2) or, without it, by the passphrase after
-# systemd-cryptsetup gave up waiting for a TPM2 (boot 3).
+# Boots 3 and 4 of host/t_dracut_tpm2.sh, the conversion finished: the root came up from
+# vda_crypt, unlocked by the TPM2 (pvtpm2=1 on the kernel command line: boot 3) or, without
+# it, by the passphrase after systemd-cryptsetup gave up waiting for a TPM2 (boot 4).
 . /tests/dracut-lib.sh
 cryptsetup_log=$(journalctl -b -o cat -u systemd-cryptsetup@vda_crypt.service 2>&1)
 echo "$cryptsetup_log" | sed 's/^/cryptsetup: /'

@@ -1,0 +1,408 @@
+//! The modes of the pvencrypt command as the library runs them: `pvencrypt PV...`
+//! (`convert_pvs`: every PV checked, then converted in turn; one already ours resumed),
+//! `pvencrypt PV` on a conversion of ours (`resume_one`), and `pvencrypt` alone
+//! (`resume_all`: every unfinished conversion, then the queue). main.rs picks the mode and
+//! is their front end (front.rs); `--abort` is abort.rs's `stop`, `--status` report.rs.
+//!
+//! Exit 3 promises the disk unchanged: from a mode's first write on (a repair, a resume,
+//! a pvmove making room, a PV converted before), `after` turns a refusal into a failure.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::Ordering,
+};
+
+use crate::{
+    abort, convert,
+    error::{Error, Kind, Result, Written},
+    front::Front,
+    inspect::{self, State},
+    key::Passphrase,
+    luks,
+    options::Options,
+    output, preflight,
+    queue::{self, Queue, Queued},
+    resume,
+    running::Run,
+    service,
+};
+
+/// `pvencrypt PV...`: every PV checked before anything is asked or changed (`test`: only
+/// that, and the plan printed), then converted in turn; one that holds a conversion of
+/// ours is resumed instead (alone).
+pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: bool) -> Result<()> {
+    // Every PV is checked before anything is asked or changed.
+    let mut targets = Vec::new();
+    for path in pvs {
+        // --test never resumes or repairs: preflight then says what the device holds.
+        let state = if test { State::Other } else { inspect::inspect(path) };
+        if state.is_ours() {
+            if pvs.len() > 1 {
+                return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
+            }
+            return resume_one(front, opts, path, state);
+        }
+        targets.push(preflight::preflight(opts, path)?);
+    }
+    if pvs.len() > 1 && opts.name.is_some() {
+        return Err(Error::new(Kind::Refused, "--name applies to one PV only."));
+    }
+    if pvs.len() > 1 && opts.uuid.is_some() {
+        return Err(Error::new(Kind::Refused, "--uuid applies to one PV only."));
+    }
+    for t in &targets {
+        if !opts.quiet || test {
+            output::out(&preflight::describe(opts, t));
+        }
+    }
+    if test {
+        output::out("Test mode: nothing was changed.");
+        return Ok(());
+    }
+    let mut runs = targets.iter().map(|t| Run::claim(&t.path, t.name.as_str())).collect::<Result<Vec<_>>>()?;
+    let moves: u64 = targets.iter().filter_map(|t| t.make_room.as_ref()).map(|m| m.moved()).sum();
+    front.confirm((moves > 0 && !opts.make_room).then_some(moves))?;
+    let key = front.passphrase("Enter passphrase for the new LUKS2 device: ", true)?;
+    let queue = Queue::system();
+    if targets.len() > 1 {
+        let args = front.args();
+        let items: Vec<Queued> =
+            targets.iter().map(|t| Queued { pv: t.path.clone(), pv_uuid: t.pv.pv_uuid.clone(), args: args.clone() }).collect();
+        queue.add(&items)?;
+    }
+    if front.background(&mut runs, Some(&key))? {
+        return Ok(());
+    }
+    let targets: Vec<_> = targets.into_iter().map(|t| (opts.clone(), t)).collect();
+    convert_all(&targets, &key, &mut runs, false)
+}
+
+/// A PV to convert, with the options to convert it with.
+type Planned = (Options, preflight::Target);
+
+/// Converts `targets` in turn, each with its options, each leaving the queue once done.
+/// From the command's first write on (a pvmove making room, a PV converted or resumed
+/// before), no error is a refusal: exit 3 would claim the disk unchanged.
+fn after(written: bool, e: Error) -> Error {
+    if written {
+        Error::from(Written::from(e))
+    } else {
+        e
+    }
+}
+
+/// `written`: the command wrote to a disk before (a resume).
+fn convert_all(targets: &[Planned], key: &Passphrase, runs: &mut [Run], mut written: bool) -> Result<()> {
+    let queue = Queue::system();
+    for ((opts, t), run) in targets.iter().zip(runs) {
+        stop_point().map_err(|e| after(written, e))?;
+        let fresh;
+        let t = match &t.make_room {
+            Some(m) => {
+                written = true;
+                convert::make_room(opts, t, m)?;
+                // The LVs' extents moved: everything is checked again.
+                fresh = preflight::preflight(opts, &t.path).map_err(|e| after(written, e))?;
+                if fresh.make_room.is_some() {
+                    return Err(Error::new(
+                        Kind::Failed,
+                        format!(
+                            "{}: still no room after pvmove and pvresize: the PV ends at sector {}, the room starts at {}.",
+                            t.path.display(),
+                            fresh.room.pv_end.0,
+                            fresh.room.limit.0
+                        ),
+                    ));
+                }
+                &fresh
+            }
+            None => t,
+        };
+        convert::convert(opts, t, key, run).map_err(|e| after(written, e))?;
+        written = true;
+        if let Err(e) = queue.remove(&t.pv.pv_uuid) {
+            output::error(&format!("pvencrypt: WARNING: {e}"));
+        }
+        if !opts.quiet {
+            let on = if t.vg.is_some() { "the volume group runs on" } else { "the PV (in no VG yet) is" };
+            output::info(&format!("{}: encrypted; {on} /dev/mapper/{}.", t.path.display(), t.name));
+        }
+    }
+    Ok(())
+}
+
+/// Between devices, a stop request ends the run before the next one starts.
+fn stop_point() -> Result<()> {
+    if convert::STOP.load(Ordering::Relaxed) {
+        return Err(Error::new(Kind::Interrupted, "Stopped on request before the next device; run pvencrypt again to go on."));
+    }
+    Ok(())
+}
+
+/// The passphrase the device's TPM2 token unseals, unless --key-file names the key: a
+/// resume tries it before it asks, as `cryptsetup open` tries tokens first; at boot nobody
+/// may be at the console.
+fn unsealed(front: &dyn Front, path: &Path) -> Option<Passphrase> {
+    let key = (!front.key_file()).then(|| crate::boot::tpm2::unseal(path)).flatten()?;
+    output::info(&format!("{}: unlocked with the TPM2 (its {} token).", path.display(), crate::boot::tpm2::TOKEN_TYPE));
+    Some(key)
+}
+
+/// `pvencrypt PV` on a device that holds a conversion of ours.
+pub fn resume_one(front: &dyn Front, opts: &Options, path: &Path, state: State) -> Result<()> {
+    let mut runs = vec![Run::claim(path, state.name())?];
+    // In a -b unit the passphrase is the one handed over, unsealed or typed.
+    let key = match (!service::in_unit()).then(|| unsealed(front, path)).flatten() {
+        Some(k) => k,
+        None => front.passphrase(&format!("Enter passphrase for {}: ", path.display()), false)?,
+    };
+    if front.background(&mut runs, Some(&key))? {
+        return Ok(());
+    }
+    abort::clear_abort(path);
+    let name = resume::resume(opts, path, state, &key, &mut runs[0])?;
+    if !opts.quiet {
+        output::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
+    }
+    Ok(())
+}
+
+/// `pvencrypt` without PV: every unfinished conversion resumed (torn switches repaired
+/// first), then the queued PVs converted.
+pub fn resume_all(front: &dyn Front, opts: &Options) -> Result<()> {
+    // One already being worked on by another process is left to it.
+    let mut todo = Vec::new();
+    let mut runs = Vec::new();
+    let mut restored = Vec::new();
+    // A repair or a resume writes: from then on no error is a refusal.
+    let mut written = false;
+    for (path, state) in resume::unfinished() {
+        if service::at_boot() && abort::is_aborted(&path) {
+            output::info(&format!("{}: stopped with --abort; left so until pvencrypt is run by hand.", path.display()));
+            continue;
+        }
+        let run = match Run::claim(&path, state.name()) {
+            Ok(r) => r,
+            Err(e) if e.kind == Kind::Refused => {
+                output::error(&format!("pvencrypt: {e}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Torn switches are made whole before any passphrase is asked: one may just be
+        // the plain PV again.
+        let state = match state {
+            State::TornSwitch(_) | State::TornHeader => {
+                written = true;
+                match resume::repair(&path, &state)? {
+                    Some(_) => inspect::inspect(&path),
+                    None => {
+                        restored.push(path);
+                        continue;
+                    }
+                }
+            }
+            s => s,
+        };
+        runs.push(run);
+        todo.push((path, state));
+    }
+    let (queued, queued_runs, refused) = queued_targets(opts)?;
+    if todo.is_empty() && queued.is_empty() {
+        if !restored.is_empty() {
+            let pvs: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
+            return Err(Error::new(
+                Kind::Interrupted,
+                format!("Plain PVs put back: {}; run pvencrypt on them again.", pvs.join(" ")),
+            ));
+        }
+        if !opts.quiet && refused == 0 {
+            output::out("No conversion to resume.");
+        }
+        return queue_refusals(refused).map_err(|e| after(written, e));
+    }
+    // Devices bound to the TPM2 resume with it; one passphrase for the others, as one typed
+    // at boot: checked on each device before -b leaves the terminal; a device it does not
+    // open is left for `pvencrypt PV`. The side of -b that hands a passphrase to its unit
+    // unseals nothing: the unit does.
+    let hands_over = front.detaches() && !service::in_unit();
+    let mut keys: Vec<Option<Passphrase>> =
+        todo.iter().map(|(p, _)| (!hands_over).then(|| unsealed(front, p)).flatten()).collect();
+    let pvs: Vec<String> =
+        todo.iter().zip(&keys).filter(|(_, k)| k.is_none()).map(|((p, _), _)| p.display().to_string()).collect();
+    let key = match question(&pvs, !queued.is_empty()) {
+        Some((prompt, verify)) => Some(front.passphrase(&prompt, verify)?),
+        None => None,
+    };
+    let mut other_key = Vec::new();
+    let mut i = 0;
+    while i < todo.len() {
+        let Some(k) = keys[i].as_ref().or(key.as_ref()) else {
+            unreachable!("a passphrase is asked for every device not unsealed")
+        };
+        match luks::open(&todo[i].0).and_then(|mut cd| luks::check_key(&mut cd, k)) {
+            Err(e) if matches!(e.kind, Kind::Key | Kind::WrongPassphrase) => {
+                output::error(&format!("pvencrypt: {}: {e}", todo[i].0.display()));
+                other_key.push(todo.remove(i).0.display().to_string());
+                runs.remove(i);
+                keys.remove(i);
+            }
+            _ => i += 1,
+        }
+    }
+    let other_key = || -> Result<()> {
+        if other_key.is_empty() {
+            return Ok(());
+        }
+        let others = other_key.join(" ");
+        Err(Error::new(
+            Kind::WrongPassphrase,
+            format!("The passphrase opens no keyslot of {others}: resume each with pvencrypt PV."),
+        ))
+    };
+    let resumed_n = todo.len();
+    runs.extend(queued_runs);
+    if (todo.is_empty() && queued.is_empty()) || front.background(&mut runs, key.as_ref())? {
+        return other_key().and(queue_refusals(refused)).map_err(|e| after(written, e));
+    }
+    let (resumed, queued_runs) = runs.split_at_mut(resumed_n);
+    for (((path, state), run), own) in todo.into_iter().zip(resumed).zip(keys) {
+        stop_point()?;
+        abort::clear_abort(&path);
+        let Some(k) = own.as_ref().or(key.as_ref()) else { unreachable!("checked above") };
+        let name = resume::resume(opts, &path, state, k, run).map_err(|e| after(written, e))?;
+        written = true;
+        if !opts.quiet {
+            output::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
+        }
+    }
+    // `pvencrypt A B C` gave B and C the passphrase of A.
+    if let Some(key) = &key {
+        convert_all(&queued, key, queued_runs, written)?;
+        written |= !queued.is_empty();
+    }
+    other_key().and(queue_refusals(refused)).map_err(|e| after(written, e))
+}
+
+/// The queued PVs that are still to convert, checked as a new conversion is, with the
+/// options they were queued with, and claimed; and how many of them preflight refused
+/// (they stay queued, said why). One converted meanwhile, or gone, leaves the queue;
+/// one claimed by a running `pvencrypt A B` is left to it.
+fn queued_targets(now: &Options) -> Result<(Vec<Planned>, Vec<Run>, usize)> {
+    let queue = Queue::system();
+    let (mut out, mut runs, mut refused) = (Vec::new(), Vec::new(), 0);
+    for q in queue.load() {
+        let Some(path) = queue::find(&q) else {
+            // Converted since, or being converted (resumed above): done with it.
+            if inspect::inspect(&q.pv) == State::Other {
+                output::error(&format!(
+                    "pvencrypt: {} no longer holds PV {}; dropped from the queue.",
+                    q.pv.display(),
+                    q.pv_uuid
+                ));
+            }
+            let _ = queue.remove(&q.pv_uuid);
+            continue;
+        };
+        match q.options(now).and_then(|o| preflight::preflight(&o, &path).map(|t| (o, t))) {
+            Ok(t) => match Run::claim(&t.1.path, t.1.name.as_str()) {
+                Ok(run) => {
+                    out.push(t);
+                    runs.push(run);
+                }
+                Err(e) if e.kind == Kind::Refused => output::error(&format!("pvencrypt: {e}")),
+                Err(e) => return Err(e),
+            },
+            Err(e) => {
+                output::error(&format!("pvencrypt: queued {}: {e}", path.display()));
+                refused += 1;
+            }
+        }
+    }
+    Ok((out, runs, refused))
+}
+
+fn queue_refusals(refused: usize) -> Result<()> {
+    match refused {
+        0 => Ok(()),
+        n => {
+            Err(Error::new(Kind::Refused, format!("{n} queued PV(s) refused; they stay queued (pvencrypt --abort drops them).")))
+        }
+    }
+}
+
+/// The one passphrase `resume_all` asks for: for the devices the TPM2 did not unlock
+/// (`pvs`), else for the queued PVs (a new one: twice on a terminal); None: nothing to ask.
+fn question(pvs: &[String], queued: bool) -> Option<(String, bool)> {
+    if !pvs.is_empty() {
+        Some((format!("Enter passphrase for {}: ", pvs.join(", ")), false))
+    } else if queued {
+        Some(("Enter passphrase for the queued LUKS2 devices: ".into(), true))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A front end that records what it was asked and answers nothing.
+    #[derive(Default)]
+    struct Fake(RefCell<Vec<String>>);
+
+    impl Front for Fake {
+        fn passphrase(&self, prompt: &str, _: bool) -> Result<Passphrase> {
+            self.0.borrow_mut().push(format!("passphrase {prompt}"));
+            Err(Error::new(Kind::Key, "no passphrase here"))
+        }
+        fn confirm(&self, _: Option<u64>) -> Result<()> {
+            self.0.borrow_mut().push("confirm".into());
+            Ok(())
+        }
+        fn detaches(&self) -> bool {
+            false
+        }
+        fn background(&self, _: &mut Vec<Run>, _: Option<&Passphrase>) -> Result<bool> {
+            self.0.borrow_mut().push("background".into());
+            Ok(false)
+        }
+        fn key_file(&self) -> bool {
+            false
+        }
+        fn args(&self) -> Vec<String> {
+            vec![]
+        }
+    }
+
+    /// Every PV is checked before anything is asked: a bad one refuses the whole command
+    /// (exit 3) with no question, and --test asks nothing either.
+    #[test]
+    fn a_refusal_comes_before_any_question() {
+        let opts = Options::from_args(&[]).unwrap();
+        for test in [false, true] {
+            let front = Fake::default();
+            let pvs = [PathBuf::from("/nonexistent/pv"), PathBuf::from("/dev/null")];
+            let e = convert_pvs(&front, &opts, &pvs, test).unwrap_err();
+            assert_eq!(e.kind, Kind::Refused, "{e}");
+            assert!(front.0.borrow().is_empty(), "asked {:?}", front.0.borrow());
+        }
+    }
+
+    #[test]
+    fn one_passphrase_for_the_devices_the_tpm2_did_not_unlock() {
+        let pvs = ["/dev/sda5".to_string(), "/dev/sdb1".to_string()];
+        assert_eq!(question(&pvs, true), Some(("Enter passphrase for /dev/sda5, /dev/sdb1: ".into(), false)));
+        assert_eq!(question(&[], true), Some(("Enter passphrase for the queued LUKS2 devices: ".into(), true)));
+        assert_eq!(question(&[], false), None, "every device unsealed, nothing queued: nothing asked");
+    }
+
+    /// A mode's first write (a repair, a resume, a PV converted before) ends the refusals.
+    #[test]
+    fn after_the_first_write_a_refusal_is_a_failure() {
+        assert_eq!(after(false, Error::new(Kind::Refused, "x")).kind, Kind::Refused);
+        assert_eq!(after(true, Error::new(Kind::Refused, "x")).kind, Kind::Failed);
+        assert_eq!(after(true, Error::new(Kind::WrongPassphrase, "x")).kind, Kind::WrongPassphrase);
+    }
+}
