@@ -167,15 +167,71 @@ pub fn resume_one(front: &dyn Front, opts: &Options, path: &Path, state: State) 
     Ok(())
 }
 
-/// `pvencrypt` without PV: every unfinished conversion resumed (torn switches repaired
-/// first), then the queued PVs converted.
+/// `pvencrypt` without PV, in three phases: the unfinished conversions gathered (torn
+/// switches repaired first), unlocked (the TPM2, else one passphrase), resumed; then the
+/// queued PVs converted.
 pub fn resume_all(front: &dyn Front, opts: &Options) -> Result<()> {
-    // One already being worked on by another process is left to it.
-    let mut todo = Vec::new();
-    let mut runs = Vec::new();
-    let mut restored = Vec::new();
-    // A repair or a resume writes: from then on no error is a refusal.
-    let mut written = false;
+    let mut todo = gather()?;
+    let (queued, queued_runs, refused) = queued_targets(opts)?;
+    if todo.items.is_empty() && queued.is_empty() {
+        if !todo.restored.is_empty() {
+            let pvs: Vec<String> = todo.restored.iter().map(|p| p.display().to_string()).collect();
+            return Err(Error::new(
+                Kind::Interrupted,
+                format!("Plain PVs put back: {}; run pvencrypt on them again.", pvs.join(" ")),
+            ));
+        }
+        if !opts.quiet && refused == 0 {
+            output::out("No conversion to resume.");
+        }
+        return queue_refusals(refused).map_err(|e| after(todo.written, e));
+    }
+    let (key, not_opened) = unlock(front, &mut todo, !queued.is_empty())?;
+    let mut written = todo.written;
+    let end = |written: bool| not_opened_by(&not_opened).and(queue_refusals(refused)).map_err(|e| after(written, e));
+    let resumed_n = todo.items.len();
+    let mut runs = std::mem::take(&mut todo.runs);
+    runs.extend(queued_runs);
+    if (todo.items.is_empty() && queued.is_empty()) || front.background(&mut runs, key.as_ref())? {
+        return end(written);
+    }
+    let (resumed, queued_runs) = runs.split_at_mut(resumed_n);
+    for (((path, state), run), own) in todo.items.into_iter().zip(resumed).zip(todo.keys) {
+        stop_point()?;
+        abort::clear_abort(&path);
+        let Some(k) = own.as_ref().or(key.as_ref()) else { unreachable!("unlock gave every device a key") };
+        let name = resume::resume(opts, &path, state, k, run).map_err(|e| after(written, e))?;
+        written = true;
+        if !opts.quiet {
+            output::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
+        }
+    }
+    // `pvencrypt A B C` gave B and C the passphrase of A.
+    if let Some(key) = &key {
+        convert_all(&queued, key, queued_runs, written)?;
+        written |= !queued.is_empty();
+    }
+    end(written)
+}
+
+/// What `resume_all` takes up: the unfinished conversions, each with its claim and the
+/// passphrase the TPM2 unsealed for it, in step.
+#[derive(Default)]
+struct Todo {
+    items: Vec<(PathBuf, State)>,
+    runs: Vec<Run>,
+    keys: Vec<Option<Passphrase>>,
+    /// Plain PVs a repair put back.
+    restored: Vec<PathBuf>,
+    /// A repair wrote: from here on no error is a refusal.
+    written: bool,
+}
+
+/// Phase 1: the unfinished conversions, claimed (one another process works on is left to
+/// it; one stopped with --abort is left alone at boot), torn switches made whole before any
+/// passphrase is asked: one may just be the plain PV again.
+fn gather() -> Result<Todo> {
+    let mut todo = Todo::default();
     for (path, state) in resume::unfinished() {
         if service::at_boot() && abort::is_aborted(&path) {
             output::info(&format!("{}: stopped with --abort; left so until pvencrypt is run by hand.", path.display()));
@@ -189,99 +245,71 @@ pub fn resume_all(front: &dyn Front, opts: &Options) -> Result<()> {
             }
             Err(e) => return Err(e),
         };
-        // Torn switches are made whole before any passphrase is asked: one may just be
-        // the plain PV again.
         let state = match state {
             State::TornSwitch(_) | State::TornHeader => {
-                written = true;
+                todo.written = true;
                 match resume::repair(&path, &state)? {
                     Some(_) => inspect::inspect(&path),
                     None => {
-                        restored.push(path);
+                        todo.restored.push(path);
                         continue;
                     }
                 }
             }
             s => s,
         };
-        runs.push(run);
-        todo.push((path, state));
+        todo.runs.push(run);
+        todo.items.push((path, state));
+        todo.keys.push(None);
     }
-    let (queued, queued_runs, refused) = queued_targets(opts)?;
-    if todo.is_empty() && queued.is_empty() {
-        if !restored.is_empty() {
-            let pvs: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
-            return Err(Error::new(
-                Kind::Interrupted,
-                format!("Plain PVs put back: {}; run pvencrypt on them again.", pvs.join(" ")),
-            ));
+    Ok(todo)
+}
+
+/// Phase 2: devices bound to the TPM2 resume with it; one passphrase for the others (and
+/// the queue), as one typed at boot, checked on each device before -b leaves the terminal.
+/// A device it does not open is dropped and named in the second value, left for
+/// `pvencrypt PV`. The side of -b that hands a passphrase to its unit unseals nothing: the
+/// unit does.
+fn unlock(front: &dyn Front, todo: &mut Todo, queued: bool) -> Result<(Option<Passphrase>, Vec<String>)> {
+    if !front.detaches() || service::in_unit() {
+        for ((path, _), key) in todo.items.iter().zip(todo.keys.iter_mut()) {
+            *key = unsealed(front, path);
         }
-        if !opts.quiet && refused == 0 {
-            output::out("No conversion to resume.");
-        }
-        return queue_refusals(refused).map_err(|e| after(written, e));
     }
-    // Devices bound to the TPM2 resume with it; one passphrase for the others, as one typed
-    // at boot: checked on each device before -b leaves the terminal; a device it does not
-    // open is left for `pvencrypt PV`. The side of -b that hands a passphrase to its unit
-    // unseals nothing: the unit does.
-    let hands_over = front.detaches() && !service::in_unit();
-    let mut keys: Vec<Option<Passphrase>> =
-        todo.iter().map(|(p, _)| (!hands_over).then(|| unsealed(front, p)).flatten()).collect();
     let pvs: Vec<String> =
-        todo.iter().zip(&keys).filter(|(_, k)| k.is_none()).map(|((p, _), _)| p.display().to_string()).collect();
-    let key = match question(&pvs, !queued.is_empty()) {
+        todo.items.iter().zip(&todo.keys).filter(|(_, k)| k.is_none()).map(|((p, _), _)| p.display().to_string()).collect();
+    let typed = match question(&pvs, queued) {
         Some((prompt, verify)) => Some(front.passphrase(&prompt, verify)?),
         None => None,
     };
-    let mut other_key = Vec::new();
+    let mut not_opened = Vec::new();
     let mut i = 0;
-    while i < todo.len() {
-        let Some(k) = keys[i].as_ref().or(key.as_ref()) else {
+    while i < todo.items.len() {
+        let Some(k) = todo.keys[i].as_ref().or(typed.as_ref()) else {
             unreachable!("a passphrase is asked for every device not unsealed")
         };
-        match luks::open(&todo[i].0).and_then(|mut cd| luks::check_key(&mut cd, k)) {
+        match luks::open(&todo.items[i].0).and_then(|mut cd| luks::check_key(&mut cd, k)) {
             Err(e) if matches!(e.kind, Kind::Key | Kind::WrongPassphrase) => {
-                output::error(&format!("pvencrypt: {}: {e}", todo[i].0.display()));
-                other_key.push(todo.remove(i).0.display().to_string());
-                runs.remove(i);
-                keys.remove(i);
+                output::error(&format!("pvencrypt: {}: {e}", todo.items[i].0.display()));
+                not_opened.push(todo.items.remove(i).0.display().to_string());
+                todo.runs.remove(i);
+                todo.keys.remove(i);
             }
             _ => i += 1,
         }
     }
-    let other_key = || -> Result<()> {
-        if other_key.is_empty() {
-            return Ok(());
-        }
-        let others = other_key.join(" ");
-        Err(Error::new(
-            Kind::WrongPassphrase,
-            format!("The passphrase opens no keyslot of {others}: resume each with pvencrypt PV."),
-        ))
-    };
-    let resumed_n = todo.len();
-    runs.extend(queued_runs);
-    if (todo.is_empty() && queued.is_empty()) || front.background(&mut runs, key.as_ref())? {
-        return other_key().and(queue_refusals(refused)).map_err(|e| after(written, e));
+    Ok((typed, not_opened))
+}
+
+/// Exit 2 when the passphrase opened some device not: they wait for `pvencrypt PV`.
+fn not_opened_by(pvs: &[String]) -> Result<()> {
+    if pvs.is_empty() {
+        return Ok(());
     }
-    let (resumed, queued_runs) = runs.split_at_mut(resumed_n);
-    for (((path, state), run), own) in todo.into_iter().zip(resumed).zip(keys) {
-        stop_point()?;
-        abort::clear_abort(&path);
-        let Some(k) = own.as_ref().or(key.as_ref()) else { unreachable!("checked above") };
-        let name = resume::resume(opts, &path, state, k, run).map_err(|e| after(written, e))?;
-        written = true;
-        if !opts.quiet {
-            output::info(&format!("{}: encrypted; the volume group runs on /dev/mapper/{name}.", path.display()));
-        }
-    }
-    // `pvencrypt A B C` gave B and C the passphrase of A.
-    if let Some(key) = &key {
-        convert_all(&queued, key, queued_runs, written)?;
-        written |= !queued.is_empty();
-    }
-    other_key().and(queue_refusals(refused)).map_err(|e| after(written, e))
+    Err(Error::new(
+        Kind::WrongPassphrase,
+        format!("The passphrase opens no keyslot of {}: resume each with pvencrypt PV.", pvs.join(" ")),
+    ))
 }
 
 /// The queued PVs that are still to convert, checked as a new conversion is, with the
@@ -396,6 +424,12 @@ mod tests {
         assert_eq!(question(&pvs, true), Some(("Enter passphrase for /dev/sda5, /dev/sdb1: ".into(), false)));
         assert_eq!(question(&[], true), Some(("Enter passphrase for the queued LUKS2 devices: ".into(), true)));
         assert_eq!(question(&[], false), None, "every device unsealed, nothing queued: nothing asked");
+        assert!(not_opened_by(&[]).is_ok());
+        let e = not_opened_by(&["/dev/sdb1".into()]).unwrap_err();
+        assert_eq!(
+            (e.exit_code(), e.to_string()),
+            (2, "The passphrase opens no keyslot of /dev/sdb1: resume each with pvencrypt PV.".into())
+        );
     }
 
     /// A mode's first write (a repair, a resume, a PV converted before) ends the refusals.

@@ -14,12 +14,17 @@
 //! mkinitcpio's sd-encrypt), otherwise once the root filesystem is up.
 
 use std::{
+    ffi::{c_char, c_int, c_void, CStr, CString, OsStr},
     fs,
     io::Write,
-    os::fd::AsRawFd,
+    mem::transmute,
+    os::{fd::AsRawFd, unix::ffi::OsStrExt},
     path::Path,
     process::{Command, Stdio},
+    ptr,
 };
+
+use libcryptsetup_rs_sys as cs;
 
 use super::{initramfs, initramfs::Hook, which, Tool};
 use crate::key::Passphrase;
@@ -138,22 +143,13 @@ pub fn bound(json: &serde_json::Value) -> bool {
 /// calls are libcryptsetup's own, outside libcryptsetup-rs's lock: call it before a run
 /// starts threads that use libcryptsetup.
 pub fn unseal(dev: &Path) -> Option<Passphrase> {
-    use libcryptsetup_rs_sys as cs;
-    use std::{
-        ffi::{c_char, c_int, c_void, CStr, CString},
-        os::unix::ffi::OsStrExt,
-        ptr,
-    };
-    type Open = unsafe extern "C" fn(*mut cs::crypt_device, c_int, *mut *mut c_char, *mut usize, *mut c_void) -> c_int;
-    type Free = unsafe extern "C" fn(*mut c_void, usize);
-
     // SAFETY: returns NULL or a static string.
     let dir = unsafe { cs::crypt_token_external_path() };
     if dir.is_null() {
         return None;
     }
     // SAFETY: non-NULL, NUL-terminated, static.
-    let plugin = Path::new(std::ffi::OsStr::from_bytes(unsafe { CStr::from_ptr(dir) }.to_bytes()))
+    let plugin = Path::new(OsStr::from_bytes(unsafe { CStr::from_ptr(dir) }.to_bytes()))
         .join(format!("libcryptsetup-token-{TOKEN_TYPE}.so"));
     let plugin = CString::new(plugin.as_os_str().as_bytes()).ok()?;
     let dev = CString::new(dev.as_os_str().as_bytes()).ok()?;
@@ -167,7 +163,16 @@ pub fn unseal(dev: &Path) -> Option<Passphrase> {
     if unsafe { cs::crypt_load(cd, cs::CRYPT_LUKS2.as_ptr().cast(), ptr::null_mut()) } < 0 {
         return None;
     }
-    let tokens: Vec<c_int> = (0..32)
+    let tokens = tokens(cd);
+    if tokens.is_empty() {
+        return None;
+    }
+    open_with(&plugin, cd, &tokens)
+}
+
+/// The ids of the `systemd-tpm2` tokens of the LUKS2 header `cd` has loaded.
+fn tokens(cd: *mut cs::crypt_device) -> Vec<c_int> {
+    (0..32)
         .filter(|&t| {
             let mut ty: *const c_char = ptr::null();
             // SAFETY: a loaded handle; `ty` receives NULL or a string owned by the handle.
@@ -177,10 +182,13 @@ pub fn unseal(dev: &Path) -> Option<Passphrase> {
                 // SAFETY: non-NULL, NUL-terminated, alive as long as the handle.
                 && unsafe { CStr::from_ptr(ty) }.to_bytes() == TOKEN_TYPE.as_bytes()
         })
-        .collect();
-    if tokens.is_empty() {
-        return None;
-    }
+        .collect()
+}
+
+/// The first passphrase the plugin at `plugin` gives for one of `tokens`.
+fn open_with(plugin: &CStr, cd: *mut cs::crypt_device, tokens: &[c_int]) -> Option<Passphrase> {
+    type Open = unsafe extern "C" fn(*mut cs::crypt_device, c_int, *mut *mut c_char, *mut usize, *mut c_void) -> c_int;
+    type Free = unsafe extern "C" fn(*mut c_void, usize);
     // SAFETY: a NUL-terminated path; the plugin is the one libcryptsetup itself would load.
     let lib = unsafe { libc::dlopen(plugin.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if lib.is_null() {
@@ -193,13 +201,9 @@ pub fn unseal(dev: &Path) -> Option<Passphrase> {
     let mut found = None;
     if !open.is_null() {
         // SAFETY: the ABI's prototypes (crypt_token_open_func, crypt_token_buffer_free_func).
-        let (open, free) = unsafe {
-            (
-                std::mem::transmute::<*mut c_void, Open>(open),
-                (!free.is_null()).then(|| std::mem::transmute::<*mut c_void, Free>(free)),
-            )
-        };
-        for t in tokens {
+        let (open, free) =
+            unsafe { (transmute::<*mut c_void, Open>(open), (!free.is_null()).then(|| transmute::<*mut c_void, Free>(free))) };
+        for &t in tokens {
             let (mut buf, mut len) = (ptr::null_mut::<c_char>(), 0usize);
             // SAFETY: a loaded LUKS2 handle and a token of the plugin's type; no parameters
             // (usrptr NULL: the plugin's defaults).
