@@ -199,8 +199,10 @@ pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Mark
     if let Some((device, pcrs)) = &fmt.tpm2 {
         // Not later: libcryptsetup adds no keyslot to a header marked for reencryption.
         drop(cd);
-        crate::boot::tpm2::enroll(&header.path_for_children(), &temp_key, device, pcrs)
-            .map_err(|e| Error::new(Kind::Failed, format!("Cannot bind the new header to the TPM2: {e}.")))?;
+        // The header is in memory still: a refusal, the disk unchanged.
+        crate::boot::tpm2::enroll(&header.path_for_children(), &temp_key, device, pcrs).map_err(|e| {
+            Error::new(Kind::Refused, format!("Cannot bind the new header to the TPM2: {e}. Nothing was changed."))
+        })?;
         cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
             .or_fail(|| "Cannot open the new LUKS2 header".into())?;
         cd.context_handle()

@@ -40,6 +40,26 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
             if pvs.len() > 1 {
                 return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
             }
+            // The header was made by the run that started it: its format stays.
+            let given: Vec<&str> = [
+                (opts.tpm2.is_some(), "--tpm2-device"),
+                (opts.uuid.is_some(), "--uuid"),
+                (opts.label.is_some(), "--label"),
+                (opts.sector_size.is_some(), "--sector-size"),
+                (opts.name.is_some(), "--name"),
+            ]
+            .into_iter()
+            .filter_map(|(set, name)| set.then_some(name))
+            .collect();
+            if !given.is_empty() {
+                output::error(&format!(
+                    "pvencrypt: WARNING: {}: resuming the conversion it holds; {} appl{} to a new conversion only, \
+                     ignored.",
+                    path.display(),
+                    given.join(", "),
+                    if given.len() == 1 { "ies" } else { "y" }
+                ));
+            }
             return resume_one(front, opts, path, state);
         }
         targets.push(preflight::preflight(opts, path)?);
