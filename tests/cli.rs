@@ -18,6 +18,7 @@ fn an_invalid_command_line_exits_3() {
         (&["--type", "luks1", "/dev/null"], "possible values: luks2"),
         (&["--sector-size", "768", "/dev/null"], "768"),
         (&["--keyfile-size", "8", "/dev/null"], "--key-file"),
+        (&["--devices", "/dev/sda5", "--devicesfile", "x.devices", "/dev/sda5"], "cannot be used with"),
     ] {
         let (rc, out) = pvencrypt(args);
         assert_eq!(rc, 3, "{args:?}: {out}");

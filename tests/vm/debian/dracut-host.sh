@@ -31,8 +31,6 @@ ln -s ../pvtest.service "$run/root/etc/systemd/system/multi-user.target.wants/pv
 # The console belongs to the test and to the password prompts: no login prompt on it.
 ln -sf /dev/null "$run/root/etc/systemd/system/serial-getty@ttyS0.service"
 ln -sf /dev/null "$run/root/etc/systemd/system/getty@tty1.service"
-# DRACUT_HOSTONLY=1: host-only images (90crypt copies the root's crypttab entries itself).
-[ -z "${DRACUT_HOSTONLY:-}" ] || echo 'hostonly="yes"' > "$run/root/etc/dracut.conf.d/50-hostonly.conf"
 # LVM's devices file on, as in t_debian_root.sh.
 sed -i 's/^\t# use_devicesfile = 0$/\tuse_devicesfile = 1/' "$run/root/etc/lvm/lvm.conf"
 grep -q '^.use_devicesfile = 1$' "$run/root/etc/lvm/lvm.conf" || { echo "cannot enable the devices file"; exit 1; }
@@ -62,8 +60,10 @@ initrd_file() {
   $dec < "$1" | cpio -i --quiet --to-stdout "$2" 2>/dev/null
 }
 
-# boot_unlocking N TEST: boots with the image now in /boot, types the passphrase once at
-# the prompt of systemd-cryptsetup in the initramfs (the console is the VM's stdin).
+# boot_unlocking N TEST [cut]: boots with the image now in /boot, types the passphrase once
+# at the prompt of systemd-cryptsetup in the initramfs (the console is the VM's stdin).
+# "cut": the guest cuts its own power in the data phase (PVENCRYPT_FAULT), checked instead
+# of a clean end.
 prompt='Please enter passphrase for disk .*vda_crypt'
 boot_unlocking() {
   local log=$logs/$name.boot$1.log t=$SECONDS
@@ -87,6 +87,12 @@ boot_unlocking() {
   check "boot $1: the initramfs asks for the passphrase of vda_crypt" "grep -aqE '$prompt' '$log'"
   check "boot $1: it asks once" "[ \$(grep -acE '$prompt' '$log') -eq 1 ]"
   vm_report "boot $1" "$log"
+  if [ "${3:-}" = cut ]; then
+    tr -d '\r' < "$log" | grep -aE '^(pvencrypt|status|keyring|cryptsetup):'
+    check "boot $1: the power was cut in the data phase" "grep -aq '^status: .* encrypting ' '$log' && ! grep -aq '^VM-EXIT' '$log'"
+    took "boot $1" $t
+    return
+  fi
   tr -d '\r' < "$log" | grep -aE '^(pvencrypt|status|dracut|keyring):'
   check "boot $1" vm_passed "$log"
   took "boot $1" $t

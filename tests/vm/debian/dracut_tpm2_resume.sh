@@ -1,11 +1,13 @@
-# Boot 2 of host/t_dracut_tpm2.sh, the TPM2 there: libcryptsetup 2.6 (Debian 12) opens no
+# Boot 3 of host/t_dracut_root.sh, the TPM2 back: libcryptsetup 2.6 (Debian 12) opens no
 # device in reencryption with a token (LUKS2_activate refuses the unmet online-reencrypt
 # requirement; 2.7 activates tokens through keyslot contexts, which handle it), so the
-# image pvencrypt rebuilt (host-only) fell back to the passphrase prompt, and the host typed
-# it. pvencrypt-resume.service must resume with the TPM2 (the passphrase the systemd-tpm2
-# token unseals, tried before any other): the journal says so, and a question of its own
-# (an ask file with Id=pvencrypt) fails the test. It finishes, and leaves the image boot 1
-# built as it is (checked: it opens vda_crypt with the TPM2).
+# generic image pvencrypt rebuilt fell back to the passphrase prompt, and the host typed it.
+# pvencrypt-resume.service must resume with the TPM2 (the passphrase the systemd-tpm2 token
+# unseals, tried before any other): the journal says so, and a question of its own (an ask
+# file with Id=pvencrypt) fails the test. It finishes, and leaves the image boot 1 built as
+# it is (checked: it opens vda_crypt with the TPM2). Then the admin makes dracut host-only
+# (hostonly="yes") and rebuilds: 90crypt copies the entry itself, pvencrypt's module adds no
+# second one; boot 4 boots that image.
 . /tests/dracut-lib.sh
 check_eq "root on the VG" "$(findmnt -n -o SOURCE /)" /dev/mapper/vg-root
 cryptsetup_log=$(journalctl -b -o cat -u systemd-cryptsetup@vda_crypt.service 2>&1)
@@ -35,12 +37,18 @@ check_eq "one crypttab entry, tpm2-device=auto" \
   "$(grep -v '^#' /etc/crypttab | grep -cE "^vda_crypt UUID=$uuid none luks,discard,tpm2-device=auto\$")" 1
 check "the image boot 1 built opens vda_crypt: checked, not rebuilt" \
   "journal pvencrypt-resume.service 6 | grep -q 'the initramfs opens vda_crypt already; not rebuilt' && [ \$(stat -c %Y /boot/initrd.img-\$(uname -r)) = $built ]"
-image_opens vda_crypt "the image"
-check "the image's entry has tpm2-device=auto" "grep -q '^vda_crypt .*tpm2-device=auto' /run/ird.crypttab"
-check "the image has the TPM2 libraries" "grep -q 'libtss2-esys.so' /run/ird.list"
-# Host-only, built during the conversion: 90crypt looks for LUKS among the root's devices and
-# finds pvencrypt's mover there, not vda: the entry is the one pvencrypt's module copies.
-check_eq "dracut builds host-only images here" "$(grep -hs '^ *hostonly' /etc/dracut.conf.d/*.conf | tail -1)" 'hostonly="yes"'
-check_eq "the image's crypttab has vda_crypt once" "$(grep -c '^vda_crypt ' /run/ird.crypttab)" 1
+image_opens vda_crypt "the generic image"
+check "the generic image's entry has tpm2-device=auto" "grep -q '^vda_crypt .*tpm2-device=auto' /run/ird.crypttab"
+check "the generic image has the TPM2 libraries" "grep -q 'libtss2-esys.so' /run/ird.list"
+check_eq "the generic image's crypttab has vda_crypt once" "$(grep -c '^vda_crypt ' /run/ird.crypttab)" 1
+echo "=== dracut made host-only, the images rebuilt"
+echo 'hostonly="yes"' > /etc/dracut.conf.d/50-hostonly.conf
+dracut_timer
+check "dracut -f --regenerate-all" "dracut -f --regenerate-all > /run/dracut.out 2>&1"
+image_opens vda_crypt "the host-only image"
+check "the host-only image's entry has tpm2-device=auto" "grep -q '^vda_crypt .*tpm2-device=auto' /run/ird.crypttab"
+check "the host-only image has the TPM2 libraries" "grep -q 'libtss2-esys.so' /run/ird.list"
+check_eq "the host-only image's crypttab has vda_crypt once" "$(grep -c '^vda_crypt ' /run/ird.crypttab)" 1
+sync
 check_eq "marker intact" "$(sha /var/marker)" "$(cat /var/marker.sha)"
 result

@@ -4,7 +4,7 @@
 # in --test; an explicit --sector-size 512 is refused with its real cause and nothing
 # changed. Then the PV, with an ext4 LV written throughout, a thin pool with a thin LV and a
 # dm-cache'd LV on it, converts live and opens with stock cryptsetup.
-# disks: 512M 128M
+# disks: 256M 64M
 # blocksize: 4096
 # timeout: 900
 . /tests/lib.sh
@@ -12,19 +12,19 @@ printf secret-passphrase > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
 check_eq "vda has 4096-byte logical sectors" "$(blockdev --getss /dev/vda)" 4096
 
-PVOPTS="--setphysicalvolumesize 480M" mkvg vg /dev/vda
-mklv fs -L 160M vg
-mklv pool --type thin-pool -L 64M vg
-mklv thin -V 96M -T vg/pool
-mklv slow -L 64M vg
-mklv fast --type cache-pool -L 16M vg
+PVOPTS="--setphysicalvolumesize 224M" mkvg vg /dev/vda
+mklv fs -L 80M vg
+mklv pool --type thin-pool -L 40M vg
+mklv thin -V 64M -T vg/pool
+mklv slow -L 48M vg
+mklv fast --type cache-pool -L 8M vg
 run lvconvert -q -y --type cache --cachepool vg/fast vg/slow
 dmsetup mknodes
 check "vg/slow is cached (dm-cache)" "dmsetup table vg-slow | grep -q ' cache '"
 run mkfs.ext4 -q /dev/mapper/vg-fs
 mkdir -p /mnt/fs; run mount /dev/mapper/vg-fs /mnt/fs
-dd if=/dev/urandom of=/mnt/fs/f1 bs=1M count=100 conv=fsync 2>/dev/null
-dd if=/dev/urandom of=/dev/mapper/vg-thin bs=1M count=48 oflag=direct 2>/dev/null
+dd if=/dev/urandom of=/mnt/fs/f1 bs=1M count=40 conv=fsync 2>/dev/null
+dd if=/dev/urandom of=/dev/mapper/vg-thin bs=1M count=32 oflag=direct 2>/dev/null
 dd if=/dev/urandom of=/dev/mapper/vg-slow bs=1M oflag=direct 2>/dev/null
 f1=$(sha /mnt/fs/f1) thin=$(sha /dev/mapper/vg-thin) slow=$(sha /dev/mapper/vg-slow)
 

@@ -1,24 +1,32 @@
-# seconds: 700   (measured, TCG: run.sh starts the longest first)
+# seconds: 1200   (measured, TCG: run.sh starts the longest first)
 # Boot integration on a Debian 12 root whose initramfs dracut builds (debian/build-root.sh's
-# dracut flavor: Debian's generic image, hostonly not set, systemd inside), the root
-# filesystem an LV of the PV being converted, /boot a plain disk, pvencrypt from its .deb.
-# A generic image opens no LUKS device unless its crypttab or the kernel command line names
-# it: pvencrypt adds /etc/dracut.conf.d/pvencrypt-NAME.conf for its dracut module.
+# dracut flavor: Debian's generic image, hostonly not set, systemd inside, tpm2-tools), the
+# root filesystem an LV of the PV being converted, /boot a plain disk, pvencrypt from its
+# .deb, and a software TPM2 (swtpm, its state kept across the boots; QEMU's tpm-tis) in
+# boots 1, 3 and 4. A generic image opens no LUKS device unless its crypttab or the kernel
+# command line names it: pvencrypt adds /etc/dracut.conf.d/pvencrypt-NAME.conf for its dracut
+# module.
 #   prepare  (busybox guest): VG vg on vda, LV root filled with the root image (vdc)
-#   boot 1   (the cached generic image): pvencrypt -b /dev/vda in its unit; crypttab, the
+#   boot 1   (the cached generic image, TPM2): a TPM2 that is not there refused; --test;
+#            pvencrypt -b --tpm2-device=auto /dev/vda in its unit; the header, crypttab, the
 #            drop-in and dracut's rebuild right after the switch; the power is cut a quarter
-#            through the data phase. The host looks into the rebuilt image (etc/crypttab).
-#   boot 2   (that generic image): systemd's prompt in the initramfs, the passphrase typed
-#            once; pvencrypt-resume.service takes it from root's keyring (KeyringMode=shared),
-#            asks nothing, finds that the image opens the device (not rebuilt), finishes.
-# The host-only image, and a boot from a finished device: host/t_dracut_tpm2.sh.
+#            through the data phase. The host looks into the rebuilt image.
+#   boot 2   (that generic image, no TPM2): systemd-cryptsetup falls back to its prompt, the
+#            passphrase typed once; pvencrypt-resume.service takes it from root's keyring
+#            (KeyringMode=shared), asks nothing, finds that the image opens the device (not
+#            rebuilt), resumes; the power is cut at three quarters (the test's drop-in).
+#   boot 3   (that image, TPM2): libcryptsetup 2.6 opens no device in reencryption with a
+#            token: the prompt, typed once; the resume unseals with the TPM2, asks nothing,
+#            finishes; the image checked; dracut made host-only and the images rebuilt.
+#   boot 4   (the host-only image, TPM2): the root comes up with nobody typing anything.
 . "$(dirname "$0")/../lib.sh"
 . "$(dirname "$0")/../debian/dracut-host.sh"
 
 log1=$logs/$name.boot1.log t=$SECONDS
+vm_swtpm "$run/tpm" || exit 1
 VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=1200 vm_boot "$log1" dracut_convert "$run"/vd{a,b}.img
 vm_report "boot 1" "$log1"
-tr -d '\r' < "$log1" | grep -aE '^(pvencrypt|status|dracut):'
+tr -d '\r' < "$log1" | grep -aE '^(pvencrypt|status|dracut|luksDump):'
 check "boot 1: the power was cut in the data phase" "grep -aq '^status: .* encrypting ' '$log1' && ! grep -aq '^VM-EXIT' '$log1'"
 check "boot 1: pvencrypt rebuilt the initramfs and found the unlock in it" \
   grep -aq 'rebuilt the initramfs (dracut -f --regenerate-all); it opens vda_crypt' "$log1"
@@ -32,6 +40,32 @@ check "the rebuilt image has the pvencrypt dracut module" \
   "initrd_file '$run/initrd.img' usr/lib/dracut/modules.txt | grep -qx pvencrypt"
 check "the rebuilt image is generic (no 90crypt.conf in etc/cmdline.d)" \
   "! initrd_file '$run/initrd.img' etc/cmdline.d/90crypt.conf | grep -q ."
-boot_unlocking 2 dracut_resume
+
+# Boot 2: no TPM2 (another machine, a cleared TPM2).
+VM_QEMU_ARGS=
+boot_unlocking 2 dracut_resume cut
+
+# Boot 3: the TPM2 back.
+vm_swtpm "$run/tpm" || exit 1
+boot_unlocking 3 dracut_tpm2_resume
+
+# Boot 4: nothing is typed; a passphrase prompt would wait for ever (the host gives up).
+log=$logs/$name.boot4.log t=$SECONDS
+rm -f "$run/initrd.img"; debugfs -R "dump /initrd.img-$kv $run/initrd.img" "$run/vdb.img" 2>/dev/null
+vm_swtpm "$run/tpm" || exit 1
+VM_INITRD=$run/initrd.img VM_APPEND="$debian pvtpm2=1" _vm_cmd dracut_tpm2_booted "$run"/vd{a,b}.img
+"${VM_CMD[@]}" < /dev/null > "$log" 2>&1 &
+VM_PID=$!
+if vm_wait_for "$log" "$prompt|VM-EXIT|still waiting for following initqueue hooks|Could not boot" 600 &&
+   grep -aqE "$prompt" "$log"; then
+  sleep 5; vm_kill
+else
+  vm_wait 600
+fi
+check "boot 4: no passphrase prompt: the TPM2 unlocked vda_crypt" "! grep -aqE '$prompt' '$log'"
+vm_report "boot 4" "$log"
+tr -d '\r' < "$log" | grep -aE '^cryptsetup:'
+check "boot 4: the root came up from vda_crypt" vm_passed "$log"
+took "boot 4" $t
 took "$name" $t_start
 result
