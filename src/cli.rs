@@ -192,8 +192,8 @@ pub struct Cli {
     pub config: Option<String>,
 
     /// LVM's --devices: LVM sees only these devices (comma-separated, or repeated); the
-    /// new /dev/mapper/NAME is added once it exists.
-    #[arg(long, value_name = "PV", value_delimiter = ',', value_hint = ValueHint::FilePath)]
+    /// new /dev/mapper/NAME is added once it exists. Not with --devicesfile (LVM refuses both).
+    #[arg(long, value_name = "PV", value_delimiter = ',', value_hint = ValueHint::FilePath, conflicts_with = "devicesfile")]
     pub devices: Vec<String>,
 
     /// LVM's --devicesfile: the devices file under /etc/lvm/devices that LVM reads, and that

@@ -760,7 +760,7 @@ mod image_tests {
         assert!(super::marker(&mut cd).is_some(), "pvencrypt's token too");
         // The token's plugin finds no TPM2 that unseals it (swtpm is gone; systemd's plugin
         // uses the machine's own TPM2, as crypttab's tpm2-device=auto): nothing, and the
-        // resume asks. The VM test t_dracut_tpm2 unseals with a TPM2.
+        // resume asks. The VM test t_dracut_root unseals with a TPM2.
         assert!(crate::boot::tpm2::unseal(&lo.dev).is_none(), "unsealed without the TPM2");
         assert!(crate::boot::tpm2::unseal(&p.header.path()).is_none(), "the header before the binding has no token");
     }

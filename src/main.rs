@@ -62,7 +62,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 /// A dropped ssh session must not stop a conversion mid-step: on SIGHUP the run goes
-/// on, and its messages go to the system log from then on (poll.rs).
+/// on, and its messages go to the system log from then on (output.rs).
 extern "C" fn on_hangup(_: libc::c_int) {
     output::HUNG_UP.store(true, Ordering::Relaxed);
 }

@@ -158,7 +158,7 @@ fn dracut(root: &Path) -> Result<(), String> {
     let vars = settings(&dracut_conf(root));
     // Generic images open a LUKS device only when the kernel command line names it, and a
     // host-only one built during the conversion misses it too: 90crypt looks for LUKS among
-    // the root's devices, and finds pvencrypt's mover there (t_dracut_tpm2 saw it).
+    // the root's devices, and finds pvencrypt's mover there (seen in t_dracut_root).
     if !has_module(root, DRACUT_OURS) {
         return Err(format!(
             "pvencrypt's dracut module, which puts the device into dracut's images, is not installed (no \

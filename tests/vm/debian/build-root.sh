@@ -23,7 +23,7 @@ case $flavor in
     VERSION=2   # the same, for the dracut root
     # dracut conflicts with initramfs-tools: none of it gets in. cryptsetup: 90crypt's check().
     # tpm2-tools (and the TPM2 libraries with it): dracut's tpm2-tss module, systemd-cryptenroll
-    # and systemd-cryptsetup's TPM2 unlock (host/t_dracut_tpm2.sh); a generic image leaves them out.
+    # and systemd-cryptsetup's TPM2 unlock (host/t_dracut_root.sh); a generic image leaves them out.
     tool=dracut,cryptsetup,tpm2-tools,libtss2-tcti-device0;;
   *) echo "build-root: unknown flavor $flavor" >&2; exit 2;;
 esac

@@ -1,4 +1,4 @@
-# Sourced by the dracut root's test scripts (host/t_dracut_root.sh, t_dracut_tpm2.sh):
+# Sourced by the dracut root's test scripts (host/t_dracut_root.sh):
 # debian-lib.sh, plus what the dracut tests look at.
 . /tests/debian-lib.sh
 
