@@ -1,6 +1,6 @@
 //! What the library asks of the command's front end (main.rs, the command line): the
-//! passphrase, a confirmation, and `-b`. The modes themselves (convert.rs `convert_pvs`,
-//! resume.rs `resume_one` and `resume_all`, abort.rs `stop`) live in the library.
+//! passphrase, a confirmation, and `-b`. The modes themselves (modes.rs `convert_pvs`,
+//! `resume_one` and `resume_all`; abort.rs `stop`) live in the library.
 
 use crate::{error::Result, key::Passphrase, running::Run};
 

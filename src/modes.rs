@@ -40,26 +40,7 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
             if pvs.len() > 1 {
                 return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
             }
-            // The header was made by the run that started it: its format stays.
-            let given: Vec<&str> = [
-                (opts.tpm2.is_some(), "--tpm2-device"),
-                (opts.uuid.is_some(), "--uuid"),
-                (opts.label.is_some(), "--label"),
-                (opts.sector_size.is_some(), "--sector-size"),
-                (opts.name.is_some(), "--name"),
-            ]
-            .into_iter()
-            .filter_map(|(set, name)| set.then_some(name))
-            .collect();
-            if !given.is_empty() {
-                output::error(&format!(
-                    "pvencrypt: WARNING: {}: resuming the conversion it holds; {} appl{} to a new conversion only, \
-                     ignored.",
-                    path.display(),
-                    given.join(", "),
-                    if given.len() == 1 { "ies" } else { "y" }
-                ));
-            }
+            warn_ignored(opts, path);
             return resume_one(front, opts, path, state);
         }
         targets.push(preflight::preflight(opts, path)?);
@@ -97,10 +78,32 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
     convert_all(&targets, &key, &mut runs, false)
 }
 
+/// The header was made by the run that started the conversion: the format options of a
+/// new one do not apply to its resume, and are said to be ignored.
+fn warn_ignored(opts: &Options, path: &Path) {
+    let given: Vec<&str> = [
+        (opts.tpm2.is_some(), "--tpm2-device"),
+        (opts.uuid.is_some(), "--uuid"),
+        (opts.label.is_some(), "--label"),
+        (opts.sector_size.is_some(), "--sector-size"),
+        (opts.name.is_some(), "--name"),
+    ]
+    .into_iter()
+    .filter_map(|(set, name)| set.then_some(name))
+    .collect();
+    if !given.is_empty() {
+        output::error(&format!(
+            "pvencrypt: WARNING: {}: resuming the conversion it holds; {} appl{} to a new conversion only, ignored.",
+            path.display(),
+            given.join(", "),
+            if given.len() == 1 { "ies" } else { "y" }
+        ));
+    }
+}
+
 /// A PV to convert, with the options to convert it with.
 type Planned = (Options, preflight::Target);
 
-/// Converts `targets` in turn, each with its options, each leaving the queue once done.
 /// From the command's first write on (a pvmove making room, a PV converted or resumed
 /// before), no error is a refusal: exit 3 would claim the disk unchanged.
 fn after(written: bool, e: Error) -> Error {
@@ -111,6 +114,7 @@ fn after(written: bool, e: Error) -> Error {
     }
 }
 
+/// Converts `targets` in turn, each with its options, each leaving the queue once done.
 /// `written`: the command wrote to a disk before (a resume).
 fn convert_all(targets: &[Planned], key: &Passphrase, runs: &mut [Run], mut written: bool) -> Result<()> {
     let queue = Queue::system();
