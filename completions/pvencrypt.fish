@@ -22,7 +22,7 @@ complete -c pvencrypt -l reduce-device-size -d 'Space taken from the end of the 
 complete -c pvencrypt -l tpm2-device -d 'Bind the new device to the TPM2 as systemd-cryptenroll --tpm2-device does ("auto": the machine\'s; or a device node): a keyslot whose key the TPM2 seals against --tpm2-pcrs, in the header from the switch on, and tpm2-device=auto in /etc/crypttab, so that the machine boots, and a stopped conversion resumes, with nobody at the console. The passphrase keyslot stays, for when the TPM2 refuses (a firmware or Secure Boot change, the disk in another machine). Needs systemd-cryptenroll, and when the system boots from the volume group an initramfs that unlocks with a TPM2: dracut (with tpm2-tools) or mkinitcpio\'s sd-encrypt; initramfs-tools cannot, and is refused' -r -f
 complete -c pvencrypt -l tpm2-pcrs -d 'The PCRs the TPM2 key is sealed against, as systemd-cryptenroll --tpm2-pcrs (default 7: the Secure Boot state)' -r -f
 complete -c pvencrypt -l config -d 'LVM\'s --config, for every LVM command pvencrypt runs (in process)' -r -f
-complete -c pvencrypt -l devices -d 'LVM\'s --devices: LVM sees only these devices (comma-separated, or repeated); the new /dev/mapper/NAME is added once it exists' -r -F
+complete -c pvencrypt -l devices -d 'LVM\'s --devices: LVM sees only these devices (comma-separated, or repeated); the new /dev/mapper/NAME is added once it exists. Not with --devicesfile (LVM refuses both)' -r -F
 complete -c pvencrypt -l devicesfile -d 'LVM\'s --devicesfile: the devices file under /etc/lvm/devices that LVM reads, and that pvencrypt updates to list /dev/mapper/NAME instead of the PV' -r -f
 complete -c pvencrypt -s A -l autobackup -d 'LVM\'s -A/--autobackup, for the pvmove of --make-room' -r -f -a "true\t''
 false\t''"
