@@ -161,9 +161,10 @@ pub fn see_device(dev: &str) {
     }
 }
 
-/// `args` with the common options after the command name.
+/// `args` with the common options after the command name (none without a command).
 fn with_common(args: &[&str], c: &Common) -> Vec<String> {
-    let mut out = vec![args[0].to_string()];
+    let Some((cmd, rest)) = args.split_first() else { return vec![] };
+    let mut out = vec![cmd.to_string()];
     if let Some(v) = &c.config {
         out.extend(["--config".into(), v.clone()]);
     }
@@ -173,7 +174,7 @@ fn with_common(args: &[&str], c: &Common) -> Vec<String> {
     if let Some(v) = &c.devicesfile {
         out.extend(["--devicesfile".into(), v.clone()]);
     }
-    out.extend(args[1..].iter().map(|a| a.to_string()));
+    out.extend(rest.iter().map(|a| a.to_string()));
     out
 }
 
@@ -182,9 +183,6 @@ fn with_common(args: &[&str], c: &Common) -> Vec<String> {
 /// LVM's ECMD_PROCESSED (1); any other code becomes [`Error::Command`] carrying LVM's
 /// error lines.
 pub fn run(args: &[&str]) -> Result<Output, Error> {
-    if args.is_empty() {
-        return command_line(args).map(|_| Output::new());
-    }
     let full = with_common(args, &common());
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
     let args = &full[..];
@@ -245,6 +243,7 @@ mod tests {
     fn common_options_follow_the_command_name() {
         let args = ["pvs", "--reportformat", "json", "--", "/dev/sda5"];
         assert_eq!(with_common(&args, &Common::default()), args);
+        assert!(matches!(run(&[]), Err(Error::Argument { .. })), "no command: refused before LVM runs");
         let c = Common {
             config: Some("devices { filter = [ \"a|.*|\" ] }".into()),
             devices: vec!["/dev/sda5".into(), "/dev/mapper/sda5_crypt".into()],

@@ -26,3 +26,21 @@ image_opens() {
   check "$2: the image has the pvencrypt dracut module" \
     "sed -n '/^dracut modules:/,/^=====/p' /run/ird.list | grep -qx pvencrypt"
 }
+
+# cryptsetup_journal   systemd-cryptsetup's journal of vda_crypt this boot, as "cryptsetup: "
+# lines, kept in /run/cryptsetup.log for fell_back.
+cryptsetup_journal() {
+  journalctl -b -o cat -u systemd-cryptsetup@vda_crypt.service > /run/cryptsetup.log 2>&1
+  sed 's/^/cryptsetup: /' /run/cryptsetup.log
+}
+
+# fell_back   systemd-cryptsetup gave up on the TPM2 and asked for the passphrase.
+fell_back() {
+  grep -qiE 'falling back to traditional unlocking|aborting security device based authentication' /run/cryptsetup.log
+}
+
+# half_encrypted   checks that vda is in its reencryption, open as vda_crypt.
+half_encrypted() {
+  check "vda is half encrypted, open as vda_crypt" \
+    "cryptsetup luksDump /dev/vda | grep -q online-reencrypt && cryptsetup status vda_crypt | grep -q 'device: */dev/vda\$'"
+}

@@ -8,12 +8,9 @@
 # device (not rebuilt) and resumes; the test's drop-in cuts the power at 75 %.
 . /tests/dracut-lib.sh
 check_eq "root on the VG" "$(findmnt -n -o SOURCE /)" /dev/mapper/vg-root
-cryptsetup_log=$(journalctl -b -o cat -u systemd-cryptsetup@vda_crypt.service 2>&1)
-echo "$cryptsetup_log" | sed 's/^/cryptsetup: /'
-check "no TPM2: systemd-cryptsetup fell back to the passphrase" \
-  "[ ! -e /dev/tpmrm0 ] && grep -qiE 'falling back to traditional unlocking|aborting security device based authentication' <<< \"\$cryptsetup_log\""
-check "vda is half encrypted, open as vda_crypt" \
-  "cryptsetup luksDump /dev/vda | grep -q online-reencrypt && cryptsetup status vda_crypt | grep -q 'device: */dev/vda\$'"
+cryptsetup_journal
+check "no TPM2: systemd-cryptsetup fell back to the passphrase" "[ ! -e /dev/tpmrm0 ] && fell_back"
+half_encrypted
 follow pvencrypt-resume.service
 built=$(stat -c %Y /boot/initrd.img-$(uname -r))
 # Time from the unlock (systemd-cryptsetup in the initramfs, whose journal the root keeps)
