@@ -34,6 +34,7 @@ use crate::{
     progress::Progress,
     running::{self, Phase, Run},
     switch::{self, Switch},
+    units::Sectors,
 };
 
 /// Set by SIGINT/SIGTERM (and --abort): stop, keeping the last checkpoint.
@@ -182,8 +183,7 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     }
     let header = luks::open(path).and_then(|mut cd| {
         let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())?;
-        let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 header".into())?;
-        Ok((uuid, boot::tpm2::bound(&json)))
+        Ok((uuid, boot::tpm2::bound(&luks::metadata(&mut cd)?)))
     });
     let (uuid, tpm2) = match header {
         Ok(h) => h,
@@ -311,7 +311,7 @@ pub fn encrypt(
     }
     if !finished? {
         // The last checkpoint may lie past the last report.
-        let last = luks::open(path).ok().and_then(|mut cd| luks::progress(&mut cd)).unwrap_or(last);
+        let last = luks::open(path).ok().and_then(|mut cd| luks::progress(&mut cd)).map_or(last, |(d, t)| (d.0, t.0));
         return Err(Error::new(
             Kind::Interrupted,
             format!(
@@ -379,7 +379,7 @@ pub(crate) fn finish(path: &Path) -> Result<()> {
             luks::destroy_keyslot(&mut cd, slot)?;
         }
         cd.token_handle()
-            .json_set(libcryptsetup_rs::TokenInput::RemoveToken(id))
+            .json_set(libcryptsetup_rs::TokenInput::RemoveToken(id.0))
             .or_fail(|| "Cannot remove the pvencrypt token".into())?;
         refresh_lvm(m.vg_name.as_ref())?;
         crate::fault::memory("finished");
@@ -392,20 +392,21 @@ pub(crate) fn finish(path: &Path) -> Result<()> {
 /// of that segment at the device's end, which lies beyond the PV (NAME, as opened
 /// during the conversion, ends before it; opened afresh it maps it after the PV).
 fn wipe_leftovers(cd: &mut libcryptsetup_rs::CryptDevice, path: &Path, m: &Marker) -> Result<()> {
-    let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
-    let offset = cd.status_handle().get_data_offset() * 512;
+    let offset = Sectors(cd.status_handle().get_data_offset()).bytes();
     let unused =
-        luks::unused_header_areas(&json, offset).ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no layout"))?;
+        luks::metadata(cd)?.unused_areas(offset).ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no layout"))?;
     direct::zero(path, &unused).or_fail(|| format!("Cannot wipe the unused header area of {}", path.display()))?;
 
     let (_, size) = block_device(path)?;
-    let tail = size.bytes() - 2 * offset;
+    let tail = size.bytes() - offset - offset;
     let pv_end = pv_size(m)?.bytes();
     if pv_end > tail {
         return fail(format!(
-            "The PV on /dev/mapper/{} ends at byte {pv_end}, inside the area to wipe ({tail}..{}); not wiping it.",
+            "The PV on /dev/mapper/{} ends at byte {}, inside the area to wipe ({}..{}); not wiping it.",
             m.name,
-            tail + offset
+            pv_end.0,
+            tail.0,
+            (tail + offset).0
         ));
     }
     direct::zero(path, &[(tail + offset, offset)]).or_fail(|| format!("Cannot wipe the end of {}", path.display()))

@@ -12,6 +12,8 @@ use std::{
     path::Path,
 };
 
+use crate::units::Bytes;
+
 const ALIGN: usize = 4096;
 /// The unit of every copy: large enough for full-speed I/O, small enough to stay
 /// resident at no cost.
@@ -69,7 +71,7 @@ pub fn open(path: &Path) -> io::Result<File> {
 }
 
 /// Copies `len` bytes from `from` to `to` on one device, through `buf`.
-pub fn copy(f: &File, buf: &mut Aligned, from: u64, to: u64, len: u64) -> io::Result<()> {
+pub fn copy(f: &File, buf: &mut Aligned, Bytes(from): Bytes, Bytes(to): Bytes, Bytes(len): Bytes) -> io::Result<()> {
     let mut off = 0;
     while off < len {
         let n = (len - off).min(buf.len() as u64) as usize;
@@ -95,10 +97,10 @@ pub fn verify(f: &File, buf: &mut Aligned, data: &[u8], at: u64) -> io::Result<(
 }
 
 /// Overwrites each (offset, length) with zeros.
-pub fn zero(path: &Path, ranges: &[(u64, u64)]) -> io::Result<()> {
+pub fn zero(path: &Path, ranges: &[(Bytes, Bytes)]) -> io::Result<()> {
     let f = open(path)?;
     let zeros = Aligned::new(CHUNK);
-    for &(at, len) in ranges {
+    for &(Bytes(at), Bytes(len)) in ranges {
         let mut off = 0;
         while off < len {
             let n = (len - off).min(CHUNK as u64) as usize;

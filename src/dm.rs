@@ -33,6 +33,104 @@ impl Target {
     pub fn new(start: Sectors, len: Sectors, kind: &str, params: impl Into<String>) -> Target {
         Target { start, len, kind: kind.into(), params: params.into() }
     }
+
+    /// A line of a target pvencrypt builds, from its typed parameters.
+    pub fn of<P: Params>(start: Sectors, len: Sectors, params: &P) -> Target {
+        Target::new(start, len, P::KIND, params.to_string())
+    }
+}
+
+/// A target's parameters, typed as devicemapper-rs types its own (`TargetParams`): built
+/// and read as values, printed as the kernel parses them.
+pub trait Params: std::fmt::Display {
+    const KIND: &'static str;
+}
+
+/// dm-linear: `DEV OFFSET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Linear {
+    pub dev: Device,
+    pub offset: Sectors,
+}
+
+impl Params for Linear {
+    const KIND: &'static str = "linear";
+}
+
+impl std::fmt::Display for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.dev, self.offset.0)
+    }
+}
+
+/// dm-crypt (the kernel's admin-guide/device-mapper/dm-crypt.rst): `CIPHER KEY IV_OFFSET
+/// DEV OFFSET [1 sector_size:N]`. The key is a keyring reference (`:LEN:logon:DESC`) or hex.
+pub struct Crypt<'a> {
+    pub cipher: &'a str,
+    pub key: &'a str,
+    pub iv_offset: Sectors,
+    pub dev: Device,
+    pub offset: Sectors,
+    pub sector_size: u32,
+}
+
+impl Params for Crypt<'_> {
+    const KIND: &'static str = "crypt";
+}
+
+impl std::fmt::Display for Crypt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {} {} {}", self.cipher, self.key, self.iv_offset.0, self.dev, self.offset.0)?;
+        if self.sector_size != 512 {
+            write!(f, " 1 sector_size:{}", self.sector_size)?;
+        }
+        Ok(())
+    }
+}
+
+/// dm-raid1 with a core (in-memory) log: `core 1 REGION #LEGS DEV OFF... [1 handle_errors]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub region: Sectors,
+    pub legs: Vec<Linear>,
+    pub handle_errors: bool,
+}
+
+impl Params for Mirror {
+    const KIND: &'static str = "mirror";
+}
+
+impl std::fmt::Display for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "core 1 {} {}", self.region.0, self.legs.len())?;
+        for l in &self.legs {
+            write!(f, " {l}")?;
+        }
+        if self.handle_errors {
+            write!(f, " 1 handle_errors")?;
+        }
+        Ok(())
+    }
+}
+
+impl Mirror {
+    /// A mirror table as the kernel prints it: `LOGTYPE #LOGARGS ARGS... #LEGS DEV OFF...
+    /// [#FEATURES FEATURES...]`; the region size is the core log's first argument (a disk
+    /// log's second).
+    pub fn parse(params: &str) -> Option<Mirror> {
+        let t: Vec<&str> = params.split_whitespace().collect();
+        let log_args: usize = t.get(1)?.parse().ok()?;
+        let region = t.get(if *t.first()? == "disk" { 3 } else { 2 })?.parse().ok().map(Sectors)?;
+        let at = 2 + log_args;
+        let n: usize = t.get(at)?.parse().ok()?;
+        let legs = (0..n)
+            .map(|i| {
+                Some(Linear { dev: t.get(at + 1 + 2 * i)?.parse().ok()?, offset: Sectors(t.get(at + 2 + 2 * i)?.parse().ok()?) })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let handle_errors = t[at + 1 + 2 * n..].contains(&"handle_errors");
+        Some(Mirror { region, legs, handle_errors })
+    }
 }
 
 /// devicemapper-rs's form of a table.
@@ -334,7 +432,7 @@ impl Dm {
         let u = DmUuid::new(uuid).or_fail(|| format!("Bad dm uuid {uuid}"))?;
         let info =
             self.dm.device_create(name.raw(), Some(u), DmOptions::private()).or_fail(|| format!("Cannot create {name}"))?;
-        let table = [Target::new(Sectors(0), len, "linear", format!("{dev} 0"))];
+        let table = [Target::of(Sectors(0), len, &Linear { dev, offset: Sectors(0) })];
         let loaded = self
             .load_verified(n, &table)
             .and_then(|_| self.dm.device_suspend(&n.id(), DmOptions::private()).or_fail(|| format!("Cannot resume {name}")));
@@ -356,16 +454,14 @@ impl Dm {
         std::fs::File::open("/dev/urandom")
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
             .or_fail(|| "/dev/urandom".into())?;
-        let mut params = String::with_capacity(cipher.len() + 2 * key_bytes + 64);
-        let _ = write!(params, "{cipher} ");
+        let mut hex = zeroize::Zeroizing::new(String::with_capacity(2 * key_bytes));
         for b in raw.iter() {
-            let _ = write!(params, "{b:02x}");
+            let _ = write!(hex, "{b:02x}");
         }
-        let _ = write!(params, " 0 {dev} 0");
-        if sector_size != 512 {
-            let _ = write!(params, " 1 sector_size:{sector_size}");
-        }
-        let mut table = [(0, (sector_size / 512) as u64, "crypt".to_string(), params)];
+        let crypt = Crypt { cipher, key: &hex, iv_offset: Sectors(0), dev, offset: Sectors(0), sector_size };
+        let mut params = String::with_capacity(cipher.len() + 2 * key_bytes + 64);
+        let _ = write!(params, "{crypt}");
+        let mut table = [(0, (sector_size / 512) as u64, Crypt::KIND.to_string(), params)];
         let r = self
             .dm
             .device_create(name.raw(), None, DmOptions::private())
@@ -523,15 +619,6 @@ pub fn mirror_status(s: &str) -> Option<MirrorStatus> {
     (health.len() == n).then_some(MirrorStatus { synced: synced.parse().ok()?, regions: regions.parse().ok()?, health })
 }
 
-/// "DEV OFFSET" of a mirror table's leg `i`: `LOGTYPE #LOGARGS ARGS... #LEGS DEV OFF ...`.
-pub fn mirror_leg(params: &str, i: usize) -> Option<String> {
-    let t: Vec<&str> = params.split_whitespace().collect();
-    let log_args: usize = t.get(1)?.parse().ok()?;
-    let legs: usize = t.get(2 + log_args)?.parse().ok()?;
-    let at = 2 + log_args + 1 + 2 * i;
-    (i < legs).then(|| Some(format!("{} {}", t.get(at)?, t.get(at + 1)?))).flatten()
-}
-
 /// The block device `path` names, and its size; anything else is refused.
 pub fn block_device(path: &Path) -> Result<(Device, Sectors)> {
     let md = fs::metadata(path).context(Kind::Refused, || format!("Cannot use {}", path.display()))?;
@@ -628,10 +715,26 @@ mod tests {
 
     #[test]
     fn legs_of_a_core_mirror() {
-        assert_eq!(mirror_leg("core 1 2048 2 254:0 40960 253:7 0", 0).as_deref(), Some("254:0 40960"));
-        assert_eq!(mirror_leg("core 1 2048 2 254:0 40960 253:7 0 1 handle_errors", 1).as_deref(), Some("253:7 0"));
-        assert_eq!(mirror_leg("core 2 2048 nosync 2 8:16 0 253:7 0", 0).as_deref(), Some("8:16 0"));
-        assert_eq!(mirror_leg("core 1 2048 2 254:0 40960 253:7 0 1 handle_errors", 2), None);
-        assert_eq!(mirror_leg("core 1 2048", 0), None);
+        let leg = |major, minor, offset| Linear { dev: Device { major, minor }, offset: Sectors(offset) };
+        let ours = Mirror { region: Sectors(2048), legs: vec![leg(254, 0, 40960), leg(253, 7, 0)], handle_errors: true };
+        assert_eq!(ours.to_string(), "core 1 2048 2 254:0 40960 253:7 0 1 handle_errors");
+        assert_eq!(Mirror::parse(&ours.to_string()), Some(ours.clone()));
+        let plain = Mirror { handle_errors: false, ..ours.clone() };
+        assert_eq!(Mirror::parse("core 1 2048 2 254:0 40960 253:7 0"), Some(plain));
+        let nosync = Mirror::parse("core 2 2048 nosync 2 8:16 0 253:7 0").unwrap();
+        assert_eq!((nosync.region, nosync.legs[0]), (Sectors(2048), leg(8, 16, 0)));
+        assert_eq!(Mirror::parse("disk 2 253:9 1024 2 8:16 0 253:7 0").unwrap().region, Sectors(1024));
+        assert_eq!(Mirror::parse("core 1 2048"), None);
+        assert_eq!(Mirror::parse("core 1 2048 2 254:0 40960"), None);
+        let crypt = Crypt {
+            cipher: "aes-xts-plain64",
+            key: ":64:logon:pvencrypt:u",
+            iv_offset: Sectors(8),
+            dev: Device { major: 8, minor: 16 },
+            offset: Sectors(32776),
+            sector_size: 4096,
+        };
+        assert_eq!(crypt.to_string(), "aes-xts-plain64 :64:logon:pvencrypt:u 8 8:16 32776 1 sector_size:4096");
+        assert_eq!(Crypt { sector_size: 512, ..crypt }.to_string(), "aes-xts-plain64 :64:logon:pvencrypt:u 8 8:16 32776");
     }
 }

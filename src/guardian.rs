@@ -17,6 +17,7 @@ use crate::{
     dm::{self, Dm, DmName, Target},
     error::{fail, Context, Result},
     sys,
+    units::{Bytes, Sectors},
 };
 
 /// What a guardian watches, handed to it in its environment (no secret in it).
@@ -26,6 +27,7 @@ pub enum Watch {
     Mover { name: DmName },
     /// The switch's freeze: the devices on the PV in suspend order (top-down), NAME, the
     /// alias the header is written through, and where the first segment's copy lies.
+    /// `moved`: (offset, length) in bytes.
     Switch { holders: Vec<DmName>, name: DmName, alias: DmName, alias_path: PathBuf, moved: (u64, u64) },
 }
 
@@ -229,7 +231,7 @@ fn settle_switch(
     }
     dm.remove(name);
     if let Some((f, buf, (from, len))) = copy.filter(|_| suspended.len() == holders.len()) {
-        direct::copy(f, buf, from, 0, len)
+        direct::copy(f, buf, Bytes(from), Bytes(0), Bytes(len))
             .or_fail(|| format!("the LVs stay SUSPENDED: putting the first {len} bytes back from offset {from} failed"))?;
     }
     for h in holders.iter().rev().filter(|h| suspended.contains(h) && !kept.contains(h)) {
@@ -317,7 +319,7 @@ pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
 /// again through the new map (ARCHITECTURE.md, "Disk faults"). One that fails there fails
 /// to its writer. The mover's guardian runs this every second with no boundary, when NAME
 /// maps only chunks the header leaves in plaintext; the mover with the header's.
-pub fn release_failed(dm: &Dm, name: &DmName, boundary: Option<u64>) -> Result<Vec<DmName>> {
+pub fn release_failed(dm: &Dm, name: &DmName, boundary: Option<Bytes>) -> Result<Vec<DmName>> {
     let live = dm::referenced(&dm.table(name)?);
     let mut released = Vec::new();
     for (m, u) in dm.named_with_uuid("CRYPT-TEMP-pvencrypt-")? {
@@ -333,7 +335,7 @@ pub fn release_failed(dm: &Dm, name: &DmName, boundary: Option<u64>) -> Result<V
             continue;
         }
         // Mirror uuids end in `-m<start in sectors>` (Mover::prepare).
-        let start = u.rsplit_once("-m").and_then(|(_, t)| t.parse::<u64>().ok()).map(|s| s * 512);
+        let start = u.rsplit_once("-m").and_then(|(_, t)| t.parse().ok()).map(|s| Sectors(s).bytes());
         let committed = matches!((start, boundary), (Some(s), Some(b)) if s >= b);
         onto_leg(dm, &m, usize::from(committed))?;
         let copy = if committed { "encrypted copy" } else { "plaintext" };
@@ -358,8 +360,10 @@ fn onto_leg(dm: &Dm, m: &DmName, leg: usize) -> Result<()> {
         dm.clear_inactive(m)?;
     }
     if let Some(Target { start, len, params, .. }) = dm.table(m)?.into_iter().find(|t| t.kind == "mirror") {
-        let Some(leg) = dm::mirror_leg(&params, leg) else { return fail(format!("{m}: unexpected mirror table {params}")) };
-        dm.load_verified(m, &[Target::new(start, len, "linear", leg)])?;
+        let Some(leg) = dm::Mirror::parse(&params).and_then(|p| p.legs.get(leg).copied()) else {
+            return fail(format!("{m}: unexpected mirror table {params}"));
+        };
+        dm.load_verified(m, &[Target::of(start, len, &leg)])?;
         if !dm.is_suspended(m) {
             dm.suspend_noflush(m)?;
         }

@@ -21,12 +21,16 @@
 
 use std::{fs::File, os::unix::fs::FileExt};
 
-use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::{
     direct::Aligned,
     error::{fail, Context, Error, Kind, Result},
+    metadata::{Id, Keyslot, Metadata, Segment, Size},
+    units::Bytes,
 };
 
 const BIN_LEN: usize = 4096;
@@ -48,11 +52,11 @@ pub struct Header {
     bin: Vec<u8>,
     pub hdr_size: u64,
     pub seqid: u64,
-    pub json: Value,
+    pub meta: Metadata,
 }
 
 /// One copy at `offset`, if its magic, size and checksum hold.
-fn read_copy(f: &File, offset: u64) -> Option<(Vec<u8>, u64, Value)> {
+fn read_copy(f: &File, offset: u64) -> Option<(Vec<u8>, u64, Metadata)> {
     let mut bin = Aligned::new(BIN_LEN);
     f.read_exact_at(&mut bin[..BIN_LEN], offset).ok()?;
     let magic: &[u8] = if offset == 0 { MAGIC_1ST } else { MAGIC_2ND };
@@ -95,13 +99,13 @@ impl Header {
             (Some(c), None) | (None, Some(c)) => c,
             (None, None) => return fail("No intact LUKS2 header copy".to_string()),
         };
-        let (bin, hdr_size, json) = newest;
-        Ok(Header { seqid: be64(&bin, 16), bin, hdr_size, json })
+        let (bin, hdr_size, meta) = newest;
+        Ok(Header { seqid: be64(&bin, 16), bin, hdr_size, meta })
     }
 
-    /// Both copies of the header with `json`, the next seqid, ready to write.
-    pub fn images(&self, json: &Value) -> Result<[Aligned; 2]> {
-        let text = serde_json::to_vec(json).expect("JSON serializes");
+    /// Both copies of the header with `meta`, the next seqid, ready to write.
+    pub fn images(&self, meta: &Metadata) -> Result<[Aligned; 2]> {
+        let text = serde_json::to_vec(meta).expect("LUKS2 metadata serializes");
         let area = self.hdr_size as usize - BIN_LEN;
         if text.len() >= area {
             return fail(format!("The new LUKS2 metadata ({} bytes) does not fit its area ({area} bytes)", text.len()));
@@ -140,20 +144,20 @@ impl Header {
         f.sync_data()
     }
 
-    /// Bookkeeping after a successful `write` of `json`.
-    pub fn committed(&mut self, json: Value) {
+    /// Bookkeeping after a successful `write` of `meta`.
+    pub fn committed(&mut self, meta: Metadata) {
         self.seqid += 1;
-        self.json = json;
+        self.meta = meta;
     }
 }
 
 /// The LUKS2 metadata of `path` as libcryptsetup would load it, read without writing:
 /// libcryptsetup's loader repairs a stale copy on the spot (a crash between a commit's
 /// two writes leaves one), which a read-only command must not do.
-pub fn read_json(path: &std::path::Path) -> Option<Value> {
+pub fn read_metadata(path: &std::path::Path) -> Option<Metadata> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok()?;
-    Header::read(&f).ok().map(|h| h.json)
+    Header::read(&f).ok().map(|h| h.meta)
 }
 
 /// The LUKS2 UUID of `path`, from its newest intact header copy, read without writing.
@@ -167,262 +171,218 @@ pub fn read_uuid(path: &std::path::Path) -> Option<String> {
     (!uuid.is_empty() && uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| uuid.to_string())
 }
 
-/// Whether the metadata carries the online reencryption requirement (libcryptsetup's
-/// `online-reencrypt`, `online-reencrypt-v2`, ...).
-pub fn in_reencryption(json: &Value) -> bool {
-    json["config"]["requirements"]["mandatory"]
-        .as_array()
-        .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.starts_with("online-reencrypt"))))
-}
-
 /// Where everything lies in a LUKS2 encryption with a data shift and a moved first
-/// segment, backward, read from the header. Bytes throughout.
+/// segment, backward, read from the header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
     /// The size of the data: the sum of the active segments.
-    pub total: u64,
+    pub total: Bytes,
     /// The data shift: also the length of the moved first segment.
-    pub shift: u64,
+    pub shift: Bytes,
     /// Where the plaintext of logical [0, shift) lies during the conversion.
-    pub moved_offset: u64,
+    pub moved_offset: Bytes,
     /// Where logical 0 lies once encrypted (the final segment's offset).
-    pub data_offset: u64,
+    pub data_offset: Bytes,
     /// The final segment's IV offset, in 512-byte sectors.
     pub iv_tweak: u64,
     pub encryption: String,
     pub sector_size: u32,
     /// Logical [boundary, total) is encrypted; below it is plaintext.
-    pub boundary: u64,
-}
-
-fn num(v: &Value) -> Option<u64> {
-    v.as_str()?.parse().ok()
-}
-
-fn flagged<'a>(json: &'a Value, flag: &str) -> Option<(&'a String, &'a Value)> {
-    json["segments"].as_object()?.iter().find(|(_, s)| s["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == flag)))
-}
-
-fn is_backup(s: &Value) -> bool {
-    s["flags"].as_array().is_some_and(|f| f.iter().any(|x| x.as_str().is_some_and(|x| x.starts_with("backup-"))))
-}
-
-/// The active segments in key order ("0", "1", ...).
-fn active(json: &Value) -> Vec<&Value> {
-    let Some(segs) = json["segments"].as_object() else { return vec![] };
-    let mut v: Vec<(u64, &Value)> =
-        segs.iter().filter(|(_, s)| !is_backup(s)).filter_map(|(k, s)| Some((k.parse().ok()?, s))).collect();
-    v.sort_by_key(|(k, _)| *k);
-    v.into_iter().map(|(_, s)| s).collect()
+    pub boundary: Bytes,
 }
 
 impl Layout {
     /// The layout of a clean state (no hotzone in flight) of the encryption pvencrypt
     /// starts: plaintext of [0, shift) at the moved segment, of [shift, b) in place,
     /// [b, total) encrypted at `data_offset + b`. Anything else is refused.
-    pub fn of(json: &Value) -> Result<Layout> {
+    pub fn of(m: &Metadata) -> Result<Layout> {
         let bad = |why: &str| Error::new(Kind::Failed, format!("Unexpected LUKS2 reencryption state: {why}"));
-        let Some((_, fin)) = flagged(json, "backup-final") else {
+        let crypt_of = |s: &Segment, what: &str| {
+            let cipher = s.encryption.clone().ok_or_else(|| bad(&format!("{what} segment encryption")))?;
+            let sector_size = s.sector_size.ok_or_else(|| bad(&format!("{what} segment sector_size")))?;
+            let iv_tweak = s.iv_tweak.ok_or_else(|| bad(&format!("{what} segment iv_tweak")))?.0;
+            Ok::<_, Error>((cipher, sector_size, iv_tweak))
+        };
+        let Some((_, fin)) = m.flagged("backup-final") else {
             // Finished: one crypt segment to the end of the device (whose size the
             // header does not say: `total` is 0).
-            return match active(json)[..] {
-                [s] if s["type"] == "crypt" && s["size"] == "dynamic" => Ok(Layout {
-                    total: 0,
-                    shift: 0,
-                    moved_offset: 0,
-                    data_offset: num(&s["offset"]).ok_or_else(|| bad("segment offset"))?,
-                    iv_tweak: num(&s["iv_tweak"]).ok_or_else(|| bad("segment iv_tweak"))?,
-                    encryption: s["encryption"].as_str().ok_or_else(|| bad("segment encryption"))?.to_string(),
-                    sector_size: s["sector_size"].as_u64().ok_or_else(|| bad("segment sector_size"))? as u32,
-                    boundary: 0,
-                }),
+            let active: Vec<&Segment> = m.active().collect();
+            return match active[..] {
+                [s] if s.is_crypt() && s.size == Size::Dynamic => {
+                    let (encryption, sector_size, iv_tweak) = crypt_of(s, "the")?;
+                    Ok(Layout {
+                        total: Bytes(0),
+                        shift: Bytes(0),
+                        moved_offset: Bytes(0),
+                        data_offset: s.offset,
+                        iv_tweak,
+                        encryption,
+                        sector_size,
+                        boundary: Bytes(0),
+                    })
+                }
                 _ => Err(bad("no backup-final segment")),
             };
         };
-        let (_, moved) = flagged(json, "backup-moved-segment").ok_or_else(|| bad("no moved segment"))?;
+        let (_, moved) = m.flagged("backup-moved-segment").ok_or_else(|| bad("no moved segment"))?;
+        let (encryption, sector_size, iv_tweak) = crypt_of(fin, "final")?;
         let mut l = Layout {
-            total: 0,
-            shift: num(&moved["size"]).ok_or_else(|| bad("moved segment size"))?,
-            moved_offset: num(&moved["offset"]).ok_or_else(|| bad("moved segment offset"))?,
-            data_offset: num(&fin["offset"]).ok_or_else(|| bad("final segment offset"))?,
-            iv_tweak: num(&fin["iv_tweak"]).ok_or_else(|| bad("final segment iv_tweak"))?,
-            encryption: fin["encryption"].as_str().ok_or_else(|| bad("final segment encryption"))?.to_string(),
-            sector_size: fin["sector_size"].as_u64().ok_or_else(|| bad("final segment sector_size"))? as u32,
-            boundary: 0,
+            total: Bytes(0),
+            shift: moved.size.fixed().ok_or_else(|| bad("moved segment size"))?,
+            moved_offset: moved.offset,
+            data_offset: fin.offset,
+            iv_tweak,
+            encryption,
+            sector_size,
+            boundary: Bytes(0),
         };
-        let segs = active(json);
-        let mut at = 0u64;
+        let mut at = Bytes(0);
         let mut crypt = None;
-        for s in &segs {
-            let size = num(&s["size"]).ok_or_else(|| bad("an active segment has no fixed size"))?;
-            let offset = num(&s["offset"]).ok_or_else(|| bad("segment offset"))?;
-            if s["flags"].as_array().is_some_and(|f| !f.is_empty()) {
+        for s in m.active() {
+            let size = s.size.fixed().ok_or_else(|| bad("an active segment has no fixed size"))?;
+            if s.flags.as_ref().is_some_and(|f| !f.is_empty()) {
                 return Err(bad("a step in flight (segment flags)"));
             }
-            match s["type"].as_str() {
-                Some("linear") if crypt.is_none() => {
+            match s.kind.as_str() {
+                "linear" if crypt.is_none() => {
                     let want = if at < l.shift { l.moved_offset + at } else { at };
-                    if offset != want || (at < l.shift && at + size > l.shift) {
+                    if s.offset != want || (at < l.shift && at + size > l.shift) {
                         return Err(bad("plaintext segment not where the shift puts it"));
                     }
                 }
-                Some("crypt") if crypt.is_none() => {
-                    if offset != l.data_offset + at || num(&s["iv_tweak"]) != Some(l.iv_tweak + at / 512) {
+                "crypt" if crypt.is_none() => {
+                    if s.offset != l.data_offset + at || s.iv_tweak != Some(Bytes(l.iv_tweak + at.sectors().0)) {
                         return Err(bad("encrypted segment not where the shift puts it"));
                     }
                     crypt = Some(at);
                 }
                 _ => return Err(bad("segments out of order")),
             }
-            at += size;
+            at = at + size;
         }
         l.total = at;
         l.boundary = crypt.unwrap_or(at);
-        if l.total == 0 {
+        if l.total == Bytes(0) {
             return Err(bad("no data"));
         }
         Ok(l)
     }
 }
 
-/// The header's JSON with the boundary moved to `b` (`shift <= b <= total`); the
-/// backup segments keep their relative order after the new active ones.
-pub fn at_boundary(json: &Value, l: &Layout, b: u64) -> Result<Value> {
+/// The metadata with the boundary moved to `b` (`shift <= b <= total`); the backup
+/// segments keep their relative order after the new active ones.
+pub fn at_boundary(m: &Metadata, l: &Layout, b: Bytes) -> Result<Metadata> {
     if b < l.shift || b > l.total || (b != l.total && !b.is_multiple_of(u64::from(l.sector_size))) {
         return fail(format!("Cannot put the boundary at {b}"));
     }
-    let (fin_key, fin) = flagged(json, "backup-final").expect("Layout::of checked");
-    let mut live = vec![json!({"type": "linear", "offset": l.moved_offset.to_string(), "size": l.shift.to_string()})];
+    let (fin_id, fin) = m.flagged("backup-final").expect("Layout::of checked");
+    let linear = |offset, size| Segment {
+        kind: "linear".into(),
+        offset,
+        size: Size::Fixed(size),
+        iv_tweak: None,
+        encryption: None,
+        sector_size: None,
+        flags: None,
+        rest: Default::default(),
+    };
+    let mut live = vec![linear(l.moved_offset, l.shift)];
     if b > l.shift {
-        live.push(json!({"type": "linear", "offset": l.shift.to_string(), "size": (b - l.shift).to_string()}));
+        live.push(linear(l.shift, b - l.shift));
     }
     if b < l.total {
-        let mut c = fin.clone();
-        let o = c.as_object_mut().expect("segment object");
-        o.remove("flags");
-        o.insert("offset".into(), (l.data_offset + b).to_string().into());
-        o.insert("size".into(), (l.total - b).to_string().into());
-        o.insert("iv_tweak".into(), (l.iv_tweak + b / 512).to_string().into());
-        live.push(c);
+        live.push(Segment {
+            offset: l.data_offset + b,
+            size: Size::Fixed(l.total - b),
+            iv_tweak: Some(Bytes(l.iv_tweak + b.sectors().0)),
+            flags: None,
+            ..fin.clone()
+        });
     }
-    let crypt_key = (b < l.total).then(|| (live.len() - 1).to_string());
-    rebuild(json, live, crypt_key, fin_key)
+    let crypt_id = (b < l.total).then(|| Id(live.len() as u32 - 1));
+    Ok(rebuild(m, live, crypt_id, fin_id))
 }
 
-/// Renumbers: `live` become "0".."n-1", the backup segments follow in their order; every
+/// Renumbers: `live` become 0..n-1, the backup segments follow in their order; every
 /// digest keeps its backup segments (renumbered), and the digest of the final segment
 /// also gets the active crypt segment.
-fn rebuild(json: &Value, live: Vec<Value>, crypt_key: Option<String>, fin_key: &str) -> Result<Value> {
-    let segs = json["segments"].as_object().expect("Layout::of checked");
-    let mut backups: Vec<(u64, &String, &Value)> =
-        segs.iter().filter(|(_, s)| is_backup(s)).filter_map(|(k, s)| Some((k.parse().ok()?, k, s))).collect();
-    backups.sort_by_key(|(n, _, _)| *n);
-    let mut out = serde_json::Map::new();
-    let n = live.len();
-    for (i, s) in live.into_iter().enumerate() {
-        out.insert(i.to_string(), s);
-    }
-    let mut renamed = std::collections::HashMap::new();
-    for (i, (_, k, s)) in backups.into_iter().enumerate() {
-        renamed.insert(k.clone(), (n + i).to_string());
-        out.insert((n + i).to_string(), s.clone());
-    }
-    let mut new = json.clone();
-    new["segments"] = Value::Object(out);
-    for d in
-        new["digests"].as_object_mut().ok_or_else(|| Error::new(Kind::Failed, "LUKS2 metadata without digests"))?.values_mut()
-    {
-        let old: Vec<String> =
-            d["segments"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default();
-        let mut segs: Vec<String> = Vec::new();
-        if old.iter().any(|s| s == fin_key) {
-            segs.extend(crypt_key.clone());
+fn rebuild(m: &Metadata, live: Vec<Segment>, crypt_id: Option<Id>, fin_id: Id) -> Metadata {
+    let n = live.len() as u32;
+    let backups = m.segments.iter().filter(|(_, s)| s.is_backup());
+    let renamed: HashMap<Id, Id> = backups.clone().enumerate().map(|(i, (id, _))| (*id, Id(n + i as u32))).collect();
+    let mut new = m.clone();
+    new.segments = (0..n).map(Id).zip(live).chain(backups.map(|(id, s)| (renamed[id], s.clone()))).collect();
+    for d in new.digests.values_mut() {
+        let mut segs: Vec<Id> = Vec::new();
+        if d.segments.contains(&fin_id) {
+            segs.extend(crypt_id);
         }
-        segs.extend(old.iter().filter_map(|s| renamed.get(s).cloned()));
-        segs.sort_by_key(|s| s.parse::<u64>().unwrap_or(u64::MAX));
-        d["segments"] = segs.into_iter().map(Value::from).collect();
+        segs.extend(d.segments.iter().filter_map(|s| renamed.get(s)));
+        segs.sort();
+        d.segments = segs;
     }
-    Ok(new)
+    new
 }
 
-/// The header's JSON once everything is encrypted: one crypt segment, as a fresh LUKS2
+/// The metadata once everything is encrypted: one crypt segment, as a fresh LUKS2
 /// device has it; no reencrypt keyslot, its digest, backup segments, or requirement.
-pub fn finished(json: &Value) -> Result<Value> {
-    let (fin_key, fin) = flagged(json, "backup-final").ok_or_else(|| Error::new(Kind::Failed, "no backup-final segment"))?;
-    let fin_key = fin_key.clone();
-    let mut seg = fin.clone();
-    seg.as_object_mut().expect("segment object").remove("flags");
-    let mut new = json.clone();
-    new["segments"] = json!({ "0": seg });
-    let keyslots = new["keyslots"].as_object_mut().ok_or_else(|| Error::new(Kind::Failed, "no keyslots"))?;
-    let reenc: Vec<String> = keyslots.iter().filter(|(_, k)| k["type"] == "reencrypt").map(|(id, _)| id.clone()).collect();
-    for id in &reenc {
-        keyslots.remove(id);
-    }
-    let digests = new["digests"].as_object_mut().ok_or_else(|| Error::new(Kind::Failed, "no digests"))?;
-    digests.retain(|_, d| {
-        let ks = d["keyslots"].as_array().cloned().unwrap_or_default();
-        let kept: Vec<Value> = ks.into_iter().filter(|k| !k.as_str().is_some_and(|k| reenc.iter().any(|r| r == k))).collect();
-        let had_final = d["segments"].as_array().is_some_and(|s| s.iter().any(|s| s == fin_key.as_str()));
-        d["keyslots"] = Value::Array(kept.clone());
-        d["segments"] = if had_final { json!(["0"]) } else { json!([]) };
-        !kept.is_empty() || had_final
+pub fn finished(m: &Metadata) -> Result<Metadata> {
+    let (fin_id, fin) = m.flagged("backup-final").ok_or_else(|| Error::new(Kind::Failed, "no backup-final segment"))?;
+    let mut new = m.clone();
+    new.segments = BTreeMap::from([(Id(0), Segment { flags: None, ..fin.clone() })]);
+    let reenc: Vec<Id> = m.keyslots.iter().filter(|(_, k)| k.kind == "reencrypt").map(|(id, _)| *id).collect();
+    new.keyslots.retain(|id, _| !reenc.contains(id));
+    new.digests.retain(|_, d| {
+        d.keyslots.retain(|k| !reenc.contains(k));
+        let had_final = d.segments.contains(&fin_id);
+        d.segments = if had_final { vec![Id(0)] } else { vec![] };
+        !d.keyslots.is_empty() || had_final
     });
-    let config = new["config"].as_object_mut().ok_or_else(|| Error::new(Kind::Failed, "no config"))?;
-    if let Some(req) = config.get_mut("requirements").and_then(|r| r["mandatory"].as_array_mut()) {
-        req.retain(|r| !r.as_str().is_some_and(|r| r.starts_with("online-reencrypt")));
-        if req.is_empty() {
-            config.remove("requirements");
+    if let Some(req) = &mut new.config.requirements {
+        req.mandatory.retain(|r| !r.starts_with("online-reencrypt"));
+        if req.mandatory.is_empty() && req.rest.is_empty() {
+            new.config.requirements = None;
         }
     }
     Ok(new)
 }
 
-/// The JSON of the next commit, the boundary at `b` (0: the last commit, `finished`), made
-/// from the header on the disk now (`disk`, read under the metadata lock) rather than from
-/// our last commit (`ours`): libcryptsetup lets `cryptsetup luksKillSlot` and `luksRemoveKey`
-/// write the header during a reencryption (keyslot and token additions, labels and flags it
-/// refuses there, 2.6.1 as upstream today; another tool may not), and writing ours over theirs would
-/// undo them. What they changed is kept; what the reencryption owns must still be what we
-/// committed, or nothing is written.
-pub fn next_commit(disk: &Value, ours: &Value, l: &Layout, b: u64) -> Result<Value> {
-    if let Some(part) = reencryption_parts(disk).into_iter().zip(reencryption_parts(ours)).find(|(d, o)| d != o).map(|(d, _)| d.0)
-    {
+/// The metadata of the next commit, the boundary at `b` (0: the last commit, `finished`),
+/// made from the header on the disk now (`disk`, read under the metadata lock) rather than
+/// from our last commit (`ours`): libcryptsetup lets `cryptsetup luksKillSlot` and
+/// `luksRemoveKey` write the header during a reencryption (keyslot and token additions,
+/// labels and flags it refuses there, 2.6.1 as upstream today; another tool may not), and
+/// writing ours over theirs would undo them. What they changed is kept; what the
+/// reencryption owns must still be what we committed, or nothing is written.
+fn value(v: impl serde::Serialize) -> Value {
+    serde_json::to_value(v).expect("LUKS2 metadata serializes")
+}
+
+pub fn next_commit(disk: &Metadata, ours: &Metadata, l: &Layout, b: Bytes) -> Result<Metadata> {
+    let parts = |m: &Metadata| -> [(&'static str, Value); 4] {
+        // What only the reencryption changes: the segments, which segments each digest
+        // covers, the reencrypt keyslot, and the requirement flag.
+        let digests: BTreeMap<&Id, &Vec<Id>> =
+            m.digests.iter().filter(|(_, d)| !d.segments.is_empty()).map(|(id, d)| (id, &d.segments)).collect();
+        let reencrypt: BTreeMap<&Id, &Keyslot> = m.keyslots.iter().filter(|(_, k)| k.kind == "reencrypt").collect();
+        [
+            ("segments", value(&m.segments)),
+            ("digests' segments", value(&digests)),
+            ("reencrypt keyslot", value(&reencrypt)),
+            ("reencryption requirement", m.in_reencryption().into()),
+        ]
+    };
+    if let Some(((part, _), _)) = parts(disk).into_iter().zip(parts(ours)).find(|(d, o)| d != o) {
         return fail(format!(
             "The LUKS2 header changed under the conversion: its {part} are not the ones pvencrypt committed \
              (another program rewrote the reencryption). Stopped at the last commit, nothing written."
         ));
     }
-    if b == 0 {
+    if b == Bytes(0) {
         finished(disk)
     } else {
         at_boundary(disk, l, b)
     }
-}
-
-/// What only the reencryption changes, named: the segments, which segments each digest
-/// covers, the reencrypt keyslot, and the requirement flag.
-fn reencryption_parts(json: &Value) -> [(&'static str, Value); 4] {
-    let digests: serde_json::Map<String, Value> = json["digests"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, d)| d["segments"].as_array().is_some_and(|s| !s.is_empty()))
-        .map(|(id, d)| (id.clone(), d["segments"].clone()))
-        .collect();
-    let reencrypt: serde_json::Map<String, Value> = json["keyslots"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, k)| k["type"] == "reencrypt")
-        .map(|(id, k)| (id.clone(), k.clone()))
-        .collect();
-    [
-        ("segments", json["segments"].clone()),
-        ("digests' segments", digests.into()),
-        ("reencrypt keyslot", reencrypt.into()),
-        ("reencryption requirement", in_reencryption(json).into()),
-    ]
 }
 
 /// One of libcryptsetup's locks: an flock on a file in /run/cryptsetup, which libcryptsetup
@@ -478,10 +438,16 @@ impl CryptsetupLock {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
+    fn meta(v: Value) -> Metadata {
+        Metadata::from_value(v).unwrap()
+    }
+
     /// The clean state of the research note (256 MiB, shift 16 MiB, boundary at 64 MiB).
-    fn state() -> Value {
+    fn state_json() -> Value {
         json!({
             "keyslots": {"0": {"type": "luks2"}, "1": {"type": "luks2"}, "2": {"type": "reencrypt", "mode": "encrypt"}},
             "tokens": {},
@@ -502,49 +468,55 @@ mod tests {
         })
     }
 
+    fn state() -> Metadata {
+        meta(state_json())
+    }
+
     #[test]
     fn layout_of_a_clean_state() {
         let l = Layout::of(&state()).unwrap();
-        assert_eq!(l.total, 234881024);
-        assert_eq!(l.shift, 16 << 20);
-        assert_eq!(l.moved_offset, 251658240);
-        assert_eq!(l.data_offset, 16 << 20);
-        assert_eq!(l.boundary, 64 << 20);
+        assert_eq!(l.total, Bytes(234881024));
+        assert_eq!(l.shift, Bytes(16 << 20));
+        assert_eq!(l.moved_offset, Bytes(251658240));
+        assert_eq!(l.data_offset, Bytes(16 << 20));
+        assert_eq!(l.boundary, Bytes(64 << 20));
         assert_eq!((l.sector_size, l.iv_tweak), (512, 0));
     }
 
     #[test]
     fn moving_the_boundary_changes_only_the_active_segments() {
-        let j = state();
+        let (j, jv) = (state(), state_json());
         let l = Layout::of(&j).unwrap();
-        let b = (60 << 20) - 4096;
+        let b = Bytes((60 << 20) - 4096);
         let n = at_boundary(&j, &l, b).unwrap();
         let l2 = Layout::of(&n).unwrap();
         assert_eq!(l2, Layout { boundary: b, ..l.clone() });
-        assert_eq!(n["segments"]["2"]["iv_tweak"], (b / 512).to_string());
-        assert_eq!(n["segments"]["2"]["offset"], ((16 << 20) + b).to_string());
-        assert_eq!(n["segments"]["4"], j["segments"]["4"]);
+        let n = value(&n);
+        assert_eq!(n["segments"]["2"]["iv_tweak"], (b.0 / 512).to_string());
+        assert_eq!(n["segments"]["2"]["offset"], ((16 << 20) + b.0).to_string());
+        assert_eq!(n["segments"]["4"], jv["segments"]["4"]);
         assert_eq!(n["digests"]["0"]["segments"], json!(["2", "4"]));
-        assert_eq!(n["keyslots"], j["keyslots"]);
+        assert_eq!(n["keyslots"], jv["keyslots"]);
         // At the shift, the in-place plaintext segment goes and the keys shift down.
-        let s = at_boundary(&j, &l, 16 << 20).unwrap();
+        let s = value(at_boundary(&j, &l, Bytes(16 << 20)).unwrap());
         assert_eq!(s["segments"].as_object().unwrap().len(), 5);
         assert_eq!(s["segments"]["1"]["type"], "crypt");
         assert_eq!(s["segments"]["3"]["flags"], json!(["backup-final"]));
         assert_eq!(s["digests"]["0"]["segments"], json!(["1", "3"]));
-        assert_eq!(Layout::of(&s).unwrap().boundary, 16 << 20);
+        assert_eq!(Layout::of(&meta(s)).unwrap().boundary, Bytes(16 << 20));
         // Nothing encrypted yet: no active crypt segment, the digest keeps the backup.
-        let t = at_boundary(&j, &l, l.total).unwrap();
+        let t = value(at_boundary(&j, &l, l.total).unwrap());
         assert_eq!(t["digests"]["0"]["segments"], json!(["3"]));
         assert_eq!(t["segments"]["3"]["flags"], json!(["backup-final"]));
-        assert_eq!(Layout::of(&t).unwrap().boundary, l.total);
-        assert!(at_boundary(&j, &l, (16 << 20) - 4096).is_err());
-        assert!(at_boundary(&j, &l, (40 << 20) + 100).is_err());
+        assert_eq!(Layout::of(&meta(t)).unwrap().boundary, l.total);
+        assert!(at_boundary(&j, &l, Bytes((16 << 20) - 4096)).is_err());
+        assert!(at_boundary(&j, &l, Bytes((40 << 20) + 100)).is_err());
     }
 
     #[test]
     fn finishing_leaves_a_plain_luks2_header() {
-        let f = finished(&state()).unwrap();
+        let fm = finished(&state()).unwrap();
+        let f = value(&fm);
         assert_eq!(
             f["segments"],
             json!({"0": {"type": "crypt", "offset": "16777216", "size": "dynamic",
@@ -553,63 +525,67 @@ mod tests {
         assert_eq!(f["digests"], json!({"0": {"type": "pbkdf2", "keyslots": ["0", "1"], "segments": ["0"]}}));
         assert!(f["keyslots"].get("2").is_none());
         assert!(f["config"].get("requirements").is_none());
-        let l = Layout::of(&f).unwrap();
-        assert_eq!((l.total, l.boundary, l.data_offset, l.encryption.as_str()), (0, 0, 16 << 20, "aes-xts-plain64"));
-        assert!(in_reencryption(&state()) && !in_reencryption(&f));
+        let l = Layout::of(&fm).unwrap();
+        assert_eq!(
+            (l.total, l.boundary, l.data_offset, l.encryption.as_str()),
+            (Bytes(0), Bytes(0), Bytes(16 << 20), "aes-xts-plain64")
+        );
+        assert!(state().in_reencryption() && !fm.in_reencryption());
     }
 
     /// `state()` after another writer: keyslot 1 killed, keyslot 5 and a token added.
-    fn changed_by_someone_else() -> Value {
-        let mut j = state();
+    fn changed_by_someone_else() -> Metadata {
+        let mut j = state_json();
         j["keyslots"].as_object_mut().unwrap().remove("1");
         j["keyslots"]["5"] = json!({"type": "luks2", "area": {"offset": "32768"}});
         j["digests"]["0"]["keyslots"] = json!(["0", "5"]);
         j["tokens"]["1"] = json!({"type": "systemd-tpm2", "keyslots": ["5"]});
         j["config"]["label"] = json!("theirs");
-        j
+        meta(j)
     }
 
     #[test]
     fn another_writers_keyslots_and_tokens_survive_every_commit() {
         let (ours, disk) = (state(), changed_by_someone_else());
         let l = Layout::of(&ours).unwrap();
-        for b in [l.total, 32 << 20, 16 << 20] {
+        for b in [l.total, Bytes(32 << 20), Bytes(16 << 20)] {
             let n = next_commit(&disk, &ours, &l, b).unwrap();
-            assert_eq!(n["segments"], at_boundary(&ours, &l, b).unwrap()["segments"], "boundary {b}");
-            assert_eq!((&n["keyslots"], &n["tokens"], &n["config"]), (&disk["keyslots"], &disk["tokens"], &disk["config"]));
-            assert_eq!(n["digests"]["0"]["keyslots"], json!(["0", "5"]));
+            assert_eq!(n.segments, at_boundary(&ours, &l, b).unwrap().segments, "boundary {b}");
+            assert_eq!((&n.keyslots, &n.tokens, &n.config), (&disk.keyslots, &disk.tokens, &disk.config));
+            assert_eq!(n.digests[&Id(0)].keyslots, [Id(0), Id(5)]);
         }
-        let f = next_commit(&disk, &ours, &l, 0).unwrap();
-        assert_eq!(f["segments"], finished(&ours).unwrap()["segments"]);
+        let f = next_commit(&disk, &ours, &l, Bytes(0)).unwrap();
+        assert_eq!(f.segments, finished(&ours).unwrap().segments);
+        let (f, disk) = (value(&f), value(&disk));
         assert_eq!(f["keyslots"].as_object().unwrap().keys().collect::<Vec<_>>(), ["0", "5"]);
         assert_eq!(f["tokens"], disk["tokens"]);
         assert_eq!(f["digests"], json!({"0": {"type": "pbkdf2", "keyslots": ["0", "5"], "segments": ["0"]}}));
         assert_eq!(f["config"], json!({"json_size": "12288", "keyslots_size": "16744448", "label": "theirs"}));
         // Nothing changed: the same as from our own copy.
-        assert_eq!(next_commit(&ours, &ours, &l, 32 << 20).unwrap(), at_boundary(&ours, &l, 32 << 20).unwrap());
+        assert_eq!(next_commit(&ours, &ours, &l, Bytes(32 << 20)).unwrap(), at_boundary(&ours, &l, Bytes(32 << 20)).unwrap());
     }
 
     #[test]
     fn a_header_whose_reencryption_changed_under_us_is_refused() {
         let ours = state();
         let l = Layout::of(&ours).unwrap();
-        let refused = |disk: Value, part: &str| {
-            for b in [32 << 20, 0] {
+        let refused = |disk: Metadata, part: &str| {
+            for b in [Bytes(32 << 20), Bytes(0)] {
                 let e = next_commit(&disk, &ours, &l, b).unwrap_err();
                 assert!(e.to_string().contains(&format!("its {part} are not")), "{part}: {e}");
             }
         };
         // Segments: the boundary elsewhere (an old header restored), or the reencryption ended.
-        refused(at_boundary(&changed_by_someone_else(), &l, 48 << 20).unwrap(), "segments");
+        refused(at_boundary(&changed_by_someone_else(), &l, Bytes(48 << 20)).unwrap(), "segments");
         refused(finished(&ours).unwrap(), "segments");
         let mut d = ours.clone();
-        d["digests"]["0"]["segments"] = json!(["4"]);
+        d.digests.get_mut(&Id(0)).unwrap().segments = vec![Id(4)];
         refused(d, "digests' segments");
         let mut d = ours.clone();
-        d["keyslots"]["2"]["mode"] = json!("decrypt");
+        d.keyslots.get_mut(&Id(2)).unwrap().rest.insert("mode".into(), json!("decrypt"));
         refused(d, "reencrypt keyslot");
         let mut d = ours.clone();
-        d["config"].as_object_mut().unwrap().remove("requirements");
+        d.config.requirements = None;
         refused(d, "reencryption requirement");
     }
 
@@ -624,7 +600,7 @@ mod tests {
         bin[6..8].copy_from_slice(&2u16.to_be_bytes());
         bin[8..16].copy_from_slice(&0x4000u64.to_be_bytes());
         bin[72..78].copy_from_slice(b"sha256");
-        let mut h = Header { bin, hdr_size: 0x4000, seqid: 7, json: state() };
+        let mut h = Header { bin, hdr_size: 0x4000, seqid: 7, meta: state() };
         assert!(Header::read(&f).is_err());
         let imgs = h.images(&state()).unwrap();
         h.write(&f, &imgs).unwrap();
@@ -632,16 +608,16 @@ mod tests {
         h.committed(state());
         let r = Header::read(&f).unwrap();
         assert_eq!((r.seqid, r.hdr_size), (8, 0x4000));
-        assert_eq!(r.json, state());
+        assert_eq!(r.meta, state());
         // The next commit torn inside the primary: the secondary (older) wins.
-        let next = at_boundary(&state(), &Layout::of(&state()).unwrap(), 32 << 20).unwrap();
+        let next = at_boundary(&state(), &Layout::of(&state()).unwrap(), Bytes(32 << 20)).unwrap();
         let imgs = h.images(&next).unwrap();
         f.write_all_at(&imgs[0][..5000], 0).unwrap();
         assert_eq!(Header::read(&f).unwrap().seqid, 8);
         // The primary complete, the secondary not yet: the primary (newer) wins.
         f.write_all_at(&imgs[0][..0x4000], 0).unwrap();
         let r = Header::read(&f).unwrap();
-        assert_eq!((r.seqid, Layout::of(&r.json).unwrap().boundary), (9, 32 << 20));
+        assert_eq!((r.seqid, Layout::of(&r.meta).unwrap().boundary), (9, Bytes(32 << 20)));
         // Primary gone: the secondary is found at its offset.
         f.write_all_at(&[0u8; 512], 0).unwrap();
         assert_eq!(Header::read(&f).unwrap().seqid, 8);

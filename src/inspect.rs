@@ -21,6 +21,7 @@ use crate::{
     dm::Dm,
     header::{MAGIC_1ST, MAGIC_2ND, SECONDARY_OFFSETS},
     luks::{self, Marker},
+    units::Bytes,
 };
 
 const RECORD_MAGIC: &[u8; 16] = b"PVENCRYPT-SWITCH";
@@ -43,7 +44,7 @@ pub enum Found {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwitchRecord {
     /// The copy of the first segment: byte offset and length.
-    pub moved: (u64, u64),
+    pub moved: (Bytes, Bytes),
     /// LVM's dashed PV uuid, as the label in the copy must show it.
     pub pv_uuid: String,
     pub name: String,
@@ -65,8 +66,8 @@ impl SwitchRecord {
         }
         let mut s = [0u8; 512];
         s[..16].copy_from_slice(RECORD_MAGIC);
-        s[16..24].copy_from_slice(&self.moved.0.to_le_bytes());
-        s[24..32].copy_from_slice(&self.moved.1.to_le_bytes());
+        s[16..24].copy_from_slice(&self.moved.0 .0.to_le_bytes());
+        s[24..32].copy_from_slice(&self.moved.1 .0.to_le_bytes());
         s[32..32 + self.pv_uuid.len()].copy_from_slice(self.pv_uuid.as_bytes());
         let n = 32 + UUID_LEN;
         s[n..n + self.name.len()].copy_from_slice(self.name.as_bytes());
@@ -88,7 +89,11 @@ impl SwitchRecord {
             String::from_utf8(b[..end].to_vec()).ok()
         };
         let n = 32 + UUID_LEN;
-        Some(SwitchRecord { moved: (u64_at(16), u64_at(24)), pv_uuid: text(&s[32..n])?, name: text(&s[n..n + NAME_LEN])? })
+        Some(SwitchRecord {
+            moved: (Bytes(u64_at(16)), Bytes(u64_at(24))),
+            pv_uuid: text(&s[32..n])?,
+            name: text(&s[n..n + NAME_LEN])?,
+        })
     }
 }
 
@@ -172,15 +177,15 @@ pub fn inspect(path: &Path) -> State {
 
 fn luks_state(path: &Path) -> State {
     // Read by hand, not through libcryptsetup, whose loader would repair a stale copy.
-    let Some(json) = crate::header::read_json(path) else { return State::Foreign };
-    let Some((_, m)) = luks::marker_in(&json) else { return State::Foreign };
-    if !crate::header::in_reencryption(&json) {
+    let Some(meta) = crate::header::read_metadata(path) else { return State::Foreign };
+    let Some((_, m)) = meta.token::<Marker>(luks::TOKEN_TYPE) else { return State::Foreign };
+    if !meta.in_reencryption() {
         return State::Finishing(m);
     }
     if Dm::open().is_ok_and(|dm| luks::helpers_of(&m.name).iter().any(|h| dm.exists(h))) {
         return State::Killed(m);
     }
-    if luks::all_encrypted_in(&json) {
+    if meta.all_encrypted() {
         return State::LastStep(m);
     }
     State::Converting(m)
@@ -192,7 +197,7 @@ mod tests {
 
     #[test]
     fn record_round_trips_and_rejects_damage() {
-        let r = SwitchRecord { moved: (520093696, 16777216), pv_uuid: "a".repeat(38), name: "sda5_crypt".into() };
+        let r = SwitchRecord { moved: (Bytes(520093696), Bytes(16777216)), pv_uuid: "a".repeat(38), name: "sda5_crypt".into() };
         let s = r.encode().unwrap();
         assert!(!s.starts_with(MAGIC_1ST));
         assert_eq!(SwitchRecord::decode(&s), Some(r.clone()));
@@ -215,7 +220,7 @@ mod tests {
         disk[0x5000..0x5000 + TOKEN_JSON.len()].copy_from_slice(TOKEN_JSON);
         std::fs::write(&img, &disk).unwrap();
         assert_eq!(probe(&img).unwrap(), Found::TornHeader);
-        let r = SwitchRecord { moved: (1, 2), pv_uuid: "u".into(), name: "n".into() };
+        let r = SwitchRecord { moved: (Bytes(1), Bytes(2)), pv_uuid: "u".into(), name: "n".into() };
         disk[..512].copy_from_slice(&r.encode().unwrap());
         std::fs::write(&img, &disk).unwrap();
         assert_eq!(probe(&img).unwrap(), Found::TornSwitch(r));

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod key;
 pub mod luks;
 pub mod lvm;
+pub mod metadata;
 pub mod modes;
 pub mod mover;
 pub mod options;

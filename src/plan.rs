@@ -10,7 +10,7 @@
 use crate::{
     error::{refuse, Result},
     lvm::VgName,
-    units::{Extents, Sectors},
+    units::{Bytes, Extents, Sectors},
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ pub fn room(pv: &PvShape, reduce: u64, sector_size: u32) -> Result<Room> {
     if reduce > (2 << 30) {
         return refuse("--reduce-device-size may be at most 2 GiB (the data shift is capped at 1 GiB).".to_string());
     }
-    let shift = Sectors::from_aligned_bytes(reduce / 2);
+    let shift = Bytes(reduce / 2).sectors();
     if !shift.bytes().is_multiple_of(u64::from(sector_size)) {
         return refuse(format!("The data shift must be a multiple of the {sector_size}-byte sector size."));
     }

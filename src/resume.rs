@@ -22,6 +22,7 @@ use crate::{
     options::Options,
     output,
     running::{Phase, Run, Status},
+    units::Bytes,
 };
 
 /// A conversion a crash cut inside the switch, made whole; only in a run meant to change
@@ -43,7 +44,8 @@ pub fn repair(path: &Path, state: &State) -> Result<Option<Marker>, Written> {
         // An LVM label left beside our secondary header (as written before the label
         // went first): libcryptsetup will not restore the primary while it sees one.
         if lvm::read_label(path).is_ok_and(|l| l.is_some()) {
-            direct::zero(path, &[(0, 4096)]).or_fail(|| format!("Cannot clear the stale PV label of {}", path.display()))?;
+            direct::zero(path, &[(Bytes(0), Bytes(4096))])
+                .or_fail(|| format!("Cannot clear the stale PV label of {}", path.display()))?;
         }
     }
     // A complete secondary header: libcryptsetup restores the primary one on load.
@@ -76,15 +78,15 @@ fn restore_plain(path: &Path, r: &SwitchRecord) -> io::Result<()> {
     let f = crate::direct::open(path)?;
     let (from, len) = r.moved;
     let mut buf = crate::direct::Aligned::new(crate::direct::CHUNK);
-    f.read_exact_at(&mut buf[..4096], from)?;
+    f.read_exact_at(&mut buf[..4096], from.0)?;
     let label = crate::lvm::label_in(&buf[..2048]).map_err(io::Error::other)?;
     if label.as_ref().map(|l| l.pv_uuid.as_str()) != Some(r.pv_uuid.as_str()) {
         return Err(io::Error::other(format!(
-            "the copy at byte {from} does not start with the label of PV {}; not restoring it",
-            r.pv_uuid
+            "the copy at byte {} does not start with the label of PV {}; not restoring it",
+            from.0, r.pv_uuid
         )));
     }
-    crate::direct::copy(&f, &mut buf, from, 0, len)
+    crate::direct::copy(&f, &mut buf, from, Bytes(0), len)
 }
 
 /// Devices with an unfinished conversion of ours, and the state of each. Read-only.
@@ -162,8 +164,7 @@ fn take_up(opts: &Options, path: &Path, state: State, key: &Passphrase, run: &mu
         // reencryption: libcryptsetup 2.6 cannot close it from there (it would redo the
         // last step from a stale copy, and refuses). Said plainly, not retried.
         State::LastStep(_) => {
-            let json = luks::open(path)?.status_handle().dump_json().or_fail(|| "Cannot read the LUKS2 metadata".into())?;
-            let mib = luks::moved_segment_in(&json).map(|(_, len)| len >> 20).unwrap_or(0);
+            let mib = luks::metadata(&mut luks::open(path)?)?.moved_segment().map_or(0, |(_, len)| len.mib());
             fail(format!(
                 "{}: every block is encrypted, but the crash hit the last step of the reencryption, which \
                  libcryptsetup cannot close from there. The device is safe: it opens with cryptsetup and the \
@@ -233,7 +234,8 @@ pub fn unfinished_status() -> Vec<Status> {
                 // Cut inside the switch: nothing encrypted; `pvencrypt` repairs it.
                 State::TornSwitch(_) | State::TornHeader => Status { pv, name, state: Phase::Interrupted, ..Default::default() },
                 _ => {
-                    let (done, total) = crate::header::read_json(&path).and_then(|j| luks::progress_in(&j)).unwrap_or((0, 0));
+                    let (done, total) =
+                        crate::header::read_metadata(&path).and_then(|m| m.progress()).map_or((0, 0), |(d, t)| (d.0, t.0));
                     let state = if abort::is_aborted(&path) { Phase::Aborted } else { Phase::Stopped };
                     Status { pv, name, state, bytes_done: done, bytes_total: total, ..Default::default() }
                 }

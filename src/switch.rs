@@ -42,6 +42,7 @@ use crate::{
     inspect::SwitchRecord,
     luks::{self, Format, Prepared},
     output, sys,
+    units::Bytes,
 };
 
 pub struct Switch<'a> {
@@ -124,7 +125,7 @@ pub struct Staged {
     /// The first 4 KiB written: the switch record, then zeros (the label goes).
     unlabeled: Aligned,
     /// Where libcryptsetup put the copy of the first segment: (offset, length).
-    moved: (u64, u64),
+    moved: (Bytes, Bytes),
     buf: Aligned,
 }
 
@@ -132,7 +133,7 @@ impl Switch<'_> {
     /// Outside the freeze. On success NAME exists on the alias, with its table for the
     /// PV loaded but not live; on failure nothing but the free tail has changed (NAME
     /// may exist: `deactivate` removes it). That tail is the first write.
-    pub fn stage(&self, p: &Prepared, fmt: &Format, size: u64) -> Result<Staged, Written> {
+    pub fn stage(&self, p: &Prepared, fmt: &Format, size: Bytes) -> Result<Staged, Written> {
         luks::init_reencryption(p, fmt, self.alias_path)?;
         fault::memory("init");
         let moved = moved_segment(p)?;
@@ -194,7 +195,7 @@ impl Switch<'_> {
             name: self.name.clone(),
             alias: self.alias_name.clone(),
             alias_path: self.alias_path.to_path_buf(),
-            moved: staged.moved,
+            moved: (staged.moved.0 .0, staged.moved.1 .0),
         })?;
 
         fault::trace("locked");
@@ -239,8 +240,8 @@ impl Switch<'_> {
         guardian: &mut Guardian,
     ) -> Result<Vec<String>> {
         let (to, len) = s.moved;
-        if let Err(e) = direct::copy(f, &mut s.buf, 0, to, len) {
-            return fail(format!("Cannot copy the first {len} bytes of {} to its end: {e}", self.raw_path.display()));
+        if let Err(e) = direct::copy(f, &mut s.buf, Bytes(0), to, len) {
+            return fail(format!("Cannot copy the first {len} of {} to its end: {e}", self.raw_path.display()));
         }
         guardian.copied();
         fault::point("moved");
@@ -307,8 +308,8 @@ impl Switch<'_> {
         }
         self.deactivate();
         let (from, len) = s.moved;
-        let undo = direct::copy(f, &mut s.buf, from, 0, len).err().map(|e| {
-            Error::caused_by(Kind::Unrecovered, format!("Restoring the first {len} bytes from offset {from} failed too"), e)
+        let undo = direct::copy(f, &mut s.buf, from, Bytes(0), len).err().map(|e| {
+            Error::caused_by(Kind::Unrecovered, format!("Restoring the first {len} from offset {} failed too", from.0), e)
         });
         let mut note = match (&undo, kept.is_empty()) {
             (None, true) => "The device was restored to the plain PV; nothing changed.".to_string(),
@@ -447,10 +448,9 @@ fn loud(msg: &str) {
 }
 
 /// Where libcryptsetup put the first segment (byte offset, length), from the header.
-fn moved_segment(p: &Prepared) -> Result<(u64, u64)> {
-    let mut cd = luks::open(&p.header.path())?;
-    let json = cd.status_handle().dump_json().or_fail(|| "Cannot read the new header".into())?;
-    luks::moved_segment_in(&json).ok_or_else(|| Error::new(Kind::Failed, "The new header records no moved segment"))
+fn moved_segment(p: &Prepared) -> Result<(Bytes, Bytes)> {
+    let meta = luks::metadata(&mut luks::open(&p.header.path())?)?;
+    meta.moved_segment().ok_or_else(|| Error::new(Kind::Failed, "The new header records no moved segment"))
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Sizes with their unit: 512-byte sectors and VG extents (whose size is a number of
-//! sectors), never bare integers, so that the units cannot be mixed up by accident.
+//! Sizes with their unit: bytes (LUKS2's unit), 512-byte sectors (LVM's and the kernel's)
+//! and VG extents (whose size is a number of sectors), never bare integers, so that the
+//! units cannot be mixed up by accident.
 
 use std::{
     fmt,
@@ -34,20 +35,8 @@ impl Sectors {
         Extents(self.0.div_ceil(extent_size.0.max(1)))
     }
 
-    pub fn bytes(self) -> u64 {
-        self.0 * Self::SIZE
-    }
-
-    /// For byte offsets that are whole sectors by construction (LUKS2 segments, the
-    /// data mover's chunks, all 4 KiB-aligned).
-    pub fn from_aligned_bytes(bytes: u64) -> Sectors {
-        debug_assert!(bytes.is_multiple_of(Self::SIZE), "{bytes} bytes is not a whole number of sectors");
-        Sectors(bytes / Self::SIZE)
-    }
-
-    /// `None` unless `bytes` is a whole number of sectors.
-    pub fn from_bytes(bytes: u64) -> Option<Sectors> {
-        bytes.is_multiple_of(Self::SIZE).then_some(Sectors(bytes / Self::SIZE))
+    pub fn bytes(self) -> Bytes {
+        Bytes(self.0 * Self::SIZE)
     }
 }
 
@@ -75,6 +64,59 @@ impl Mul<u64> for Sectors {
 impl fmt::Display for Sectors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}s", self.0)
+    }
+}
+
+/// A count of bytes, or a byte offset: LUKS2's unit for offsets and sizes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub u64);
+
+impl Bytes {
+    /// For byte offsets that are whole sectors by construction (LUKS2 segments, the
+    /// data mover's chunks, all 4 KiB-aligned).
+    pub fn sectors(self) -> Sectors {
+        debug_assert!(self.0.is_multiple_of(Sectors::SIZE), "{self} is not a whole number of sectors");
+        Sectors(self.0 / Sectors::SIZE)
+    }
+
+    /// `None` unless these bytes are a whole number of sectors.
+    pub fn whole_sectors(self) -> Option<Sectors> {
+        self.0.is_multiple_of(Sectors::SIZE).then_some(Sectors(self.0 / Sectors::SIZE))
+    }
+
+    pub fn is_multiple_of(self, n: u64) -> bool {
+        self.0.is_multiple_of(n)
+    }
+
+    /// Whole MiB, rounded down.
+    pub fn mib(self) -> u64 {
+        self.0 >> 20
+    }
+}
+
+impl Add for Bytes {
+    type Output = Bytes;
+    fn add(self, rhs: Bytes) -> Bytes {
+        Bytes(self.0 + rhs.0)
+    }
+}
+
+impl Sub for Bytes {
+    type Output = Bytes;
+    fn sub(self, rhs: Bytes) -> Bytes {
+        Bytes(self.0 - rhs.0)
+    }
+}
+
+impl std::iter::Sum for Bytes {
+    fn sum<I: Iterator<Item = Bytes>>(iter: I) -> Bytes {
+        Bytes(iter.map(|b| b.0).sum())
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0)
     }
 }
 
@@ -136,9 +178,11 @@ mod tests {
 
     #[test]
     fn units() {
-        assert_eq!(Sectors(3).bytes(), 1536);
-        assert_eq!(Sectors::from_bytes(1536), Some(Sectors(3)));
-        assert_eq!(Sectors::from_bytes(1537), None);
+        assert_eq!(Sectors(3).bytes(), Bytes(1536));
+        assert_eq!(Bytes(1536).whole_sectors(), Some(Sectors(3)));
+        assert_eq!(Bytes(1537).whole_sectors(), None);
+        assert_eq!(Bytes(5 << 20) - Bytes(1 << 20) + Bytes(4096), Bytes((4 << 20) + 4096));
+        assert_eq!(Bytes(3 << 20).mib(), 3);
         assert_eq!(Extents(49).to_sectors(Sectors(8192)), Sectors(401408));
         assert_eq!(Sectors(2048) + Sectors(1), Sectors(2049));
         assert_eq!(Sectors(2048) - Sectors(48), Sectors(2000));
@@ -151,6 +195,6 @@ mod tests {
         assert_eq!(Sectors(8193).extents_to_cover(Sectors(8192)), Extents(2));
         assert_eq!(Sectors(3) * 4, Sectors(12));
         assert_eq!(Extents(5) - Extents(3), Extents(2));
-        assert_eq!(Sectors::from_aligned_bytes(4096), Sectors(8));
+        assert_eq!(Bytes(4096).sectors(), Sectors(8));
     }
 }

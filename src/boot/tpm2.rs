@@ -26,6 +26,8 @@ use std::{
 
 use libcryptsetup_rs_sys as cs;
 
+use crate::metadata::Metadata;
+
 use super::{initramfs, initramfs::Hook, which, Tool};
 use crate::key::Passphrase;
 
@@ -125,8 +127,8 @@ pub fn enroll(header: &Path, unlock: &Passphrase, device: &str, pcrs: &str) -> R
 }
 
 /// Whether the LUKS2 metadata JSON has a TPM2 token.
-pub fn bound(json: &serde_json::Value) -> bool {
-    json["tokens"].as_object().is_some_and(|t| t.values().any(|t| t["type"] == TOKEN_TYPE))
+pub fn bound(m: &Metadata) -> bool {
+    m.tokens.values().any(|t| t["type"] == TOKEN_TYPE)
 }
 
 /// The keyslot passphrase the device's `systemd-tpm2` token unseals with this machine's TPM2:
@@ -290,9 +292,9 @@ mod tests {
 
     #[test]
     fn a_token_of_systemd_cryptenroll() {
-        let json = serde_json::json!({"tokens": {"0": {"type": "pvencrypt"}, "1": {"type": "systemd-tpm2"}}});
-        assert!(bound(&json));
-        assert!(!bound(&serde_json::json!({"tokens": {"0": {"type": "pvencrypt"}}})));
-        assert!(!bound(&serde_json::json!({"tokens": {}})));
+        let m = |v| Metadata::from_value(v).unwrap();
+        assert!(bound(&m(serde_json::json!({"tokens": {"0": {"type": "pvencrypt"}, "1": {"type": "systemd-tpm2"}}}))));
+        assert!(!bound(&m(serde_json::json!({"tokens": {"0": {"type": "pvencrypt"}}}))));
+        assert!(!bound(&m(serde_json::json!({"tokens": {}}))));
     }
 }

@@ -88,7 +88,7 @@ fn parse_label(buf: &[u8]) -> Result<Option<PvLabel>, String> {
             return Err(format!("pv_header offset {o} out of the label sector"));
         }
         let uuid = String::from_utf8_lossy(&s[o..o + 32]).into_owned();
-        let sectors = |bytes: u64| Sectors::from_bytes(bytes).ok_or_else(|| format!("{bytes} bytes is not whole sectors"));
+        let sectors = |bytes: u64| Bytes(bytes).whole_sectors().ok_or_else(|| format!("{bytes} bytes is not whole sectors"));
         let device_size = sectors(u64_at(s, o + 32))?;
         o += 40;
         let list = |o: &mut usize| -> Result<Vec<DiskArea>, String> {

@@ -36,7 +36,7 @@ use std::{
 use lvm2cmd_sys as sys;
 use serde::{de::DeserializeOwned, Deserialize, Deserializer};
 
-pub use crate::units::{Extents, Sectors};
+pub use crate::units::{Bytes, Extents, Sectors};
 
 mod command;
 mod config;

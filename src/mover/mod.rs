@@ -32,17 +32,17 @@ use std::{
 };
 
 use devicemapper::Device;
-use serde_json::Value;
 
 use crate::{
     direct::{self, Aligned},
-    dm::{self, Dm, DmName, Target},
+    dm::{self, Crypt, Dm, DmName, Linear, Mirror, Target},
     error::{fail, Context, Error, Kind, Result},
     fault,
     guardian::{self, Guardian, Watch},
     header::{self, CryptsetupLock, Header, Layout},
+    metadata::Metadata,
     output, sys,
-    units::Sectors,
+    units::{Bytes, Sectors},
 };
 
 mod remover;
@@ -53,26 +53,26 @@ use remover::{remove_patiently, Remover};
 /// benchmark); as many chunks are in flight as fit in the data shift.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
-    pub chunk: u64,
-    pub region: u64,
+    pub chunk: Bytes,
+    pub region: Bytes,
 }
 
 impl Tuning {
-    pub fn for_shift(shift: u64) -> Tuning {
+    pub fn for_shift(shift: Bytes) -> Tuning {
         // Measured by tests/vm/guest/benchmark.sh: each chunk costs a dm-crypt and a mirror
         // set up and torn down, and NAME's reload (tens of ms under TCG), so two large chunks
         // in flight beat four small ones; 2 MiB regions keep kcopyd busy.
-        let mut t = Tuning { chunk: (shift / 2).max(1 << 20), region: 2 << 20 };
+        let mut t = Tuning { chunk: Bytes((shift.0 / 2).max(1 << 20)), region: Bytes(2 << 20) };
         for kv in std::env::var("PVENCRYPT_MOVER").unwrap_or_default().split(',') {
-            let parse = |v: &str| crate::units::parse_size(v).ok();
+            let parse = |v: &str| crate::units::parse_size(v).ok().map(Bytes);
             match kv.split_once('=') {
                 Some(("chunk", v)) => t.chunk = parse(v).unwrap_or(t.chunk),
                 Some(("region", v)) => t.region = parse(v).unwrap_or(t.region),
                 _ => {}
             }
         }
-        t.chunk = t.chunk.min(shift).max(64 << 10) / 4096 * 4096;
-        t.region = t.region.clamp(4096, t.chunk).next_power_of_two();
+        t.chunk = Bytes(t.chunk.min(shift).0.max(64 << 10) / 4096 * 4096);
+        t.region = Bytes(t.region.0.clamp(4096, t.chunk.0).next_power_of_two());
         t
     }
 }
@@ -89,9 +89,10 @@ pub fn usable(dm: &Dm) -> std::result::Result<(), String> {
         |n: &str, t: &Target| dm.create(&probe(n), &format!("CRYPT-TEMP-pvencrypt-probe-{pid}-{n}"), std::slice::from_ref(t));
     let r = (|| {
         let zero = Target::new(Sectors(0), Sectors(16), "zero", "");
-        let a = create("a", &zero)?;
-        let b = create("b", &zero)?;
-        create("m", &Target::new(Sectors(0), Sectors(16), "mirror", format!("core 1 8 2 {a} 0 {b} 0 1 handle_errors")))
+        let leg = |dev| Linear { dev, offset: Sectors(0) };
+        let mirror =
+            Mirror { region: Sectors(8), legs: vec![leg(create("a", &zero)?), leg(create("b", &zero)?)], handle_errors: true };
+        create("m", &Target::of(Sectors(0), Sectors(16), &mirror))
     })();
     for n in ["m", "a", "b"] {
         dm.remove(&probe(n));
@@ -100,9 +101,9 @@ pub fn usable(dm: &Dm) -> std::result::Result<(), String> {
 }
 
 struct Chunk {
-    /// Logical start and length, bytes.
-    start: u64,
-    len: u64,
+    /// Logical start and length.
+    start: Bytes,
+    len: Bytes,
     mirror: DmName,
     crypt: DmName,
     mirror_dev: Device,
@@ -113,7 +114,7 @@ struct Chunk {
 struct Commit {
     _lock: CryptsetupLock,
     disk: Header,
-    json: Value,
+    meta: Metadata,
     images: [Aligned; 2],
 }
 
@@ -163,8 +164,8 @@ impl<'a> Mover<'a> {
             let _metadata = CryptsetupLock::metadata(raw)?;
             Header::read(&disk).or_fail(|| format!("Cannot read the LUKS2 header of {}", path.display()))?
         };
-        let mut layout = Layout::of(&header.json)?;
-        if layout.total == 0 {
+        let mut layout = Layout::of(&header.meta)?;
+        if layout.total == Bytes(0) {
             layout.total = dm.table(name)?.iter().map(|t| t.len.bytes()).sum();
         }
         let desc = format!("pvencrypt:{uuid}");
@@ -193,56 +194,40 @@ impl<'a> Mover<'a> {
     }
 
     /// dm-crypt of logical [start, start + len) at its final place.
-    fn crypt_target(&self, at: u64, start: u64, len: u64) -> Target {
+    fn crypt_target(&self, at: Bytes, start: Bytes, len: Bytes) -> Target {
         let l = &self.layout;
-        let mut p = format!(
-            "{} {} {} {} {}",
-            l.encryption,
-            self.key_ref,
-            l.iv_tweak + start / 512,
-            self.raw,
-            (l.data_offset + start) / 512
-        );
-        if l.sector_size != 512 {
-            p.push_str(&format!(" 1 sector_size:{}", l.sector_size));
-        }
-        Target::new(Sectors::from_aligned_bytes(at), Sectors::from_aligned_bytes(len), "crypt", p)
+        let crypt = Crypt {
+            cipher: &l.encryption,
+            key: &self.key_ref,
+            iv_offset: Sectors(l.iv_tweak) + start.sectors(),
+            dev: self.raw,
+            offset: (l.data_offset + start).sectors(),
+            sector_size: l.sector_size,
+        };
+        Target::of(at.sectors(), len.sectors(), &crypt)
     }
 
     /// Where the plaintext of logical `start` lies.
-    fn plain_at(&self, start: u64) -> u64 {
-        if start < self.layout.shift {
-            self.layout.moved_offset + start
-        } else {
-            start
-        }
+    fn plain_at(&self, start: Bytes) -> Linear {
+        let at = if start < self.layout.shift { self.layout.moved_offset + start } else { start };
+        Linear { dev: self.raw, offset: at.sectors() }
     }
 
     /// NAME's table for `boundary` with `flight` (highest first) mapped through mirrors.
-    fn name_table<'c>(&self, boundary: u64, flight: impl DoubleEndedIterator<Item = &'c Chunk>) -> Vec<Target> {
+    fn name_table<'c>(&self, boundary: Bytes, flight: impl DoubleEndedIterator<Item = &'c Chunk>) -> Vec<Target> {
         let l = &self.layout;
         let mut t: Vec<Target> = Vec::new();
         let chunks: Vec<&Chunk> = flight.rev().collect();
         let lo = chunks.first().map_or(boundary, |c| c.start);
-        let plain = |from: u64, to: u64, t: &mut Vec<Target>| {
+        let plain = |from: Bytes, to: Bytes, t: &mut Vec<Target>| {
             if to > from {
-                t.push(Target::new(
-                    Sectors::from_aligned_bytes(from),
-                    Sectors::from_aligned_bytes(to - from),
-                    "linear",
-                    format!("{} {}", self.raw, Sectors::from_aligned_bytes(self.plain_at(from)).0),
-                ));
+                t.push(Target::of(from.sectors(), (to - from).sectors(), &self.plain_at(from)));
             }
         };
-        plain(0, lo.min(l.shift), &mut t);
+        plain(Bytes(0), lo.min(l.shift), &mut t);
         plain(l.shift.min(lo), lo, &mut t);
         for c in chunks {
-            t.push(Target::new(
-                Sectors::from_aligned_bytes(c.start),
-                Sectors::from_aligned_bytes(c.len),
-                "linear",
-                format!("{} 0", c.mirror_dev),
-            ));
+            t.push(Target::of(c.start.sectors(), c.len.sectors(), &Linear { dev: c.mirror_dev, offset: Sectors(0) }));
         }
         if boundary < l.total {
             t.push(self.crypt_target(boundary, boundary, l.total - boundary));
@@ -250,7 +235,7 @@ impl<'a> Mover<'a> {
         t
     }
 
-    fn next_chunk(&self, lowest: u64, boundary: u64) -> Option<(u64, u64)> {
+    fn next_chunk(&self, lowest: Bytes, boundary: Bytes) -> Option<(Bytes, Bytes)> {
         chunk_below(lowest, boundary, self.layout.shift, self.tuning.chunk)
     }
 
@@ -259,23 +244,24 @@ impl<'a> Mover<'a> {
     /// its next resume. It must be live before NAME maps it: the kernel fails I/O to a
     /// device without a live table ("mapping table unavailable, erroring io"); and its copy
     /// may start only once NAME runs the table after the commit that frees its new place.
-    fn prepare(&self, start: u64, len: u64) -> Result<Chunk> {
-        let tag = start / 512;
+    fn prepare(&self, start: Bytes, len: Bytes) -> Result<Chunk> {
+        let tag = start.sectors().0;
         let dm_name = |kind: char| DmName::new(format!("{}{kind}{tag}", self.name_prefix));
         let (crypt, mirror) = (dm_name('c')?, dm_name('m')?);
-        let crypt_dev = self.dm.create(&crypt, &format!("{}c{tag}", self.uuid_prefix), &[self.crypt_target(0, start, len)])?;
-        let sectors = Sectors::from_aligned_bytes(len);
-        let plain = Sectors::from_aligned_bytes(self.plain_at(start));
-        let region = (self.tuning.region / 512).min(1 << sectors.0.ilog2()).max(2);
+        let crypt_dev =
+            self.dm.create(&crypt, &format!("{}c{tag}", self.uuid_prefix), &[self.crypt_target(Bytes(0), start, len)])?;
+        let sectors = len.sectors();
+        let plain = self.plain_at(start);
+        let region = Sectors(self.tuning.region.sectors().0.min(1 << sectors.0.ilog2()).max(2));
         // handle_errors: ARCHITECTURE.md, "Disk faults".
-        let mirrored = format!("core 1 {region} 2 {} {} {crypt_dev} 0 1 handle_errors", self.raw, plain.0);
-        let linear = Target::new(Sectors(0), sectors, "linear", format!("{} {}", self.raw, plain.0));
+        let mirrored = Mirror { region, legs: vec![plain, Linear { dev: crypt_dev, offset: Sectors(0) }], handle_errors: true };
+        let linear = Target::of(Sectors(0), sectors, &plain);
         let made = self.dm.resume(&crypt).and_then(|_| {
             let dev = self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[linear])?;
             let loaded = self
                 .dm
                 .resume(&mirror)
-                .and_then(|_| self.dm.load_verified(&mirror, &[Target::new(Sectors(0), sectors, "mirror", mirrored)]));
+                .and_then(|_| self.dm.load_verified(&mirror, &[Target::of(Sectors(0), sectors, &mirrored)]));
             if let Err(e) = loaded {
                 self.dm.remove(&mirror);
                 return Err(e);
@@ -298,7 +284,7 @@ impl<'a> Mover<'a> {
     }
 
     /// (bytes in sync, all in sync). A leg that failed is an error, which names the chunk.
-    fn sync_of(&self, c: &Chunk) -> Result<(u64, bool)> {
+    fn sync_of(&self, c: &Chunk) -> Result<(Bytes, bool)> {
         let st = self.dm.status(&c.mirror)?;
         if st.first().is_some_and(|t| t.kind == "linear") {
             return Err(self.fault(c, "its mirror was put back on its plaintext (a leg failed: see the kernel log)"));
@@ -314,21 +300,21 @@ impl<'a> Mover<'a> {
             };
             return Err(self.fault(c, &format!("{what} ({} health {})", c.mirror, m.health)));
         }
-        Ok(((c.len * m.synced / m.regions.max(1)).min(c.len), m.synced == m.regions))
+        Ok((Bytes(c.len.0 * m.synced / m.regions.max(1)).min(c.len), m.synced == m.regions))
     }
 
     /// The error that stops the run on a disk fault in chunk `c`: the device and the ranges.
     fn fault(&self, c: &Chunk, what: &str) -> Error {
-        let (plain, crypt) = (self.plain_at(c.start) / 512, (self.layout.data_offset + c.start) / 512);
-        let n = c.len / 512;
+        let (plain, crypt) = (self.plain_at(c.start).offset.0, (self.layout.data_offset + c.start).sectors().0);
+        let n = c.len.sectors().0;
         Error::new(
             Kind::Failed,
             format!(
                 "Disk fault on {}: {what}, in the chunk at bytes {}-{} of {} (sectors {}-{} of {}: plaintext; \
                  {}-{}: its encrypted copy). Stopped; the chunk was not committed. Check the disk (dmesg).",
                 self.path.display(),
-                c.start,
-                c.start + c.len - 1,
+                c.start.0,
+                (c.start + c.len).0 - 1,
                 self.name,
                 plain,
                 plain + n - 1,
@@ -378,7 +364,7 @@ impl<'a> Mover<'a> {
                         Ok(s) if s == c.disk.seqid => self.header = c.disk,
                         Ok(s) if s == c.disk.seqid + 1 => {
                             self.header = c.disk;
-                            self.header.committed(c.json);
+                            self.header.committed(c.meta);
                             self.layout.boundary = boundary;
                         }
                         // Nothing is unwound: the mirrors are right for either header.
@@ -396,10 +382,10 @@ impl<'a> Mover<'a> {
     }
 
     /// Bookkeeping once NAME runs the table `swap` loaded.
-    fn advance(&mut self, commit: Option<Commit>, n: usize, boundary: u64, new: Vec<Chunk>) {
+    fn advance(&mut self, commit: Option<Commit>, n: usize, boundary: Bytes, new: Vec<Chunk>) {
         if let Some(c) = commit {
             self.header = c.disk;
-            self.header.committed(c.json);
+            self.header.committed(c.meta);
             self.layout.boundary = boundary;
             for c in self.flight.drain(..n).collect::<Vec<_>>() {
                 self.discard(&c);
@@ -423,7 +409,7 @@ impl<'a> Mover<'a> {
     /// metadata lock (kept until the commit is written or given up): made from the header on
     /// the disk now, so that what another writer committed since ours stays, and numbered
     /// after it. Before NAME's suspension: reading the disk and building the copies allocate.
-    fn prepare_commit(&self, boundary: u64) -> Result<Commit> {
+    fn prepare_commit(&self, boundary: Bytes) -> Result<Commit> {
         let lock = CryptsetupLock::metadata(self.raw)?;
         let disk = Header::read(&self.disk).map_err(|e| {
             Error::new(
@@ -438,10 +424,10 @@ impl<'a> Mover<'a> {
                 self.name, disk.seqid, self.header.seqid
             ));
         }
-        let json = header::next_commit(&disk.json, &self.header.json, &self.layout, boundary)
+        let meta = header::next_commit(&disk.meta, &self.header.meta, &self.layout, boundary)
             .map_err(|e| Error::caused_by(e.kind, self.name.to_string(), e))?;
-        let images = disk.images(&json)?;
-        Ok(Commit { _lock: lock, disk, json, images })
+        let images = disk.images(&meta)?;
+        Ok(Commit { _lock: lock, disk, meta, images })
     }
 
     /// The part of `swap` while NAME is suspended, in the order ARCHITECTURE.md ("Deaths and
@@ -480,14 +466,14 @@ impl<'a> Mover<'a> {
         let total = self.layout.total;
         loop {
             self.dm.arm_events()?;
-            let mut moving = 0;
+            let mut moving = Bytes(0);
             let mut head_synced = false;
             for (i, c) in self.flight.iter().enumerate() {
                 let (bytes, all) = self.sync_of(c)?;
-                moving += bytes;
+                moving = moving + bytes;
                 head_synced |= i == 0 && all;
             }
-            if !progress(total - self.layout.boundary + moving, total) {
+            if !progress((total - self.layout.boundary + moving).0, total.0) {
                 return Ok(Waited::Stopped);
             }
             if head_synced {
@@ -515,7 +501,7 @@ impl<'a> Mover<'a> {
     }
 
     /// Chunks to start once the boundary is at `boundary`: those prepared ahead first.
-    fn fill(&mut self, boundary: u64) -> Result<Vec<Chunk>> {
+    fn fill(&mut self, boundary: Bytes) -> Result<Vec<Chunk>> {
         let mut new: Vec<Chunk> = std::mem::take(&mut self.ready);
         let mut lowest = new.last().or(self.flight.back()).map_or(boundary, |c| c.start);
         while let Some((start, len)) = self.next_chunk(lowest, boundary) {
@@ -577,7 +563,7 @@ impl<'a> Mover<'a> {
             self.swap(n, new)?;
         }
         Header::flush(&self.disk).or_fail(|| "Cannot flush the disk".into())?;
-        progress(self.layout.total, self.layout.total);
+        progress(self.layout.total.0, self.layout.total.0);
         Ok(true)
     }
 
@@ -665,7 +651,8 @@ impl Drop for Mover<'_> {
 /// that header maps. Chunks are aligned to `step`; a sliver at the top joins the chunk
 /// below it; the moved first segment [0, shift) goes in one piece, as libcryptsetup moves
 /// it, so that no state splits it.
-fn chunk_below(lowest: u64, boundary: u64, shift: u64, step: u64) -> Option<(u64, u64)> {
+fn chunk_below(lowest: Bytes, boundary: Bytes, shift: Bytes, step: Bytes) -> Option<(Bytes, Bytes)> {
+    let (lowest, boundary, shift, step) = (lowest.0, boundary.0, shift.0, step.0);
     if lowest == 0 {
         return None;
     }
@@ -673,7 +660,7 @@ fn chunk_below(lowest: u64, boundary: u64, shift: u64, step: u64) -> Option<(u64
     if start > shift && lowest - start < 64 << 10 {
         start = (start - step).max(shift);
     }
-    (boundary - start <= shift).then_some((start, lowest - start))
+    (boundary - start <= shift).then_some((Bytes(start), Bytes(lowest - start)))
 }
 
 #[cfg(test)]
@@ -685,7 +672,7 @@ mod tests {
         let (mut b, mut flight, mut all) = (total, std::collections::VecDeque::new(), vec![]);
         loop {
             let mut lowest = flight.back().map_or(b, |c: &(u64, u64)| c.0);
-            while let Some(c) = chunk_below(lowest, b, shift, step) {
+            while let Some(c) = chunk_below(Bytes(lowest), Bytes(b), Bytes(shift), Bytes(step)).map(|(s, l)| (s.0, l.0)) {
                 assert!(c.0 + shift >= b, "{c:?}'s new place must lie beyond the boundary {b}");
                 flight.push_back(c);
                 all.push(c);
