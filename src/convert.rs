@@ -62,6 +62,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
             temp_keyslot: None,
         };
         let prepared = luks::prepare(&fmt, &alias_path, key, &marker)?;
+        crate::fault::trace("prepared");
         crate::fault::memory("prepared");
         if STOP.load(Ordering::Relaxed) {
             return Err(Error::new(

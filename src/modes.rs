@@ -64,6 +64,7 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
     let moves: u64 = targets.iter().filter_map(|t| t.make_room.as_ref()).map(|m| m.moved()).sum();
     front.confirm((moves > 0 && !opts.make_room).then_some(moves))?;
     let key = front.passphrase("Enter passphrase for the new LUKS2 device: ", true)?;
+    crate::fault::trace("passphrase");
     let queue = Queue::system();
     if targets.len() > 1 {
         let args = front.args();

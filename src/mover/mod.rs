@@ -50,11 +50,14 @@ mod remover;
 use remover::{remove_patiently, Remover};
 
 /// Chunk and region sizes (PVENCRYPT_MOVER=chunk=4M,region=1M overrides them, for the
-/// benchmark); as many chunks are in flight as fit in the data shift.
+/// benchmark); as many chunks are in flight as fit in the data shift. `subjob`: kcopyd's
+/// piece size for our mirrors (dm_mod's kcopyd_subjob_size_kb, read when a mirror is loaded;
+/// None leaves the system's), for the benchmark only.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
     pub chunk: Bytes,
     pub region: Bytes,
+    pub subjob: Option<Bytes>,
 }
 
 impl Tuning {
@@ -62,12 +65,13 @@ impl Tuning {
         // Measured by tests/vm/guest/benchmark.sh: each chunk costs a dm-crypt and a mirror
         // set up and torn down, and NAME's reload (tens of ms under TCG), so two large chunks
         // in flight beat four small ones; 2 MiB regions keep kcopyd busy.
-        let mut t = Tuning { chunk: Bytes((shift.0 / 2).max(1 << 20)), region: Bytes(2 << 20) };
+        let mut t = Tuning { chunk: Bytes((shift.0 / 2).max(1 << 20)), region: Bytes(2 << 20), subjob: None };
         for kv in std::env::var("PVENCRYPT_MOVER").unwrap_or_default().split(',') {
             let parse = |v: &str| crate::units::parse_size(v).ok().map(Bytes);
             match kv.split_once('=') {
                 Some(("chunk", v)) => t.chunk = parse(v).unwrap_or(t.chunk),
                 Some(("region", v)) => t.region = parse(v).unwrap_or(t.region),
+                Some(("subjob", v)) => t.subjob = parse(v),
                 _ => {}
             }
         }
@@ -79,8 +83,14 @@ impl Tuning {
 
 /// Whether this kernel can move the data: dm-mirror (with dm-log and dm-region-hash)
 /// loads, tried on throw-away devices (which also loads the modules before any
-/// suspension), and the kernel keyring takes a key.
+/// suspension), and the kernel keyring takes a key. Tried once per process: preflight
+/// asks, and the data phase asks again when it is a resume's.
 pub fn usable(dm: &Dm) -> std::result::Result<(), String> {
+    static USABLE: std::sync::OnceLock<std::result::Result<(), String>> = std::sync::OnceLock::new();
+    USABLE.get_or_init(|| probe(dm)).clone()
+}
+
+fn probe(dm: &Dm) -> std::result::Result<(), String> {
     let serial = sys::add_logon_key("pvencrypt:probe", &[0u8; 32]).map_err(|e| format!("the kernel keyring: {e}"))?;
     sys::revoke_key(serial);
     let pid = std::process::id();
@@ -98,6 +108,27 @@ pub fn usable(dm: &Dm) -> std::result::Result<(), String> {
         dm.remove(&probe(n));
     }
     r.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// dm_mod's kcopyd piece size, set while a mirror is loaded and put back after.
+struct SubjobSize(Option<String>);
+
+const SUBJOB_PARAM: &str = "/sys/module/dm_mod/parameters/kcopyd_subjob_size_kb";
+
+impl SubjobSize {
+    fn set(size: Bytes) -> SubjobSize {
+        let old = std::fs::read_to_string(SUBJOB_PARAM).ok();
+        let _ = std::fs::write(SUBJOB_PARAM, (size.0 >> 10).to_string());
+        SubjobSize(old)
+    }
+}
+
+impl Drop for SubjobSize {
+    fn drop(&mut self) {
+        if let Some(old) = &self.0 {
+            let _ = std::fs::write(SUBJOB_PARAM, old.trim());
+        }
+    }
 }
 
 struct Chunk {
@@ -258,10 +289,10 @@ impl<'a> Mover<'a> {
         let linear = Target::of(Sectors(0), sectors, &plain);
         let made = self.dm.resume(&crypt).and_then(|_| {
             let dev = self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[linear])?;
-            let loaded = self
-                .dm
-                .resume(&mirror)
-                .and_then(|_| self.dm.load_verified(&mirror, &[Target::of(Sectors(0), sectors, &mirrored)]));
+            let loaded = self.dm.resume(&mirror).and_then(|_| {
+                let _subjob = self.tuning.subjob.map(SubjobSize::set);
+                self.dm.load_verified(&mirror, &[Target::of(Sectors(0), sectors, &mirrored)])
+            });
             if let Err(e) = loaded {
                 self.dm.remove(&mirror);
                 return Err(e);
@@ -520,6 +551,7 @@ impl<'a> Mover<'a> {
     /// The whole data phase; false when `progress` asked to stop (the chunks in flight
     /// are unwound: the boundary stays at the last commit).
     pub fn run(&mut self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
+        fault::trace("mover: start");
         self.take_over()?;
         let r = self.chunks(progress);
         if !matches!(r, Ok(true)) {
@@ -536,6 +568,7 @@ impl<'a> Mover<'a> {
     fn chunks(&mut self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
         let new = self.fill(self.layout.boundary)?;
         self.swap(0, new)?;
+        fault::trace("mover: copying");
         while !self.flight.is_empty() {
             if let Waited::Stopped = self.wait(progress)? {
                 return Ok(false);

@@ -76,6 +76,25 @@ vm_boot() {
   return $rc
 }
 
+# vm_start_root LOG INPUT: VM_CMD (a Debian root's boot) in the background, its console in
+# LOG, stdin from INPUT. The same rare TCG hang as above, in the kernel before the initramfs
+# shows anything (CI and a full run saw "rcu_preempt detected stalls" from 25 s on, for 600
+# s): the kernel has touched no disk yet, so it is booted once more; LOG.hung keeps the first.
+VM_STALL='rcu_preempt detected stalls|soft lockup - CPU'
+VM_SHOWN='Please (enter passphrase|unlock disk)|^VM: |^cryptsetup:|still waiting|Could not boot|[Ee]mergency'
+vm_start_root() {
+  local log=$1 input=$2 try
+  rm -f "$log.hung"
+  for try in 1 2; do
+    "${VM_CMD[@]}" < "$input" > "$log" 2>&1 &
+    VM_PID=$!
+    [ $try = 1 ] && vm_wait_for "$log" "$VM_STALL|$VM_SHOWN" "$VM_BOOT_TIMEOUT" 2>/dev/null &&
+      grep -aqE "$VM_STALL" "$log" && ! grep -aqE "$VM_SHOWN" "$log" || return 0
+    vm_kill; mv "$log" "$log.hung"
+    echo "VM-BOOT-HANG: the kernel stalled before the initramfs showed anything (console: $log.hung); booted again"
+  done
+}
+
 VM_PID=
 vm_start() {
   local log=$1; shift

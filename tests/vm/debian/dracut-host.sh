@@ -71,8 +71,7 @@ boot_unlocking() {
   debugfs -R "dump /initrd.img-$kv $run/initrd.img" "$run/vdb.img" 2>/dev/null
   mkfifo "$run/console"; exec 7<> "$run/console"
   VM_INITRD=$run/initrd.img VM_APPEND="$debian" _vm_cmd "$2" "$run"/vd{a,b}.img
-  "${VM_CMD[@]}" < "$run/console" > "$log" 2>&1 &
-  VM_PID=$!
+  vm_start_root "$log" "$run/console"
   # An image that does not open vda_crypt waits for vg-root: dracut-initqueue's "timeout,
   # still waiting" (then "Could not boot", its emergency shell). No use waiting longer.
   if vm_wait_for "$log" "$prompt|still waiting for following initqueue hooks|Could not boot|[Ee]mergency" 400 &&

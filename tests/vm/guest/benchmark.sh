@@ -1,97 +1,128 @@
-# The benchmark of issues 5 and 14 (not a pass/fail test): in one VM, on same-size disks,
-#   1. limit: read the plain device, write it through dm-crypt on a second disk (direct I/O, 16M blocks)
-#   2. the engine's ceiling: one kernel mirror (dm-raid1, kcopyd) of the whole plain device into
-#      dm-crypt on the second disk, with pvencrypt's region size
-#   3. cryptsetup reencrypt --encrypt --reduce-device-size 32M, offline
-#   4. pvencrypt on a live VG, no load
-#   5. pvencrypt on a live VG under a writer (fdatasync per record): its longest stall, beside
-#      the same writer's longest stall with nothing running (TCG's own noise floor)
+# The benchmark (issues 5, 14 and 23; not a pass/fail test). In one VM, every ratio from this
+# run, each baseline at its best setting as a real system has it:
+#   1. the limit: dd from the disk through a plain dm-crypt mapping on a second disk, O_DIRECT,
+#      the best of 4 and 16 MiB blocks
+#   2. one kernel mirror (dm-raid1, kcopyd) of the whole disk into that mapping, the best of
+#      region sizes 1 to 16 MiB
+#   3. cryptsetup reencrypt --encrypt --reduce-device-size 32M, offline, with the kernel's
+#      crypto (AF_ALG): checked during the run (algif_skcipher in use)
+#   4. pvencrypt on a live VG, no load: whole command, data phase, first byte moved
+#   5. pvencrypt under a writer (fdatasync per record): its longest stall beside the freeze,
+#      and beside the same writer's longest stall with nothing running (TCG's noise floor)
 #   6. pvencrypt's peak RSS (PBKDF2 with 1000 iterations: no PBKDF memory)
-#   7. the mover's chunk and region sizes, and a 32 MiB shift (--reduce-device-size 64M), no load
-# and every rate as a ratio to 1, 2 and 3. Run: tests/vm/run.sh benchmark (prints the table).
-# Steps 1-6 convert or copy the same byte count, the device minus 32 MiB.
-# disks: 1344M 1344M
-# timeout: 3000
+#   7. the mover's tunings (PVENCRYPT_MOVER), no load
+#   8. scale: pvencrypt on an 8 GiB disk, its rate beside step 4's, RSS, commits and
+#      header writes per GiB
+# Steps 1-7 convert or copy the same byte count, the device minus 32 MiB.
+# Run: tests/vm/run.sh benchmark (prints the table: grep BENCH vm-work/logs/benchmark.log).
+# disks: 1056M 1056M 8224M
+# timeout: 5400
 . /tests/lib.sh
 printf secret-passphrase > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
 size=$(blockdev --getsize64 /dev/vda)
 data_mib=$(( size / 1048576 - 32 ))
 el() { echo "$2 $1" | awk '{printf "%.2f", $1 - $2}'; }
-rate() { echo "$data_mib $1" | awk '{printf "%.1f", $1 / $2}'; }
+rate() { echo "${2:-$data_mib} $1" | awk '{printf "%.1f", $1 / $2}'; }
+ratio() { echo "$1 $2" | awk '{printf "%.2f", $1 / $2}'; }
 
 # Random-looking content everywhere (sparse zeros would read faster than real data).
 dd if=/dev/urandom of=/tmp/chunk bs=1M count=16 2>/dev/null
 fill() { while cat /tmp/chunk; do :; done 2>/dev/null | dd of="$1" bs=16M iflag=fullblock oflag=direct 2>/dev/null; }
 fill /dev/vda; fill /dev/vdb
+plain_crypt() { run cryptsetup open --type plain --cipher aes-xts-plain64 --key-size 512 --key-file /dev/urandom --keyfile-size 64 /dev/vdb limit; }
+# best_of VAR LABEL SECONDS: keeps the fastest setting in VAR (seconds) and VAR_set (label).
+best_of() {
+  local cur; eval "cur=\${$1:-}"
+  if [ -z "$cur" ] || awk -v a="$3" -v b="$cur" 'BEGIN {exit !(a < b)}'; then eval "$1=$3 ${1}_set=\"$2\""; fi
+  echo "  $2: $3 s ($(rate $3) MiB/s)"
+}
 
-echo "=== 1. dd from vda through dm-crypt on vdb"
-run cryptsetup open --type plain --cipher aes-xts-plain64 --key-size 512 --key-file /dev/urandom --keyfile-size 64 /dev/vdb limit
-sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(now)
-dd if=/dev/vda of=/dev/mapper/limit bs=16M count=$((data_mib / 16)) iflag=direct oflag=direct 2>/dev/null
-t1=$(now); t_dd=$(el $t0 $t1)
-run cryptsetup close limit
+echo "=== 1. dd from vda through dm-crypt on vdb (O_DIRECT)"
+for bs in 4 16; do
+  plain_crypt; sync; echo 3 > /proc/sys/vm/drop_caches
+  t0=$(now)
+  dd if=/dev/vda of=/dev/mapper/limit bs=${bs}M count=$((data_mib / bs)) iflag=direct oflag=direct 2>/dev/null
+  best_of t_dd "dd bs=${bs}M" "$(el $t0 $(now))"
+  run cryptsetup close limit
+done
 
-region_kib=1024
-echo "=== 2. one mirror of vda into dm-crypt on vdb, ${region_kib} KiB regions"
-run cryptsetup open --type plain --cipher aes-xts-plain64 --key-size 512 --key-file /dev/urandom --keyfile-size 64 /dev/vdb limit
+echo "=== 2. one mirror of vda into dm-crypt on vdb"
 sectors=$((data_mib * 2048))
-sync; echo 3 > /proc/sys/vm/drop_caches
-t0=$(now)
-run dmsetup create mirror --table "0 $sectors mirror core 1 $((region_kib * 2)) 2 $(majmin /dev/vda) 0 $(majmin /dev/mapper/limit) 0"
 synced() { dmsetup status mirror | awk '{split($7, s, "/"); exit !(s[1] == s[2] && $9 == "AA")}'; }
-wait_for synced 600 || die "the mirror never got in sync: $(dmsetup status mirror)"
-t1=$(now); t_mir=$(el $t0 $t1)
-run dmsetup remove mirror
-run cryptsetup close limit
+for region_mib in 1 2 4 8 16; do
+  plain_crypt; sync; echo 3 > /proc/sys/vm/drop_caches
+  t0=$(now)
+  run dmsetup create mirror --table "0 $sectors mirror core 1 $((region_mib * 2048)) 2 $(majmin /dev/vda) 0 $(majmin /dev/mapper/limit) 0"
+  wait_for synced 900 || die "the mirror never got in sync: $(dmsetup status mirror)"
+  best_of t_mir "${region_mib} MiB regions" "$(el $t0 $(now))"
+  run dmsetup remove mirror
+  run cryptsetup close limit
+done
 
-echo "=== 3. cryptsetup reencrypt --encrypt offline on vdb"
+echo "=== 3. cryptsetup reencrypt --encrypt offline on vdb, kernel crypto"
+# libcryptsetup encrypts through the kernel's AF_ALG when it can (else its own library or a
+# temporary dm-crypt device): algif_skcipher's reference count says whether it did.
+modprobe algif_skcipher 2>/dev/null || true
+[ -e /sys/module/algif_skcipher ] || die "no algif_skcipher: cryptsetup would run without the kernel's crypto"
+( peak=0; while [ ! -e /tmp/cs.done ]; do
+    n=$(cat /sys/module/algif_skcipher/refcnt); [ "$n" -gt "$peak" ] && peak=$n && echo $peak > /tmp/cs.afalg
+    sleep 0.2; done ) &
 t0=$(now)
-cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M $cheap --key-file /tmp/key -q --batch-mode /dev/vdb \
-  || die "cryptsetup reencrypt failed"
-t1=$(now); t_cs=$(el $t0 $t1)
+cryptsetup --debug reencrypt --encrypt --type luks2 --reduce-device-size 32M $cheap --key-file /tmp/key -q --batch-mode /dev/vdb \
+  > /tmp/cs.log 2>&1 || { tail -20 /tmp/cs.log; die "cryptsetup reencrypt failed"; }
+t_cs=$(el $t0 $(now))
+touch /tmp/cs.done; wait
+grep -q "Using temporary dmcrypt" /tmp/cs.log && die "cryptsetup fell back to a temporary dm-crypt device"
+afalg=$(cat /tmp/cs.afalg 2>/dev/null || echo 0)
+[ "$afalg" -gt 0 ] || die "cryptsetup did not use the kernel's AF_ALG crypto (algif_skcipher never in use)"
+t_cs_set="$(cryptsetup --version | cut -d' ' -f2), AF_ALG in use"
+echo "  $t_cs_set: $t_cs s ($(rate $t_cs) MiB/s)"
 
 room=32   # MiB left after the PV: --reduce-device-size
-lv_setup() {
-  PVOPTS="--setphysicalvolumesize $((size / 1048576 - room))M" mkvg vg /dev/vda
+lv_setup() {   # [DEV]
+  local dev=${1:-/dev/vda} s; s=$(blockdev --getsize64 ${1:-/dev/vda})
+  PVOPTS="--setphysicalvolumesize $((s / 1048576 - room))M" mkvg vg $dev
   mklv a -l 50%FREE vg
   mklv fs -l 100%FREE vg
   run mkfs.ext4 -q -E nodiscard,lazy_itable_init=1 /dev/mapper/vg-fs
   mkdir -p /mnt/fs; run mount /dev/mapper/vg-fs /mnt/fs
 }
-pve() {   # LOG [ARG...]: pvencrypt -v on vda, its peak RSS measured; seconds in $T, start (uptime) in $T0
-  local log=$1; shift
+pve() {   # LOG DEV [ARG...]: pvencrypt -v, traced, its peak RSS measured; seconds in $T, start (uptime) in $T0
+  local log=$1 dev=$2; shift 2
   sync
   t0=$(now); T0=$t0
-  pvwriter maxrss pvencrypt --key-file /tmp/key $cheap -y -v "$@" /dev/vda > "$log" 2>&1 || { cat "$log"; die "pvencrypt failed"; }
-  t1=$(now); T=$(el $t0 $t1)
+  PVENCRYPT_TRACE=1 pvwriter maxrss pvencrypt --key-file /tmp/key $cheap -y -v "$@" $dev > "$log" 2>&1 ||
+    { cat "$log"; die "pvencrypt failed"; }
+  T=$(el $t0 $(now))
   grep -E 'switched|encrypted|maxrss' "$log"
 }
-teardown() {
-  umount /mnt/fs; run vgchange -q -an vg; run cryptsetup close vda_crypt
-  dd if=/dev/zero of=/dev/vda bs=1M count=32 oflag=direct 2>/dev/null   # drop the LUKS2 header
+teardown() {   # [DEV]
+  local dev=${1:-/dev/vda}
+  umount /mnt/fs; run vgchange -q -an vg; run cryptsetup close ${dev#/dev/}_crypt
+  dd if=/dev/zero of=$dev bs=1M count=32 oflag=direct 2>/dev/null   # drop the LUKS2 header
 }
 
 freeze_of() { sed -n 's/.*switched under a freeze of \([0-9.]*\) ms.*/\1/p' "$1"; }
 rate_of() { sed -n 's/.*encrypted .* (\([0-9.]*\) MiB\/s).*/\1/p' "$1"; }
+trace_ms() { sed -n "s/^pvencrypt: trace: $2 +\([0-9.]*\)ms.*/\1/p" "$1" | head -1; }
+commits_of() { grep -c "mover: [0-9]* in sync" "$1"; }
+rss_of() { echo $(( $(sed -n 's/^maxrss_kb=//p' "$1") / 1024 )); }
 
 echo "=== 4. pvencrypt, live VG, no load"
 lv_setup
-pve /tmp/p3.log; t_p=$T
-freeze3=$(freeze_of /tmp/p3.log)
-rss3=$(sed -n 's/^maxrss_kb=//p' /tmp/p3.log)
+pve /tmp/p4.log /dev/vda; t_p=$T
 teardown
+first=$(trace_ms /tmp/p4.log 'mover: copying') pass=$(trace_ms /tmp/p4.log passphrase)
+tail_at=$(trace_ms /tmp/p4.log 'vg unchanged')
 
-# with_writer LOG [ARG...]: pvencrypt ARGS under the writer, whose records are verified;
-# its longest stall and when it began in $stall (us) and $stall_at (ms of uptime).
-with_writer() {
+with_writer() {   # LOG [ARG...]: pvencrypt under the writer, whose records are verified
   local log=$1; shift
   fill /dev/vda
   lv_setup
   writer_start /mnt/fs/log
   wait_for '[ "$(writer_acked)" -ge 50 ]' 60 || die "writer too slow"
-  pve "$log" "$@"
+  pve "$log" /dev/vda "$@"
   writer_stop
   stall=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
   stall_at=$(sed -n 's/.*maxstall_at_ms=\([0-9]*\).*/\1/p' /tmp/ack)
@@ -108,58 +139,58 @@ sleep 30
 writer_stop
 noise=$(sed -n 's/.*maxstall_us=\([0-9]*\).*/\1/p' /tmp/ack)
 umount /mnt/fs; run vgchange -q -an vg
-export PVENCRYPT_TRACE=1   # its step timestamps place the stall; cheap without =debug
-with_writer /tmp/p4.log
-unset PVENCRYPT_TRACE
-t_w=$T start4=$T0 stall4=$stall stall_at4=$stall_at
-grep -E "trace: memory at" /tmp/p4.log   # where the memory goes, step by step
-trace_ms() { sed -n "s/^pvencrypt: trace: $1 +\([0-9]*\).*/\1/p" /tmp/p4.log | head -1; }
-freeze4=$(freeze_of /tmp/p4.log)
-rss4=$(sed -n 's/^maxrss_kb=//p' /tmp/p4.log)
+with_writer /tmp/p5.log
+t_w=$T start5=$T0 stall5=$stall stall_at5=$stall_at
 
-# sweep_row LABEL LOG SECONDS: one row of the tuning table (no load).
-sweep_row() {
-  local mib=$((size / 1048576 - room))
-  echo "$mib $3 $(rate_of "$2") $(rate $t_dd) $(rate $t_mir) $(rate $t_cs)" | awk -v s="$1" '{
-    r = $1 / $2
-    printf "%-30s %8.2f s %8.1f MiB/s %6.2f %6.2f %6.2f %9.1f MiB/s\n", s, $2, r, r / $4, r / $5, r / $6, $3 }'
-}
-echo "=== 7. the mover's chunk and region sizes, no load"
+echo "=== 7. the mover's tunings, no load"
 sweep=""
-for tune in chunk=2M,region=512K chunk=4M,region=1M chunk=8M,region=2M chunk=16M,region=4M chunk=8M,region=2M,shift=32M; do
-  room=32
-  case $tune in *shift=32M) room=64;; esac
+for tune in ${BENCH_TUNINGS:-chunk=4M,region=4M chunk=8M,region=2M chunk=8M,region=8M}; do
   fill /dev/vda
   lv_setup
-  PVENCRYPT_MOVER=$tune pve /tmp/p7.log --reduce-device-size ${room}M
+  PVENCRYPT_MOVER=$tune pve /tmp/p7.log /dev/vda
   teardown
   sweep="$sweep
-$(sweep_row "$tune" /tmp/p7.log $T)"
+$(printf '%-28s %8s s %8s MiB/s %6s %6s %6s %8s MiB/s %5s' "$tune" $T $(rate $T) $(ratio $(rate $T) $(rate $t_dd)) \
+    $(ratio $(rate $T) $(rate $t_mir)) $(ratio $(rate $T) $(rate $t_cs)) $(rate_of /tmp/p7.log) $(commits_of /tmp/p7.log))"
 done
-room=32
 
-row() {   # NAME SECONDS
+echo "=== 8. pvencrypt on an 8 GiB disk"
+fill /dev/vdc
+big_mib=$(( $(blockdev --getsize64 /dev/vdc) / 1048576 - 32 ))
+lv_setup /dev/vdc
+pve /tmp/p8.log /dev/vdc; t_big=$T
+teardown /dev/vdc
+
+row() {   # NAME SECONDS SETTING
   local r; r=$(rate "$2")
-  printf '%-44s %8s s %8s MiB/s %6s %6s %6s\n' "$1" "$2" "$r" \
-    "$(echo "$r $(rate $t_dd)" | awk '{printf "%.2f", $1 / $2}')" "$(echo "$r $(rate $t_mir)" | awk '{printf "%.2f", $1 / $2}')" \
-    "$(echo "$r $(rate $t_cs)" | awk '{printf "%.2f", $1 / $2}')"
+  printf '%-40s %8s s %8s MiB/s %6s %6s %6s   %s\n' "$1" "$2" "$r" \
+    "$(ratio $r $(rate $t_dd))" "$(ratio $r $(rate $t_mir))" "$(ratio $r $(rate $t_cs))" "$3"
 }
+per_gib() { echo "$1 $2" | awk '{printf "%.1f", $1 * 1024 / $2}'; }
+{
 echo
-echo "BENCH: $data_mib MiB each; kernel $(uname -r), $(nproc) vCPUs, TCG"
-echo "BENCH: $(printf '%-44s %10s %14s %6s %6s %6s' step time rate 'vs 1' 'vs 2' 'vs 3')"
-row "1. dd through dm-crypt (limit)" $t_dd | sed 's/^/BENCH: /'
-row "2. one kernel mirror into dm-crypt (ceiling)" $t_mir | sed 's/^/BENCH: /'
-row "3. cryptsetup reencrypt --encrypt, offline" $t_cs | sed 's/^/BENCH: /'
-row "4. pvencrypt, live VG, no load" $t_p | sed 's/^/BENCH: /'
-row "5. pvencrypt, live VG, writer running" $t_w | sed 's/^/BENCH: /'
-echo "BENCH: pvencrypt's data phase alone: $(rate_of /tmp/p3.log) MiB/s without load, $(rate_of /tmp/p4.log) MiB/s with the writer"
-echo "BENCH: freeze: ${freeze3} ms without load, ${freeze4} ms with the writer"
-echo "BENCH: writer's longest stall: $((stall4 / 1000)) ms ($(echo "$stall4 $freeze4" | awk '{printf "%.2f", $1 / 1000 / $2}')x the freeze)," \
-  "began $(echo "$stall_at4 $start4" | awk '{printf "%.2f", $1 / 1000 - $2}') s into the run;" \
-  "the freeze ran from $(trace_ms locked) to $(trace_ms resumed) ms, the data phase until $(trace_ms 'memory at encrypted:[^+]*') ms"
-echo "BENCH: the same writer alone, 30 s: longest stall $((noise / 1000)) ms"
-echo "BENCH: pvencrypt peak RSS: $((rss3 / 1024)) MiB without load, $((rss4 / 1024)) MiB with the writer"
-echo "BENCH: the mover's tuning, no load (PVENCRYPT_MOVER; shift=32M: --reduce-device-size 64M):"
-echo "BENCH: $(printf '%-30s %10s %14s %6s %6s %6s %15s' tuning time rate 'vs 1' 'vs 2' 'vs 3' 'data phase')"
-echo "$sweep" | sed '/^$/d; s/^/BENCH: /'
+echo "$data_mib MiB each (steps 1-7); kernel $(uname -r), $(nproc) vCPUs, TCG"
+printf '%-40s %10s %14s %6s %6s %6s   %s\n' step time rate 'vs 1' 'vs 2' 'vs 3' setting
+row "1. dd through dm-crypt (the limit)" $t_dd "$t_dd_set, the best of 4 and 16 MiB"
+row "2. one kernel mirror into dm-crypt" $t_mir "$t_mir_set, the best of 1-16 MiB"
+row "3. cryptsetup reencrypt --encrypt" $t_cs "$t_cs_set"
+row "4. pvencrypt, live VG, no load" $t_p "whole command"
+row "5. pvencrypt, live VG, writer running" $t_w "whole command"
+p4=$(rate_of /tmp/p4.log)
+echo "pvencrypt's data phase: $p4 MiB/s without load ($(ratio $p4 $(rate $t_dd)) x the limit), $(rate_of /tmp/p5.log) MiB/s with the writer"
+echo "first byte: the kernel mover copies $(echo "$first $pass" | awk '{printf "%.2f", ($1 - $2) / 1000}') s after the passphrase" \
+  "(the first write, libcryptsetup's copy of the first segment to the tail, after $(echo "$tail_at $pass" | awk '{printf "%.2f", ($1 - $2) / 1000}') s)"
+f4=$(freeze_of /tmp/p4.log) f5=$(freeze_of /tmp/p5.log)
+echo "freeze: $f4 ms without load, $f5 ms with the writer"
+echo "writer's longest stall: $((stall5 / 1000)) ms ($(echo "$stall5 $f5" | awk '{printf "%.2f", $1 / 1000 / $2}')x the freeze)," \
+  "began $(echo "$stall_at5 $start5" | awk '{printf "%.2f", $1 / 1000 - $2}') s into the run; the same writer alone, 30 s: $((noise / 1000)) ms"
+echo "pvencrypt peak RSS: $(rss_of /tmp/p4.log) MiB without load, $(rss_of /tmp/p5.log) MiB with the writer, $(rss_of /tmp/p8.log) MiB on 8 GiB"
+echo "commits: $(commits_of /tmp/p4.log) for $data_mib MiB ($(per_gib $(commits_of /tmp/p4.log) $data_mib) per GiB, each two header copies: $(per_gib $((2 * $(commits_of /tmp/p4.log))) $data_mib) header writes per GiB)"
+pb=$(rate_of /tmp/p8.log)
+echo "scale: $big_mib MiB in $t_big s, $(rate $t_big $big_mib) MiB/s whole, data phase $pb MiB/s ($(ratio $pb $p4) x the 1 GiB rate);" \
+  "$(commits_of /tmp/p8.log) commits ($(per_gib $(commits_of /tmp/p8.log) $big_mib) per GiB)"
+echo "the mover's tunings, no load (PVENCRYPT_MOVER):"
+printf '%-28s %10s %14s %6s %6s %6s %14s %5s\n' tuning time rate 'vs 1' 'vs 2' 'vs 3' 'data phase' commits
+echo "$sweep" | sed '/^$/d'
+} | sed 's/^/BENCH: /'
 result

@@ -86,8 +86,7 @@ boot_unlocking() {
   debugfs -R "dump /initrd.img-$kv $run/initrd.img" "$run/vdb.img" 2>/dev/null
   mkfifo "$run/console"; exec 7<> "$run/console"
   VM_INITRD=$run/initrd.img VM_APPEND="$debian" _vm_cmd "$2" "$run"/vd{a,b}.img
-  "${VM_CMD[@]}" < "$run/console" > "$log" 2>&1 &
-  VM_PID=$!
+  vm_start_root "$log" "$run/console"
   vm_wait_for "$log" 'Please unlock disk vda_crypt' 300 && printf 'secret-passphrase\n' >&7
   vm_wait 900
   exec 7>&-

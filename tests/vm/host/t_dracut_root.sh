@@ -54,8 +54,7 @@ log=$logs/$name.boot4.log t=$SECONDS
 rm -f "$run/initrd.img"; debugfs -R "dump /initrd.img-$kv $run/initrd.img" "$run/vdb.img" 2>/dev/null
 vm_swtpm "$run/tpm" || exit 1
 VM_INITRD=$run/initrd.img VM_APPEND="$debian pvtpm2=1" _vm_cmd dracut_tpm2_booted "$run"/vd{a,b}.img
-"${VM_CMD[@]}" < /dev/null > "$log" 2>&1 &
-VM_PID=$!
+vm_start_root "$log" /dev/null
 if vm_wait_for "$log" "$prompt|VM-EXIT|still waiting for following initqueue hooks|Could not boot" 600 &&
    grep -aqE "$prompt" "$log"; then
   sleep 5; vm_kill
