@@ -187,10 +187,12 @@ pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Mark
             Some(&mut params),
         )
         .or_fail(|| format!("Cannot format LUKS2 with cipher {}-{}", fmt.cipher, fmt.cipher_mode))?;
+    crate::fault::trace("formatted");
     let user_slot = cd
         .keyslot_handle()
         .add_by_key(None, None, passphrase.bytes(), CryptVolumeKey::empty())
         .or_fail(|| "Cannot add the passphrase keyslot".into())?;
+    crate::fault::trace("passphrase keyslot");
     let temp_key = Passphrase::random(32)?;
     cd.settings_handle().set_pbkdf_type(&temp_pbkdf()).or_fail(|| "Cannot set the PBKDF".into())?;
     let temp_slot = cd

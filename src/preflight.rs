@@ -456,7 +456,8 @@ pub fn describe(opts: &Options, t: &Target) -> String {
 
 /// Between preflight and the switch came the prompt and the PBKDF: under the VG lock,
 /// the VG (its metadata sequence number: any change of a PV's size or extents, any LV
-/// or pvmove bumps it), the PV and the device must be what preflight planned with.
+/// or pvmove bumps it: a pvmove commits its LV before it moves a byte), the PV and the
+/// device must be what preflight planned with.
 /// Read with `--readonly`, which grants LVM's read lock without taking it: we hold it.
 /// (`--nolocking` does not work in process: LVM 2.03.16 keeps the file locking a former
 /// command set up in a static, lib/locking/locking.c `_locking`, and only skips setting
@@ -471,14 +472,8 @@ pub fn unchanged_since_preflight(t: &Target) -> Result<()> {
         Some(planned) => {
             let name = &planned.vg_name;
             let vg = lvm::vg_with(name, &["--readonly"]).or_fail(|| format!("Cannot read volume group {name}"))?;
-            let segs = lvm::lvs_with(name, &["--readonly"]).or_fail(|| format!("Cannot list the LVs of {name}"))?;
-            let changed = if vg.vg_seqno != planned.vg_seqno {
-                Some(format!("its metadata changed (seqno {} → {})", planned.vg_seqno, vg.vg_seqno))
-            } else if segs.iter().any(|s| s.is_pvmove() || s.is_locked()) {
-                Some("a pvmove started".into())
-            } else {
-                None
-            };
+            let changed = (vg.vg_seqno != planned.vg_seqno)
+                .then(|| format!("its metadata changed (seqno {} → {})", planned.vg_seqno, vg.vg_seqno));
             (format!("volume group {name}"), changed)
         }
         None => ("the orphan PV".to_string(), None),

@@ -50,14 +50,11 @@ mod remover;
 use remover::{remove_patiently, Remover};
 
 /// Chunk and region sizes (PVENCRYPT_MOVER=chunk=4M,region=1M overrides them, for the
-/// benchmark); as many chunks are in flight as fit in the data shift. `subjob`: kcopyd's
-/// piece size for our mirrors (dm_mod's kcopyd_subjob_size_kb, read when a mirror is loaded;
-/// None leaves the system's), for the benchmark only.
+/// benchmark); as many chunks are in flight as fit in the data shift.
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning {
     pub chunk: Bytes,
     pub region: Bytes,
-    pub subjob: Option<Bytes>,
 }
 
 impl Tuning {
@@ -65,13 +62,12 @@ impl Tuning {
         // Measured by tests/vm/guest/benchmark.sh: each chunk costs a dm-crypt and a mirror
         // set up and torn down, and NAME's reload (tens of ms under TCG), so two large chunks
         // in flight beat four small ones; 2 MiB regions keep kcopyd busy.
-        let mut t = Tuning { chunk: Bytes((shift.0 / 2).max(1 << 20)), region: Bytes(2 << 20), subjob: None };
+        let mut t = Tuning { chunk: Bytes((shift.0 / 2).max(1 << 20)), region: Bytes(2 << 20) };
         for kv in std::env::var("PVENCRYPT_MOVER").unwrap_or_default().split(',') {
             let parse = |v: &str| crate::units::parse_size(v).ok().map(Bytes);
             match kv.split_once('=') {
                 Some(("chunk", v)) => t.chunk = parse(v).unwrap_or(t.chunk),
                 Some(("region", v)) => t.region = parse(v).unwrap_or(t.region),
-                Some(("subjob", v)) => t.subjob = parse(v),
                 _ => {}
             }
         }
@@ -108,27 +104,6 @@ fn probe(dm: &Dm) -> std::result::Result<(), String> {
         dm.remove(&probe(n));
     }
     r.map(|_| ()).map_err(|e| e.to_string())
-}
-
-/// dm_mod's kcopyd piece size, set while a mirror is loaded and put back after.
-struct SubjobSize(Option<String>);
-
-const SUBJOB_PARAM: &str = "/sys/module/dm_mod/parameters/kcopyd_subjob_size_kb";
-
-impl SubjobSize {
-    fn set(size: Bytes) -> SubjobSize {
-        let old = std::fs::read_to_string(SUBJOB_PARAM).ok();
-        let _ = std::fs::write(SUBJOB_PARAM, (size.0 >> 10).to_string());
-        SubjobSize(old)
-    }
-}
-
-impl Drop for SubjobSize {
-    fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            let _ = std::fs::write(SUBJOB_PARAM, old.trim());
-        }
-    }
 }
 
 struct Chunk {
@@ -289,10 +264,10 @@ impl<'a> Mover<'a> {
         let linear = Target::of(Sectors(0), sectors, &plain);
         let made = self.dm.resume(&crypt).and_then(|_| {
             let dev = self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[linear])?;
-            let loaded = self.dm.resume(&mirror).and_then(|_| {
-                let _subjob = self.tuning.subjob.map(SubjobSize::set);
-                self.dm.load_verified(&mirror, &[Target::of(Sectors(0), sectors, &mirrored)])
-            });
+            let loaded = self
+                .dm
+                .resume(&mirror)
+                .and_then(|_| self.dm.load_verified(&mirror, &[Target::of(Sectors(0), sectors, &mirrored)]));
             if let Err(e) = loaded {
                 self.dm.remove(&mirror);
                 return Err(e);

@@ -10,7 +10,7 @@
 #   5. pvencrypt under a writer (fdatasync per record): its longest stall beside the freeze,
 #      and beside the same writer's longest stall with nothing running (TCG's noise floor)
 #   6. pvencrypt's peak RSS (PBKDF2 with 1000 iterations: no PBKDF memory)
-#   7. the mover's tunings (PVENCRYPT_MOVER), no load
+#   7. the mover's tunings (PVENCRYPT_MOVER): the rate without load, the writer's stall with it
 #   8. scale: pvencrypt on an 8 GiB disk, its rate beside step 4's, RSS, commits and
 #      header writes per GiB
 # Steps 1-7 convert or copy the same byte count, the device minus 32 MiB.
@@ -142,16 +142,20 @@ umount /mnt/fs; run vgchange -q -an vg
 with_writer /tmp/p5.log
 t_w=$T start5=$T0 stall5=$stall stall_at5=$stall_at
 
-echo "=== 7. the mover's tunings, no load"
+echo "=== 7. the mover's tunings"
 sweep=""
-for tune in ${BENCH_TUNINGS:-chunk=4M,region=4M chunk=8M,region=2M chunk=8M,region=8M}; do
+for tune in ${BENCH_TUNINGS:-chunk=8M,region=2M chunk=4M,region=2M chunk=8M,region=4M chunk=8M,region=8M}; do
   fill /dev/vda
   lv_setup
   PVENCRYPT_MOVER=$tune pve /tmp/p7.log /dev/vda
   teardown
+  export PVENCRYPT_MOVER=$tune
+  with_writer /tmp/p7w.log
+  unset PVENCRYPT_MOVER
   sweep="$sweep
-$(printf '%-28s %8s s %8s MiB/s %6s %6s %6s %8s MiB/s %5s' "$tune" $T $(rate $T) $(ratio $(rate $T) $(rate $t_dd)) \
-    $(ratio $(rate $T) $(rate $t_mir)) $(ratio $(rate $T) $(rate $t_cs)) $(rate_of /tmp/p7.log) $(commits_of /tmp/p7.log))"
+$(printf '%-28s %8s s %8s MiB/s %6s %6s %6s %8s MiB/s %5s %6s ms %5s' "$tune" $T $(rate $T) $(ratio $(rate $T) $(rate $t_dd)) \
+    $(ratio $(rate $T) $(rate $t_mir)) $(ratio $(rate $T) $(rate $t_cs)) $(rate_of /tmp/p7.log) $(commits_of /tmp/p7.log) \
+    $((stall / 1000)) $(echo "$stall $(freeze_of /tmp/p7w.log)" | awk '{printf "%.2f", $1 / 1000 / $2}'))"
 done
 
 echo "=== 8. pvencrypt on an 8 GiB disk"
@@ -189,8 +193,8 @@ echo "commits: $(commits_of /tmp/p4.log) for $data_mib MiB ($(per_gib $(commits_
 pb=$(rate_of /tmp/p8.log)
 echo "scale: $big_mib MiB in $t_big s, $(rate $t_big $big_mib) MiB/s whole, data phase $pb MiB/s ($(ratio $pb $p4) x the 1 GiB rate);" \
   "$(commits_of /tmp/p8.log) commits ($(per_gib $(commits_of /tmp/p8.log) $big_mib) per GiB)"
-echo "the mover's tunings, no load (PVENCRYPT_MOVER):"
-printf '%-28s %10s %14s %6s %6s %6s %14s %5s\n' tuning time rate 'vs 1' 'vs 2' 'vs 3' 'data phase' commits
+echo "the mover's tunings (PVENCRYPT_MOVER): no load, then the writer's longest stall and its ratio to that run's freeze:"
+printf '%-28s %10s %14s %6s %6s %6s %14s %5s %9s %5s\n' tuning time rate 'vs 1' 'vs 2' 'vs 3' 'data phase' commits stall 'x frz' 
 echo "$sweep" | sed '/^$/d'
 } | sed 's/^/BENCH: /'
 result
