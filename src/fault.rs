@@ -48,7 +48,7 @@ static TRACE: OnceLock<Option<String>> = OnceLock::new();
 
 /// PVENCRYPT_TRACE=1 prints every step as it happens, even inside the freeze (unsafe
 /// when stderr is on a filesystem of the PV), so only a test build reads it; =debug adds
-/// libcryptsetup's debug messages.
+/// libcryptsetup's debug messages, =memory the largest mappings at each memory point.
 pub fn tracing() -> bool {
     TRACE.get_or_init(|| if cfg!(feature = "fault-injection") { std::env::var("PVENCRYPT_TRACE").ok() } else { None }).is_some()
 }
@@ -145,7 +145,8 @@ pub fn point(step: &str) {
 }
 
 /// Under PVENCRYPT_TRACE: the process's peak and current resident memory, for the
-/// benchmark's memory figure to be explained.
+/// benchmark's memory figure to be explained; with =memory, the mappings that hold it
+/// (reading them costs megabytes of heap, which the peak then counts).
 pub fn memory(at: &str) {
     if tracing() {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -158,6 +159,9 @@ pub fn memory(at: &str) {
             free,
             mmapped
         ));
+        if TRACE.get().is_none_or(|t| t.as_deref() != Some("memory")) {
+            return;
+        }
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
         let (mut maps, mut name) = (Vec::new(), String::new());
         for l in smaps.lines() {

@@ -19,9 +19,11 @@
 //! does (`reencrypt_teardown_ok`): the reencrypt keyslot, its digest, the backup
 //! segments and the requirement flag go.
 
-use std::{fs::File, os::unix::fs::FileExt};
-
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    os::unix::fs::FileExt,
+};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -30,7 +32,7 @@ use crate::{
     direct::Aligned,
     error::{fail, Context, Error, Kind, Result},
     metadata::{Id, Keyslot, Metadata, Segment, Size},
-    units::Bytes,
+    units::{Bytes, Sectors},
 };
 
 const BIN_LEN: usize = 4096;
@@ -183,8 +185,8 @@ pub struct Layout {
     pub moved_offset: Bytes,
     /// Where logical 0 lies once encrypted (the final segment's offset).
     pub data_offset: Bytes,
-    /// The final segment's IV offset, in 512-byte sectors.
-    pub iv_tweak: u64,
+    /// The final segment's IV offset.
+    pub iv_tweak: Sectors,
     pub encryption: String,
     pub sector_size: u32,
     /// Logical [boundary, total) is encrypted; below it is plaintext.
@@ -200,7 +202,7 @@ impl Layout {
         let crypt_of = |s: &Segment, what: &str| {
             let cipher = s.encryption.clone().ok_or_else(|| bad(&format!("{what} segment encryption")))?;
             let sector_size = s.sector_size.ok_or_else(|| bad(&format!("{what} segment sector_size")))?;
-            let iv_tweak = s.iv_tweak.ok_or_else(|| bad(&format!("{what} segment iv_tweak")))?.0;
+            let iv_tweak = s.iv_tweak.ok_or_else(|| bad(&format!("{what} segment iv_tweak")))?;
             Ok::<_, Error>((cipher, sector_size, iv_tweak))
         };
         let Some((_, fin)) = m.flagged("backup-final") else {
@@ -251,7 +253,7 @@ impl Layout {
                     }
                 }
                 "crypt" if crypt.is_none() => {
-                    if s.offset != l.data_offset + at || s.iv_tweak != Some(Bytes(l.iv_tweak + at.sectors().0)) {
+                    if s.offset != l.data_offset + at || s.iv_tweak != Some(l.iv_tweak + at.sectors()) {
                         return Err(bad("encrypted segment not where the shift puts it"));
                     }
                     crypt = Some(at);
@@ -294,7 +296,7 @@ pub fn at_boundary(m: &Metadata, l: &Layout, b: Bytes) -> Result<Metadata> {
         live.push(Segment {
             offset: l.data_offset + b,
             size: Size::Fixed(l.total - b),
-            iv_tweak: Some(Bytes(l.iv_tweak + b.sectors().0)),
+            iv_tweak: Some(l.iv_tweak + b.sectors()),
             flags: None,
             ..fin.clone()
         });
@@ -480,7 +482,7 @@ mod tests {
         assert_eq!(l.moved_offset, Bytes(251658240));
         assert_eq!(l.data_offset, Bytes(16 << 20));
         assert_eq!(l.boundary, Bytes(64 << 20));
-        assert_eq!((l.sector_size, l.iv_tweak), (512, 0));
+        assert_eq!((l.sector_size, l.iv_tweak), (512, Sectors(0)));
     }
 
     #[test]

@@ -380,7 +380,7 @@ unsafe extern "C" fn progress_cb(size: u64, offset: u64, usrptr: *mut c_void) ->
 pub fn run(cd: &mut CryptDevice, name: &str, slot: Option<u32>, key: &Passphrase, progress: &mut Progress) -> Result<bool> {
     // libcryptsetup checks the resilience parameters even on resume; datashift's must
     // repeat the recorded shift.
-    let shift = metadata(cd)?.reencrypt_shift().map(Bytes::sectors).unwrap_or_default();
+    let shift = metadata(cd)?.reencrypt_shift().and_then(Bytes::whole_sectors).unwrap_or_default();
     cd.reencrypt_handle()
         .reencrypt_init_by_passphrase(
             Some(name),

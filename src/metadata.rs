@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::units::Bytes;
+use crate::units::{Bytes, Sectors};
 
 /// A keyslot, token, segment or digest id: a decimal string in the JSON, ordered as a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,30 +36,54 @@ impl<'de> Deserialize<'de> for Id {
     }
 }
 
-/// `Bytes` as LUKS2 writes them: a decimal string.
+/// A count with its unit as LUKS2 writes it: a decimal string.
 mod text {
     use super::*;
+    use crate::units::Sectors;
 
-    pub fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&b.0)
+    pub trait Count: Copy {
+        fn new(n: u64) -> Self;
+        fn get(self) -> u64;
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+    impl Count for Bytes {
+        fn new(n: u64) -> Self {
+            Bytes(n)
+        }
+        fn get(self) -> u64 {
+            self.0
+        }
+    }
+
+    impl Count for Sectors {
+        fn new(n: u64) -> Self {
+            Sectors(n)
+        }
+        fn get(self) -> u64 {
+            self.0
+        }
+    }
+
+    pub fn serialize<C: Count, S: Serializer>(c: &C, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&c.get())
+    }
+
+    pub fn deserialize<'de, C: Count, D: Deserializer<'de>>(d: D) -> Result<C, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map(Bytes).map_err(|_| serde::de::Error::custom(format!("not a number: {s:?}")))
+        s.parse().map(C::new).map_err(|_| serde::de::Error::custom(format!("not a number: {s:?}")))
     }
 
     pub mod opt {
         use super::*;
 
-        pub fn serialize<S: Serializer>(b: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
-            match b {
-                Some(b) => super::serialize(b, s),
+        pub fn serialize<C: Count, S: Serializer>(c: &Option<C>, s: S) -> Result<S::Ok, S::Error> {
+            match c {
+                Some(c) => super::serialize(c, s),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error> {
+        pub fn deserialize<'de, C: Count, D: Deserializer<'de>>(d: D) -> Result<Option<C>, D::Error> {
             super::deserialize(d).map(Some)
         }
     }
@@ -151,9 +175,9 @@ pub struct Segment {
     #[serde(with = "text")]
     pub offset: Bytes,
     pub size: Size,
-    /// In 512-byte sectors, as a decimal string.
+    /// The IV of the segment's first sector, in 512-byte sectors.
     #[serde(default, with = "text::opt", skip_serializing_if = "Option::is_none")]
-    pub iv_tweak: Option<Bytes>,
+    pub iv_tweak: Option<Sectors>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -280,7 +304,8 @@ impl Metadata {
         Some(Bytes(2 * (self.config.json_size?.0 + BIN_LEN)))
     }
 
-    /// Keyslot areas as (offset, size), in offset order.
+    /// Keyslot areas as (offset, size), in offset order; None if one is not known (no
+    /// extent or wipe may then be guessed).
     fn keyslot_areas(&self) -> Option<Vec<(Bytes, Bytes)>> {
         let mut used: Vec<(Bytes, Bytes)> =
             self.keyslots.values().map(|k| k.area.as_ref().and_then(|a| Some((a.offset?, a.size?)))).collect::<Option<_>>()?;

@@ -205,7 +205,7 @@ impl<'a> Mover<'a> {
         let crypt = Crypt {
             cipher: &l.encryption,
             key: &self.key_ref,
-            iv_offset: Sectors(l.iv_tweak) + start.sectors(),
+            iv_offset: l.iv_tweak + start.sectors(),
             dev: self.raw,
             offset: (l.data_offset + start).sectors(),
             sector_size: l.sector_size,

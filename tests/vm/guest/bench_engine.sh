@@ -1,0 +1,47 @@
+# What bounds a kernel copy into dm-crypt (issue 23; not a pass/fail test), 1 GiB disks, in one
+# VM: dd through a plain dm-crypt mapping (512- and 4096-byte sectors, 1-16 MiB blocks); one
+# dm mirror of the whole disk into it by region size and kcopyd sub-job size
+# (dm_mod.kcopyd_subjob_size_kb); 2-8 mirrors side by side over slices of the disk (the
+# aggregate); a 4096-byte-sector target; dm-crypt's submit_from_crypt_cpus.
+# Run: tests/vm/run.sh bench_engine; then: grep RES vm-work/logs/bench_engine.log
+# disks: 1056M 1056M
+# timeout: 2400
+. /tests/lib.sh
+dd if=/dev/urandom of=/tmp/chunk bs=1M count=16 2>/dev/null
+fill() { while cat /tmp/chunk; do :; done 2>/dev/null | dd of="$1" bs=16M iflag=fullblock oflag=direct 2>/dev/null; }
+fill /dev/vda
+mib=1024; sectors=$((mib * 2048))
+el() { echo "$2 $1" | awk '{printf "%.2f", $1 - $2}'; }
+rate() { echo "$mib $1" | awk '{printf "%.1f", $1 / $2}'; }
+cat /sys/block/vda/queue/max_sectors_kb /sys/block/vda/queue/max_hw_sectors_kb /sys/block/vda/queue/max_segments | tr '\n' ' '; echo "(vda max_sectors_kb max_hw max_segments)"
+openc() { run cryptsetup open --type plain --cipher aes-xts-plain64 --key-size 512 --key-file /dev/urandom --keyfile-size 64 $1 /dev/vdb limit; }
+for ss in 512 4096; do for bs in 1 4 16; do
+  o=""; [ $ss = 4096 ] && o="--sector-size 4096"
+  openc "$o"; sync; echo 3 > /proc/sys/vm/drop_caches
+  t0=$(now); dd if=/dev/vda of=/dev/mapper/limit bs=${bs}M count=$((mib / bs)) iflag=direct oflag=direct 2>/dev/null; t1=$(now)
+  echo "RES dd sector=$ss bs=$bs: $(rate $(el $t0 $t1)) MiB/s"
+  run cryptsetup close limit
+done; done
+synced() { dmsetup status $1 | awk '{split($7, s, "/"); exit !(s[1] == s[2] && $9 == "AA")}'; }
+mirror() {  # LABEL REGION_KIB SUBJOB_KIB NMIRRORS [crypt opts]
+  local label=$1 r=$2 sj=$3 n=$4; shift 4
+  echo $sj > /sys/module/dm_mod/parameters/kcopyd_subjob_size_kb
+  openc "$*"; sync; echo 3 > /proc/sys/vm/drop_caches
+  local per=$((sectors / n)) i
+  t0=$(now)
+  for i in $(seq 0 $((n - 1))); do
+    dmsetup create m$i --table "0 $per mirror core 1 $((r * 2)) 2 $(majmin /dev/vda) $((i * per)) $(majmin /dev/mapper/limit) $((i * per)) 1 handle_errors" || die "mirror"
+  done
+  for i in $(seq 0 $((n - 1))); do wait_for "synced m$i" 900 || die "m$i never synced"; done
+  t1=$(now)
+  echo "RES mirror $label region=${r}K subjob=${sj}K x$n: $(rate $(el $t0 $t1)) MiB/s"
+  for i in $(seq 0 $((n - 1))); do dmsetup remove m$i; done
+  run cryptsetup close limit
+}
+for r in 1024 2048 4096 8192 16384; do mirror whole $r 512 1; done
+for r in 4096 8192 16384; do mirror whole $r 1024 1; done
+mirror slices 4096 512 2; mirror slices 4096 512 4; mirror slices 8192 512 4; mirror slices 8192 1024 4; mirror slices 4096 1024 8
+mirror s4096 8192 512 1 --sector-size 4096
+mirror scpu 8192 512 1 --perf-submit_from_crypt_cpus
+echo 512 > /sys/module/dm_mod/parameters/kcopyd_subjob_size_kb
+result
