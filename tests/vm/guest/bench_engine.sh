@@ -2,7 +2,8 @@
 # VM: dd through a plain dm-crypt mapping (512- and 4096-byte sectors, 1-16 MiB blocks); one
 # dm mirror of the whole disk into it by region size and kcopyd sub-job size
 # (dm_mod.kcopyd_subjob_size_kb); 2-8 mirrors side by side over slices of the disk (the
-# aggregate); a 4096-byte-sector target; dm-crypt's submit_from_crypt_cpus.
+# aggregate); a 4096-byte-sector target; dm-crypt's submit_from_crypt_cpus; and whether
+# cryptsetup reencrypt runs faster with the kernel's AF_ALG modules (algif_skcipher) loaded.
 # Run: tests/vm/run.sh bench_engine; then: grep RES vm-work/logs/bench_engine.log
 # disks: 1056M 1056M
 # timeout: 2400
@@ -44,4 +45,13 @@ mirror slices 4096 512 2; mirror slices 4096 512 4; mirror slices 8192 512 4; mi
 mirror s4096 8192 512 1 --sector-size 4096
 mirror scpu 8192 512 1 --perf-submit_from_crypt_cpus
 echo 512 > /sys/module/dm_mod/parameters/kcopyd_subjob_size_kb
+printf secret-passphrase > /tmp/key
+for m in loaded unloaded; do
+  [ $m = unloaded ] && { rmmod algif_skcipher; rmmod algif_hash; }
+  t0=$(now)
+  cryptsetup --debug reencrypt --encrypt --type luks2 --reduce-device-size 32M --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+    --key-file /tmp/key -q --batch-mode /dev/vdb > /tmp/cs.$m 2>&1 || die "cryptsetup reencrypt failed"
+  echo "RES cryptsetup reencrypt of vdb, AF_ALG modules $m: $(el $t0 $(now)) s, $(grep -h 'New cipher storage wrapper type' /tmp/cs.$m)"
+  dd if=/dev/zero of=/dev/vdb bs=1M count=32 oflag=direct 2>/dev/null
+done
 result
