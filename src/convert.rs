@@ -30,7 +30,7 @@ use crate::{
     mover::{self, Mover},
     options::Options,
     output, plan,
-    preflight::{format_of, unchanged_since_preflight, Target},
+    preflight::{self, format_of, unchanged_since_preflight, Target},
     progress::Progress,
     running::{self, Phase, Run},
     switch::{self, Switch},
@@ -40,15 +40,25 @@ use crate::{
 /// Set by SIGINT/SIGTERM (and --abort): stop, keeping the last checkpoint.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
-/// Steps 2–5 for one PV.
-pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> Result<()> {
-    let fmt = format_of(opts, t.room.shift, t.sector_size)?;
+/// The part of step 2 that needs no passphrase, started before preflight (modes.rs): the
+/// header formatted in memory, with its temporary keyslot.
+pub fn format_ahead(opts: &Options, path: &Path) -> Result<luks::Formatted> {
+    luks::format(preflight::format_for(opts, path)?, path)
+}
+
+/// Steps 2–5 for one PV; `early`: its header, if formatted ahead.
+pub fn convert(opts: &Options, t: &Target, early: Option<luks::Formatted>, key: &Passphrase, run: &mut Run) -> Result<()> {
+    // Made before preflight planned the conversion (and before --make-room changed the PV).
+    let formatted = match early {
+        Some(f) if f.fmt.shift == t.room.shift && f.fmt.sector_size == t.sector_size => f,
+        _ => luks::format(format_of(opts, t.room.shift, t.sector_size)?, &t.path)?,
+    };
     let dm = Dm::open()?;
 
     // Step 2: the alias is an exclusive-openable view of the raw device for
     // libcryptsetup (the LVs' claim makes the raw device itself refuse O_EXCL).
     let alias = DmName::new(format!("{}-pvencrypt-alias", t.name))?;
-    let alias_uuid = format!("CRYPT-SUBDEV-pvencrypt-{}", fmt.uuid.simple());
+    let alias_uuid = format!("CRYPT-SUBDEV-pvencrypt-{}", formatted.fmt.uuid.simple());
     let alias_dev = dm.create_alias(&alias, &alias_uuid, t.dev, t.size)?;
     let alias_path = PathBuf::from(format!("/dev/dm-{}", alias_dev.minor));
     let result = (|| {
@@ -61,7 +71,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
             pv_uuid: t.pv.pv_uuid.clone(),
             temp_keyslot: None,
         };
-        let prepared = luks::prepare(&fmt, &alias_path, key, &marker)?;
+        let prepared = luks::prepare(formatted, &alias_path, key, &marker)?;
         crate::fault::trace("prepared");
         crate::fault::memory("prepared");
         if STOP.load(Ordering::Relaxed) {
@@ -91,7 +101,7 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
         // LVM's reports leave megabytes of freed heap resident; libcryptsetup's init adds a
         // buffer of the data shift on top (the process's peak).
         crate::sys::malloc_trim();
-        let switched = sw.stage(&prepared, &fmt, t.size.bytes()).and_then(|mut staged| {
+        let switched = sw.stage(&prepared, t.size.bytes()).and_then(|mut staged| {
             // Exercised once here so that nothing it needs is first touched in the freeze.
             luks::take_log(false);
             crate::fault::memory("staged");
@@ -116,12 +126,15 @@ pub fn convert(opts: &Options, t: &Target, key: &Passphrase, run: &mut Run) -> R
                 switched.retargeted.join(", ")
             ));
         }
-        Ok((prepared.temp_slot, prepared.temp_key))
+        Ok(prepared)
     })();
     dm.remove(&alias);
-    let (temp_slot, temp_key) = result?;
+    let prepared = result?;
+    // Before the data phase, not beside it: a power cut anywhere in the data phase must
+    // find the rebuilt initramfs.
     integrate_boot(opts, &t.path, &t.name, t.vg.as_ref().map(|v| v.vg_uuid.as_str()), false);
-    Ok(encrypt(opts, &t.path, &t.name, Some(temp_slot), &temp_key, run)?)
+    let unlock = Unlock { slot: Some(prepared.temp_slot), key: &prepared.temp_key, volume_key: Some(&prepared.volume_key) };
+    Ok(encrypt(opts, &t.path, &t.name, unlock, run)?)
 }
 
 /// `--make-room`: LVM's own live pvmove of the extents in the way to free extents lower
@@ -263,15 +276,16 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
     }
 }
 
+/// What opens the device for the data phase: a keyslot's passphrase, and the volume key
+/// itself when this run made the header (one keyslot unlock less).
+pub(crate) struct Unlock<'a> {
+    pub slot: Option<u32>,
+    pub key: &'a Passphrase,
+    pub volume_key: Option<&'a Passphrase>,
+}
+
 /// Steps 4 and 5, for a fresh conversion or a resumed one: after the first write.
-pub fn encrypt(
-    opts: &Options,
-    path: &Path,
-    name: &DmName,
-    slot: Option<u32>,
-    key: &Passphrase,
-    run: &mut Run,
-) -> Result<(), Written> {
+pub(crate) fn encrypt(opts: &Options, path: &Path, name: &DmName, unlock: Unlock, run: &mut Run) -> Result<(), Written> {
     let label = path.display().to_string();
     let mut shown = Progress::new(&label, opts.interval, opts.quiet);
     let t0 = Instant::now();
@@ -295,17 +309,18 @@ pub fn encrypt(
     };
     let dm = Dm::open()?;
     let finished = match mover::usable(&dm) {
-        Ok(()) => in_kernel(&dm, path, name, slot, key, &mut report),
+        Ok(()) => in_kernel(&dm, path, name, &unlock, &mut report),
         Err(why) => {
             output::error(&format!(
                 "WARNING: {label}: the kernel cannot move the data ({why}); libcryptsetup moves it instead, \
                  step by step, each step holding back the I/O of its area."
             ));
             let mut cd = luks::open(path)?;
-            luks::run(&mut cd, name.as_str(), slot, key, &mut report)
+            luks::run(&mut cd, name.as_str(), unlock.slot, unlock.key, &mut report)
         }
     };
     let elapsed = shown.finish();
+    crate::fault::trace("data moved");
     crate::fault::memory("encrypted");
     for m in luks::take_log(opts.verbose > 1) {
         output::error(&format!("  {m}"));
@@ -336,35 +351,30 @@ pub fn encrypt(
 /// The data moved by the kernel (mover.rs), under memory locked for the whole phase:
 /// NAME is suspended at every commit, and a page fault on a root that lives on the VG
 /// would wait for it.
-fn in_kernel(
-    dm: &Dm,
-    path: &Path,
-    name: &DmName,
-    slot: Option<u32>,
-    key: &Passphrase,
-    report: &mut dyn FnMut(u64, u64) -> bool,
-) -> Result<bool> {
-    let mut mover = open_mover(dm, path, name, slot, key)?;
+fn in_kernel(dm: &Dm, path: &Path, name: &DmName, unlock: &Unlock, report: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
+    let mut mover = open_mover(dm, path, name, unlock)?;
     crate::sys::protect_from_oom_killer();
     let _locked = switch::MemoryLock::take()?;
     mover.run(report)
 }
 
-/// The volume key unlocked, libcryptsetup's handle closed again (it must hold no lock
-/// of its own while the mover holds the device's).
-pub(crate) fn open_mover<'a>(
-    dm: &'a Dm,
-    path: &Path,
-    name: &'a DmName,
-    slot: Option<u32>,
-    key: &Passphrase,
-) -> Result<Mover<'a>> {
+/// The volume key unlocked (unless given), libcryptsetup's handle closed again (it must
+/// hold no lock of its own while the mover holds the device's).
+pub(crate) fn open_mover<'a>(dm: &'a Dm, path: &Path, name: &'a DmName, unlock: &Unlock) -> Result<Mover<'a>> {
     let (raw, _) = block_device(path)?;
     let mut cd = luks::open(path)?;
-    let vk = luks::volume_key(&mut cd, slot, key)?;
+    let unlocked;
+    let vk = match unlock.volume_key {
+        Some(vk) => vk.bytes(),
+        None => {
+            unlocked = luks::volume_key(&mut cd, unlock.slot, unlock.key)?;
+            &unlocked[..]
+        }
+    };
+    crate::fault::trace("volume key");
     let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())?;
     drop(cd);
-    Mover::new(dm, name, path, raw, &uuid, &vk)
+    Mover::new(dm, name, path, raw, &uuid, vk)
 }
 
 /// Step 5. Idempotent: a resumed run may find part of it done.
@@ -376,13 +386,16 @@ pub(crate) fn finish(path: &Path) -> Result<()> {
     if let Some((id, m)) = luks::marker(&mut cd) {
         // Before the marker goes, so that a crash repeats it.
         wipe_leftovers(&mut cd, path, &m)?;
+        crate::fault::trace("finish: wiped");
         if let Some(slot) = m.temp_keyslot {
             luks::destroy_keyslot(&mut cd, slot)?;
         }
         cd.token_handle()
             .json_set(libcryptsetup_rs::TokenInput::RemoveToken(id.0))
             .or_fail(|| "Cannot remove the pvencrypt token".into())?;
+        crate::fault::trace("finish: token removed");
         refresh_lvm(m.vg_name.as_ref())?;
+        crate::fault::trace("finish: lvm refreshed");
         crate::fault::memory("finished");
     }
     Ok(())

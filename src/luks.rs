@@ -135,14 +135,33 @@ impl MemHeader {
     }
 }
 
+/// The user's keyslot and the temporary one, numbered so that the user's is 0 as
+/// cryptsetup's luksFormat makes it, although the temporary one is added first.
+pub const USER_SLOT: u32 = 0;
+const TEMP_SLOT: u32 = 1;
+
+/// A header formatted in memory with its temporary keyslot: all of it that needs no
+/// passphrase, so it can be made while the passphrase is typed. libcryptsetup fills the
+/// keyslots area with random bytes, the slow part.
+pub struct Formatted {
+    pub fmt: Format,
+    header: MemHeader,
+    /// Generated here rather than by libcryptsetup, to add the user's keyslot later with
+    /// no keyslot unlocked (an AF merge: a quarter second under TCG).
+    volume_key: Passphrase,
+    temp_key: Passphrase,
+}
+
 /// A header ready to be placed: the user's keyslot and a temporary one whose key
 /// needs no PBKDF (random, 256 bits), so that nothing slow runs inside the freeze.
 pub struct Prepared {
+    pub fmt: Format,
     pub header: MemHeader,
     #[cfg_attr(not(test), allow(dead_code))]
     pub user_slot: u32,
     pub temp_slot: u32,
     pub temp_key: Passphrase,
+    pub volume_key: Passphrase,
 }
 
 fn temp_pbkdf() -> CryptPbkdfType {
@@ -158,13 +177,15 @@ fn temp_pbkdf() -> CryptPbkdfType {
     }
 }
 
-/// Builds the header in memory for `data` (the alias of the PV). Runs the user's PBKDF.
-pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Marker) -> Result<Prepared> {
+/// Formats the header in memory for `data` (the PV: only its size is read), with the
+/// temporary keyslot.
+pub fn format(fmt: Format, data: &Path) -> Result<Formatted> {
     let header = MemHeader::new(fmt.shift.bytes())?;
-    let hpath = header.path();
-    let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
+    let mut cd = CryptInit::init_with_data_device(Either::Right((&header.path(), data)))
         .or_fail(|| "Cannot initialise the new LUKS2 header".into())?;
     cd.set_data_offset(fmt.shift.0).or_fail(|| "Cannot set the data offset".into())?;
+    // The volume key's digest takes its iterations from the user's PBKDF settings, as
+    // with luksFormat.
     cd.settings_handle().set_pbkdf_type(&fmt.pbkdf).or_fail(|| "Invalid PBKDF parameters".into())?;
     let params = CryptParamsLuks2 {
         pbkdf: None,
@@ -178,27 +199,46 @@ pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Mark
     };
     let mut params: libcryptsetup_rs::CryptParamsLuks2Ref<'_> =
         (&params).try_into().or_fail(|| "Invalid LUKS2 parameters".into())?;
+    let volume_key = Passphrase::random(fmt.key_bytes)?;
     cd.context_handle()
         .format(
             EncryptionFormat::Luks2,
             (&fmt.cipher, &fmt.cipher_mode),
             Some(fmt.uuid),
-            Either::Right(fmt.key_bytes),
+            Either::Left(volume_key.bytes()),
             Some(&mut params),
         )
         .or_fail(|| format!("Cannot format LUKS2 with cipher {}-{}", fmt.cipher, fmt.cipher_mode))?;
     crate::fault::trace("formatted");
-    let user_slot = cd
-        .keyslot_handle()
-        .add_by_key(None, None, passphrase.bytes(), CryptVolumeKey::empty())
-        .or_fail(|| "Cannot add the passphrase keyslot".into())?;
-    crate::fault::trace("passphrase keyslot");
     let temp_key = Passphrase::random(32)?;
     cd.settings_handle().set_pbkdf_type(&temp_pbkdf()).or_fail(|| "Cannot set the PBKDF".into())?;
-    let temp_slot = cd
-        .keyslot_handle()
-        .add_by_key(None, None, temp_key.bytes(), CryptVolumeKey::empty())
+    cd.keyslot_handle()
+        .add_by_key(Some(TEMP_SLOT), Some(Either::Left(volume_key.bytes())), temp_key.bytes(), CryptVolumeKey::empty())
         .or_fail(|| "Cannot add the temporary keyslot".into())?;
+    crate::fault::trace("temporary keyslot");
+    Ok(Formatted { fmt, header, volume_key, temp_key })
+}
+
+/// The header `format` made, made ready for `data` (the alias of the PV): the user's
+/// keyslot (the user's PBKDF runs here), the TPM2's, our marker.
+pub fn prepare(f: Formatted, data: &Path, passphrase: &Passphrase, marker: &Marker) -> Result<Prepared> {
+    let Formatted { fmt, header, volume_key, temp_key } = f;
+    let hpath = header.path();
+    let load = || -> Result<CryptDevice> {
+        let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
+            .or_fail(|| "Cannot open the new LUKS2 header".into())?;
+        cd.context_handle()
+            .load::<()>(Some(EncryptionFormat::Luks2), None)
+            .or_fail(|| "Cannot load the new LUKS2 header".into())?;
+        Ok(cd)
+    };
+    let mut cd = load()?;
+    cd.settings_handle().set_pbkdf_type(&fmt.pbkdf).or_fail(|| "Invalid PBKDF parameters".into())?;
+    let user_slot = cd
+        .keyslot_handle()
+        .add_by_key(Some(USER_SLOT), Some(Either::Left(volume_key.bytes())), passphrase.bytes(), CryptVolumeKey::empty())
+        .or_fail(|| "Cannot add the passphrase keyslot".into())?;
+    crate::fault::trace("passphrase keyslot");
     if let Some((device, pcrs)) = &fmt.tpm2 {
         // Not later: libcryptsetup adds no keyslot to a header marked for reencryption.
         drop(cd);
@@ -206,16 +246,12 @@ pub fn prepare(fmt: &Format, data: &Path, passphrase: &Passphrase, marker: &Mark
         crate::boot::tpm2::enroll(&header.path_for_children(), &temp_key, device, pcrs).map_err(|e| {
             Error::new(Kind::Refused, format!("Cannot bind the new header to the TPM2: {e}. Nothing was changed."))
         })?;
-        cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
-            .or_fail(|| "Cannot open the new LUKS2 header".into())?;
-        cd.context_handle()
-            .load::<()>(Some(EncryptionFormat::Luks2), None)
-            .or_fail(|| "Cannot load the new LUKS2 header".into())?;
+        cd = load()?;
     }
     let mut m = marker.clone();
-    m.temp_keyslot = Some(temp_slot);
+    m.temp_keyslot = Some(TEMP_SLOT);
     set_marker(&mut cd, &m)?;
-    Ok(Prepared { header, user_slot, temp_slot, temp_key })
+    Ok(Prepared { fmt, header, user_slot, temp_slot: TEMP_SLOT, temp_key, volume_key })
 }
 
 fn reencrypt_params(shift: Sectors, sector_size: u32, flags: CryptReencrypt) -> CryptParamsReencrypt {
@@ -254,7 +290,8 @@ fn open_prepared(p: &Prepared, data: &Path) -> Result<CryptDevice> {
 /// the device (free space) and records that in the in-memory header. The copy goes
 /// stale as the LVs write; the freeze repeats it (switch.rs). The disk's start is
 /// untouched.
-pub fn init_reencryption(p: &Prepared, fmt: &Format, data: &Path) -> Result<()> {
+pub fn init_reencryption(p: &Prepared, data: &Path) -> Result<()> {
+    let fmt = &p.fmt;
     let mut cd = open_prepared(p, data)?;
     // The digest libcryptsetup adds over the reencryption metadata is keyed by the volume
     // key; without this it benchmarks PBKDF2 for two seconds to choose its iterations.
@@ -500,6 +537,11 @@ mod loop_tests {
         }
     }
 
+    /// `format` then `prepare`, as a conversion does them.
+    pub(super) fn prepared(fmt: Format, dev: &Path, key: &Passphrase) -> Result<Prepared> {
+        prepare(format(fmt, dev)?, dev, key, &test_marker())
+    }
+
     #[test]
     fn header_prepared_in_memory_leaves_the_disk_alone() {
         let Some(lo) = Loop::zeroed(64) else { return };
@@ -507,9 +549,8 @@ mod loop_tests {
         libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
         let before = std::fs::read(&lo.dev).unwrap();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
-        let p =
-            prepare(&cheap_format(32768), &lo.dev, &key, &test_marker()).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
-        assert_ne!(p.user_slot, p.temp_slot);
+        let p = prepared(cheap_format(32768), &lo.dev, &key).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        assert_eq!((p.user_slot, p.temp_slot), (0, 1), "the user's keyslot is 0 although the temporary one came first");
         assert!(std::fs::read(&lo.dev).unwrap() == before, "preparing must not write to the device");
         let mut cd = open(&p.header.path()).unwrap();
         let (_, m) = super::marker(&mut cd).expect("token present");
@@ -537,8 +578,8 @@ mod image_tests {
         std::fs::write(&lo.dev, &pattern).unwrap();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let fmt = cheap_format(32768);
-        let p = prepare(&fmt, &lo.dev, &key, &super::loop_tests::test_marker()).unwrap();
-        init_reencryption(&p, &fmt, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let p = super::loop_tests::prepared(fmt, &lo.dev, &key).unwrap();
+        init_reencryption(&p, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let disk = std::fs::read(&lo.dev).unwrap();
         assert!(disk[..48 << 20] == pattern[..48 << 20], "the start and the PV must be untouched");
         assert!(disk[48 << 20..] == pattern[..16 << 20], "the first segment is copied to the end");
@@ -591,12 +632,12 @@ mod image_tests {
         capture_log();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let fmt = Format { tpm2: Some((format!("swtpm:host=127.0.0.1,port={port}"), "7".into())), ..cheap_format(32768) };
-        let prepared = up.then(|| prepare(&fmt, &lo.dev, &key, &super::loop_tests::test_marker()));
+        let prepared = up.then(|| super::loop_tests::prepared(fmt, &lo.dev, &key));
         let _ = swtpm.kill();
         let _ = swtpm.wait();
         assert!(up, "swtpm did not listen on port {port}");
         let p = prepared.unwrap().unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
-        init_reencryption(&p, &fmt, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        init_reencryption(&p, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let img = header_image(&p).unwrap();
         let f = crate::direct::open(&lo.dev).unwrap();
         f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();
@@ -628,9 +669,9 @@ mod image_tests {
         capture_log();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let fmt = cheap_format(8192);
-        let p = prepare(&fmt, &lo.dev, &key, &super::loop_tests::test_marker()).unwrap();
+        let p = super::loop_tests::prepared(fmt, &lo.dev, &key).unwrap();
         let before = open(&p.header.path()).unwrap().status_handle().dump_json().unwrap();
-        init_reencryption(&p, &fmt, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        init_reencryption(&p, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let img = header_image(&p).unwrap();
         let f = crate::direct::open(&lo.dev).unwrap();
         f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();
@@ -674,8 +715,8 @@ mod image_tests {
         capture_log();
         let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
         let fmt = cheap_format(8192);
-        let p = prepare(&fmt, &lo.dev, &key, &super::loop_tests::test_marker()).unwrap();
-        init_reencryption(&p, &fmt, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let p = super::loop_tests::prepared(fmt, &lo.dev, &key).unwrap();
+        init_reencryption(&p, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let img = header_image(&p).unwrap();
         let f = crate::direct::open(&lo.dev).unwrap();
         f.write_all_at(&crate::direct::Aligned::from_bytes(&img), 0).unwrap();

@@ -31,24 +31,43 @@ use crate::{
 /// that, and the plan printed), then converted in turn; one that holds a conversion of
 /// ours is resumed instead (alone).
 pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: bool) -> Result<()> {
-    // Every PV is checked before anything is asked or changed.
-    let mut targets = Vec::new();
-    for path in pvs {
-        // --test never resumes or repairs: preflight then says what the device holds.
-        let state = if test { State::Other } else { inspect::inspect(path) };
-        if state.is_ours() {
-            if pvs.len() > 1 {
-                return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
+    std::thread::scope(|s| {
+        // Every PV is checked before anything is asked or changed.
+        let mut targets = Vec::new();
+        let mut early = None;
+        for (i, path) in pvs.iter().enumerate() {
+            // --test never resumes or repairs: preflight then says what the device holds.
+            let state = if test { State::Other } else { inspect::inspect(path) };
+            if state.is_ours() {
+                if pvs.len() > 1 {
+                    return Err(Error::new(Kind::Refused, format!("{} is already LUKS: resume it on its own.", path.display())));
+                }
+                warn_ignored(opts, path);
+                return resume_one(front, opts, path, state);
             }
-            warn_ignored(opts, path);
-            return resume_one(front, opts, path, state);
+            // The first header is formatted in memory while preflight reads LVM and the
+            // passphrase is typed: none of it needs either.
+            if !test && i == 0 {
+                early = crate::sys::spawn_scoped_unsignalled(s, "pvencrypt-format", || convert::format_ahead(opts, path)).ok();
+            }
+            targets.push(preflight::preflight(opts, path)?);
         }
-        targets.push(preflight::preflight(opts, path)?);
-    }
-    if pvs.len() > 1 && opts.name.is_some() {
+        convert_targets(front, opts, targets, test, early)
+    })
+}
+
+/// The rest of `convert_pvs`, once every PV passed preflight.
+fn convert_targets(
+    front: &dyn Front,
+    opts: &Options,
+    targets: Vec<preflight::Target>,
+    test: bool,
+    early: Option<std::thread::ScopedJoinHandle<'_, Result<luks::Formatted>>>,
+) -> Result<()> {
+    if targets.len() > 1 && opts.name.is_some() {
         return Err(Error::new(Kind::Refused, "--name applies to one PV only."));
     }
-    if pvs.len() > 1 && opts.uuid.is_some() {
+    if targets.len() > 1 && opts.uuid.is_some() {
         return Err(Error::new(Kind::Refused, "--uuid applies to one PV only."));
     }
     for t in &targets {
@@ -65,6 +84,9 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
     front.confirm((moves > 0 && !opts.make_room).then_some(moves))?;
     let key = front.passphrase("Enter passphrase for the new LUKS2 device: ", true)?;
     crate::fault::trace("passphrase");
+    // One that failed is formatted again, and its error reported, by the conversion. (A -b
+    // run that hands over to a unit formats again there.)
+    let early = early.and_then(|t| t.join().ok()).and_then(Result::ok);
     let queue = Queue::system();
     if targets.len() > 1 {
         let args = front.args();
@@ -76,7 +98,7 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
         return Ok(());
     }
     let targets: Vec<_> = targets.into_iter().map(|t| (opts.clone(), t)).collect();
-    convert_all(&targets, &key, &mut runs, false)
+    convert_all(&targets, early, &key, &mut runs, false)
 }
 
 /// The header was made by the run that started the conversion: the format options of a
@@ -117,7 +139,14 @@ fn after(written: bool, e: Error) -> Error {
 
 /// Converts `targets` in turn, each with its options, each leaving the queue once done.
 /// `written`: the command wrote to a disk before (a resume).
-fn convert_all(targets: &[Planned], key: &Passphrase, runs: &mut [Run], mut written: bool) -> Result<()> {
+/// `early`: the first target's header, formatted ahead.
+fn convert_all(
+    targets: &[Planned],
+    mut early: Option<luks::Formatted>,
+    key: &Passphrase,
+    runs: &mut [Run],
+    mut written: bool,
+) -> Result<()> {
     let queue = Queue::system();
     for ((opts, t), run) in targets.iter().zip(runs) {
         stop_point().map_err(|e| after(written, e))?;
@@ -143,7 +172,7 @@ fn convert_all(targets: &[Planned], key: &Passphrase, runs: &mut [Run], mut writ
             }
             None => t,
         };
-        convert::convert(opts, t, key, run).map_err(|e| after(written, e))?;
+        convert::convert(opts, t, early.take(), key, run).map_err(|e| after(written, e))?;
         written = true;
         if let Err(e) = queue.remove(&t.pv.pv_uuid) {
             output::error(&format!("pvencrypt: WARNING: {e}"));
@@ -233,7 +262,7 @@ pub fn resume_all(front: &dyn Front, opts: &Options) -> Result<()> {
     }
     // `pvencrypt A B C` gave B and C the passphrase of A.
     if let Some(key) = &key {
-        convert_all(&queued, key, queued_runs, written)?;
+        convert_all(&queued, None, key, queued_runs, written)?;
         written |= !queued.is_empty();
     }
     end(written)

@@ -89,6 +89,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     let Some(vg_name) = pv.vg_name.clone() else {
         return orphan(opts, path, dev, size, sector, name, pv, &dm);
     };
+    crate::fault::trace("preflight: pv");
     let vg = lvm::vg(&vg_name).context(Kind::Refused, || format!("Cannot use volume group {vg_name}"))?;
     if vg.vg_attr.partial() || vg.vg_missing_pv_count > 0 {
         return refuse(format!("Volume group {vg_name} has missing PVs; repair it first."));
@@ -99,7 +100,9 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     if vg.vg_attr.exported() {
         return refuse(format!("Volume group {vg_name} is exported."));
     }
+    crate::fault::trace("preflight: vg");
     let segs = lvm::lvs(&vg_name).or_fail(|| format!("Cannot list the LVs of {vg_name}"))?;
+    crate::fault::trace("preflight: lvs");
     // Name the move's own LV (pvmove0), the one lvs -a shows, rather than an LV it locks.
     if let Some(s) = segs.iter().find(|s| s.is_pvmove()).or_else(|| segs.iter().find(|s| s.is_locked())) {
         return refuse(format!("A pvmove ({}) is in progress in {vg_name}; let it finish or abort it first.", s.lv_name.name));
@@ -107,6 +110,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     // The size LVM recorded lives in the VG metadata (pvresize changes it there only);
     // the device may be larger.
     let recorded = lvm::metadata_pv_size(&vg_name, &pv.pv_uuid).or_fail(|| format!("Cannot read the metadata of {vg_name}"))?;
+    crate::fault::trace("preflight: metadata");
     let shape = plan::PvShape {
         dev_size: size,
         pe_start: pv.pe_start,
@@ -144,10 +148,14 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         return refuse(format!("{} is held by {n}, which is not a device-mapper device.", path.display()));
     }
     check_uses(sector, lbs, &dm, &holders)?;
+    crate::fault::trace("preflight: holders");
     check_filters(path, name.as_str(), &pv.pv_uuid)?;
+    crate::fault::trace("preflight: filters");
     check_initramfs(opts, path, name.as_str(), &vg.vg_uuid)?;
+    crate::fault::trace("preflight: initramfs");
     check_tpm2(opts, Some(&vg.vg_uuid))?;
     check_kernel(opts, path, &name, room.shift, sector, dev, &dm)?;
+    crate::fault::trace("preflight: kernel");
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
     Ok(Target { path: path.into(), dev, size, name, vg: Some(vg), pv, room, make_room, lvs, sector_size: sector })
 }
@@ -290,6 +298,14 @@ fn may_ask(opts: &Options) -> bool {
 /// The encryption sector size: --sector-size, which dm-crypt refuses below the device's
 /// logical block size (a 4Kn disk: 4096), else that block size (cryptsetup luksFormat
 /// picks it too), at least 512.
+/// The new header's format as preflight will plan it for `path`, from the options and
+/// the device alone (no LVM report): what `convert::format_ahead` needs to start early.
+pub fn format_for(opts: &Options, path: &Path) -> Result<Format> {
+    let lbs = crate::sys::logical_block_size(path).context(Kind::Refused, || format!("Cannot use {}", path.display()))?;
+    // plan::room's shift; an invalid size is refused there.
+    format_of(opts, Sectors(opts.reduce_device_size / 2 / Sectors::SIZE), sector_size(opts, path, lbs)?)
+}
+
 fn sector_size(opts: &Options, path: &Path, lbs: u32) -> Result<u32> {
     match opts.sector_size {
         Some(s) if s < lbs => refuse(format!(

@@ -11,7 +11,7 @@ use std::{
 
 use crate::{
     abort,
-    convert::{encrypt, finish, integrate_boot, open_mover},
+    convert::{encrypt, finish, integrate_boot, open_mover, Unlock},
     direct,
     dm::{block_device, Dm, DmName},
     error::{fail, refuse, Context, Error, Kind, Result, Written},
@@ -178,14 +178,14 @@ fn take_up(opts: &Options, path: &Path, state: State, key: &Passphrase, run: &mu
             open_and_integrate(opts, path, &m, key)?;
             // Killed right after its last commit, the mover left NAME on a mirror.
             let dm = Dm::open()?;
-            open_mover(&dm, path, &m.name, None, key)?.take_over()?;
+            open_mover(&dm, path, &m.name, &Unlock { slot: None, key, volume_key: None })?.take_over()?;
             finish(path)?;
             Ok(m.name)
         }
         // Stopped (--abort, a signal), or a crash or reboot in the data phase: go on.
         State::Converting(m) => {
             open_and_integrate(opts, path, &m, key)?;
-            encrypt(opts, path, &m.name, None, key, run)?;
+            encrypt(opts, path, &m.name, Unlock { slot: None, key, volume_key: None }, run)?;
             Ok(m.name)
         }
     }

@@ -40,7 +40,7 @@ use crate::{
     fault,
     guardian::{Guardian, Watch},
     inspect::SwitchRecord,
-    luks::{self, Format, Prepared},
+    luks::{self, Prepared},
     output, sys,
     units::Bytes,
 };
@@ -133,11 +133,11 @@ impl Switch<'_> {
     /// Outside the freeze. On success NAME exists on the alias, with its table for the
     /// PV loaded but not live; on failure nothing but the free tail has changed (NAME
     /// may exist: `deactivate` removes it). That tail is the first write.
-    pub fn stage(&self, p: &Prepared, fmt: &Format, size: Bytes) -> Result<Staged, Written> {
-        luks::init_reencryption(p, fmt, self.alias_path)?;
+    pub fn stage(&self, p: &Prepared, size: Bytes) -> Result<Staged, Written> {
+        luks::init_reencryption(p, self.alias_path)?;
         fault::memory("init");
         let moved = moved_segment(p)?;
-        let shift = fmt.shift.bytes();
+        let shift = p.fmt.shift.bytes();
         // The tail wipe at the end relies on this placement.
         if moved != (size - shift, shift) {
             return fail(format!("libcryptsetup put the first segment at {moved:?}, not at the end of the device"));

@@ -256,6 +256,32 @@ impl Drop for SignalsHeld {
     }
 }
 
+/// A thread born with every signal blocked, for good: a signal sent to the process then
+/// finds only the main thread, which holds them while NAME is suspended. A Ctrl-Z taken
+/// by another thread would stop the whole process there. A program it runs would
+/// inherit that mask (std's Command passes it on across exec).
+pub fn spawn_unsignalled<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<T>> {
+    let held = SignalsHeld::hold();
+    let thread = std::thread::Builder::new().name(name.into()).spawn(f);
+    drop(held);
+    thread
+}
+
+/// `spawn_unsignalled` for a scoped thread.
+pub fn spawn_scoped_unsignalled<'s, 'e, T: Send + 's>(
+    s: &'s std::thread::Scope<'s, 'e>,
+    name: &str,
+    f: impl FnOnce() -> T + Send + 's,
+) -> io::Result<std::thread::ScopedJoinHandle<'s, T>> {
+    let held = SignalsHeld::hold();
+    let thread = std::thread::Builder::new().name(name.into()).spawn_scoped(s, f);
+    drop(held);
+    thread
+}
+
 /// Sets the umask, returns the former one.
 pub fn umask(mode: libc::mode_t) -> libc::mode_t {
     // SAFETY: umask cannot fail.

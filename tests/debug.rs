@@ -53,7 +53,8 @@ fn child(dir: &Path) {
         pv_uuid: "u".into(),
         temp_keyslot: None,
     };
-    luks::prepare(&fmt, &data, &key, &marker).unwrap_or_else(|e| panic!("{e}"));
+    let formatted = luks::format(fmt, &data).unwrap_or_else(|e| panic!("{e}"));
+    luks::prepare(formatted, &data, &key, &marker).unwrap_or_else(|e| panic!("{e}"));
     lvm::run(&["version"]).unwrap_or_else(|e| panic!("{e}"));
 }
 

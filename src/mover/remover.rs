@@ -18,16 +18,8 @@ impl Remover {
     pub(super) fn start() -> Result<Remover> {
         let dm = Dm::open()?;
         let (tx, rx) = std::sync::mpsc::channel::<DmName>();
-        // Born with every signal blocked, for good: a signal sent to the process then finds
-        // only the main thread, which holds them while NAME is suspended. A Ctrl-Z taken by
-        // this thread would stop the whole process there.
-        let held = crate::sys::SignalsHeld::hold();
-        let thread = std::thread::Builder::new()
-            .name("pvencrypt-rm".into())
-            .spawn(move || rx.iter().for_each(|n| remove_patiently(&dm, &n)))
-            .or_fail(|| "Cannot start a thread".into());
-        drop(held);
-        let thread = thread?;
+        let thread = crate::sys::spawn_unsignalled("pvencrypt-rm", move || rx.iter().for_each(|n| remove_patiently(&dm, &n)))
+            .or_fail(|| "Cannot start a thread".into())?;
         Ok(Remover { tx: Some(tx), thread: Some(thread) })
     }
 

@@ -179,7 +179,8 @@ p4=$(rate_of /tmp/p4.log)
 echo "pvencrypt's data phase: $p4 MiB/s without load ($(ratio $p4 $(rate $t_dd)) x the limit), $(rate_of /tmp/p5.log) MiB/s with the writer"
 echo "first byte: the kernel mover copies $(echo "$first $pass" | awk '{printf "%.2f", ($1 - $2) / 1000}') s after the passphrase" \
   "(the first write, libcryptsetup's copy of the first segment to the tail, after $(echo "$tail_at $pass" | awk '{printf "%.2f", ($1 - $2) / 1000}') s)"
-echo "after the passphrase, s: $(for s in formatted 'passphrase keyslot' prepared 'vg unchanged' sync resumed 'mover: start' 'mover: copying'; do
+echo "before the passphrase (beside preflight), s from the start: formatted $(echo "$(trace_ms /tmp/p4.log formatted)" | awk '{printf "%.2f", $1 / 1000}'), temporary keyslot $(echo "$(trace_ms /tmp/p4.log 'temporary keyslot')" | awk '{printf "%.2f", $1 / 1000}'), preflight done $(echo "$(trace_ms /tmp/p4.log 'preflight: kernel')" | awk '{printf "%.2f", $1 / 1000}'), the passphrase $(echo "$pass" | awk '{printf "%.2f", $1 / 1000}')"
+echo "after the passphrase, s: $(for s in 'passphrase keyslot' prepared 'vg unchanged' sync resumed 'volume key' 'mover: start' 'mover: copying'; do
   printf '%s %s, ' "$s" "$(echo "$(trace_ms /tmp/p4.log "$s") $pass" | awk '{printf "%.2f", ($1 - $2) / 1000}')"; done | sed 's/, $//')"
 f4=$(freeze_of /tmp/p4.log) f5=$(freeze_of /tmp/p5.log)
 echo "freeze: $f4 ms without load, $f5 ms with the writer"

@@ -51,6 +51,7 @@ check "paused between commits: vda_crypt is not suspended" '! dmsetup info vda_c
 user=$(slot_of /tmp/key)
 temp=$(slots | tr ' ' '\n' | grep -vx "$user" | grep .)
 echo "keyslots: $(slots)(the passphrase's: $user, the temporary one: $temp)"
+check_eq "the passphrase's keyslot is 0, as luksFormat makes it (the temporary one was added first)" "$user" 0
 check "two luks2 keyslots: the passphrase's and pvencrypt's temporary one" \
   '[ -n "$user" ] && [ -n "$temp" ] && [ "$(echo "$temp" | wc -l)" -eq 1 ]'
 check "luksKillSlot $temp during the conversion" cs luksKillSlot -q --key-file /tmp/key /dev/vda "$temp"
