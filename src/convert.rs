@@ -126,14 +126,15 @@ pub fn convert(opts: &Options, t: &Target, early: Option<luks::Formatted>, key: 
                 switched.retargeted.join(", ")
             ));
         }
-        Ok(prepared)
+        // The in-memory header (16 MiB) goes now; the keys stay for the data phase.
+        Ok((prepared.temp_slot, prepared.temp_key, prepared.volume_key))
     })();
     dm.remove(&alias);
-    let prepared = result?;
+    let (temp_slot, temp_key, volume_key) = result?;
     // Before the data phase, not beside it: a power cut anywhere in the data phase must
     // find the rebuilt initramfs.
     integrate_boot(opts, &t.path, &t.name, t.vg.as_ref().map(|v| v.vg_uuid.as_str()), false);
-    let unlock = Unlock { slot: Some(prepared.temp_slot), key: &prepared.temp_key, volume_key: Some(&prepared.volume_key) };
+    let unlock = Unlock { slot: Some(temp_slot), key: &temp_key, volume_key: Some(volume_key) };
     Ok(encrypt(opts, &t.path, &t.name, unlock, run)?)
 }
 
@@ -277,11 +278,12 @@ fn update_boot_files(opts: &Options, path: &Path, name: &DmName, vg_uuid: Option
 }
 
 /// What opens the device for the data phase: a keyslot's passphrase, and the volume key
-/// itself when this run made the header (one keyslot unlock less).
+/// itself when this run made the header (one keyslot unlock less; dropped once the kernel
+/// keyring has it).
 pub(crate) struct Unlock<'a> {
     pub slot: Option<u32>,
     pub key: &'a Passphrase,
-    pub volume_key: Option<&'a Passphrase>,
+    pub volume_key: Option<Passphrase>,
 }
 
 /// Steps 4 and 5, for a fresh conversion or a resumed one: after the first write.
@@ -309,7 +311,7 @@ pub(crate) fn encrypt(opts: &Options, path: &Path, name: &DmName, unlock: Unlock
     };
     let dm = Dm::open()?;
     let finished = match mover::usable(&dm) {
-        Ok(()) => in_kernel(&dm, path, name, &unlock, &mut report),
+        Ok(()) => in_kernel(&dm, path, name, unlock, &mut report),
         Err(why) => {
             output::error(&format!(
                 "WARNING: {label}: the kernel cannot move the data ({why}); libcryptsetup moves it instead, \
@@ -351,8 +353,9 @@ pub(crate) fn encrypt(opts: &Options, path: &Path, name: &DmName, unlock: Unlock
 /// The data moved by the kernel (mover.rs), under memory locked for the whole phase:
 /// NAME is suspended at every commit, and a page fault on a root that lives on the VG
 /// would wait for it.
-fn in_kernel(dm: &Dm, path: &Path, name: &DmName, unlock: &Unlock, report: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
-    let mut mover = open_mover(dm, path, name, unlock)?;
+fn in_kernel(dm: &Dm, path: &Path, name: &DmName, unlock: Unlock, report: &mut dyn FnMut(u64, u64) -> bool) -> Result<bool> {
+    let mut mover = open_mover(dm, path, name, &unlock)?;
+    drop(unlock);
     crate::sys::protect_from_oom_killer();
     let _locked = switch::MemoryLock::take()?;
     mover.run(report)
@@ -364,7 +367,7 @@ pub(crate) fn open_mover<'a>(dm: &'a Dm, path: &Path, name: &'a DmName, unlock: 
     let (raw, _) = block_device(path)?;
     let mut cd = luks::open(path)?;
     let unlocked;
-    let vk = match unlock.volume_key {
+    let vk = match &unlock.volume_key {
         Some(vk) => vk.bytes(),
         None => {
             unlocked = luks::volume_key(&mut cd, unlock.slot, unlock.key)?;

@@ -302,13 +302,50 @@ pub fn at_boundary(m: &Metadata, l: &Layout, b: Bytes) -> Result<Metadata> {
         });
     }
     let crypt_id = (b < l.total).then(|| Id(live.len() as u32 - 1));
-    Ok(rebuild(m, live, crypt_id, fin_id))
+    Ok(rebuild(m, live, crypt_id.as_slice(), fin_id))
+}
+
+/// Decryption with a data shift (DECRYPT.md; the state libcryptsetup's init wrote is `m`):
+/// the clean state with the logical bytes [0, b) decrypted, `b` past the moved segment. The
+/// moved segment stays encrypted at the head (it is decrypted in place, last); [its end, b) is
+/// plaintext at its final place; the rest is still ciphertext, one shift higher.
+pub fn decrypted_to(m: &Metadata, b: Bytes) -> Result<Metadata> {
+    let flagged = |f: &str| m.flagged(f).ok_or_else(|| Error::new(Kind::Failed, format!("no {f} segment")));
+    let (prev_id, prev) = flagged("backup-previous")?;
+    let (_, moved) = flagged("backup-moved-segment")?;
+    let (Some(moved_len), Some(sector)) = (moved.size.fixed(), prev.sector_size) else {
+        return fail("The moved segment has no fixed size, or the old segment no sector size");
+    };
+    if b <= moved_len || !b.is_multiple_of(u64::from(sector)) {
+        return fail(format!("Cannot put the decryption boundary at {b}"));
+    }
+    let live = vec![
+        Segment { flags: None, ..moved.clone() },
+        Segment {
+            kind: "linear".into(),
+            offset: moved_len,
+            size: Size::Fixed(b - moved_len),
+            iv_tweak: None,
+            encryption: None,
+            sector_size: None,
+            flags: None,
+            rest: Default::default(),
+        },
+        Segment {
+            offset: prev.offset + b,
+            size: Size::Dynamic,
+            iv_tweak: Some(prev.iv_tweak.unwrap_or_default() + b.sectors()),
+            flags: None,
+            ..prev.clone()
+        },
+    ];
+    Ok(rebuild(m, live, &[Id(0), Id(2)], prev_id))
 }
 
 /// Renumbers: `live` become 0..n-1, the backup segments follow in their order; every
-/// digest keeps its backup segments (renumbered), and the digest of the final segment
-/// also gets the active crypt segment.
-fn rebuild(m: &Metadata, live: Vec<Segment>, crypt_id: Option<Id>, fin_id: Id) -> Metadata {
+/// digest keeps its backup segments (renumbered), and the digest of the segment `key_of`
+/// (the one whose key the active crypt segments use) also gets those, `crypt_ids`.
+fn rebuild(m: &Metadata, live: Vec<Segment>, crypt_ids: &[Id], key_of: Id) -> Metadata {
     let n = live.len() as u32;
     let backups = m.segments.iter().filter(|(_, s)| s.is_backup());
     let renamed: HashMap<Id, Id> = backups.clone().enumerate().map(|(i, (id, _))| (*id, Id(n + i as u32))).collect();
@@ -316,8 +353,8 @@ fn rebuild(m: &Metadata, live: Vec<Segment>, crypt_id: Option<Id>, fin_id: Id) -
     new.segments = (0..n).map(Id).zip(live).chain(backups.map(|(id, s)| (renamed[id], s.clone()))).collect();
     for d in new.digests.values_mut() {
         let mut segs: Vec<Id> = Vec::new();
-        if d.segments.contains(&fin_id) {
-            segs.extend(crypt_id);
+        if d.segments.contains(&key_of) {
+            segs.extend(crypt_ids);
         }
         segs.extend(d.segments.iter().filter_map(|s| renamed.get(s)));
         segs.sort();

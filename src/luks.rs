@@ -137,7 +137,7 @@ impl MemHeader {
 
 /// The user's keyslot and the temporary one, numbered so that the user's is 0 as
 /// cryptsetup's luksFormat makes it, although the temporary one is added first.
-pub const USER_SLOT: u32 = 0;
+const USER_SLOT: u32 = 0;
 const TEMP_SLOT: u32 = 1;
 
 /// A header formatted in memory with its temporary keyslot: all of it that needs no
@@ -605,6 +605,113 @@ mod image_tests {
         let disk = std::fs::read(&lo.dev).unwrap();
         assert!(disk[end as usize..16 << 20].iter().all(|&b| b == 0), "unused header area wiped");
         assert!(disk[16 << 20..48 << 20] == pattern[16 << 20..48 << 20], "the PV's data beyond the header untouched");
+    }
+
+    /// Issue 24's format (DECRYPT.md), tried on libcryptsetup itself: a device encrypted
+    /// with a data shift, its header exported, its decryption with a data shift initialised
+    /// by libcryptsetup (datashift-checksum, the first segment moved) and one step of it run;
+    /// then pvencrypt writes the clean state with the boundary elsewhere, at no multiple of
+    /// the shift (`header::decrypted_to`). libcryptsetup loads it, counts the progress from
+    /// it, and finishes the decryption from there: the device holds the plaintext it began
+    /// with, from its first byte.
+    #[test]
+    fn a_decryption_state_written_at_any_boundary_is_resumed_by_libcryptsetup() {
+        use crate::header::{self, Header};
+        let Some(lo) = Loop::zeroed(64) else { return };
+        capture_log();
+        let pattern: Vec<u8> = (0..64u64 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+        std::fs::write(&lo.dev, &pattern).unwrap();
+        let key = Passphrase::checked(zeroize::Zeroizing::new(b"pass phrase".to_vec()), "t").unwrap();
+        let shift = Sectors(8192);
+        let params = |mode, direction, resilience: &str, flags| CryptParamsReencrypt {
+            mode,
+            direction,
+            resilience: resilience.into(),
+            hash: "sha256".into(),
+            data_shift: shift.0,
+            max_hotzone_size: 0,
+            device_size: 0,
+            luks2: None,
+            flags,
+        };
+        // Runs the reencryption the header holds, offline; `steps`: stop after that many.
+        let run = |cd: &mut CryptDevice, p: CryptParamsReencrypt, steps: Option<u32>| -> Vec<u64> {
+            cd.reencrypt_handle()
+                .reencrypt_init_by_passphrase(None, key.bytes(), None, None, None, p)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+            let mut seen = Vec::new();
+            let mut each = |done: u64, _: u64| {
+                seen.push(done);
+                steps.is_none_or(|n| seen.len() <= n as usize)
+            };
+            let mut f: &mut Progress = &mut each;
+            cd.reencrypt_handle()
+                .reencrypt2(Some(progress_cb), Some(&mut f))
+                .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+            seen
+        };
+
+        // Encrypted as pvencrypt starts it (header placed by hand), finished by libcryptsetup.
+        let p = super::loop_tests::prepared(cheap_format(shift.0), &lo.dev, &key).unwrap();
+        init_reencryption(&p, &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let img = header_image(&p).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&lo.dev).unwrap().write_all_at(&img, 0).unwrap();
+        let mut cd = open(&lo.dev).unwrap();
+        let encrypt = params(
+            CryptReencryptModeInfo::Encrypt,
+            CryptReencryptDirectionInfo::Backward,
+            "datashift",
+            CryptReencrypt::RESUME_ONLY,
+        );
+        run(&mut cd, encrypt, None);
+        assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
+
+        // Decryption as `cryptsetup reencrypt --decrypt --header FILE` starts it.
+        let hdr = lo.file.with_file_name("hdr");
+        cd.backup_handle().header_backup(Some(EncryptionFormat::Luks2), &hdr).unwrap();
+        drop(cd);
+        std::fs::OpenOptions::new().write(true).open(&lo.dev).unwrap().write_all_at(&[0; 32768], 0).unwrap();
+        let load = || {
+            let mut cd = CryptInit::init_with_data_device(Either::Right((&hdr, &lo.dev))).unwrap();
+            cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).unwrap();
+            cd
+        };
+        let (decrypt, checksum) = (CryptReencryptModeInfo::Decrypt, "datashift-checksum");
+        let init = CryptReencrypt::INITIALIZE_ONLY | CryptReencrypt::MOVE_FIRST_SEGMENT;
+        load()
+            .reencrypt_handle()
+            .reencrypt_init_by_passphrase(
+                None,
+                key.bytes(),
+                None,
+                None,
+                None,
+                params(decrypt, CryptReencryptDirectionInfo::Forward, checksum, init),
+            )
+            .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let resume = || params(decrypt, CryptReencryptDirectionInfo::Forward, checksum, CryptReencrypt::RESUME_ONLY);
+        run(&mut load(), resume(), Some(1));
+        let moved = shift.bytes();
+        let active: Vec<(String, Bytes)> = metadata(&mut load()).unwrap().active().map(|s| (s.kind.clone(), s.offset)).collect();
+        let step = [("crypt", Bytes(0)), ("linear", moved), ("crypt", Bytes(moved.0 * 3))].map(|(k, o)| (k.to_string(), o));
+        assert_eq!(active, step, "one step: the moved segment, a shift decrypted, the rest");
+
+        // pvencrypt's state: the boundary back inside the step libcryptsetup made (the
+        // ciphertext there is still in place), at no multiple of the shift.
+        let b = moved + Bytes((2 << 20) + 12288);
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&hdr).unwrap();
+        let h = Header::read(&f).unwrap();
+        let json = header::decrypted_to(&h.meta, b).unwrap();
+        h.write(&f, &h.images(&json).unwrap()).unwrap();
+        drop(f);
+        let mut cd = load();
+        assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::Clean);
+        let seen = run(&mut cd, resume(), None);
+        assert_eq!(seen.first(), Some(&(b - moved).0), "libcryptsetup resumes at pvencrypt's boundary");
+        assert_eq!(reencrypt_state(&mut load()).unwrap(), CryptReencryptInfo::None);
+        let disk = std::fs::read(&lo.dev).unwrap();
+        let pv = 56 << 20;
+        assert!(disk[..pv] == pattern[..pv], "the device holds its plaintext again, from its first byte");
     }
 
     /// `--tpm2-device`, with swtpm as the TPM2 (tpm2-tss's swtpm TCTI): the keyslot and

@@ -46,19 +46,28 @@ cp "$here"/guest/*.sh $w/tests/
 cp /etc/mke2fs.conf $w/etc/ 2>/dev/null || true   # same ext4 features as the host's mkfs
 ln -s /proc/self/mounts $w/etc/mtab               # mkfs/e2fsck look here for "mounted"
 
-# Modules with their dependencies (softdeps too) in load order; built-ins are skipped.
 want="virtio_pci virtio_blk dm-mod dm-crypt dm-mirror dm-log dm-region-hash dm-snapshot dm-flakey
   dm-delay dm-zero dm-thin-pool dm-cache dm-cache-smq dm-bufio dm-persistent-data ext4 aesni_intel xts aes_generic
   sha256_generic crc32c_generic af_alg algif_skcipher algif_hash loop md-mod"
-: > $w/usr/lib/modules/order
-for m in $want; do
-  modprobe -d "$kroot" -S "$kv" --show-depends $m | awk '$1 == "insmod" {print $2}'
-done | awk '!seen[$0]++' | while read -r f; do
-  n=$(basename "$f")
-  cp "$f" $w/usr/lib/modules/
-  case $n in *.xz) xz -d $w/usr/lib/modules/$n; n=${n%.xz};; *.zst) zstd -qd --rm $w/usr/lib/modules/$n; n=${n%.zst};; esac
-  echo "$n" >> $w/usr/lib/modules/order
-done
+# add LIST MODULE...: the modules with their dependencies (softdeps too; built-ins skipped), in
+# load order, to /lib/modules/LIST, but those "order" has. "order" loads at every boot; "lazy"
+# where a test asks for it: dm-raid pulls in raid6_pq, whose load benchmarks its algorithms
+# (seconds under TCG).
+: > $w/usr/lib/modules/order; : > $w/usr/lib/modules/lazy
+add() {
+  local list=$1 m; shift
+  for m; do
+    modprobe -d "$kroot" -S "$kv" --show-depends $m | awk '$1 == "insmod" {print $2}'
+  done | awk '!seen[$0]++' | while read -r f; do
+    n=$(basename "$f") k=${n%.xz}; k=${k%.zst}
+    [ $list != order ] && grep -qx "$k" $w/usr/lib/modules/order && continue
+    cp "$f" $w/usr/lib/modules/
+    case $n in *.xz) xz -d $w/usr/lib/modules/$n; n=${n%.xz};; *.zst) zstd -qd --rm $w/usr/lib/modules/$n; n=${n%.zst};; esac
+    echo "$n" >> $w/usr/lib/modules/$list
+  done
+}
+add order $want
+add lazy dm-raid
 
 # No udev, no lvmpolld, no dmeventd in the guest: LVM must create nodes itself and not wait.
 cat > $w/etc/lvm/lvm.conf <<'C'

@@ -2,7 +2,8 @@
 # VM: dd through a plain dm-crypt mapping (512- and 4096-byte sectors, 1-16 MiB blocks); one
 # dm mirror of the whole disk into it by region size and kcopyd sub-job size
 # (dm_mod.kcopyd_subjob_size_kb); 2-8 mirrors side by side over slices of the disk (the
-# aggregate); a 4096-byte-sector target; dm-crypt's submit_from_crypt_cpus; and whether
+# aggregate); dm-raid's raid1 rebuilding the dm-crypt leg; a 4096-byte-sector target;
+# dm-crypt's submit_from_crypt_cpus; and whether
 # cryptsetup reencrypt runs faster with the kernel's AF_ALG modules (algif_skcipher) loaded.
 # Run: tests/vm/run.sh bench_engine; then: grep RES vm-work/logs/bench_engine.log
 # disks: 1056M 1056M
@@ -42,6 +43,25 @@ mirror() {  # LABEL REGION_KIB SUBJOB_KIB NMIRRORS [crypt opts]
 for r in 1024 2048 4096 8192 16384; do mirror whole $r 512 1; done
 for r in 4096 8192 16384; do mirror whole $r 1024 1; done
 mirror slices 4096 512 2; mirror slices 4096 512 4; mirror slices 8192 512 4; mirror slices 8192 1024 4; mirror slices 4096 1024 8
+# dm-raid's raid1 (md): no metadata devices, the dm-crypt leg rebuilt from the plaintext by md's
+# recovery, which streams through a window instead of copying one region at a time.
+for m in $(cat /lib/modules/lazy); do insmod /lib/modules/$m 2>/dev/null; done
+recovered() { dmsetup status $1 | awk '{split($7, s, "/"); exit !(s[1] == s[2] && $6 == "AA" && $8 == "idle")}'; }
+raid1() {  # LABEL [crypt opts]
+  local label=$1; shift
+  openc "$*"; sync; echo 3 > /proc/sys/vm/drop_caches
+  t0=$(now)
+  if dmsetup create r1 --table "0 $sectors raid raid1 3 0 rebuild 1 2 - $(majmin /dev/vda) - $(majmin /dev/mapper/limit)"; then
+    wait_for "recovered r1" 900 || echo "RES raid1 $label: never in sync: $(dmsetup status r1)"
+    echo "RES raid1 $label (md recovery, no metadata): $(rate $(el $t0 $(now))) MiB/s; $(dmsetup status r1)"
+    dmsetup remove r1
+  else
+    echo "RES raid1 $label: dm-raid refused the table (lsmod: $(lsmod | grep -c raid))"
+  fi
+  run cryptsetup close limit
+}
+raid1 whole
+raid1 s4096 --sector-size 4096
 mirror s4096 8192 512 1 --sector-size 4096
 mirror scpu 8192 512 1 --perf-submit_from_crypt_cpus
 echo 512 > /sys/module/dm_mod/parameters/kcopyd_subjob_size_kb
