@@ -342,6 +342,44 @@ pub fn decrypted_to(m: &Metadata, b: Bytes) -> Result<Metadata> {
     Ok(rebuild(m, live, &[Id(0), Id(2)], prev_id))
 }
 
+/// The switch back's first write (DECRYPT.md): everything past the moved segment decrypted
+/// (`m`), the moved segment `[0, M)` in reencryption, to be decrypted in place. Its
+/// ciphertext's checksums (`moved_checksums`) must be in the reencrypt keyslot's area
+/// before this is written: cryptsetup's recovery of this state decrypts the blocks whose
+/// checksum still matches.
+pub fn decrypt_moved_hot(m: &Metadata) -> Result<Metadata> {
+    let (prev_id, _) = m.flagged("backup-previous").ok_or_else(|| Error::new(Kind::Failed, "no backup-previous segment"))?;
+    let active: Vec<&Segment> = m.active().collect();
+    let (moved_len, rest) = match active[..] {
+        [moved, rest] if moved.is_crypt() && moved.offset == Bytes(0) && rest.kind == "linear" => (moved.size.fixed(), rest),
+        _ => return fail("Not every byte past the moved segment is decrypted"),
+    };
+    let Some(moved_len) = moved_len.filter(|&l| l == rest.offset) else {
+        return fail("The moved segment does not end where the decrypted bytes start");
+    };
+    let linear = |offset, size, flags| Segment {
+        kind: "linear".into(),
+        offset,
+        size,
+        iv_tweak: None,
+        encryption: None,
+        sector_size: None,
+        flags,
+        rest: Default::default(),
+    };
+    let live = vec![
+        linear(Bytes(0), Size::Fixed(moved_len), Some(vec!["in-reencryption".to_string()])),
+        linear(moved_len, Size::Dynamic, None),
+    ];
+    Ok(rebuild(m, live, &[], prev_id))
+}
+
+/// libcryptsetup's checksum resilience: the sha256 of each `block` bytes of `data`, one
+/// after the other, as it reads them back from the reencrypt keyslot's area.
+pub fn checksums(data: &[u8], block: usize) -> Vec<u8> {
+    data.chunks(block).flat_map(|b| Sha256::digest(b).to_vec()).collect()
+}
+
 /// Renumbers: `live` become 0..n-1, the backup segments follow in their order; every
 /// digest keeps its backup segments (renumbered), and the digest of the segment `key_of`
 /// (the one whose key the active crypt segments use) also gets those, `crypt_ids`.

@@ -611,9 +611,11 @@ mod image_tests {
     /// with a data shift, its header exported, its decryption with a data shift initialised
     /// by libcryptsetup (datashift-checksum, the first segment moved) and one step of it run;
     /// then pvencrypt writes the clean state with the boundary elsewhere, at no multiple of
-    /// the shift (`header::decrypted_to`). libcryptsetup loads it, counts the progress from
-    /// it, and finishes the decryption from there: the device holds the plaintext it began
-    /// with, from its first byte.
+    /// the shift (`header::decrypted_to`). libcryptsetup loads it and resumes from there up to
+    /// the moved segment. pvencrypt then writes the switch back's first step (the checksums
+    /// of the moved segment's ciphertext, its hot state: `header::decrypt_moved_hot`), and
+    /// half of the moved segment is decrypted in place before a "crash": libcryptsetup's
+    /// recovery finishes it. The device holds the plaintext it began with, from its first byte.
     #[test]
     fn a_decryption_state_written_at_any_boundary_is_resumed_by_libcryptsetup() {
         use crate::header::{self, Header};
@@ -634,15 +636,16 @@ mod image_tests {
             luks2: None,
             flags,
         };
-        // Runs the reencryption the header holds, offline; `steps`: stop after that many.
-        let run = |cd: &mut CryptDevice, p: CryptParamsReencrypt, steps: Option<u32>| -> Vec<u64> {
+        // Runs the reencryption the header holds, offline, the progress reports it made (bytes
+        // done) in `seen`, until `done` says so.
+        let run = |cd: &mut CryptDevice, p: CryptParamsReencrypt, done: &dyn Fn(&[u64]) -> bool| -> Vec<u64> {
             cd.reencrypt_handle()
                 .reencrypt_init_by_passphrase(None, key.bytes(), None, None, None, p)
                 .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
             let mut seen = Vec::new();
-            let mut each = |done: u64, _: u64| {
-                seen.push(done);
-                steps.is_none_or(|n| seen.len() <= n as usize)
+            let mut each = |d: u64, _: u64| {
+                seen.push(d);
+                !done(&seen)
             };
             let mut f: &mut Progress = &mut each;
             cd.reencrypt_handle()
@@ -663,7 +666,7 @@ mod image_tests {
             "datashift",
             CryptReencrypt::RESUME_ONLY,
         );
-        run(&mut cd, encrypt, None);
+        run(&mut cd, encrypt, &|_| false);
         assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
 
         // Decryption as `cryptsetup reencrypt --decrypt --header FILE` starts it.
@@ -690,7 +693,7 @@ mod image_tests {
             )
             .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let resume = || params(decrypt, CryptReencryptDirectionInfo::Forward, checksum, CryptReencrypt::RESUME_ONLY);
-        run(&mut load(), resume(), Some(1));
+        run(&mut load(), resume(), &|seen| seen.len() > 1);
         let moved = shift.bytes();
         let active: Vec<(String, Bytes)> = metadata(&mut load()).unwrap().active().map(|s| (s.kind.clone(), s.offset)).collect();
         let step = [("crypt", Bytes(0)), ("linear", moved), ("crypt", Bytes(moved.0 * 3))].map(|(k, o)| (k.to_string(), o));
@@ -706,8 +709,35 @@ mod image_tests {
         drop(f);
         let mut cd = load();
         assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::Clean);
-        let seen = run(&mut cd, resume(), None);
+        // Up to the moved segment: the header says so between two steps.
+        let only_moved_left = |_: &[u64]| {
+            let m = Header::read(&std::fs::File::open(&hdr).unwrap()).unwrap().meta;
+            m.active().map(|s| (s.kind.as_str(), s.size.fixed())).eq([("crypt", Some(moved)), ("linear", None)])
+        };
+        let seen = run(&mut cd, resume(), &only_moved_left);
         assert_eq!(seen.first(), Some(&(b - moved).0), "libcryptsetup resumes at pvencrypt's boundary");
+
+        // The switch back's first step, then half of the moved segment decrypted in place.
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&hdr).unwrap();
+        let h = Header::read(&f).unwrap();
+        let area = h.meta.keyslots.values().find(|k| k.kind == "reencrypt").and_then(|k| k.area.clone()).unwrap();
+        assert_eq!(area.rest["type"], "datashift-checksum");
+        let ciphertext = &std::fs::read(&lo.dev).unwrap()[..moved.0 as usize];
+        let sums = header::checksums(ciphertext, area.sector_size.unwrap() as usize);
+        f.write_all_at(&sums, area.offset.unwrap().0).unwrap();
+        f.sync_data().unwrap();
+        let json = header::decrypt_moved_hot(&h.meta).unwrap();
+        h.write(&f, &h.images(&json).unwrap()).unwrap();
+        drop(f);
+        assert_eq!(reencrypt_state(&mut load()).unwrap(), CryptReencryptInfo::Crash);
+        let half = moved.0 as usize / 2;
+        std::fs::OpenOptions::new().write(true).open(&lo.dev).unwrap().write_all_at(&pattern[..half], 0).unwrap();
+        // What `cryptsetup repair --header` does (and any open of the device, online).
+        let repair = params(decrypt, CryptReencryptDirectionInfo::Forward, checksum, CryptReencrypt::RECOVERY);
+        load()
+            .reencrypt_handle()
+            .reencrypt_init_by_passphrase(None, key.bytes(), None, None, None, repair)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         assert_eq!(reencrypt_state(&mut load()).unwrap(), CryptReencryptInfo::None);
         let disk = std::fs::read(&lo.dev).unwrap();
         let pv = 56 << 20;

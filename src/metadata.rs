@@ -128,6 +128,9 @@ pub struct Area {
     pub size: Option<Bytes>,
     #[serde(default, with = "text::opt", skip_serializing_if = "Option::is_none")]
     pub shift_size: Option<Bytes>,
+    /// A checksum resilience's block: one hash per this many bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sector_size: Option<u32>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
 }
