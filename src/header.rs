@@ -306,7 +306,8 @@ pub fn at_boundary(m: &Metadata, l: &Layout, b: Bytes) -> Result<Metadata> {
 }
 
 /// Decryption with a data shift (DECRYPT.md; the state libcryptsetup's init wrote is `m`):
-/// the clean state with the logical bytes [0, b) decrypted, `b` past the moved segment. The
+/// the clean state with the logical bytes [0, b) decrypted, `b` past the moved segment and
+/// short of the end (there, the rest is one linear segment: libcryptsetup's last step). The
 /// moved segment stays encrypted at the head (it is decrypted in place, last); [its end, b) is
 /// plaintext at its final place; the rest is still ciphertext, one shift higher.
 pub fn decrypted_to(m: &Metadata, b: Bytes) -> Result<Metadata> {

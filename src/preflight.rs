@@ -295,9 +295,6 @@ fn may_ask(opts: &Options) -> bool {
     !opts.yes && std::io::IsTerminal::is_terminal(&std::io::stdin())
 }
 
-/// The encryption sector size: --sector-size, which dm-crypt refuses below the device's
-/// logical block size (a 4Kn disk: 4096), else that block size (cryptsetup luksFormat
-/// picks it too), at least 512.
 /// The new header's format as preflight will plan it for `path`, from the options and
 /// the device alone (no LVM report): what `convert::format_ahead` needs to start early.
 pub fn format_for(opts: &Options, path: &Path) -> Result<Format> {
@@ -306,6 +303,9 @@ pub fn format_for(opts: &Options, path: &Path) -> Result<Format> {
     format_of(opts, Sectors(opts.reduce_device_size / 2 / Sectors::SIZE), sector_size(opts, path, lbs)?)
 }
 
+/// The encryption sector size: --sector-size, which dm-crypt refuses below the device's
+/// logical block size (a 4Kn disk: 4096), else that block size (cryptsetup luksFormat
+/// picks it too), at least 512.
 fn sector_size(opts: &Options, path: &Path, lbs: u32) -> Result<u32> {
     match opts.sector_size {
         Some(s) if s < lbs => refuse(format!(
