@@ -48,10 +48,10 @@ if [ -z "$bin" ]; then
   fi
 fi
 gcc -static -O2 -Wall -o "$VM_WORK/pvwriter" "$here/writer.c" || { echo "writer.c does not build"; exit 1; }
-"$here/build-initramfs.sh" "$VM_WORK/kernel" "$VM_WORK/initramfs.cpio.gz" "$VM_WORK/pvwriter" $bin \
+"$here/build-initramfs.sh" "$VM_WORK/kernel" "$VM_WORK/initramfs.cpio" "$VM_WORK/pvwriter" $bin \
   || { echo "build-initramfs.sh failed"; exit 1; }
-export VM_KERNEL=$(ls "$VM_WORK"/kernel/boot/vmlinuz-* | head -1)
-export VM_INITRD=$VM_WORK/initramfs.cpio.gz
+export VM_KERNEL=$(ls "$VM_WORK"/kernel/boot/vmlinu[xz]-* | head -1)
+export VM_INITRD=$VM_WORK/initramfs.cpio
 export VM_PVENCRYPT=$bin   # host tests that build their own guest root (host/t_debian_root.sh)
 . "$here/lib.sh"
 

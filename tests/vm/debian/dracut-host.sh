@@ -1,7 +1,7 @@
 # Sourced by the host tests of the dracut root (host/t_dracut_*.sh), after lib.sh's checks:
-# the root image with pvencrypt's package installed (vda: the PV, vdb: /boot, vdc: the root
-# image), the prepare boot that puts the root on vg/root, and boot_unlocking. Sets name, run,
-# logs, deb, kv, debian (the kernel command line), took, initrd_file.
+# the root with pvencrypt's package installed, on vg/root (vda: the PV, vdb: /boot), and
+# boot_unlocking. Sets name, run, logs, deb, kv, debian (the kernel command line), took,
+# initrd_file.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 name=$(basename "$0" .sh)
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
@@ -25,6 +25,7 @@ check "the package ships pvencrypt's dracut module" \
   "dpkg-deb -c '$pkg' | awk '{print \$6}' | grep -qx ./usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh"
 mkdir -p "$run/root/tests"
 cp "$here/guest/lib.sh" "$here"/debian/*.sh "$here/debian/run-test" "$run/root/tests/"
+cp "$VM_WORK/pvwriter" "$run/root/usr/local/bin/"   # lib.sh's sha
 cp "$here/debian/pvtest.service" "$run/root/etc/systemd/system/"
 mkdir -p "$run/root/etc/systemd/system/multi-user.target.wants"
 ln -s ../pvtest.service "$run/root/etc/systemd/system/multi-user.target.wants/pvtest.service"
@@ -36,15 +37,9 @@ sed -i 's/^\t# use_devicesfile = 0$/\tuse_devicesfile = 1/' "$run/root/etc/lvm/l
 grep -q '^.use_devicesfile = 1$' "$run/root/etc/lvm/lvm.conf" || { echo "cannot enable the devices file"; exit 1; }
 disks=$(vm_disks "$run" 1G)
 mkfs.ext4 -q -F -d "$deb/boot" "$run/vdb.img" 128M
-mkfs.ext4 -q -F -d "$run/root" "$run/vdc.img" 640M
+"$here/debian/root-on-lv.sh" "$run/root" "$run/vda.img" 640 || { echo "root-on-lv.sh failed"; exit 1; }
 rm -rf "$run/root"
 took "the root image" $t_start
-
-t=$SECONDS
-vm_boot "$logs/$name.prepare.log" debian_prepare "$run"/vd{a,b,c}.img
-vm_report prepare "$logs/$name.prepare.log"
-vm_passed "$logs/$name.prepare.log" || { echo "prepare failed"; exit 1; }
-took "prepare" $t
 
 # dracut's initramfs drops to its emergency shell if the root never comes (the host stops
 # waiting). No floppy probing (QEMU has a controller, no disk): every read of fd0 fails slowly.

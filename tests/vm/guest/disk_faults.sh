@@ -77,7 +77,7 @@ serving() {
   local before; before=$(writer_acked)
   kill -0 $WRITER_PID 2>/dev/null || { echo "the writer ended:"; cat /tmp/writer.out; dmesg | tail -20; }
   check "$1: the writer on vg-w goes on" "wait_for '[ \$(writer_acked) -gt $before ]' 10"
-  check_eq "$1: vg-a (outside the bad block) reads whole, unchanged" "$(timeout 120 sha256sum < /dev/mapper/vg-a | cut -c1-64)" "$a_sha"
+  check_eq "$1: vg-a (outside the bad block) reads whole, unchanged" "$(timeout 120 pvwriter sum /dev/mapper/vg-a)" "$a_sha"
 }
 
 echo "=== 1. the plaintext of a chunk unreadable"
@@ -90,7 +90,7 @@ serving "unreadable plaintext"
 check "unreadable plaintext: the LVs run on the plaintext again (no mover mirror left)" \
   '[ -z "$(dmsetup table | grep " mirror ")" ]'
 healed
-check_eq "unreadable plaintext: healed, vg-b unchanged" "$(timeout 120 sha256sum < /dev/mapper/vg-b | cut -c1-64)" "$b_sha"
+check_eq "unreadable plaintext: healed, vg-b unchanged" "$(timeout 120 pvwriter sum /dev/mapper/vg-b)" "$b_sha"
 
 # armed_run PVENCRYPT_FAULT=POINT:stop COND ARM ARGS...   pvencrypt ARGS, stopping itself at
 # POINT at every commit; at the first stop where COND holds, ARM runs; every stop goes on
@@ -135,7 +135,7 @@ check "unwritable ciphertext: the bad block went under a chunk's new place befor
 stopped "unwritable ciphertext" $F2 $RC
 serving "unwritable ciphertext"
 healed
-check_eq "unwritable ciphertext: healed, vg-b unchanged" "$(timeout 120 sha256sum < /dev/mapper/vg-b | cut -c1-64)" "$b_sha"
+check_eq "unwritable ciphertext: healed, vg-b unchanged" "$(timeout 120 pvwriter sum /dev/mapper/vg-b)" "$b_sha"
 
 echo "=== closed, opened by stock cryptsetup"
 writer_stop; acked=$(writer_acked)
@@ -171,7 +171,7 @@ stopped "failed plaintext write" $F3 $RC
 check "failed plaintext write: the LVs run on the plaintext again (no mover mirror left)" \
   '[ -z "$(dmsetup table | grep " mirror ")" ]'
 kill $loop; wait $loop
-serving_b() { check_eq "$1: vg-$2 reads whole, unchanged" "$(timeout 120 sha256sum < /dev/mapper/vg-$2 | cut -c1-64)" "$3"; }
+serving_b() { check_eq "$1: vg-$2 reads whole, unchanged" "$(timeout 120 pvwriter sum /dev/mapper/vg-$2)" "$3"; }
 serving_b "failed plaintext write" a "$a_sha"
 serving_b "failed plaintext write" b "$b_sha"
 got=$(timeout 30 dd if=/dev/mapper/vg-w bs=4k skip=$at count=1 iflag=direct 2>/dev/null | tr -d ' \0')

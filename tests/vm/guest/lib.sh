@@ -40,8 +40,9 @@ run() {
 
 now() { cut -d' ' -f1 /proc/uptime; }
 
-# sha DEV|FILE   sha256 of the whole content.
-sha() { sha256sum < "$1" | cut -c1-64; }
+# sha DEV|FILE   a digest of the whole content: XXH64 (pvwriter sum), as sure as sha256 to
+# see a change nobody crafted, and 5x faster under TCG (sha256sum: 22 MB/s).
+sha() { pvwriter sum "$1"; }
 
 # wait_for CMD TIMEOUT_S   polls CMD every 0.1 s; 1 if it never succeeded.
 wait_for() {
@@ -125,7 +126,7 @@ copies_start() {
 same() {
   local lv
   for lv in $COPIES; do
-    check_eq "$1: vg-$lv serves the bytes written" "$(timeout 60 sha256sum < /dev/mapper/vg-$lv | cut -c1-64)" \
+    check_eq "$1: vg-$lv serves the bytes written" "$(timeout 60 pvwriter sum /dev/mapper/vg-$lv)" \
       "$(sha /tmp/$lv.img)"
   done
 }

@@ -1,4 +1,4 @@
-# seconds: 90   (measured, TCG: run.sh starts the longest first)
+# seconds: 60   (measured, TCG: run.sh starts the longest first)
 # A disk with 4096-byte logical sectors (4Kn, as many NVMe drives): dm-crypt cannot encrypt
 # it in 512-byte sectors. pvencrypt defaults to the disk's logical block size and says so
 # in --test; an explicit --sector-size 512 is refused with its real cause and nothing

@@ -1,4 +1,4 @@
-# seconds: 180   (measured, TCG: run.sh starts the longest first)
+# seconds: 140   (measured, TCG: run.sh starts the longest first)
 # Issue 20: a death at any step of the switch's freeze (SIGKILL, the OOM killer) leaves no LV
 # suspended and never shows one a wrong byte (ARCHITECTURE.md, "The switch"). For each step,
 # pvencrypt stops itself there and is killed; its guardian then rolls back to the plain PV

@@ -1,4 +1,4 @@
-# seconds: 210   (measured, TCG: run.sh starts the longest first)
+# seconds: 120   (measured, TCG: run.sh starts the longest first)
 # Issue 20: a death at any step of a commit of the data phase never shows the LVs a wrong byte,
 # not even before a take-over. For each step (ARCHITECTURE.md, "A commit"), pvencrypt stops
 # itself there, the copies that run are let finish, and it is killed (SIGKILL: only its

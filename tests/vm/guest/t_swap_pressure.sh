@@ -1,4 +1,4 @@
-# seconds: 210   (measured, TCG: run.sh starts the longest first)
+# seconds: 250   (measured, TCG: run.sh starts the longest first)
 # Swap on an LV of the PV being converted (Debian's default layout), under memory pressure:
 # a hog in a cgroup too small for it swaps all the time, and pvencrypt's own cgroup is made
 # to give every page it can to swap (memory.reclaim) during the switch and the data phase.

@@ -1,4 +1,4 @@
-# seconds: 420   (measured, TCG: run.sh starts the longest first)
+# seconds: 450   (measured, TCG: run.sh starts the longest first)
 # The VM is killed hard (qemu SIGKILL) while pvencrypt converts a PV under two writers:
 # once inside the freeze and at four points of the data phase (1-99%, 35-69%, 65-79%,
 # 80-92%). Each time a fresh VM on the same disks must find every acknowledged record, the

@@ -1,4 +1,4 @@
-# seconds: 330   (measured, TCG: run.sh starts the longest first)
+# seconds: 190   (measured, TCG: run.sh starts the longest first)
 # Disk faults in the data phase (guest/disk_faults.sh): three kinds of I/O error under the PV,
 # each stopping the run with nothing acknowledged lost; then a power cut and a fresh boot on
 # the healed disk, where every acknowledged write is there and pvencrypt finishes.

@@ -1,4 +1,4 @@
-# seconds: 900   (measured, TCG: run.sh starts the longest first)
+# seconds: 1100   (measured, TCG: run.sh starts the longest first)
 # Boot integration on a Debian 12 root whose initramfs dracut builds (debian/build-root.sh's
 # dracut flavor: Debian's generic image, hostonly not set, systemd inside, tpm2-tools), the
 # root filesystem an LV of the PV being converted, /boot a plain disk, pvencrypt from its
@@ -6,7 +6,7 @@
 # boots 1, 3 and 4. A generic image opens no LUKS device unless its crypttab or the kernel
 # command line names it: pvencrypt adds /etc/dracut.conf.d/pvencrypt-NAME.conf for its dracut
 # module.
-#   prepare  (busybox guest): VG vg on vda, LV root filled with the root image (vdc)
+#   prepare  (on the host, debian/root-on-lv.sh): VG vg on vda, LV root holding the root
 #   boot 1   (the cached generic image, TPM2): a TPM2 that is not there refused; --test;
 #            pvencrypt -b --tpm2-device=auto /dev/vda in its unit; the header, crypttab, the
 #            drop-in and dracut's rebuild right after the switch; the power is cut a quarter
