@@ -67,7 +67,7 @@ add() {
   done
 }
 add order $want
-add lazy dm-raid
+add lazy dm-raid raid1   # md loads its raid1 personality by request_module: no modprobe here
 
 # No udev, no lvmpolld, no dmeventd in the guest: LVM must create nodes itself and not wait.
 cat > $w/etc/lvm/lvm.conf <<'C'
