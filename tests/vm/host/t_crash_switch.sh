@@ -1,4 +1,4 @@
-# seconds: 760   (measured, TCG: run.sh starts the longest first)
+# seconds: 950   (measured, TCG: run.sh starts the longest first)
 # The switch's crash story, step by step: the power is cut (no sync) at each named step
 # of pvencrypt, and a fresh boot on the same disks must find the plain PV or a LUKS2
 # device stock cryptsetup opens, the data intact, and pvencrypt must finish the job.
