@@ -47,7 +47,7 @@ fi
 kv=$(ls "$work/kernel/lib/modules")
 if [ ! -s "$work/kernel/boot/vmlinux-$kv" ]; then
   z=$work/kernel/boot/vmlinuz-$kv x=$work/kernel/boot/vmlinux-$kv
-  off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$z" | head -1 | cut -d: -f1)
+  off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$z" | head -1 | cut -d: -f1) || true   # none: no vmlinux
   [ -z "$off" ] || tail -c +$((off + 1)) "$z" | xz -dc --single-stream > "$x.tmp" || true
   # XEN_ELFNOTE_PHYS32_ENTRY (0x12): QEMU's -kernel boots an ELF through it.
   if readelf -n "$x.tmp" 2>/dev/null | grep -q 'note type: (0x00000012)'; then mv "$x.tmp" "$x"
