@@ -40,9 +40,10 @@ run() {
 
 now() { cut -d' ' -f1 /proc/uptime; }
 
-# sha DEV|FILE   a digest of the whole content: XXH64 (pvwriter sum), as sure as sha256 to
-# see a change nobody crafted, and 5x faster under TCG (sha256sum: 22 MB/s).
-sha() { pvwriter sum "$1"; }
+# sha DEV|FILE|-   a digest of the whole content (- : stdin): XXH64 (pvwriter sum), as sure as
+# sha256 to see a change nobody crafted, and 5x faster under TCG (sha256sum: 22 MB/s). A read
+# that fails prints a string of its own, so two failures never compare equal.
+sha() { pvwriter sum "$1" || echo "unread:$1:$(cat /proc/sys/kernel/random/uuid)"; }
 
 # wait_for CMD TIMEOUT_S   polls CMD every 0.1 s; 1 if it never succeeded.
 wait_for() {

@@ -1,7 +1,7 @@
 # DECRYPT.md's header place, checked with stock tools only (not a t_ test: `run.sh
 # proof_tail_header`): cryptsetup 2.6.1 with the LUKS2 header in the device's last 16 MiB,
-# read through a loop device over that tail, opens every state and resumes a decryption
-# online, the LVs active on the mapping and a writer on one of them.
+# read through a loop device over that tail, opens the state decryption's init leaves and
+# resumes it online to the end, the LVs active on the mapping and a writer on one of them.
 # disks: 256M
 # timeout: 900
 . /tests/lib.sh

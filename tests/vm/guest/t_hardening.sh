@@ -32,7 +32,7 @@ writer_start /mnt/fs/log
 
 field() { pvencrypt --status --reportformat json | sed -n "s/.*\"$1\": \"\([^\"]*\)\".*/\1/p" | head -1; }
 pct100() { field percent | awk '{ printf "%d", $1 * 100 }'; }
-tail_sha() { dd if=/dev/vda bs=1M skip=440 2>/dev/null | pvwriter sum -; }
+tail_sha() { dd if=/dev/vda bs=1M skip=440 2>/dev/null | sha -; }
 
 echo "=== 1. the VG changes while pvencrypt prepares"
 tail0=$(tail_sha)

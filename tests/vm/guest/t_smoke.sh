@@ -38,9 +38,9 @@ dd if=/dev/urandom of=/tmp/data bs=1M count=16 2>/dev/null
 dd if=/tmp/data of=/dev/mapper/vdb_crypt bs=1M conv=fsync 2>/dev/null
 run cryptsetup close vdb_crypt
 data_sha=$(sha /tmp/data)
-check "ciphertext on disk" '[ "$(dd if=/dev/vdb bs=1M skip=16 count=16 2>/dev/null | pvwriter sum -)" != "$data_sha" ]'
+check "ciphertext on disk" '[ "$(dd if=/dev/vdb bs=1M skip=16 count=16 2>/dev/null | sha -)" != "$data_sha" ]'
 run cryptsetup open --key-file /tmp/key /dev/vdb vdb_crypt
-check_eq "plaintext back" "$(head -c 16777216 /dev/mapper/vdb_crypt | pvwriter sum -)" "$data_sha"
+check_eq "plaintext back" "$(head -c 16777216 /dev/mapper/vdb_crypt | sha -)" "$data_sha"
 
 run mkfs.ext4 -q /dev/mapper/vg-b
 mkdir -p /mnt/b; run mount /dev/mapper/vg-b /mnt/b

@@ -16,7 +16,7 @@ PVOPTS="--setphysicalvolumesize 24M" mkvg vg /dev/vda
 mklv a -l 100%FREE vg
 dd if=/dev/urandom of=/dev/mapper/vg-a bs=1M count=$(($(blockdev --getsize64 /dev/mapper/vg-a) >> 20)) oflag=direct 2>/dev/null
 T=$((24 << 20))
-ref=$(dd if=/dev/vda bs=1M count=24 iflag=direct 2>/dev/null | pvwriter sum -)
+ref=$(dd if=/dev/vda bs=1M count=24 iflag=direct 2>/dev/null | sha -)
 a_sha=$(sha /dev/mapper/vg-a)
 
 state() { sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' /proc/$1/status 2>/dev/null; }
@@ -27,7 +27,7 @@ maps_ref() { # LABEL LOOP: stock cryptsetup opens it and maps the PV's bytes
     cryptsetup open --debug --disable-locks --key-file /tmp/key "$2" snap 2>&1 | tail -40
     return
   }
-  got=$(head -c $T /dev/mapper/snap | pvwriter sum -)
+  got=$(head -c $T /dev/mapper/snap | sha -)
   cryptsetup close --disable-locks snap
   check_eq "$1: stock cryptsetup open maps the PV's bytes" "$got" "$ref"
 }
