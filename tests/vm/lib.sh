@@ -93,7 +93,7 @@ vm_start_root() {
   rm -f "$log.hung"
   for try in 1 2; do
     "${VM_CMD[@]}" < "$input" > "$log" 2>&1 &
-    VM_PID=$!
+    VM_PID=$! VM_LOG=$log
     [ $try = 1 ] && vm_wait_for "$log" "$VM_STALL|$VM_SHOWN" "$VM_BOOT_TIMEOUT" 2>/dev/null &&
       grep -aqE "$VM_STALL" "$log" && ! grep -aqE "$VM_SHOWN" "$log" || return 0
     vm_kill; mv "$log" "$log.hung"
@@ -101,12 +101,12 @@ vm_start_root() {
   done
 }
 
-VM_PID=
+VM_PID= VM_LOG=/dev/null
 vm_start() {
   local log=$1; shift
   _vm_cmd "$@"
   "${VM_CMD[@]}" < /dev/null > "$log" 2>&1 &
-  VM_PID=$!
+  VM_PID=$! VM_LOG=$log
 }
 
 # vm_wait_for LOG REGEX [TIMEOUT_S]: 0 when a console line matches; 1 if the VM exited first
@@ -132,10 +132,20 @@ vm_kill() {
 }
 
 # vm_wait [TIMEOUT_S]: wait for the background VM to power off; kills it on timeout (rc 137).
+# A guest whose kernel said it powers down but only halted (no ACPI found) is killed 30 s
+# later, and the console says so, rather than holding the run until the timeout.
 vm_wait() {
-  local end=$((SECONDS + ${1:-$VM_TIMEOUT}))
+  local end=$((SECONDS + ${1:-$VM_TIMEOUT})) down= i=0
   while kill -0 "$VM_PID" 2>/dev/null; do
     [ $SECONDS -lt $end ] || { vm_kill; return 137; }
+    i=$((i + 1))
+    if [ -z "$down" ] && [ $((i % 20)) = 0 ] && grep -aq 'reboot: Power down' "$VM_LOG" 2>/dev/null; then
+      down=$SECONDS
+    elif [ -n "$down" ] && [ $((SECONDS - down)) -ge 30 ]; then
+      echo "VM-NO-POWEROFF: the guest said 'Power down' but QEMU still ran 30 s later; killed" |
+        tee -a "$VM_LOG" >&2
+      vm_kill; return 0
+    fi
     sleep 0.1
   done
   wait "$VM_PID"; local rc=$?; VM_PID=; return $rc

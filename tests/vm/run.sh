@@ -88,7 +88,7 @@ run_one() {
     rm -rf "${VM_WORK:?}/run/$name"   # disk images are kept only for failed tests
   else
     out="FAIL $name ($((SECONDS - t0)) s), log $log"$'\n'
-    out+=$(grep -aE 'CHECK-FAIL|VM-TIMEOUT|VM-BOOT-HANG|RESULT:|VM-EXIT' "$log" | tr -d '\r' | sed 's/^/  ! /')$'\n'
+    out+=$(grep -aE 'CHECK-FAIL|VM-TIMEOUT|VM-BOOT-HANG|VM-NO-POWEROFF|RESULT:|VM-EXIT' "$log" | tr -d '\r' | sed 's/^/  ! /')$'\n'
     out+=$(tail -n 30 "$log" | tr -d '\r' | sed 's/^/  | /')
   fi
   printf '%s\n' "$out"

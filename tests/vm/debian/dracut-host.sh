@@ -5,6 +5,7 @@
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 name=$(basename "$0" .sh)
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
+. "$here/debian/host-root.sh"
 "$here/debian/build-root.sh" "$VM_WORK/kernel" dracut || { echo "debian/build-root.sh dracut failed"; exit 1; }
 deb=$VM_WORK/debian-dracut
 kv=$(ls "$deb/boot" | sed -n 's/^vmlinuz-//p')
@@ -15,30 +16,13 @@ took() { echo "TIME: $1 took $((SECONDS - $2)) s"; }
 # The package, from this build's binary.
 pkg=$("$here/../../packaging/build-deb.sh" "$VM_PVENCRYPT" "$run/deb") || { echo "packaging/build-deb.sh failed"; exit 1; }
 
-# The root image: the cached root, the package installed, the test driver and scripts.
-rm -rf "$run/root"; mkdir -p "$run"; cp -a "$deb/root" "$run/root"
-cp "$pkg" "$run/root/tmp/pvencrypt.deb"
-chroot "$run/root" dpkg -i /tmp/pvencrypt.deb > "$logs/$name.dpkg.log" 2>&1
-check "dpkg -i pvencrypt.deb" [ $? -eq 0 ]
-rm "$run/root/tmp/pvencrypt.deb"
+# The root image: the cached root, the package installed, the test driver and scripts; LVM's
+# devices file on, as in t_debian_root.sh.
+root_tree "$deb" "$pkg"
 check "the package ships pvencrypt's dracut module" \
   "dpkg-deb -c '$pkg' | awk '{print \$6}' | grep -qx ./usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh"
-mkdir -p "$run/root/tests"
-cp "$here/guest/lib.sh" "$here"/debian/*.sh "$here/debian/run-test" "$run/root/tests/"
-cp "$VM_WORK/pvwriter" "$run/root/usr/local/bin/"   # lib.sh's sha
-cp "$here/debian/pvtest.service" "$run/root/etc/systemd/system/"
-mkdir -p "$run/root/etc/systemd/system/multi-user.target.wants"
-ln -s ../pvtest.service "$run/root/etc/systemd/system/multi-user.target.wants/pvtest.service"
-# The console belongs to the test and to the password prompts: no login prompt on it.
-ln -sf /dev/null "$run/root/etc/systemd/system/serial-getty@ttyS0.service"
-ln -sf /dev/null "$run/root/etc/systemd/system/getty@tty1.service"
-# LVM's devices file on, as in t_debian_root.sh.
-sed -i 's/^\t# use_devicesfile = 0$/\tuse_devicesfile = 1/' "$run/root/etc/lvm/lvm.conf"
-grep -q '^.use_devicesfile = 1$' "$run/root/etc/lvm/lvm.conf" || { echo "cannot enable the devices file"; exit 1; }
-disks=$(vm_disks "$run" 1G)
-mkfs.ext4 -q -F -d "$deb/boot" "$run/vdb.img" 128M
-"$here/debian/root-on-lv.sh" "$run/root" "$run/vda.img" 640 || { echo "root-on-lv.sh failed"; exit 1; }
-rm -rf "$run/root"
+root_devicesfile
+root_disks "$deb"
 took "the root image" $t_start
 
 # dracut's initramfs drops to its emergency shell if the root never comes (the host stops
@@ -57,8 +41,7 @@ initrd_file() {
 
 # boot_unlocking N TEST [cut]: boots with the image now in /boot, types the passphrase once
 # at the prompt of systemd-cryptsetup in the initramfs (the console is the VM's stdin).
-# "cut": the guest cuts its own power in the data phase (PVENCRYPT_FAULT), checked instead
-# of a clean end.
+# "cut": the guest cuts its own power in the data phase, checked instead of a clean end.
 prompt='Please enter passphrase for disk .*vda_crypt'
 boot_unlocking() {
   local log=$logs/$name.boot$1.log t=$SECONDS
@@ -83,7 +66,8 @@ boot_unlocking() {
   vm_report "boot $1" "$log"
   if [ "${3:-}" = cut ]; then
     tr -d '\r' < "$log" | grep -aE '^(pvencrypt|status|keyring|cryptsetup):'
-    check "boot $1: the power was cut in the data phase" "grep -aq '^status: .* encrypting ' '$log' && ! grep -aq '^VM-EXIT' '$log'"
+    check "boot $1: the power was cut in the data phase, after the guest's checks" \
+      "grep -aq '^status: .* encrypting ' '$log' && grep -aq '^=== the power cut' '$log' && ! grep -aqE '^(CHECK-FAIL|VM-EXIT)' '$log'"
     took "boot $1" $t
     return
   fi

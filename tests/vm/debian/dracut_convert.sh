@@ -6,7 +6,7 @@
 # (systemd-cryptenroll ran on the header in memory); right after the switch come the crypttab
 # line (tpm2-device=auto), the dracut drop-in and the rebuild (a generic image). The power is
 # cut (PVENCRYPT_FAULT, no sync) a quarter through the data phase. A drop-in of the test makes
-# the next boot's resume cut the power too, at three quarters, once.
+# the next boot's resume stop at three quarters, once, for boot 2's power cut.
 . /tests/dracut-lib.sh
 check_eq "root on the VG" "$(findmnt -n -o SOURCE /)" /dev/mapper/vg-root
 check_eq "dracut builds the initramfs, not initramfs-tools" \
@@ -34,13 +34,13 @@ check "--test: the initramfs is rebuilt with dracut and checked" \
 check "--test: the crypttab line has tpm2-device=auto" "grep -q 'gets: vda_crypt UUID=<new LUKS UUID> none luks,discard,tpm2-device=auto' /run/test.out"
 check "--test: every boot unlocks with the TPM2" \
   "grep -q 'every boot from now on unlocks vda_crypt with the TPM2, in the initramfs (dracut), with nobody at the console' /run/test.out"
-# The next boot's resume (pvencrypt-resume.service) cuts the power at 75 %, once: the drop-in
-# removes itself as the unit starts.
+# The next boot's resume (pvencrypt-resume.service) stops at 75 % for the power cut, once: the
+# drop-in removes itself as the unit starts, durably (the cut does not sync).
 mkdir -p /etc/systemd/system/pvencrypt-resume.service.d
 cat > /etc/systemd/system/pvencrypt-resume.service.d/cut.conf <<'C'
 [Service]
-Environment=PVENCRYPT_FAULT=run-75
-ExecStartPre=/bin/rm -f /etc/systemd/system/pvencrypt-resume.service.d/cut.conf
+Environment=PVENCRYPT_FAULT=run-75:stop
+ExecStartPre=/bin/sh -c 'rm -f /etc/systemd/system/pvencrypt-resume.service.d/cut.conf && sync'
 C
 sync
 echo "=== pvencrypt -b --tpm2-device=auto, power cut at 25% of the data phase"

@@ -19,7 +19,8 @@
 #            file and initramfs checked
 #   boot 5   the root comes up from the finished vda_crypt
 . "$(dirname "$0")/../lib.sh"
-here=$(cd "$(dirname "$0")/.." && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd) name=t_debian_root
+. "$here/debian/host-root.sh"
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
 "$here/debian/build-root.sh" "$VM_WORK/kernel" || { echo "debian/build-root.sh failed"; exit 1; }
 deb=$VM_WORK/debian
@@ -39,29 +40,11 @@ done
 check "the package depends on the libraries" \
   "dpkg-deb -f '$pkg' Depends | grep 'libcryptsetup12' | grep 'liblvm2cmd2.03' | grep -q 'libdevmapper1.02.1'"
 
-# The root image: the cached root, the package installed, the test driver and scripts.
-rm -rf "$run/root"; mkdir -p "$run"; cp -a "$deb/root" "$run/root"
-cp "$pkg" "$run/root/tmp/pvencrypt.deb"
-chroot "$run/root" dpkg -i /tmp/pvencrypt.deb > "$logs/t_debian_root.dpkg.log" 2>&1
-check "dpkg -i pvencrypt.deb" [ $? -eq 0 ]
-rm "$run/root/tmp/pvencrypt.deb"
-mkdir -p "$run/root/tests"
-cp "$here/guest/lib.sh" "$here"/debian/*.sh "$here/debian/run-test" "$run/root/tests/"
-cp "$VM_WORK/pvwriter" "$run/root/usr/local/bin/"   # lib.sh's sha
-cp "$here/debian/pvtest.service" "$run/root/etc/systemd/system/"
-mkdir -p "$run/root/etc/systemd/system/multi-user.target.wants"
-ln -s ../pvtest.service "$run/root/etc/systemd/system/multi-user.target.wants/pvtest.service"
-# The console belongs to the test and to the password prompts: no login prompt on it.
-ln -sf /dev/null "$run/root/etc/systemd/system/serial-getty@ttyS0.service"
-ln -sf /dev/null "$run/root/etc/systemd/system/getty@tty1.service"
-# LVM's devices file on (Debian 12 ships it off): the initramfs copies /etc/lvm, so a file
-# still naming the raw PV would hide the VG from the next boot.
-sed -i 's/^\t# use_devicesfile = 0$/\tuse_devicesfile = 1/' "$run/root/etc/lvm/lvm.conf"
-grep -q '^.use_devicesfile = 1$' "$run/root/etc/lvm/lvm.conf" || { echo "cannot enable the devices file"; exit 1; }
-disks=$(vm_disks "$run" 1G)
-mkfs.ext4 -q -F -d "$deb/boot" "$run/vdb.img" 128M
-"$here/debian/root-on-lv.sh" "$run/root" "$run/vda.img" 640 || { echo "root-on-lv.sh failed"; exit 1; }
-rm -rf "$run/root"
+# The root image: the cached root, the package installed, the test driver and scripts; LVM's
+# devices file on.
+root_tree "$deb" "$pkg"
+root_devicesfile
+root_disks "$deb"
 
 # The distribution's initramfs panics (panic=-1: the VM stops) if the root never comes.
 # No floppy probing (QEMU has a controller, no disk): every read of fd0 fails slowly.

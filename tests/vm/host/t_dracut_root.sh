@@ -14,7 +14,7 @@
 #   boot 2   (that generic image, no TPM2): systemd-cryptsetup falls back to its prompt, the
 #            passphrase typed once; pvencrypt-resume.service takes it from root's keyring
 #            (KeyringMode=shared), asks nothing, finds that the image opens the device (not
-#            rebuilt), resumes; the power is cut at three quarters (the test's drop-in).
+#            rebuilt), resumes; stopped at three quarters (the test's drop-in), the power is cut.
 #   boot 3   (that image, TPM2): libcryptsetup 2.6 opens no device in reencryption with a
 #            token: the prompt, typed once; the resume unseals with the TPM2, asks nothing,
 #            finishes; the image checked; dracut made host-only and the images rebuilt.
