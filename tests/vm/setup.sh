@@ -12,8 +12,9 @@ pkgs="qemu-system-x86 busybox-static lvm2 cryptsetup-bin e2fsprogs util-linux cp
 # host/t_package.sh checks the package with lintian.
 pkgs+=" dpkg-dev lintian"
 # --tpm2-device: a software TPM2 for the VMs (QEMU's tpm-tis), and for the host test of the
-# binding (src/luks.rs) through tpm2-tss's swtpm TCTI.
-pkgs+=" swtpm libtss2-tcti-swtpm0"
+# binding (src/luks.rs) through tpm2-tss's swtpm TCTI and the libraries systemd-cryptenroll
+# loads (without esys and rc: "TPM2 support not installed"; a fresh machine lacked them).
+pkgs+=" swtpm libtss2-tcti-swtpm0 libtss2-esys-3.0.2-0 libtss2-rc0 libtss2-mu0"
 # run.sh builds pvencrypt: its build dependencies (bindgen needs libclang).
 pkgs+=" pkg-config clang libclang-dev libcryptsetup-dev liblvm2-dev libdevmapper-dev"
 
