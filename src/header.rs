@@ -50,6 +50,9 @@ fn be64(b: &[u8], at: usize) -> u64 {
 /// The header as it is on the disk: the newest intact copy.
 #[derive(Clone)]
 pub struct Header {
+    /// Where the header starts on its file: 0, or the tail of a device being decrypted
+    /// (DECRYPT.md); the offsets inside the copies are relative to it.
+    base: u64,
     /// The binary part of the copy read (magic, offsets, seqid and checksum are redone).
     bin: Vec<u8>,
     pub hdr_size: u64,
@@ -57,10 +60,10 @@ pub struct Header {
     pub meta: Metadata,
 }
 
-/// One copy at `offset`, if its magic, size and checksum hold.
-fn read_copy(f: &File, offset: u64) -> Option<(Vec<u8>, u64, Metadata)> {
+/// One copy at `offset` of the header at `base`, if its magic, size and checksum hold.
+fn read_copy(f: &File, base: u64, offset: u64) -> Option<(Vec<u8>, u64, Metadata)> {
     let mut bin = Aligned::new(BIN_LEN);
-    f.read_exact_at(&mut bin[..BIN_LEN], offset).ok()?;
+    f.read_exact_at(&mut bin[..BIN_LEN], base + offset).ok()?;
     let magic: &[u8] = if offset == 0 { MAGIC_1ST } else { MAGIC_2ND };
     let hdr_size = be64(&bin, 8);
     if &bin[..6] != magic || u16::from_be_bytes([bin[6], bin[7]]) != 2 || be64(&bin, 256) != offset {
@@ -70,7 +73,7 @@ fn read_copy(f: &File, offset: u64) -> Option<(Vec<u8>, u64, Metadata)> {
         return None;
     }
     let mut area = Aligned::new(hdr_size as usize - BIN_LEN);
-    f.read_exact_at(&mut area[..hdr_size as usize - BIN_LEN], offset + BIN_LEN as u64).ok()?;
+    f.read_exact_at(&mut area[..hdr_size as usize - BIN_LEN], base + offset + BIN_LEN as u64).ok()?;
     let area = &area[..hdr_size as usize - BIN_LEN];
     let mut h = bin[..BIN_LEN].to_vec();
     let want = h[CSUM].to_vec();
@@ -87,9 +90,14 @@ fn read_copy(f: &File, offset: u64) -> Option<(Vec<u8>, u64, Metadata)> {
 impl Header {
     /// The newest intact copy, as libcryptsetup's loader chooses it.
     pub fn read(f: &File) -> Result<Header> {
-        let primary = read_copy(f, 0);
+        Self::read_at(f, 0)
+    }
+
+    /// The same for a header that starts `base` bytes into `f`.
+    pub fn read_at(f: &File, base: u64) -> Result<Header> {
+        let primary = read_copy(f, base, 0);
         let at = primary.as_ref().map(|p| vec![p.1]).unwrap_or(SECONDARY_OFFSETS.to_vec());
-        let secondary = at.into_iter().find_map(|o| read_copy(f, o));
+        let secondary = at.into_iter().find_map(|o| read_copy(f, base, o));
         let newest = match (primary, secondary) {
             (Some(p), Some(s)) => {
                 if be64(&s.0, 16) > be64(&p.0, 16) {
@@ -102,7 +110,7 @@ impl Header {
             (None, None) => return fail("No intact LUKS2 header copy".to_string()),
         };
         let (bin, hdr_size, meta) = newest;
-        Ok(Header { seqid: be64(&bin, 16), bin, hdr_size, meta })
+        Ok(Header { base, seqid: be64(&bin, 16), bin, hdr_size, meta })
     }
 
     /// Both copies of the header with `meta`, the next seqid, ready to write.
@@ -134,10 +142,10 @@ impl Header {
     /// and newer, is the copy libcryptsetup loads.
     pub fn write(&self, f: &File, images: &[Aligned; 2]) -> std::io::Result<()> {
         let len = self.hdr_size as usize;
-        f.write_all_at(&images[0][..len], 0)?;
+        f.write_all_at(&images[0][..len], self.base)?;
         f.sync_data()?;
         crate::fault::point("commit-primary");
-        f.write_all_at(&images[1][..len], self.hdr_size)
+        f.write_all_at(&images[1][..len], self.base + self.hdr_size)
     }
 
     /// Makes everything written to the device durable: the previous commit's secondary,
@@ -303,6 +311,50 @@ pub fn at_boundary(m: &Metadata, l: &Layout, b: Bytes) -> Result<Metadata> {
     }
     let crypt_id = (b < l.total).then(|| Id(live.len() as u32 - 1));
     Ok(rebuild(m, live, crypt_id.as_slice(), fin_id))
+}
+
+/// Decryption's T0 (DECRYPT.md): the clean header of an encrypted device, to be copied to the
+/// device's tail, with its one data segment's size fixed to `span` (the PV's), so that no
+/// mapping made from it reaches into the tail that holds it.
+pub fn relocated(m: &Metadata, span: Bytes) -> Result<Metadata> {
+    let mut segments = m.segments.iter();
+    let (Some((id, seg)), None) = (segments.next(), segments.next()) else {
+        return fail("The LUKS2 header has more than one data segment");
+    };
+    if m.in_reencryption() || seg.kind != "crypt" {
+        return fail("The LUKS2 device is in a reencryption, or its data segment is not encrypted");
+    }
+    if let Some(size) = seg.size.fixed().filter(|&s| s < span) {
+        return fail(format!("The LUKS2 data segment ({size}) is smaller than the physical volume ({span})"));
+    }
+    let mut out = m.clone();
+    out.segments.insert(*id, Segment { size: Size::Fixed(span), ..seg.clone() });
+    Ok(out)
+}
+
+/// Writes T0 (`relocated`) at `tail` in `f`, the device: the head's header bytes copied there
+/// (binary headers, JSON areas and keyslot areas: the key material), flushed, then both
+/// copies rewritten with the fixed segment size and the next seqid, and flushed. The head is
+/// left as it is; until the first move both describe the same data. The caller holds
+/// libcryptsetup's metadata lock.
+pub fn copy_to_tail(f: &File, tail: Bytes, span: Bytes) -> Result<Header> {
+    let head = Header::read(f)?;
+    let Some(extent) = head.meta.header_extent() else {
+        return fail("The LUKS2 header has no keyslot layout");
+    };
+    if tail.0 < extent.0 || span.0 == 0 {
+        return fail(format!("No room for the LUKS2 header ({extent}) at {tail}"));
+    }
+    let mut bytes = Aligned::new(extent.0 as usize);
+    f.read_exact_at(&mut bytes[..extent.0 as usize], 0).or_fail(|| "Cannot read the LUKS2 header".into())?;
+    f.write_all_at(&bytes[..extent.0 as usize], tail.0).or_fail(|| "Cannot copy the LUKS2 header".into())?;
+    Header::flush(f).or_fail(|| "Cannot flush the copied LUKS2 header".into())?;
+    let mut at_tail = Header::read_at(f, tail.0)?;
+    let meta = relocated(&at_tail.meta, span)?;
+    let images = at_tail.images(&meta)?;
+    at_tail.write(f, &images).and_then(|()| Header::flush(f)).or_fail(|| "Cannot write the LUKS2 header".into())?;
+    at_tail.committed(meta);
+    Ok(at_tail)
 }
 
 /// Decryption with a data shift (DECRYPT.md; the state libcryptsetup's init wrote is `m`):
@@ -667,18 +719,24 @@ mod tests {
         refused(d, "reencryption requirement");
     }
 
-    #[test]
-    fn copies_round_trip_and_the_newest_intact_one_wins() {
-        let dir = crate::testing::TempDir::new("header");
+    /// A zeroed image file of `mib` MiB, and a header for it (none written yet) with 16 KiB
+    /// copies, after `seqid`.
+    fn image(dir: &std::path::Path, mib: usize, seqid: u64, meta: Metadata) -> (std::path::PathBuf, File, Header) {
         let path = dir.join("img");
-        std::fs::write(&path, vec![0u8; 1 << 20]).unwrap();
+        std::fs::write(&path, vec![0u8; mib << 20]).unwrap();
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         let mut bin = vec![0u8; BIN_LEN];
         bin[..6].copy_from_slice(MAGIC_1ST);
         bin[6..8].copy_from_slice(&2u16.to_be_bytes());
         bin[8..16].copy_from_slice(&0x4000u64.to_be_bytes());
         bin[72..78].copy_from_slice(b"sha256");
-        let mut h = Header { bin, hdr_size: 0x4000, seqid: 7, meta: state() };
+        (path, f, Header { base: 0, bin, hdr_size: 0x4000, seqid, meta })
+    }
+
+    #[test]
+    fn copies_round_trip_and_the_newest_intact_one_wins() {
+        let dir = crate::testing::TempDir::new("header");
+        let (_, f, mut h) = image(&dir, 1, 7, state());
         assert!(Header::read(&f).is_err());
         let imgs = h.images(&state()).unwrap();
         h.write(&f, &imgs).unwrap();
@@ -699,5 +757,54 @@ mod tests {
         // Primary gone: the secondary is found at its offset.
         f.write_all_at(&[0u8; 512], 0).unwrap();
         assert_eq!(Header::read(&f).unwrap().seqid, 8);
+    }
+
+    fn clean_json() -> Value {
+        json!({
+            "keyslots": {"0": {"type": "luks2", "area": {"type": "raw", "offset": "32768", "size": "258048"}}},
+            "tokens": {},
+            "segments": {"0": {"type": "crypt", "offset": "16777216", "size": "dynamic", "iv_tweak": "0",
+                               "encryption": "aes-xts-plain64", "sector_size": 512}},
+            "digests": {"0": {"type": "pbkdf2", "keyslots": ["0"], "segments": ["0"]}},
+            "config": {"json_size": "12288", "keyslots_size": "16744448"}
+        })
+    }
+
+    #[test]
+    fn relocated_fixes_the_one_segment_and_refuses_the_rest() {
+        let r = relocated(&meta(clean_json()), Bytes(200 << 20)).unwrap();
+        let mut want = clean_json();
+        want["segments"]["0"]["size"] = json!("209715200");
+        assert_eq!(r, meta(want));
+        assert!(relocated(&state(), Bytes(200 << 20)).is_err(), "a header in reencryption");
+        let mut two = clean_json();
+        two["segments"]["1"] = two["segments"]["0"].clone();
+        assert!(relocated(&meta(two), Bytes(200 << 20)).is_err(), "two segments");
+        let mut small = clean_json();
+        small["segments"]["0"]["size"] = json!("104857600");
+        assert!(relocated(&meta(small), Bytes(200 << 20)).is_err(), "a segment shorter than the PV");
+    }
+
+    /// T0 on a file: the head's bytes (key material included) at the tail, the tail's copies
+    /// newer, with the fixed size; the head untouched.
+    #[test]
+    fn copy_to_tail_leaves_the_head_and_writes_a_newer_fixed_copy() {
+        let dir = crate::testing::TempDir::new("tail");
+        let (path, f, h) = image(&dir, 8, 3, meta(clean_json()));
+        let imgs = h.images(&meta(clean_json())).unwrap();
+        h.write(&f, &imgs).unwrap();
+        Header::flush(&f).unwrap();
+        let slot: Vec<u8> = (0..258048u32).map(|i| (i % 251) as u8).collect();
+        f.write_all_at(&slot, 32768).unwrap();
+        let head_before = std::fs::read(&path).unwrap()[..4 << 20].to_vec();
+
+        let t = copy_to_tail(&f, Bytes(4 << 20), Bytes(200 << 20)).unwrap();
+        let disk = std::fs::read(&path).unwrap();
+        assert!(disk[..4 << 20] == head_before[..], "the head is left as it was");
+        assert!(disk[(4 << 20) + 32768..(4 << 20) + 32768 + 258048] == slot[..], "the keyslot area is copied");
+        let r = Header::read_at(&f, 4 << 20).unwrap();
+        assert_eq!(r.seqid, 5, "the copy's seqid, then one more for the fixed size");
+        assert_eq!((r.seqid, r.meta.segments[&Id(0)].size), (t.seqid, Size::Fixed(Bytes(200 << 20))));
+        assert_eq!(Header::read(&f).unwrap().seqid, 4, "the head keeps its own");
     }
 }

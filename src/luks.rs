@@ -612,6 +612,40 @@ mod image_tests {
         assert!(disk[16 << 20..48 << 20] == pattern[16 << 20..48 << 20], "the PV's data beyond the header untouched");
     }
 
+    /// Decryption's T0 (DECRYPT.md) on a device formatted as luksFormat leaves it: the header
+    /// copied to the last 16 MiB (`header::copy_to_tail`) is one libcryptsetup loads as a
+    /// detached header of the same device: the same volume key behind the same keyslot, the
+    /// data at the same offset, its segment sized to the PV instead of "dynamic".
+    #[test]
+    fn the_header_copied_to_the_tail_is_a_detached_header_of_the_device() {
+        use crate::header;
+        let Some((lo, _, _)) = patterned() else { return };
+        let f = format(cheap_format(32768), &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let mut img = vec![0u8; 16 << 20];
+        std::os::unix::fs::FileExt::read_exact_at(&f.header.file, &mut img, 0).unwrap();
+        let disk = std::fs::OpenOptions::new().read(true).write(true).open(&lo.dev).unwrap();
+        disk.write_all_at(&img, 0).unwrap();
+        disk.sync_all().unwrap();
+        let pv = std::fs::read(&lo.dev).unwrap()[16 << 20..48 << 20].to_vec();
+
+        let t = header::copy_to_tail(&disk, Bytes(48 << 20), Bytes(32 << 20)).unwrap();
+        let after = std::fs::read(&lo.dev).unwrap();
+        assert!(after[..16 << 20] == img[..], "the head header is left as it was");
+        assert!(after[16 << 20..48 << 20] == pv[..], "the PV is left as it was");
+        let tail = MemHeader::new(Bytes(16 << 20)).unwrap();
+        tail.file.write_all_at(&after[48 << 20..], 0).unwrap();
+        let mut cd = CryptInit::init_with_data_device(Either::Right((&tail.path(), &lo.dev))).unwrap();
+        cd.context_handle()
+            .load::<()>(Some(EncryptionFormat::Luks2), None)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        assert_eq!(Sectors(cd.status_handle().get_data_offset()), Sectors(32768));
+        let m = metadata(&mut cd).unwrap();
+        assert_eq!(m, t.meta);
+        assert_eq!(m.active().map(|s| s.size).collect::<Vec<_>>(), vec![crate::metadata::Size::Fixed(Bytes(32 << 20))]);
+        assert_eq!(check_key(&mut cd, &f.temp_key).unwrap(), TEMP_SLOT);
+        assert!(volume_key(&mut cd, Some(TEMP_SLOT), &f.temp_key).unwrap()[..] == f.volume_key.bytes()[..]);
+    }
+
     /// Issue 24's format (DECRYPT.md), tried on libcryptsetup itself: a device encrypted
     /// with a data shift, its header exported, its decryption with a data shift initialised
     /// by libcryptsetup (datashift-checksum, the first segment moved) and one step of it run;
