@@ -310,6 +310,39 @@ pub fn init_reencryption(p: &Prepared, data: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Decryption's T1 (DECRYPT.md), made before the freeze: libcryptsetup's own decryption init
+/// (forward, `datashift-checksum`, the first segment moved, the shift `shift` = the data
+/// offset) on an in-memory copy of T0 (`t0`, the tail's bytes), with `data` as its data
+/// device and `size` the PV's span (the data decrypted; without it libcryptsetup takes the
+/// whole device, tail and all). It copies the first segment's ciphertext to the head of
+/// `data`, over the header there (T0 at the tail describes the data meanwhile; the copy goes
+/// stale as the LVs write, and the freeze copies again), and leaves T1 in memory, to be
+/// written at the tail.
+pub fn init_decryption(t0: &[u8], data: &Path, key: &Passphrase, shift: Sectors, size: Bytes) -> Result<MemHeader> {
+    let header = MemHeader::new(Bytes(t0.len() as u64))?;
+    std::os::unix::fs::FileExt::write_all_at(&header.file, t0, 0).or_fail(|| "Cannot copy the LUKS2 header".into())?;
+    let mut cd = CryptInit::init_with_data_device(Either::Right((&header.path(), data)))
+        .or_fail(|| "Cannot open the LUKS2 header".into())?;
+    cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).or_fail(|| "Cannot load the LUKS2 header".into())?;
+    // As for encryption: the reencryption digest's PBKDF, not a two-second benchmark.
+    cd.settings_handle().set_pbkdf_type(&temp_pbkdf()).or_fail(|| "Cannot set the PBKDF".into())?;
+    let params = CryptParamsReencrypt {
+        mode: CryptReencryptModeInfo::Decrypt,
+        direction: CryptReencryptDirectionInfo::Forward,
+        resilience: "datashift-checksum".into(),
+        hash: "sha256".into(),
+        data_shift: shift.0,
+        max_hotzone_size: 0,
+        device_size: size.0 >> 9,
+        luks2: None,
+        flags: CryptReencrypt::INITIALIZE_ONLY | CryptReencrypt::MOVE_FIRST_SEGMENT,
+    };
+    cd.reencrypt_handle()
+        .reencrypt_init_by_passphrase(None, key.bytes(), None, None, None, params)
+        .map_err(|e| key_error(e, || "Cannot initialise the decryption".into()))?;
+    Ok(header)
+}
+
 /// The prepared header as bytes for the start of the device, cut after the last
 /// keyslot area: the rest of the header area is unused (wiped when the conversion
 /// finishes, in one go with the tail).
@@ -644,6 +677,41 @@ mod image_tests {
         assert_eq!(m.active().map(|s| s.size).collect::<Vec<_>>(), vec![crate::metadata::Size::Fixed(Bytes(32 << 20))]);
         assert_eq!(check_key(&mut cd, &f.temp_key).unwrap(), TEMP_SLOT);
         assert!(volume_key(&mut cd, Some(TEMP_SLOT), &f.temp_key).unwrap()[..] == f.volume_key.bytes()[..]);
+    }
+
+    /// Decryption's T1 made from T0 (`init_decryption`): libcryptsetup moved the first
+    /// segment's ciphertext to the head and wrote the stock initialized state in memory.
+    #[test]
+    fn t1_is_libcryptsetups_decryption_init_on_the_tail_copy() {
+        use crate::header;
+        let Some((lo, _, key)) = patterned() else { return };
+        let p = super::loop_tests::prepared(cheap_format(32768), &lo.dev, &key).unwrap();
+        let mut img = vec![0u8; 16 << 20];
+        std::os::unix::fs::FileExt::read_exact_at(&p.header.file, &mut img, 0).unwrap();
+        let disk = std::fs::OpenOptions::new().read(true).write(true).open(&lo.dev).unwrap();
+        disk.write_all_at(&img, 0).unwrap();
+        disk.sync_all().unwrap();
+        header::copy_to_tail(&disk, Bytes(48 << 20), Bytes(32 << 20)).unwrap();
+        let before = std::fs::read(&lo.dev).unwrap();
+
+        let t1 = init_decryption(&before[48 << 20..], &lo.dev, &key, Sectors(32768), Bytes(32 << 20))
+            .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let after = std::fs::read(&lo.dev).unwrap();
+        assert!(after[..16 << 20] == before[16 << 20..32 << 20], "the first segment's ciphertext is at the head");
+        assert!(after[16 << 20..] == before[16 << 20..], "nothing else on the device changed");
+        let mut cd = CryptInit::init_with_data_device(Either::Right((&t1.path(), &lo.dev))).unwrap();
+        cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).unwrap();
+        assert_ne!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
+        let m = metadata(&mut cd).unwrap();
+        let active: Vec<(String, Bytes)> = m.active().map(|s| (s.kind.clone(), s.offset)).collect();
+        let crypt = |o: u64| ("crypt".to_string(), Bytes(o));
+        assert_eq!(active, vec![crypt(0), crypt(32 << 20)], "the moved segment at the head, the rest one shift up");
+        assert_eq!(m.moved_segment().map(|(_, l)| l), Some(Bytes(16 << 20)));
+        // The size given bounds the old segment (stock resumes stop at the PV's end, short of
+        // the tail); the active rest libcryptsetup leaves "dynamic" (pvencrypt sizes it).
+        let prev = m.flagged("backup-previous").unwrap().1;
+        assert_eq!(prev.size, crate::metadata::Size::Fixed(Bytes(32 << 20)));
+        assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
     }
 
     /// Issue 24's format (DECRYPT.md), tried on libcryptsetup itself: a device encrypted
