@@ -93,14 +93,14 @@ run_one() {
   fi
   printf '%s\n' "$out"
   echo "$rc" > "$VM_WORK/run/$name.rc"
-  rm -f "$VM_WORK/run/$name.heavy"
 }
 
 tests=()
 if [ ${#names[@]} -eq 0 ]; then
   # Longest first (a "# seconds: N" header, measured: the host tests' own), so that two
-  # slots end close together; but never two "# heavy:" tests (the Debian roots) side by side
-  # (below).
+  # slots end close together. t_dracut_root's header keeps it after t_crash_switch, not beside
+  # t_debian_root from the start: with both Debian roots side by side, t_debian_root's "serves
+  # within a second of the kill" took 1.42 s once beside another Debian root (session 15).
   tests=()
   while read -r _ f; do tests+=("$f"); done < <(
     for f in "$here"/host/t_*.sh "$here"/guest/t_*.sh; do echo "$(header "$f" seconds | grep -o '^[0-9]*' || true) $f"; done |
@@ -115,25 +115,9 @@ else
 fi
 echo "== ${#tests[@]} tests, $jobs at a time"
 
-# Two Debian roots side by side slow each other down (t_debian_root 1472 s and t_dracut_root
-# 1538 s side by side in session 16, about 1160 s each beside the busybox tests), and
-# t_debian_root's "serves within a second of the kill" took 1.42 s once beside the other: a
-# "# heavy:" test starts only when no other one runs, the next test in the order that may
-# start taking its slot.
-heavy() { [ -n "$(header "$1" heavy)" ]; }
-pending=()
-for f in "${tests[@]}"; do [ -e "$f" ] && pending+=("$f"); done
-while [ ${#pending[@]} -gt 0 ]; do
+for f in "${tests[@]}"; do
+  [ -e "$f" ] || continue
   while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
-  pick=
-  for i in "${!pending[@]}"; do
-    heavy "${pending[$i]}" && compgen -G "$VM_WORK/run/*.heavy" > /dev/null && continue
-    pick=$i; break
-  done
-  # Only heavy tests left, one of them running: wait for a test to end.
-  [ -n "$pick" ] || { wait -n; continue; }
-  f=${pending[$pick]}; unset "pending[$pick]"; pending=("${pending[@]}")
-  ! heavy "$f" || touch "$VM_WORK/run/$(basename "$f" .sh).heavy"
   run_one "$f" &
 done
 wait

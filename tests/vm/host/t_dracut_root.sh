@@ -1,5 +1,4 @@
-# seconds: 1150   (measured, TCG: run.sh starts the longest first)
-# heavy: a Debian root (run.sh starts no other heavy test beside it)
+# seconds: 900   (measured, TCG: run.sh starts the longest first)
 # Boot integration on a Debian 12 root whose initramfs dracut builds (debian/build-root.sh's
 # dracut flavor: Debian's generic image, hostonly not set, systemd inside, tpm2-tools), the
 # root filesystem an LV of the PV being converted, /boot a plain disk, pvencrypt from its
