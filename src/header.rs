@@ -319,7 +319,7 @@ pub fn at_boundary(m: &Metadata, l: &Layout, b: Bytes) -> Result<Metadata> {
 pub fn relocated(m: &Metadata, span: Bytes) -> Result<Metadata> {
     let mut segments = m.segments.iter();
     let (Some((id, seg)), None) = (segments.next(), segments.next()) else {
-        return fail("The LUKS2 header has more than one data segment");
+        return fail("The LUKS2 header has not exactly one data segment");
     };
     if m.in_reencryption() || seg.kind != "crypt" {
         return fail("The LUKS2 device is in a reencryption, or its data segment is not encrypted");

@@ -645,6 +645,17 @@ mod image_tests {
         assert!(disk[16 << 20..48 << 20] == pattern[16 << 20..48 << 20], "the PV's data beyond the header untouched");
     }
 
+    /// The in-memory header's 16 MiB written to the head of `dev`, as luksFormat leaves a
+    /// device (no reencryption); the device opened read-write, and the bytes written.
+    fn at_head(h: &MemHeader, dev: &Path) -> (File, Vec<u8>) {
+        let mut img = vec![0u8; 16 << 20];
+        h.file.read_exact_at(&mut img, 0).unwrap();
+        let disk = std::fs::OpenOptions::new().read(true).write(true).open(dev).unwrap();
+        disk.write_all_at(&img, 0).unwrap();
+        disk.sync_all().unwrap();
+        (disk, img)
+    }
+
     /// Decryption's T0 (DECRYPT.md) on a device formatted as luksFormat leaves it: the header
     /// copied to the last 16 MiB (`header::copy_to_tail`) is one libcryptsetup loads as a
     /// detached header of the same device: the same volume key behind the same keyslot, the
@@ -654,11 +665,7 @@ mod image_tests {
         use crate::header;
         let Some((lo, _, _)) = patterned() else { return };
         let f = format(cheap_format(32768), &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
-        let mut img = vec![0u8; 16 << 20];
-        std::os::unix::fs::FileExt::read_exact_at(&f.header.file, &mut img, 0).unwrap();
-        let disk = std::fs::OpenOptions::new().read(true).write(true).open(&lo.dev).unwrap();
-        disk.write_all_at(&img, 0).unwrap();
-        disk.sync_all().unwrap();
+        let (disk, img) = at_head(&f.header, &lo.dev);
         let pv = std::fs::read(&lo.dev).unwrap()[16 << 20..48 << 20].to_vec();
 
         let t = header::copy_to_tail(&disk, Bytes(48 << 20), Bytes(32 << 20)).unwrap();
@@ -686,11 +693,7 @@ mod image_tests {
         use crate::header;
         let Some((lo, _, key)) = patterned() else { return };
         let p = super::loop_tests::prepared(cheap_format(32768), &lo.dev, &key).unwrap();
-        let mut img = vec![0u8; 16 << 20];
-        std::os::unix::fs::FileExt::read_exact_at(&p.header.file, &mut img, 0).unwrap();
-        let disk = std::fs::OpenOptions::new().read(true).write(true).open(&lo.dev).unwrap();
-        disk.write_all_at(&img, 0).unwrap();
-        disk.sync_all().unwrap();
+        let (disk, _) = at_head(&p.header, &lo.dev);
         header::copy_to_tail(&disk, Bytes(48 << 20), Bytes(32 << 20)).unwrap();
         let before = std::fs::read(&lo.dev).unwrap();
 
