@@ -282,6 +282,23 @@ pub fn spawn_scoped_unsignalled<'s, 'e, T: Send + 's>(
     thread
 }
 
+/// A program to run that inherits no descriptor but its stdio. libcryptsetup opens
+/// devices without O_CLOEXEC, O_EXCL ones too: a child started by any thread while a
+/// context is open would hold the device, exclusively, for as long as it lives.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(program);
+    // SAFETY: close_range is async-signal-safe; between fork and exec it only marks
+    // descriptors close-on-exec (std's own are already).
+    unsafe {
+        c.pre_exec(|| {
+            libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as c_int);
+            Ok(())
+        });
+    }
+    c
+}
+
 /// Sets the umask, returns the former one.
 pub fn umask(mode: libc::mode_t) -> libc::mode_t {
     // SAFETY: umask cannot fail.
@@ -394,6 +411,25 @@ pub fn stop_self() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A descriptor opened as libcryptsetup opens devices (no O_CLOEXEC) does not reach a
+    /// program run with `command`; it does reach one run by std's Command alone.
+    #[test]
+    fn a_program_run_inherits_no_descriptor_but_its_stdio() {
+        let path = CString::new("/dev/null").unwrap();
+        // SAFETY: a NUL-terminated path; the descriptor is closed below.
+        let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
+        assert!(fd > 2);
+        let open_in_child = |mut c: std::process::Command| {
+            let out = c.args(["-c", &format!("test -e /proc/self/fd/{fd} && echo open")]).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim() == "open"
+        };
+        let (ours, std) = (open_in_child(command("sh")), open_in_child(std::process::Command::new("sh")));
+        // SAFETY: ours, opened above.
+        unsafe { libc::close(fd) };
+        assert!(!ours, "the child holds the descriptor");
+        assert!(std, "the test's own witness: without command(), it is inherited");
+    }
 
     /// The child of a multi-threaded process may not run arbitrary code: refused, never
     /// forked.

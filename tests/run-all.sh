@@ -32,6 +32,9 @@ h_pass=$(awk '/^test result:/ {s += $4} END {print s + 0}' "$log")
 h_fail=$(awk '/^test result:/ {s += $6} END {print s + 0}' "$log")
 [ "$cargo_rc" -eq 0 ] || [ "$h_fail" -gt 0 ] || h_fail=1   # a build failure runs no test
 h_fail=$((h_fail + lint_fail))
+# Each panic and the line that says why (other threads' log lines skipped), for the recap.
+hwhy=$(awk '/panicked at/ { print "  ! " substr($0, 1, 200); want = 1; next }
+  want && !/^(# libcryptsetup|pvencrypt: trace)/ { print "  ! " substr($0, 1, 300); want = 0 }' "$log" | head -n 12)
 rm -f "$log"
 
 vlog=$(mktemp)
@@ -41,6 +44,7 @@ v_fail=$(awk '/^[0-9]+ passed, [0-9]+ failed$/ {f = $3} END {print f + 0}' "$vlo
 grep -qE '^[0-9]+ passed, [0-9]+ failed$' "$vlog" || v_fail=$((v_fail + 1))
 rm -f "$vlog"
 
+[ -z "$hwhy" ] || printf 'host failures:\n%s\n' "$hwhy"
 echo "host: $h_pass passed, $h_fail failed; vm: $v_pass passed, $v_fail failed"
 echo "$((h_pass + v_pass)) passed, $((h_fail + v_fail)) failed"
 [ $((h_fail + v_fail)) -eq 0 ]

@@ -78,7 +78,7 @@ impl Loop {
         let file = dir.join("img");
         fs::write(&file, content).unwrap();
         fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(size.max(content.len() as u64)).unwrap();
-        let out = Command::new("losetup").args(["-f", "--show"]).arg(&file).output().unwrap();
+        let out = losetup().args(["-f", "--show"]).arg(&file).output().unwrap();
         assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
         Some(Loop { dev: PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()), file, _dir: dir })
     }
@@ -94,8 +94,24 @@ impl Loop {
     }
 }
 
+/// losetup, holding none of the test process's descriptors (as `sys::command` runs programs):
+/// the unit tests' libcryptsetup contexts, in other threads, open devices O_EXCL without
+/// O_CLOEXEC, and a losetup that kept one would make their next exclusive open fail.
+fn losetup() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new("losetup");
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int);
+            Ok(())
+        });
+    }
+    c
+}
+
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
+        let _ = losetup().arg("-d").arg(&self.dev).status();
     }
 }

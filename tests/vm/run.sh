@@ -92,6 +92,9 @@ run_one() {
     out+=$(tail -n 30 "$log" | tr -d '\r' | sed 's/^/  | /')
   fi
   printf '%s\n' "$out"
+  echo "$((SECONDS - t0))" > "$VM_WORK/run/$name.sec"
+  [ $rc -eq 0 ] || grep -aE 'CHECK-FAIL|VM-TIMEOUT|VM-BOOT-HANG|VM-NO-POWEROFF|RESULT: FAIL' "$log" | tr -d '\r' |
+    head -n 6 | cut -c1-200 > "$VM_WORK/run/$name.why"
   echo "$rc" > "$VM_WORK/run/$name.rc"
 }
 
@@ -122,11 +125,19 @@ for f in "${tests[@]}"; do
 done
 wait
 
-passed=0 failed=0
+# The recap, last: what a reader of the output's tail (CI's) needs, whatever came before.
+passed=0 failed=0 times=
+echo "== recap"
 for f in "$VM_WORK"/run/*.rc; do
   [ -e "$f" ] || continue
-  if [ "$(cat "$f")" = 0 ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+  n=$(basename "$f" .rc)
+  times+=" $n $(cat "$VM_WORK/run/$n.sec" 2>/dev/null || echo ?)"
+  if [ "$(cat "$f")" = 0 ]; then passed=$((passed + 1)); continue; fi
+  failed=$((failed + 1))
+  echo "FAIL $n:"
+  sed 's/^/  ! /' "$VM_WORK/run/$n.why" 2>/dev/null
 done
+echo "seconds:$times"
 [ -z "$failed_build" ] || { echo "FAIL build (cargo build --release)"; failed=$((failed + 1)); }
 echo "== total $((SECONDS - t_start)) s"
 echo "$passed passed, $failed failed"

@@ -50,7 +50,7 @@ root_disks "$deb"
 # No floppy probing (QEMU has a controller, no disk): every read of fd0 fails slowly.
 debian="root=/dev/mapper/vg-root rw modprobe.blacklist=floppy"
 log1=$logs/t_debian_root.boot1.log
-VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=1200 vm_boot "$log1" debian_convert "$run"/vd{a,b}.img
+VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=2100 vm_boot "$log1" debian_convert "$run"/vd{a,b}.img
 vm_report "boot 1" "$log1"
 tr -d '\r' < "$log1" | grep -aE '^(pvencrypt|status):'
 check "boot 1: pvencrypt rebuilt the initramfs and found the unlock in it" \
