@@ -33,7 +33,7 @@ _pvencrypt() {
 
     case "${cmd}" in
         pvencrypt)
-            opts="-d -l -c -s -A -y -b -i -t -v -q -h -V --key-file --keyfile-size --keyfile-offset --cipher --key-size --pbkdf --pbkdf-memory --pbkdf-parallel --pbkdf-force-iterations --iter-time --type --label --uuid --sector-size --name --reduce-device-size --make-room --no-crypttab --no-initramfs --tpm2-device --tpm2-pcrs --config --devices --devicesfile --autobackup --yes --background --interval --abort --status --reportformat --test --verbose --debug --quiet --help --version"
+            opts="-d -l -c -s -A -y -b -i -t -v -q -h -V --key-file --keyfile-size --keyfile-offset --cipher --key-size --pbkdf --pbkdf-memory --pbkdf-parallel --pbkdf-force-iterations --iter-time --type --label --uuid --sector-size --name --reduce-device-size --make-room --no-crypttab --no-initramfs --tpm2-device --tpm2-pcrs --config --devices --devicesfile --autobackup --yes --background --interval --abort --status --reportformat --decrypt --test --verbose --debug --quiet --help --version"
             if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

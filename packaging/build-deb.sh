@@ -7,8 +7,9 @@
 #
 # Installs /usr/sbin/pvencrypt (stripped), its man page, the bash/zsh/fish completions,
 # pvencrypt-resume.service (enabled, as a resume unit is expected to be; never stopped or
-# restarted by an upgrade: that would stop a conversion at its next checkpoint) and the dracut
-# module 91pvencrypt. tests/vm/host/t_package.sh runs lintian on it and its maintainer scripts.
+# restarted by an upgrade: that would stop a conversion at its next checkpoint), the dracut
+# module 91pvencrypt, and what attaches --decrypt's tail headers at boot
+# (pvencrypt-headers, its unit, initramfs-tools' hook and script). tests/vm/host/t_package.sh runs lintian on it and its maintainer scripts.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -35,8 +36,16 @@ install -D -m 644 "$root/completions/pvencrypt.fish" "$p/usr/share/fish/vendor_c
 # /usr/lib/systemd/system (there systemd.pc comes with systemd-dev; without it, the fallback
 # still works through the merged /usr).
 unitdir=$(pkg-config --variable=systemdsystemunitdir systemd 2>/dev/null) || true
-install -D -m 644 "$root/systemd/pvencrypt-resume.service" "$p${unitdir:-/lib/systemd/system}/pvencrypt-resume.service"
+for unit in pvencrypt-resume.service pvencrypt-headers.service; do
+  install -D -m 644 "$root/systemd/$unit" "$p${unitdir:-/lib/systemd/system}/$unit"
+done
 install -D -m 755 "$root/dracut/91pvencrypt/module-setup.sh" "$p/usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh"
+# --decrypt's header at the device's tail, attached at boot (DECRYPT.md): the helper, its
+# unit (above), initramfs-tools' hook and init-premount script; dracut's module carries them.
+install -D -m 755 "$root/libexec/pvencrypt-headers" "$p/usr/lib/pvencrypt/pvencrypt-headers"
+install -D -m 755 "$root/initramfs-tools/hooks/pvencrypt" "$p/usr/share/initramfs-tools/hooks/pvencrypt"
+install -D -m 755 "$root/initramfs-tools/scripts/init-premount/pvencrypt" \
+  "$p/usr/share/initramfs-tools/scripts/init-premount/pvencrypt"
 
 maintainer='pvencrypt developers <pvencrypt@users.noreply.github.com>'
 install -d "$p/usr/share/doc/pvencrypt"
@@ -98,12 +107,14 @@ cat > "$p/DEBIAN/postinst" <<'S'
 #!/bin/sh
 set -e
 if [ "$1" = configure ] || [ "$1" = abort-upgrade ] || [ "$1" = abort-deconfigure ] || [ "$1" = abort-remove ]; then
-  deb-systemd-helper unmask pvencrypt-resume.service >/dev/null || true
-  if deb-systemd-helper --quiet was-enabled pvencrypt-resume.service; then
-    deb-systemd-helper enable pvencrypt-resume.service >/dev/null || true
-  else
-    deb-systemd-helper update-state pvencrypt-resume.service >/dev/null || true
-  fi
+  for unit in pvencrypt-resume.service pvencrypt-headers.service; do
+    deb-systemd-helper unmask $unit >/dev/null || true
+    if deb-systemd-helper --quiet was-enabled $unit; then
+      deb-systemd-helper enable $unit >/dev/null || true
+    else
+      deb-systemd-helper update-state $unit >/dev/null || true
+    fi
+  done
   if [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
     systemctl --system daemon-reload >/dev/null || true
   fi
@@ -119,7 +130,7 @@ if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
 fi
 if [ "$1" = purge ]; then
   if [ -x "/usr/bin/deb-systemd-helper" ]; then
-    deb-systemd-helper purge pvencrypt-resume.service >/dev/null || true
+    deb-systemd-helper purge pvencrypt-resume.service pvencrypt-headers.service >/dev/null || true
   fi
   rm -rf /var/lib/pvencrypt
 fi

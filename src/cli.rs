@@ -240,6 +240,12 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "FORMAT", default_value = "basic", hide_possible_values = true, requires = "status")]
     pub reportformat: ReportFormat,
 
+    /// Turn each PV (a LUKS2 device, or its /dev/mapper/NAME) back into the plain PV, in place,
+    /// while its LVs stay in use (DECRYPT.md). Hidden until it is whole: so far it checks and
+    /// plans (--test), and refuses to run.
+    #[arg(long, hide = true, conflicts_with_all = ["abort", "status"], requires = "pvs")]
+    pub decrypt: bool,
+
     /// Check everything and print the plan; change nothing.
     #[arg(short = 't', long)]
     pub test: bool,

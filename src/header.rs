@@ -358,10 +358,12 @@ pub fn copy_to_tail(f: &File, tail: Bytes, span: Bytes) -> Result<Header> {
 }
 
 /// Decryption with a data shift (DECRYPT.md; the state libcryptsetup's init wrote is `m`):
-/// the clean state with the logical bytes [0, b) decrypted, `b` past the moved segment and
-/// short of the end (there, the rest is one linear segment: libcryptsetup's last step). The
-/// moved segment stays encrypted at the head (it is decrypted in place, last); [its end, b) is
-/// plaintext at its final place; the rest is still ciphertext, one shift higher.
+/// the clean state with the logical bytes [0, b) decrypted, `b` from the moved segment's end
+/// (T1 as pvencrypt commits it) to the old segment's end (only the moved segment left). The
+/// moved segment stays encrypted at the head (it is decrypted in place, last); [its end, b)
+/// is plaintext at its final place; the rest is still ciphertext, one shift higher, and ends
+/// where the old segment ends: at the PV's end when that is fixed (libcryptsetup's init
+/// leaves the active rest "dynamic", which would reach the header at the tail).
 pub fn decrypted_to(m: &Metadata, b: Bytes) -> Result<Metadata> {
     let flagged = |f: &str| m.flagged(f).ok_or_else(|| Error::new(Kind::Failed, format!("no {f} segment")));
     let (prev_id, prev) = flagged("backup-previous")?;
@@ -369,12 +371,13 @@ pub fn decrypted_to(m: &Metadata, b: Bytes) -> Result<Metadata> {
     let (Some(moved_len), Some(sector)) = (moved.size.fixed(), prev.sector_size) else {
         return fail("The moved segment has no fixed size, or the old segment no sector size");
     };
-    if b <= moved_len || !b.is_multiple_of(u64::from(sector)) {
+    let end = prev.size.fixed();
+    if b < moved_len || end.is_some_and(|e| b > e) || !b.is_multiple_of(u64::from(sector)) {
         return fail(format!("Cannot put the decryption boundary at {b}"));
     }
-    let live = vec![
-        Segment { flags: None, ..moved.clone() },
-        Segment {
+    let mut live = vec![Segment { flags: None, ..moved.clone() }];
+    if b > moved_len {
+        live.push(Segment {
             kind: "linear".into(),
             offset: moved_len,
             size: Size::Fixed(b - moved_len),
@@ -383,16 +386,20 @@ pub fn decrypted_to(m: &Metadata, b: Bytes) -> Result<Metadata> {
             sector_size: None,
             flags: None,
             rest: Default::default(),
-        },
-        Segment {
+        });
+    }
+    let mut crypt_ids = vec![Id(0)];
+    if end != Some(b) {
+        live.push(Segment {
             offset: prev.offset + b,
-            size: Size::Dynamic,
+            size: end.map_or(Size::Dynamic, |e| Size::Fixed(e - b)),
             iv_tweak: Some(prev.iv_tweak.unwrap_or_default() + b.sectors()),
             flags: None,
             ..prev.clone()
-        },
-    ];
-    Ok(rebuild(m, live, &[Id(0), Id(2)], prev_id))
+        });
+        crypt_ids.push(Id(live.len() as u32 - 1));
+    }
+    Ok(rebuild(m, live, &crypt_ids, prev_id))
 }
 
 /// The switch back's first write (DECRYPT.md): everything past the moved segment decrypted
@@ -422,7 +429,7 @@ pub fn decrypt_moved_hot(m: &Metadata) -> Result<Metadata> {
     };
     let live = vec![
         linear(Bytes(0), Size::Fixed(moved_len), Some(vec!["in-reencryption".to_string()])),
-        linear(moved_len, Size::Dynamic, None),
+        linear(moved_len, rest.size, None),
     ];
     Ok(rebuild(m, live, &[], prev_id))
 }

@@ -6,6 +6,7 @@ pub mod abort;
 pub mod boot;
 pub mod cli;
 pub mod convert;
+pub mod decrypt;
 pub mod direct;
 pub mod dm;
 pub mod error;

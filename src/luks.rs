@@ -715,6 +715,29 @@ mod image_tests {
         let prev = m.flagged("backup-previous").unwrap().1;
         assert_eq!(prev.size, crate::metadata::Size::Fixed(Bytes(32 << 20)));
         assert_eq!(check_key(&mut cd, &key).unwrap(), p.user_slot);
+
+        // The states pvencrypt commits from there all end at the PV's end (32 MiB).
+        use crate::metadata::Size::Fixed;
+        let segs = |b: u64| -> Vec<(String, Bytes, crate::metadata::Size)> {
+            let d = header::decrypted_to(&m, Bytes(b << 20)).unwrap();
+            d.active().map(|s| (s.kind.clone(), s.offset, s.size)).collect()
+        };
+        let seg = |k: &str, o: u64, l: u64| (k.to_string(), Bytes(o << 20), Fixed(Bytes(l << 20)));
+        assert_eq!(segs(16), vec![seg("crypt", 0, 16), seg("crypt", 32, 16)], "T1 as committed");
+        assert_eq!(segs(24), vec![seg("crypt", 0, 16), seg("linear", 16, 8), seg("crypt", 40, 8)]);
+        assert_eq!(segs(32), vec![seg("crypt", 0, 16), seg("linear", 16, 16)], "only the moved segment left");
+        assert!(header::decrypted_to(&m, Bytes(40 << 20)).is_err(), "past the PV's end");
+        let hot = header::decrypt_moved_hot(&header::decrypted_to(&m, Bytes(32 << 20)).unwrap()).unwrap();
+        let hot: Vec<_> = hot.active().map(|s| (s.kind.clone(), s.offset, s.size)).collect();
+        assert_eq!(hot, vec![seg("linear", 0, 16), seg("linear", 16, 16)]);
+        // libcryptsetup takes T1 as committed for a clean decryption.
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(t1.path()).unwrap();
+        let h = header::Header::read(&f).unwrap();
+        h.write(&f, &h.images(&header::decrypted_to(&m, Bytes(16 << 20)).unwrap()).unwrap()).unwrap();
+        let mut cd = CryptInit::init_with_data_device(Either::Right((&t1.path(), &lo.dev))).unwrap();
+        cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).unwrap();
+        assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::Clean);
+        assert_eq!(metadata(&mut cd).unwrap().active().last().map(|s| s.size), Some(Fixed(Bytes(16 << 20))));
     }
 
     /// Issue 24's format (DECRYPT.md), tried on libcryptsetup itself: a device encrypted
@@ -873,7 +896,7 @@ mod image_tests {
         }
         let state = crate::testing::TempDir::new("swtpm");
         let port = 20000 + std::process::id() % 20000;
-        let mut swtpm = std::process::Command::new("swtpm")
+        let mut swtpm = crate::sys::command("swtpm")
             .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear", "--tpmstate"])
             .arg(format!("dir={}", state.display()))
             .args(["--server", &format!("type=tcp,port={port}"), "--ctrl", &format!("type=tcp,port={}", port + 1)])

@@ -84,6 +84,8 @@ enum Mode {
     ResumeAll,
     /// `pvencrypt [--test] PV...`
     Convert { test: bool },
+    /// `pvencrypt --decrypt [--test] PV...`
+    Decrypt { test: bool },
 }
 
 impl Mode {
@@ -96,6 +98,8 @@ impl Mode {
             })
         } else if cli.abort {
             Mode::Abort
+        } else if cli.decrypt {
+            Mode::Decrypt { test: cli.test }
         } else if cli.pvs.is_empty() {
             Mode::ResumeAll
         } else {
@@ -126,6 +130,7 @@ fn run(cli: &Cli) -> Result<()> {
         Mode::Abort => abort::stop(&cli.pvs, cli.quiet),
         Mode::ResumeAll => modes::resume_all(&front, &opts),
         Mode::Convert { test } => modes::convert_pvs(&front, &opts, &cli.pvs, test),
+        Mode::Decrypt { test } => modes::decrypt_pvs(&opts, &cli.pvs, test),
     }
 }
 

@@ -316,6 +316,13 @@ impl Metadata {
         Some(used)
     }
 
+    /// The header's declared size: both binary headers with their JSON areas, and the
+    /// keyslots area (`keyslots_size`), which new keyslots may use up to its end.
+    pub fn header_size(&self) -> Option<Bytes> {
+        let keyslots = self.config.rest.get("keyslots_size")?.as_str()?.parse::<u64>().ok()?;
+        Some(self.headers_end()? + Bytes(keyslots))
+    }
+
     /// The end of the last keyslot area, 4 KiB aligned: the header's extent.
     pub fn header_extent(&self) -> Option<Bytes> {
         let end = self.keyslot_areas()?.into_iter().map(|(o, s)| o + s).fold(self.headers_end()?, Bytes::max);
@@ -381,6 +388,7 @@ mod tests {
         assert_eq!(serde_json::to_value(&m).unwrap(), v);
         assert_eq!(m.segments[&Id(0)].sector_size, Some(4096));
         assert_eq!(m.keyslots[&Id(0)].area.as_ref().unwrap().size, Some(Bytes(258048)));
+        assert_eq!(m.header_size(), Some(Bytes(2 * (12288 + 4096) + 16744448)), "luksFormat's 16 MiB");
         assert!(Metadata::from_value(json!({"segments": {"0": {"type": "linear", "offset": "x", "size": "1"}}})).is_err());
     }
 

@@ -56,6 +56,25 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
     })
 }
 
+/// `pvencrypt --decrypt PV...`: every PV checked (`decrypt::preflight`), the plan printed.
+/// The run is not written yet (DECRYPT.md's steps 5 to 7): without --test it refuses.
+pub fn decrypt_pvs(opts: &Options, pvs: &[PathBuf], test: bool) -> Result<()> {
+    let targets = pvs.iter().map(|p| crate::decrypt::preflight(opts, p)).collect::<Result<Vec<_>>>()?;
+    for t in &targets {
+        if !opts.quiet || test {
+            output::out(&crate::decrypt::describe(t));
+        }
+    }
+    if test {
+        output::out("Test mode: nothing was changed.");
+        return Ok(());
+    }
+    Err(Error::new(
+        Kind::Refused,
+        "--decrypt only checks and plans so far (--test): decrypting is not written yet. Nothing was changed.",
+    ))
+}
+
 /// The rest of `convert_pvs`, once every PV passed preflight.
 fn convert_targets(
     front: &dyn Front,

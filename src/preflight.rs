@@ -90,23 +90,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         return orphan(opts, path, dev, size, sector, name, pv, &dm);
     };
     crate::fault::trace("preflight: pv");
-    let vg = lvm::vg(&vg_name).context(Kind::Refused, || format!("Cannot use volume group {vg_name}"))?;
-    if vg.vg_attr.partial() || vg.vg_missing_pv_count > 0 {
-        return refuse(format!("Volume group {vg_name} has missing PVs; repair it first."));
-    }
-    if vg.vg_attr.clustered() || vg.vg_attr.shared() || vg.vg_lock_type.as_deref().is_some_and(|t| !t.is_empty() && t != "none") {
-        return refuse(format!("Volume group {vg_name} is shared or clustered; pvencrypt handles local VGs only."));
-    }
-    if vg.vg_attr.exported() {
-        return refuse(format!("Volume group {vg_name} is exported."));
-    }
-    crate::fault::trace("preflight: vg");
-    let segs = lvm::lvs(&vg_name).or_fail(|| format!("Cannot list the LVs of {vg_name}"))?;
-    crate::fault::trace("preflight: lvs");
-    // Name the move's own LV (pvmove0), the one lvs -a shows, rather than an LV it locks.
-    if let Some(s) = segs.iter().find(|s| s.is_pvmove()).or_else(|| segs.iter().find(|s| s.is_locked())) {
-        return refuse(format!("A pvmove ({}) is in progress in {vg_name}; let it finish or abort it first.", s.lv_name.name));
-    }
+    let vg = usable_vg(&vg_name)?;
     // The size LVM recorded lives in the VG metadata (pvresize changes it there only);
     // the device may be larger.
     let recorded = lvm::metadata_pv_size(&vg_name, &pv.pv_uuid).or_fail(|| format!("Cannot read the metadata of {vg_name}"))?;
@@ -158,6 +142,28 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     crate::fault::trace("preflight: kernel");
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
     Ok(Target { path: path.into(), dev, size, name, vg: Some(vg), pv, room, make_room, lvs, sector_size: sector })
+}
+
+/// The VG as both directions need it: whole, local, not exported, no pvmove running.
+pub fn usable_vg(vg_name: &lvm::VgName) -> Result<lvm::Vg> {
+    let vg = lvm::vg(vg_name).context(Kind::Refused, || format!("Cannot use volume group {vg_name}"))?;
+    if vg.vg_attr.partial() || vg.vg_missing_pv_count > 0 {
+        return refuse(format!("Volume group {vg_name} has missing PVs; repair it first."));
+    }
+    if vg.vg_attr.clustered() || vg.vg_attr.shared() || vg.vg_lock_type.as_deref().is_some_and(|t| !t.is_empty() && t != "none") {
+        return refuse(format!("Volume group {vg_name} is shared or clustered; pvencrypt handles local VGs only."));
+    }
+    if vg.vg_attr.exported() {
+        return refuse(format!("Volume group {vg_name} is exported."));
+    }
+    crate::fault::trace("preflight: vg");
+    let segs = lvm::lvs(vg_name).or_fail(|| format!("Cannot list the LVs of {vg_name}"))?;
+    crate::fault::trace("preflight: lvs");
+    // Name the move's own LV (pvmove0), the one lvs -a shows, rather than an LV it locks.
+    if let Some(s) = segs.iter().find(|s| s.is_pvmove()).or_else(|| segs.iter().find(|s| s.is_locked())) {
+        return refuse(format!("A pvmove ({}) is in progress in {vg_name}; let it finish or abort it first.", s.lv_name.name));
+    }
+    Ok(vg)
 }
 
 /// A PV in no VG yet (the scripted `pvcreate; pvencrypt; vgextend`): nothing may use it,

@@ -9,6 +9,9 @@
 #   etc/crypttab                 the entry (systemd's initramfs: systemd-cryptsetup-generator)
 #   etc/cmdline.d/91pvencrypt.conf  without systemd in the image: rd.luks.uuid=luks-UUID, which
 #                                parse-crypt.sh turns into cryptroot-ask (the name from etc/crypttab)
+# and, while pvencrypt --decrypt runs (/etc/pvencrypt/headers lists the LUKS2 headers it keeps
+# at the devices' tails, crypttab's header= names them), what attaches them as loop devices
+# before systemd-cryptsetup opens the entries: the list, pvencrypt-headers and its unit.
 
 # called by dracut
 check() {
@@ -26,6 +29,18 @@ depends() {
             "$dracutsysrootdir"/etc/crypttab 2> /dev/null && deps="crypt tpm2-tss"
     done
     echo "$deps"
+    return 0
+}
+
+headers() {
+    [[ -s $dracutsysrootdir/etc/pvencrypt/headers ]]
+}
+
+# called by dracut
+installkernel() {
+    if headers; then
+        hostonly='' instmods loop
+    fi
     return 0
 }
 
@@ -50,5 +65,16 @@ install() {
             printf ' rd.luks.uuid=luks-%s\n' "$uuid" >> "$initdir"/etc/cmdline.d/91pvencrypt.conf
         fi
     done
+    if headers; then
+        if dracut_module_included systemd; then
+            inst_simple /etc/pvencrypt/headers
+            inst_script /usr/lib/pvencrypt/pvencrypt-headers
+            inst_multiple losetup cryptsetup udevadm
+            inst_simple "$systemdsystemunitdir"/pvencrypt-headers.service
+            $SYSTEMCTL -q --root "$initdir" enable pvencrypt-headers.service
+        else
+            dwarn "pvencrypt: this initramfs has no systemd: it cannot attach the headers of /etc/pvencrypt/headers"
+        fi
+    fi
     return 0
 }

@@ -45,27 +45,68 @@ pub fn find_entry<'a>(text: &'a str, name: &str, uuid: Option<&str>) -> Option<&
     })
 }
 
-/// Appends the entry unless one for NAME or the UUID is there. Written to a temporary
-/// file beside it and renamed: a crash leaves the old file or the new one. Under a lock,
-/// so that two pvencrypt runs (or threads) cannot lose each other's line.
+/// Appends the entry unless one for NAME or the UUID is there.
 pub fn add_crypttab(path: &Path, line: &Line) -> Result<Entry> {
+    let mut present = None;
+    rewrite(path, |old| {
+        if let Some(l) = find_entry(old, line.name, Some(line.uuid)) {
+            present = Some(l.to_string());
+            return None;
+        }
+        let mut new = old.to_string();
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
+        }
+        Some(new + &format!("{line}\n"))
+    })?;
+    Ok(present.map_or(Entry::Added, Entry::Present))
+}
+
+/// NAME's entry while its header lives at the device's tail (DECRYPT.md): the device named
+/// by `source` (its LUKS UUID leaves the head with the first move), and
+/// `header=/dev/disk/by-uuid/UUID`, the link udev gives the loop device over the tail. The
+/// other options are kept. Returns the entry as it was and as it is, or None when there is
+/// no entry for NAME.
+pub fn with_tail_header(path: &Path, name: &str, source: &str, uuid: &str) -> Result<Option<(String, String)>> {
+    let mut changed = None;
+    rewrite(path, |old| {
+        let line = find_entry(old, name, None)?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let mut options: Vec<String> = (f.get(3).copied().unwrap_or_default().split(','))
+            .filter(|o| !o.is_empty() && !o.starts_with("header="))
+            .map(String::from)
+            .collect();
+        // Without its header the source is no LUKS device to probe: the type is said.
+        if !options.iter().any(|o| o == "luks") {
+            options.insert(0, "luks".into());
+        }
+        options.push(format!("header=/dev/disk/by-uuid/{uuid}"));
+        let options = options.join(",");
+        let key = f.get(2).copied().unwrap_or("none");
+        let new = [f[0], source, key, &options].into_iter().chain(f.iter().skip(4).copied()).collect::<Vec<_>>().join(" ");
+        // That line, not an earlier comment holding the same text.
+        let at = line.as_ptr() as usize - old.as_ptr() as usize;
+        let text = format!("{}{new}{}", &old[..at], &old[at + line.len()..]);
+        changed = Some((line.to_string(), new));
+        Some(text)
+    })?;
+    Ok(changed)
+}
+
+/// Rewrites the file with what `edit` makes of its text (None: leaves it as it is). Written
+/// to a temporary file beside it and renamed: a crash leaves the old file or the new one.
+/// Under a lock, so that two pvencrypt runs (or threads) cannot lose each other's change.
+pub(super) fn rewrite(path: &Path, edit: impl FnOnce(&str) -> Option<String>) -> Result<bool> {
     let _lock = lock_for(path)?;
     let old = match fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return fail(format!("Cannot read {}: {e}", path.display())),
     };
-    if let Some(l) = find_entry(&old, line.name, Some(line.uuid)) {
-        return Ok(Entry::Present(l.to_string()));
-    }
-    let mut new = old.clone();
-    if !new.is_empty() && !new.ends_with('\n') {
-        new.push('\n');
-    }
-    new.push_str(&format!("{line}\n"));
+    let Some(new) = edit(&old) else { return Ok(false) };
     let mode = fs::metadata(path).map(|m| m.mode() & 0o7777).unwrap_or(0o644);
     crate::sys::replace_file(path, new.as_bytes(), mode).or_fail(|| format!("Cannot write {}", path.display()))?;
-    Ok(Entry::Added)
+    Ok(true)
 }
 
 /// An exclusive flock on a file of its own under /run/pvencrypt (the file itself is
@@ -161,6 +202,27 @@ mod tests {
         assert_eq!(add_crypttab(&p, &line("vda_crypt", "u", false)).unwrap(), Entry::Added);
         assert_eq!(fs::read_to_string(&p).unwrap(), "vda_crypt UUID=u none luks\n");
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o644);
+    }
+
+    #[test]
+    fn the_entry_of_a_tail_header_names_the_disk_and_the_header_link() {
+        let (_d, p) = tmp(Some("# vda_crypt UUID=u none luks,discard\nvda_crypt UUID=u none luks,discard,tpm2-device=auto\n"));
+        let by_path = "/dev/disk/by-path/pci-0000:00:05.0";
+        let (was, is) = with_tail_header(&p, "vda_crypt", by_path, "u").unwrap().unwrap();
+        assert_eq!(was, "vda_crypt UUID=u none luks,discard,tpm2-device=auto");
+        assert_eq!(is, format!("vda_crypt {by_path} none luks,discard,tpm2-device=auto,header=/dev/disk/by-uuid/u"));
+        let text = fs::read_to_string(&p).unwrap();
+        assert_eq!(text, format!("# vda_crypt UUID=u none luks,discard\n{is}\n"), "the comment left as it was");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        // Again (a resumed run): the same line.
+        assert_eq!(with_tail_header(&p, "vda_crypt", by_path, "u").unwrap().unwrap().1, is);
+        assert_eq!(fs::read_to_string(&p).unwrap(), text);
+        // A line without a type, key file or options says luks; no entry: nothing written.
+        let (_d, bare) = tmp(Some("sdb_crypt /dev/sdb\n"));
+        let is = with_tail_header(&bare, "sdb_crypt", "/dev/disk/by-id/wwn-0x5", "v").unwrap().unwrap().1;
+        assert_eq!(is, "sdb_crypt /dev/disk/by-id/wwn-0x5 none luks,header=/dev/disk/by-uuid/v");
+        assert_eq!(with_tail_header(&bare, "other", "/dev/x", "v").unwrap(), None);
+        assert_eq!(fs::read_to_string(&bare).unwrap(), format!("{is}\n"));
     }
 
     #[test]

@@ -26,7 +26,6 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 use super::{crypttab, which};
@@ -498,6 +497,37 @@ pub fn lacks(tool: Tool, listing: &str) -> Vec<&'static str> {
     needs.into_iter().filter(|(_, any)| !any.iter().any(|p| lists(listing, p))).map(|(what, _)| what).collect()
 }
 
+/// What an image must carry to attach the LUKS2 headers `--decrypt` keeps at the devices'
+/// tails (boot::headers) before it opens them, and the listing lacks: the list, the helper and
+/// what runs it (initramfs-tools' init-premount script; the unit, enabled, in dracut's systemd
+/// initramfs), util-linux's losetup. mkinitcpio: not supported, all of it.
+pub fn lacks_headers(tool: Tool, listing: &str) -> Vec<&'static str> {
+    let unit = ["usr/lib/systemd/system/pvencrypt-headers.service", "lib/systemd/system/pvencrypt-headers.service"];
+    let wanted = [
+        "usr/lib/systemd/system/sysinit.target.wants/pvencrypt-headers.service",
+        "lib/systemd/system/sysinit.target.wants/pvencrypt-headers.service",
+        "etc/systemd/system/sysinit.target.wants/pvencrypt-headers.service",
+    ];
+    let losetup = ["sbin/losetup", "usr/sbin/losetup", "bin/losetup", "usr/bin/losetup"];
+    let needs: Vec<(&'static str, &[&str])> = match tool {
+        Tool::InitramfsTools => vec![
+            ("etc/pvencrypt/headers", &["etc/pvencrypt/headers"]),
+            ("pvencrypt-headers", &["sbin/pvencrypt-headers", "usr/sbin/pvencrypt-headers"]),
+            ("scripts/init-premount/pvencrypt", &["scripts/init-premount/pvencrypt"]),
+            ("losetup", &losetup),
+        ],
+        Tool::Dracut => vec![
+            ("etc/pvencrypt/headers", &["etc/pvencrypt/headers"]),
+            ("pvencrypt-headers", &["usr/lib/pvencrypt/pvencrypt-headers"]),
+            ("pvencrypt-headers.service", &unit),
+            ("pvencrypt-headers.service enabled", &wanted),
+            ("losetup", &losetup),
+        ],
+        Tool::Mkinitcpio(_) => vec![("pvencrypt's support (mkinitcpio has none yet)", &[])],
+    };
+    needs.into_iter().filter(|(_, any)| !any.iter().any(|p| lists(listing, p))).map(|(what, _)| what).collect()
+}
+
 /// Looks into every image the rebuild wrote. Empty when each one opens the device of LINE
 /// (with the TPM2 when LINE says so) and, when `devices` (LVM's devices file, when it lists
 /// /dev/mapper/NAME) is in the image, LVM there finds the PV on it; otherwise what is wrong,
@@ -611,7 +641,7 @@ pub fn rebuild(root: &Path, tool: Tool) -> Result<(), String> {
 /// Runs a command of these tools, as installed under ROOT; its output, or why it failed.
 fn run(root: &Path, argv: &[String]) -> Result<String, String> {
     let tool = which(root, &argv[0]).ok_or_else(|| format!("{} is not installed", argv[0]))?;
-    let out = Command::new(tool).args(&argv[1..]).output().map_err(|e| format!("{}: {e}", argv[0]))?;
+    let out = crate::sys::command(tool).args(&argv[1..]).output().map_err(|e| format!("{}: {e}", argv[0]))?;
     if !out.status.success() {
         return Err(format!("{} failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
     }

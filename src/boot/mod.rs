@@ -8,6 +8,7 @@
 //! tests can build a fake system in a temporary directory.
 
 pub mod crypttab;
+pub mod headers;
 pub mod initramfs;
 pub mod tpm2;
 

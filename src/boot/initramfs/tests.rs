@@ -614,3 +614,24 @@ fn mkinitcpio_images_by_hook() {
     let got = verify(&r, Tool::Mkinitcpio(Hook::Encrypt), &ln("vda_crypt", "1234"), None);
     assert_eq!(got, [format!("{} lacks hooks/encrypt and cryptsetup", r.join(img).display())]);
 }
+
+/// lsinitramfs and lsinitrd listings (their formats) of images built while --decrypt runs.
+#[test]
+fn images_that_attach_the_tail_headers() {
+    let tools =
+        "etc/pvencrypt\netc/pvencrypt/headers\nsbin/pvencrypt-headers\nscripts/init-premount/pvencrypt\nusr/sbin/losetup\n";
+    assert_eq!(lacks_headers(Tool::InitramfsTools, tools), Vec::<&str>::new());
+    assert_eq!(
+        lacks_headers(Tool::InitramfsTools, "etc/pvencrypt/headers\nusr/sbin/losetup\n"),
+        ["pvencrypt-headers", "scripts/init-premount/pvencrypt"]
+    );
+    let dracut = "-rw-r--r--   1 root root  61 Dec  7 10:00 etc/pvencrypt/headers\n\
+        -rwxr-xr-x   1 root root 2100 Dec  7 10:00 usr/lib/pvencrypt/pvencrypt-headers\n\
+        -rw-r--r--   1 root root  600 Dec  7 10:00 usr/lib/systemd/system/pvencrypt-headers.service\n\
+        lrwxrwxrwx   1 root root   35 Dec  7 10:00 etc/systemd/system/sysinit.target.wants/pvencrypt-headers.service -> /usr/lib/systemd/system/pvencrypt-headers.service\n\
+        -rwxr-xr-x   1 root root 99000 Dec  7 10:00 usr/sbin/losetup\n";
+    assert_eq!(lacks_headers(Tool::Dracut, dracut), Vec::<&str>::new());
+    let not_enabled: String = dracut.lines().filter(|l| !l.contains("wants")).map(|l| format!("{l}\n")).collect();
+    assert_eq!(lacks_headers(Tool::Dracut, &not_enabled), ["pvencrypt-headers.service enabled"]);
+    assert_eq!(lacks_headers(Tool::Mkinitcpio(Hook::SdEncrypt), tools).len(), 1);
+}

@@ -17,6 +17,10 @@ printf 'lintian:\n%s\n' "$lint"
 check "lintian exits 0" [ "$lint_rc" -eq 0 ]
 check "lintian reports no error or warning" "! grep -qE '^[EW]: ' <<< \"\$lint\""
 files=$(dpkg-deb -c "$pkg" | awk '{print $1, $6}')
+for f in usr/lib/pvencrypt/pvencrypt-headers usr/share/initramfs-tools/hooks/pvencrypt \
+  usr/share/initramfs-tools/scripts/init-premount/pvencrypt; do
+  check "the package has $f, executable" grep -qxe "-rwxr-xr-x ./$f" <<< "$files"
+done
 check "the package has the dracut module, executable" \
   grep -qxe '-rwxr-xr-x ./usr/lib/dracut/modules.d/91pvencrypt/module-setup.sh' <<< "$files"
 check "the package has md5sums" "dpkg-deb --ctrl-tarfile '$pkg' | tar -t | grep -qx './md5sums'"
@@ -35,6 +39,9 @@ wanted() { [ -L "$r/etc/systemd/system/multi-user.target.wants/$unit" ]; }
 check "dpkg -i" in_root dpkg -i /tmp/pvencrypt.deb
 check "installed: enabled" '[ "$(state)" = enabled ]'
 check "installed: multi-user.target wants the unit" wanted
+check "installed: pvencrypt-headers.service enabled, sysinit.target wants it" \
+  "[ \"\$(chroot '$r' systemctl is-enabled pvencrypt-headers.service)\" = enabled ] &&
+   [ -L '$r/etc/systemd/system/sysinit.target.wants/pvencrypt-headers.service' ]"
 check "installed: dpkg --verify finds the files intact" \
   '[ -s "$r/var/lib/dpkg/info/pvencrypt.md5sums" ] && in_root dpkg --verify pvencrypt'
 

@@ -1,0 +1,299 @@
+//! `pvencrypt --decrypt`: the way back (DECRYPT.md). So far its first step, as encryption's:
+//! what the device is and whether it can be decrypted live, read without changing a byte,
+//! and the plan `--test` prints. The run itself is DECRYPT.md's steps 5 to 7.
+
+use std::{
+    fs,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+};
+
+use devicemapper::Device;
+
+use crate::{
+    boot,
+    dm::{block_device, Dm, DmName},
+    error::{refuse, Context, Error, Kind, Result},
+    lvm,
+    options::Options,
+    units::Bytes,
+};
+
+/// What preflight found: everything the later steps need, nothing changed yet.
+pub struct Target {
+    /// The LUKS2 device.
+    pub path: PathBuf,
+    pub dev: Device,
+    pub size: Bytes,
+    /// The open mapping the PV is on.
+    pub name: DmName,
+    pub uuid: String,
+    /// Where the data starts on the device (D): the first move's length too (M = D).
+    pub data_offset: Bytes,
+    /// The end of the PV's last extent on the mapping: what stays on the device.
+    pub span: Bytes,
+    /// Where the header lives during the run: the device's last bytes.
+    pub tail: Bytes,
+    pub vg: lvm::VgName,
+    pub lvs: Vec<String>,
+    /// How crypttab and the headers list name the device once its UUID leaves the head.
+    pub source: Option<String>,
+    /// NAME's crypttab entry, as it is.
+    pub crypttab: Option<String>,
+    /// Why the initramfs must open the device, and its tool.
+    pub boot: Option<(String, boot::Tool)>,
+}
+
+/// Step 1 of `--decrypt`. Read-only. `path`: the LUKS2 device or its mapping.
+pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
+    let (given, _) = block_device(path)?;
+    let dm = Dm::open()?;
+    // /dev/mapper/NAME (or dm-N) given: the LUKS2 device under it.
+    let (dev, path) = match crypt_mapping(given) {
+        Some((_, _, Some(lower))) => (lower, node_of(lower)),
+        Some((name, _, None)) => return refuse(format!("{} ({name}) is not a LUKS2 mapping of one device.", path.display())),
+        None => (given, path.to_path_buf()),
+    };
+    let (_, size) = block_device(&path)?;
+    let size = size.bytes();
+    if luks1(&path) {
+        return refuse(format!(
+            "{} is LUKS1, which has no online reencryption: cryptsetup convert --type luks2 (offline) first.",
+            path.display()
+        ));
+    }
+    let mut cd = crate::luks::open(&path)?;
+    let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).unwrap_or_default();
+    let meta = crate::luks::metadata(&mut cd)?;
+    drop(cd);
+    if meta.in_reencryption() {
+        return refuse(format!(
+            "{} is in a reencryption; let it finish first (pvencrypt, or cryptsetup reencrypt --resume-only).",
+            path.display()
+        ));
+    }
+    let prefix = format!("CRYPT-LUKS2-{}-", uuid.replace('-', ""));
+    let name = match &dm.named_with_uuid(&prefix)?[..] {
+        [(name, _)] => name.clone(),
+        [] => {
+            return refuse(format!(
+                "{} is not open: --decrypt decrypts a device in use. Open it (cryptsetup open), or decrypt it offline \
+                 (cryptsetup reencrypt --decrypt --header FILE).",
+                path.display()
+            ))
+        }
+        more => return refuse(format!("{} is open {} times; close all but one.", path.display(), more.len())),
+    };
+    let mapping = PathBuf::from("/dev/mapper").join(name.as_str());
+    let pv = lvm::pv(&mapping)
+        .context(Kind::Refused, || format!("Cannot read {} as an LVM physical volume", mapping.display()))?
+        .ok_or_else(|| Error::new(Kind::Refused, format!("{} holds no LVM physical volume.", mapping.display())))?;
+    let Some(vg_name) = pv.vg_name.clone() else {
+        return refuse(format!(
+            "The PV on {} is in no volume group; pvremove it and close the device instead.",
+            mapping.display()
+        ));
+    };
+    let vg = crate::preflight::usable_vg(&vg_name)?;
+
+    // The whole header at the tail (a keyslot added meanwhile may use its keyslots area to
+    // the end), the data D lower: the PV must end D + the header short of the device's end.
+    let Some(header) = meta.header_size() else {
+        return refuse(format!("{}: the LUKS2 header has no keyslots size.", path.display()));
+    };
+    let tail = Bytes(size.0.saturating_sub(header.0.next_multiple_of(1 << 20)));
+    let span = pv.data_end().bytes();
+    let relocated = crate::header::relocated(&meta, span)
+        .map_err(|e| Error::new(Kind::Refused, format!("{}: {}.", path.display(), e.msg)))?;
+    let data_offset = relocated.segments.values().next().map(|s| s.offset).unwrap_or_default();
+    if data_offset + span > tail {
+        let short = data_offset + span - tail;
+        return refuse(format!(
+            "{path}: the PV on {mapping} ends at {end} MiB; while it is decrypted the LUKS2 header lives in the \
+             device's last {h} MiB, so the PV may use {room} MiB. Shrink it by {short} MiB first (pvmove the \
+             extents there, then pvresize --setphysicalvolumesize {room}m {mapping}).",
+            path = path.display(),
+            mapping = mapping.display(),
+            end = span.mib(),
+            h = (size - tail).mib(),
+            room = (tail - data_offset).0 >> 20,
+            short = short.0.div_ceil(1 << 20),
+        ));
+    }
+
+    let crypt = dm.device_of(&name)?;
+    let vg_prefix = lvm::lv_uuid_prefix(&vg.vg_uuid);
+    let holders = dm.holders(crypt)?;
+    if let Some(h) = holders.iter().find(|h| h.direct && !h.uuid.as_deref().unwrap_or("").starts_with(&vg_prefix)) {
+        return refuse(format!("{} is in use by {}, which is not a logical volume of {vg_name}.", mapping.display(), h.name));
+    }
+    if let Some(n) = crate::dm::holders_of(dev).into_iter().find(|n| *n != format!("dm-{}", crypt.minor)) {
+        return refuse(format!("{} is held by {n} besides {name}.", path.display()));
+    }
+
+    let root = Path::new(boot::ROOT);
+    let crypttab = fs::read_to_string(root.join(boot::CRYPTTAB.trim_start_matches('/'))).unwrap_or_default();
+    let crypttab = boot::crypttab::find_entry(&crypttab, name.as_str(), Some(&uuid)).map(str::to_string);
+    let source = boot::headers::stable_source(dev);
+    let boot = boot_stack(opts, &path, &name, &vg.vg_uuid)?;
+    if source.is_none() && (crypttab.is_some() || boot.is_some()) {
+        return refuse(format!(
+            "udev gives {} no stable name (by-id, PARTUUID, by-path): the next boot could not find it once its UUID \
+             leaves its head with the header.",
+            path.display()
+        ));
+    }
+    let lvs = holders.iter().map(|h| h.name.to_string()).collect();
+    Ok(Target { path, dev, size, name, uuid, data_offset, span, tail, vg: vg_name, lvs, source, crypttab, boot })
+}
+
+/// The dm name, uuid and (single) lower device of a dm-crypt LUKS2 mapping; None for any
+/// other device.
+fn crypt_mapping(dev: Device) -> Option<(String, String, Option<Device>)> {
+    let sys = format!("/sys/dev/block/{dev}");
+    let uuid = fs::read_to_string(format!("{sys}/dm/uuid")).ok()?.trim().to_string();
+    if !uuid.starts_with("CRYPT-LUKS2-") {
+        return None;
+    }
+    let name = fs::read_to_string(format!("{sys}/dm/name")).ok()?.trim().to_string();
+    let lower: Vec<Device> = fs::read_dir(format!("{sys}/slaves"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+        .filter_map(|d| d.trim().parse().ok())
+        .collect();
+    Some((name, uuid, (lower.len() == 1).then(|| lower[0])))
+}
+
+/// The device's node as the kernel names it (/dev/sda5), else its /dev/block link.
+fn node_of(dev: Device) -> PathBuf {
+    let uevent = fs::read_to_string(format!("/sys/dev/block/{dev}/uevent")).unwrap_or_default();
+    match uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+        Some(name) if Path::new("/dev").join(name).exists() => Path::new("/dev").join(name),
+        _ => PathBuf::from(format!("/dev/block/{dev}")),
+    }
+}
+
+/// A LUKS1 header at the start of `path` (libcryptsetup's LUKS2 load just fails on it).
+fn luks1(path: &Path) -> bool {
+    let mut b = [0u8; 8];
+    fs::File::open(path).and_then(|f| f.read_exact_at(&mut b, 0)).is_ok()
+        && b[..6] == *crate::header::MAGIC_1ST
+        && b[6..8] == [0, 1]
+}
+
+/// When the system boots from the VG, the initramfs must attach the header at the tail
+/// before it opens NAME: initramfs-tools with pvencrypt's hook, or dracut with its module in
+/// a systemd initramfs. mkinitcpio is not checked against its sources yet.
+fn boot_stack(opts: &Options, path: &Path, name: &DmName, vg_uuid: &str) -> Result<Option<(String, boot::Tool)>> {
+    let Some(why) = boot::boot_needs(&lvm::active_lvs(Some(vg_uuid))) else { return Ok(None) };
+    let root = Path::new(boot::ROOT);
+    let missing = match boot::initramfs::detect(root) {
+        Ok(boot::Tool::InitramfsTools) if root.join("usr/share/initramfs-tools/hooks/pvencrypt").is_file() => {
+            return Ok(Some((why, boot::Tool::InitramfsTools)))
+        }
+        Ok(boot::Tool::Dracut) if root.join("usr/lib/dracut/modules.d/91pvencrypt").is_dir() => {
+            return Ok(Some((why, boot::Tool::Dracut)))
+        }
+        Ok(boot::Tool::InitramfsTools | boot::Tool::Dracut) => {
+            "pvencrypt's initramfs hook is not installed (install pvencrypt's package)".to_string()
+        }
+        Ok(boot::Tool::Mkinitcpio(_)) => "--decrypt does not support mkinitcpio yet".to_string(),
+        Err(e) => e,
+    };
+    if opts.no_initramfs {
+        crate::output::error(&format!(
+            "WARNING: {}: {why}, but {missing}. With --no-initramfs, an initramfs that opens {name} with its header at the \
+             device's tail is yours to build before rebooting.",
+            path.display()
+        ));
+        return Ok(None);
+    }
+    refuse(format!(
+        "{}: {why}, so the next boot must open {name} during the decryption, but {missing}. Nothing was changed.",
+        path.display()
+    ))
+}
+
+/// The plan `--test` prints.
+pub fn describe(t: &Target) -> String {
+    let mib = |b: Bytes| b.0 >> 20;
+    let mut out = format!(
+        "{path}: LUKS2 device opened as /dev/mapper/{name}, PV of volume group {vg}, {size} MiB. It becomes the plain PV \
+         again, in place.\n  \
+         the LUKS2 header moves to the device's last {h} MiB (from {tail} MiB) for the run; the data moves down \
+         {d} MiB, onto the PV's first {span} MiB.\n  \
+         suspended for the first move and the switch back: {lvs}.",
+        path = t.path.display(),
+        name = t.name,
+        vg = t.vg,
+        size = mib(t.size),
+        h = mib(t.size - t.tail),
+        tail = mib(t.tail),
+        d = mib(t.data_offset),
+        span = mib(t.span),
+        lvs = if t.lvs.is_empty() { "none (no LV is active)".to_string() } else { t.lvs.join(", ") },
+    );
+    match (&t.crypttab, &t.source) {
+        (Some(line), Some(source)) => {
+            out += &format!(
+                "\n  /etc/crypttab's \"{line}\" names the disk as {source}, its header as /dev/disk/by-uuid/{uuid} \
+                 (the tail, attached at boot by pvencrypt-headers) for the run; removed at the end.",
+                uuid = t.uuid
+            )
+        }
+        _ => out += &format!("\n  /etc/crypttab has no entry for {}: nothing there to change.", t.name),
+    }
+    if let Some((why, tool)) = &t.boot {
+        out += &format!(
+            "\n  the initramfs is rebuilt with {} and checked before the first move and after the end ({why}).",
+            tool.rebuild().join(" ")
+        );
+    }
+    out += &format!(
+        "\n  at the end: the header and its keyslots wiped; the PV may grow by {} MiB (pvresize {}).",
+        mib(t.size - t.span),
+        t.path.display()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_luks1_header_is_luks1() {
+        let Some(lo) = crate::testing::Loop::new(b"LUKS\xba\xbe\x00\x01", 1 << 20) else { return };
+        assert!(luks1(&lo.dev));
+        let Some(two) = crate::testing::Loop::new(b"LUKS\xba\xbe\x00\x02", 1 << 20) else { return };
+        assert!(!luks1(&two.dev));
+        assert!(!luks1(Path::new("/nonexistent")));
+    }
+
+    #[test]
+    fn the_plan_says_where_the_header_goes_and_what_the_pv_may_gain() {
+        let t = Target {
+            path: "/dev/vda".into(),
+            dev: Device { major: 252, minor: 0 },
+            size: Bytes(1024 << 20),
+            name: DmName::new("vda_crypt").unwrap(),
+            uuid: "u-1".into(),
+            data_offset: Bytes(16 << 20),
+            span: Bytes(992 << 20),
+            tail: Bytes(1008 << 20),
+            vg: lvm::VgName("vg".into()),
+            lvs: vec!["vg-root".into()],
+            source: Some("/dev/disk/by-path/pci-0000:00:05.0".into()),
+            crypttab: Some("vda_crypt UUID=u-1 none luks,discard".into()),
+            boot: None,
+        };
+        let plan = describe(&t);
+        assert!(plan.contains("last 16 MiB (from 1008 MiB)"), "{plan}");
+        assert!(
+            plan.contains("names the disk as /dev/disk/by-path/pci-0000:00:05.0, its header as /dev/disk/by-uuid/u-1"),
+            "{plan}"
+        );
+        assert!(plan.contains("may grow by 32 MiB (pvresize /dev/vda)"), "{plan}");
+    }
+}
