@@ -41,11 +41,9 @@ use crate::{
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 /// The part of step 2 that needs no passphrase, started before preflight (modes.rs): the
-/// header formatted in memory, with its temporary keyslot. On its own thread, so never
-/// beside an LVM command (`lvm::exclusive`): preflight's reports wait for it.
+/// header formatted in memory, with its temporary keyslot.
 pub fn format_ahead(opts: &Options, path: &Path) -> Result<luks::Formatted> {
-    let fmt = preflight::format_for(opts, path)?;
-    crate::lvm::exclusive(|| luks::format(fmt, path))
+    luks::format(preflight::format_for(opts, path)?, path)
 }
 
 /// Steps 2–5 for one PV; `early`: its header, if formatted ahead.

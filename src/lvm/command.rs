@@ -19,18 +19,6 @@ use super::*;
 /// nothing (RSS and open fds flat over 200 cycles).
 static LVM: Mutex<()> = Mutex::new(());
 
-/// Runs `f` with no LVM command running in this process, for libcryptsetup on a thread of its
-/// own. Both libraries use libdevmapper's process-wide state, which is not thread-safe:
-/// libcryptsetup's first context swaps its log function and its last freed one runs
-/// `dm_lib_release` (which frees the node operations and closes the control descriptor), as
-/// LVM's commands do. The header formatted ahead was the one place they ran at once, and a
-/// refusal found meanwhile once ended with "double free or corruption (fasttop)" (SIGABRT, a
-/// full VM run's t_debian_root; 60 refusals in a row did not bring it back).
-pub fn exclusive<T>(f: impl FnOnce() -> T) -> T {
-    let _lvm = LVM.lock().unwrap_or_else(PoisonError::into_inner);
-    f()
-}
-
 /// Lines the log callback collected during the current call. Only written
 /// while LVM is held, so this inner lock is never contended.
 static CAPTURE: Mutex<Output> = Mutex::new(Output::new());

@@ -1,4 +1,4 @@
-# seconds: 60   (measured, TCG: run.sh starts the longest first)
+# seconds: 70   (measured, TCG: run.sh starts the longest first)
 # --decrypt's first step (DECRYPT.md; the run itself is not written yet): what the device is,
 # whether it can be decrypted live, and the plan --test prints, for a LUKS2 device made by
 # hand (luksFormat, a PV on the mapping), open, its VG in use. Every refusal exits 3, says why
