@@ -20,7 +20,7 @@ use std::{
     mem::transmute,
     os::{fd::AsRawFd, unix::ffi::OsStrExt},
     path::Path,
-    process::Stdio,
+    process::{Command, Stdio},
     ptr,
 };
 
@@ -110,7 +110,7 @@ pub fn enroll(header: &Path, unlock: &Passphrase, device: &str, pcrs: &str) -> R
     key.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .and_then(|()| key.write_all(unlock.bytes()))
         .map_err(|e| format!("cannot write the key to memory: {e}"))?;
-    let out = crate::sys::command(tool)
+    let out = Command::new(tool)
         .arg(format!("--unlock-key-file=/proc/{}/fd/{}", std::process::id(), key.as_raw_fd()))
         .arg(format!("--tpm2-device={device}"))
         .arg(format!("--tpm2-pcrs={pcrs}"))
