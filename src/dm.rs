@@ -540,7 +540,7 @@ pub fn udev_catch_up(devices: &[Device]) {
         let _ = std::fs::write(format!("/sys/dev/block/{d}/uevent"), "change");
     }
     if Path::new(UDEV_CONTROL).exists() {
-        let _ = std::process::Command::new("udevadm")
+        let _ = crate::sys::command("udevadm")
             .args(["settle", "--timeout=60"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

@@ -45,7 +45,7 @@ pub struct Guardian(Child);
 
 impl Guardian {
     pub fn spawn(watch: &Watch) -> Result<Guardian> {
-        let child = std::process::Command::new("/proc/self/exe")
+        let child = crate::sys::command("/proc/self/exe")
             .env(GUARD_ENV, serde_json::to_string(watch).expect("serializes"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

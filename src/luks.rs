@@ -8,6 +8,8 @@
 use std::{
     ffi::{c_int, c_void},
     fs::File,
+    mem::ManuallyDrop,
+    ops::{Deref, DerefMut},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::Mutex,
@@ -21,7 +23,7 @@ use libcryptsetup_rs::{
             KeyslotInfo,
         },
     },
-    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsReencrypt, CryptPbkdfType, Either, TokenInput,
+    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsReencrypt, CryptPbkdfType, Either, LibcryptErr, TokenInput,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -177,12 +179,58 @@ fn temp_pbkdf() -> CryptPbkdfType {
     }
 }
 
+/// A libcryptsetup context, made and freed under LVM's lock (`lvm::libdm`): libcryptsetup's
+/// first context sets libdevmapper's log function and its last one releases libdevmapper
+/// (dm_backend_init and dm_backend_exit in its lib/libdevmapper.c), globals that LVM's
+/// commands use too; and the header formatted ahead (modes.rs) makes and frees contexts on
+/// a thread of its own beside preflight's LVM commands (a double free in libdevmapper, seen
+/// once at a refusal).
+pub struct Ctx(ManuallyDrop<CryptDevice>);
+
+impl Ctx {
+    pub fn init(dev: &Path) -> std::result::Result<Ctx, LibcryptErr> {
+        let _dm = crate::lvm::libdm();
+        CryptInit::init(dev).map(Ctx::adopt)
+    }
+
+    /// A detached header `header` for `data`.
+    pub fn with_header(header: &Path, data: &Path) -> std::result::Result<Ctx, LibcryptErr> {
+        let _dm = crate::lvm::libdm();
+        CryptInit::init_with_data_device(Either::Right((header, data))).map(Ctx::adopt)
+    }
+
+    /// A context made under `lvm::libdm`.
+    pub fn adopt(cd: CryptDevice) -> Ctx {
+        Ctx(ManuallyDrop::new(cd))
+    }
+}
+
+impl Deref for Ctx {
+    type Target = CryptDevice;
+    fn deref(&self) -> &CryptDevice {
+        &self.0
+    }
+}
+
+impl DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut CryptDevice {
+        &mut self.0
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        let _dm = crate::lvm::libdm();
+        // SAFETY: dropped here only, once.
+        unsafe { ManuallyDrop::drop(&mut self.0) }
+    }
+}
+
 /// Formats the header in memory for `data` (the PV: only its size is read), with the
 /// temporary keyslot.
 pub fn format(fmt: Format, data: &Path) -> Result<Formatted> {
     let header = MemHeader::new(fmt.shift.bytes())?;
-    let mut cd = CryptInit::init_with_data_device(Either::Right((&header.path(), data)))
-        .or_fail(|| "Cannot initialise the new LUKS2 header".into())?;
+    let mut cd = Ctx::with_header(&header.path(), data).or_fail(|| "Cannot initialise the new LUKS2 header".into())?;
     cd.set_data_offset(fmt.shift.0).or_fail(|| "Cannot set the data offset".into())?;
     // The volume key's digest takes its iterations from the user's PBKDF settings, as
     // with luksFormat.
@@ -224,9 +272,8 @@ pub fn format(fmt: Format, data: &Path) -> Result<Formatted> {
 pub fn prepare(f: Formatted, data: &Path, passphrase: &Passphrase, marker: &Marker) -> Result<Prepared> {
     let Formatted { fmt, header, volume_key, temp_key } = f;
     let hpath = header.path();
-    let load = || -> Result<CryptDevice> {
-        let mut cd = CryptInit::init_with_data_device(Either::Right((&hpath, data)))
-            .or_fail(|| "Cannot open the new LUKS2 header".into())?;
+    let load = || -> Result<Ctx> {
+        let mut cd = Ctx::with_header(&hpath, data).or_fail(|| "Cannot open the new LUKS2 header".into())?;
         cd.context_handle()
             .load::<()>(Some(EncryptionFormat::Luks2), None)
             .or_fail(|| "Cannot load the new LUKS2 header".into())?;
@@ -278,10 +325,9 @@ fn reencrypt_params(shift: Sectors, sector_size: u32, flags: CryptReencrypt) -> 
 }
 
 /// The in-memory header, with `data` as its data device.
-fn open_prepared(p: &Prepared, data: &Path) -> Result<CryptDevice> {
+fn open_prepared(p: &Prepared, data: &Path) -> Result<Ctx> {
     let hpath = p.header.path();
-    let mut cd =
-        CryptInit::init_with_data_device(Either::Right((&hpath, data))).or_fail(|| "Cannot open the new LUKS2 header".into())?;
+    let mut cd = Ctx::with_header(&hpath, data).or_fail(|| "Cannot open the new LUKS2 header".into())?;
     cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).or_fail(|| "Cannot load the new LUKS2 header".into())?;
     Ok(cd)
 }
@@ -321,8 +367,7 @@ pub fn init_reencryption(p: &Prepared, data: &Path) -> Result<()> {
 pub fn init_decryption(t0: &[u8], data: &Path, key: &Passphrase, shift: Sectors, size: Bytes) -> Result<MemHeader> {
     let header = MemHeader::new(Bytes(t0.len() as u64))?;
     std::os::unix::fs::FileExt::write_all_at(&header.file, t0, 0).or_fail(|| "Cannot copy the LUKS2 header".into())?;
-    let mut cd = CryptInit::init_with_data_device(Either::Right((&header.path(), data)))
-        .or_fail(|| "Cannot open the LUKS2 header".into())?;
+    let mut cd = Ctx::with_header(&header.path(), data).or_fail(|| "Cannot open the LUKS2 header".into())?;
     cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).or_fail(|| "Cannot load the LUKS2 header".into())?;
     // As for encryption: the reencryption digest's PBKDF, not a two-second benchmark.
     cd.settings_handle().set_pbkdf_type(&temp_pbkdf()).or_fail(|| "Cannot set the PBKDF".into())?;
@@ -360,8 +405,8 @@ pub fn metadata(cd: &mut CryptDevice) -> Result<Metadata> {
     Metadata::from_value(json).map_err(|e| Error::new(Kind::Failed, e))
 }
 
-pub fn open(dev: &Path) -> Result<CryptDevice> {
-    let mut cd = CryptInit::init(dev).or_fail(|| format!("Cannot open {}", dev.display()))?;
+pub fn open(dev: &Path) -> Result<Ctx> {
+    let mut cd = Ctx::init(dev).or_fail(|| format!("Cannot open {}", dev.display()))?;
     cd.context_handle()
         .load::<()>(Some(EncryptionFormat::Luks2), None)
         .context(Kind::Refused, || format!("{} is not a LUKS2 device", dev.display()))?;
@@ -674,7 +719,7 @@ mod image_tests {
         assert!(after[16 << 20..48 << 20] == pv[..], "the PV is left as it was");
         let tail = MemHeader::new(Bytes(16 << 20)).unwrap();
         tail.file.write_all_at(&after[48 << 20..], 0).unwrap();
-        let mut cd = CryptInit::init_with_data_device(Either::Right((&tail.path(), &lo.dev))).unwrap();
+        let mut cd = Ctx::with_header(&tail.path(), &lo.dev).unwrap();
         cd.context_handle()
             .load::<()>(Some(EncryptionFormat::Luks2), None)
             .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
@@ -702,7 +747,7 @@ mod image_tests {
         let after = std::fs::read(&lo.dev).unwrap();
         assert!(after[..16 << 20] == before[16 << 20..32 << 20], "the first segment's ciphertext is at the head");
         assert!(after[16 << 20..] == before[16 << 20..], "nothing else on the device changed");
-        let mut cd = CryptInit::init_with_data_device(Either::Right((&t1.path(), &lo.dev))).unwrap();
+        let mut cd = Ctx::with_header(&t1.path(), &lo.dev).unwrap();
         cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).unwrap();
         assert_ne!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::None);
         let m = metadata(&mut cd).unwrap();
@@ -734,7 +779,7 @@ mod image_tests {
         let f = std::fs::OpenOptions::new().read(true).write(true).open(t1.path()).unwrap();
         let h = header::Header::read(&f).unwrap();
         h.write(&f, &h.images(&header::decrypted_to(&m, Bytes(16 << 20)).unwrap()).unwrap()).unwrap();
-        let mut cd = CryptInit::init_with_data_device(Either::Right((&t1.path(), &lo.dev))).unwrap();
+        let mut cd = Ctx::with_header(&t1.path(), &lo.dev).unwrap();
         cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).unwrap();
         assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::Clean);
         assert_eq!(metadata(&mut cd).unwrap().active().last().map(|s| s.size), Some(Fixed(Bytes(16 << 20))));
@@ -804,7 +849,7 @@ mod image_tests {
         drop(cd);
         std::fs::OpenOptions::new().write(true).open(&lo.dev).unwrap().write_all_at(&[0; 32768], 0).unwrap();
         let load = || {
-            let mut cd = CryptInit::init_with_data_device(Either::Right((&hdr, &lo.dev))).unwrap();
+            let mut cd = Ctx::with_header(&hdr, &lo.dev).unwrap();
             cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).unwrap();
             cd
         };

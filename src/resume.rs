@@ -164,7 +164,7 @@ fn take_up(opts: &Options, path: &Path, state: State, key: &Passphrase, run: &mu
         // reencryption: libcryptsetup 2.6 cannot close it from there (it would redo the
         // last step from a stale copy, and refuses). Said plainly, not retried.
         State::LastStep(_) => {
-            let mib = luks::metadata(&mut luks::open(path)?)?.moved_segment().map_or(0, |(_, len)| len.mib());
+            let mib = luks::metadata(&mut *luks::open(path)?)?.moved_segment().map_or(0, |(_, len)| len.mib());
             fail(format!(
                 "{}: every block is encrypted, but the crash hit the last step of the reencryption, which \
                  libcryptsetup cannot close from there. The device is safe: it opens with cryptsetup and the \

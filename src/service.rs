@@ -27,7 +27,7 @@ use std::{
         unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream},
     },
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     sync::OnceLock,
 };
 
@@ -78,7 +78,7 @@ pub fn spawn(devs: &[String], key: &Passphrase) -> Result<String> {
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| Error::new(Kind::Failed, format!("Cannot open a socket to hand the passphrase to {unit}: {e}.")))?;
     let exe = std::env::current_exe().map_err(|e| Error::new(Kind::Failed, format!("Cannot find pvencrypt's binary: {e}.")))?;
-    let mut cmd = Command::new("systemd-run");
+    let mut cmd = crate::sys::command("systemd-run");
     cmd.args(["--quiet", "--collect", "--service-type=notify", "--unit", &unit])
         .arg(format!("--description=pvencrypt: encrypting /dev/{}", devs.join(" /dev/")))
         .arg(format!("--setenv={HANDOVER_ENV}={name}"))
@@ -181,7 +181,7 @@ fn fetch(name: &str) -> io::Result<Zeroizing<Vec<u8>>> {
 /// At boot: the passphrase systemd-cryptsetup cached when it unlocked a device, else asked
 /// through systemd's password agents (the console, plymouth, `systemd-tty-ask-password-agent`).
 pub fn ask_password(prompt: &str) -> Result<Passphrase> {
-    let mut child = Command::new("systemd-ask-password")
+    let mut child = crate::sys::command("systemd-ask-password")
         .args(["--accept-cached", "--keyname=cryptsetup", "--timeout=0", "--id=pvencrypt", prompt])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -449,7 +449,7 @@ fn loud(msg: &str) {
 
 /// Where libcryptsetup put the first segment (byte offset, length), from the header.
 fn moved_segment(p: &Prepared) -> Result<(Bytes, Bytes)> {
-    let meta = luks::metadata(&mut luks::open(&p.header.path())?)?;
+    let meta = luks::metadata(&mut *luks::open(&p.header.path())?)?;
     meta.moved_segment().ok_or_else(|| Error::new(Kind::Failed, "The new header records no moved segment"))
 }
 

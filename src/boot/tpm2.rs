@@ -20,7 +20,7 @@ use std::{
     mem::transmute,
     os::{fd::AsRawFd, unix::ffi::OsStrExt},
     path::Path,
-    process::{Command, Stdio},
+    process::Stdio,
     ptr,
 };
 
@@ -110,7 +110,7 @@ pub fn enroll(header: &Path, unlock: &Passphrase, device: &str, pcrs: &str) -> R
     key.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .and_then(|()| key.write_all(unlock.bytes()))
         .map_err(|e| format!("cannot write the key to memory: {e}"))?;
-    let out = Command::new(tool)
+    let out = crate::sys::command(tool)
         .arg(format!("--unlock-key-file=/proc/{}/fd/{}", std::process::id(), key.as_raw_fd()))
         .arg(format!("--tpm2-device={device}"))
         .arg(format!("--tpm2-pcrs={pcrs}"))
@@ -156,11 +156,15 @@ pub fn unseal(dev: &Path) -> Option<Passphrase> {
     let plugin = CString::new(plugin.as_os_str().as_bytes()).ok()?;
     let dev = CString::new(dev.as_os_str().as_bytes()).ok()?;
     let mut cd = ptr::null_mut();
+    // Under LVM's lock, as every context (luks::Ctx).
+    let dm = crate::lvm::libdm();
     // SAFETY: `cd` receives a handle that the wrapper below frees; `dev` outlives the call.
-    if unsafe { cs::crypt_init(&mut cd, dev.as_ptr()) } < 0 {
+    let rc = unsafe { cs::crypt_init(&mut cd, dev.as_ptr()) };
+    drop(dm);
+    if rc < 0 {
         return None;
     }
-    let _free = libcryptsetup_rs::CryptDevice::from_ptr(cd);
+    let _free = crate::luks::Ctx::adopt(libcryptsetup_rs::CryptDevice::from_ptr(cd));
     // SAFETY: a live handle; the type is a static C string.
     if unsafe { cs::crypt_load(cd, cs::CRYPT_LUKS2.as_ptr().cast(), ptr::null_mut()) } < 0 {
         return None;

@@ -19,6 +19,33 @@ use super::*;
 /// nothing (RSS and open fds flat over 200 cycles).
 static LVM: Mutex<()> = Mutex::new(());
 
+thread_local! {
+    /// Whether this thread holds LVM (a `Libdm` that locked it lives).
+    static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// LVM's lock, also for what else uses libdevmapper's globals in this process:
+/// libcryptsetup (`luks::Ctx`, the header formatted ahead). A thread that holds it already
+/// gets it again.
+pub struct Libdm(Option<std::sync::MutexGuard<'static, ()>>);
+
+pub fn libdm() -> Libdm {
+    if HOLDING.get() {
+        return Libdm(None);
+    }
+    let held = LVM.lock().unwrap_or_else(PoisonError::into_inner);
+    HOLDING.set(true);
+    Libdm(Some(held))
+}
+
+impl Drop for Libdm {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            HOLDING.set(false);
+        }
+    }
+}
+
 /// Lines the log callback collected during the current call. Only written
 /// while LVM is held, so this inner lock is never contended.
 static CAPTURE: Mutex<Output> = Mutex::new(Output::new());
@@ -187,7 +214,7 @@ pub fn run(args: &[&str]) -> Result<Output, Error> {
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
     let args = &full[..];
     let line = command_line(args)?;
-    let _lvm = LVM.lock().unwrap_or_else(PoisonError::into_inner);
+    let _lvm = libdm();
     take_capture();
     // SAFETY: liblvm2cmd is used by this thread only (LVM is held), the
     // context lives only inside this block, and `line` outlives the call.
@@ -236,6 +263,21 @@ fn private_dir() -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The header formatted ahead holds LVM's lock while its libcryptsetup contexts take it
+    /// again; another thread waits for it meanwhile.
+    #[test]
+    fn libdm_is_taken_again_by_its_holder_only() {
+        let outer = libdm();
+        let inner = libdm();
+        assert!(outer.0.is_some() && inner.0.is_none());
+        let other = std::thread::spawn(|| LVM.try_lock().is_err());
+        assert!(other.join().unwrap(), "another thread took the lock while it was held");
+        drop(inner);
+        assert!(HOLDING.get(), "the inner guard let go of the outer one's lock");
+        drop(outer);
+        assert!(!HOLDING.get());
+    }
 
     /// The admin's --config, --devices and --devicesfile go to every command, after its
     /// name; nothing is added without them.

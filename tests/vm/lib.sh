@@ -26,6 +26,8 @@ VM_APPEND=${VM_APPEND:-}
 # mode does not change crash semantics. "none" (O_DIRECT; not on tmpfs) makes a guest flush
 # a host flush, so the writer's stalls are realistic; "unsafe" is ~3% faster.
 VM_CACHE=${VM_CACHE:-none}
+# vCPUs: two, so that the writers and pvencrypt really run at once.
+VM_SMP=${VM_SMP:-2}
 
 # cryptomgr.notests: the kernel's crypto self-tests cost a second of every boot under TCG
 # (the tests check the data dm-crypt writes against cryptsetup's own reads).
@@ -40,7 +42,7 @@ _vm_cmd() {   # TEST DISK... -> VM_CMD array
   # took 921 s against 571, t_debian_root 2383 against 1472 (its initramfs rebuild 1407 s),
   # and t_swap_pressure ran out of time (session 17). VM_CPU=max for the other.
   VM_CMD=(qemu-system-x86_64 -accel tcg -cpu "${VM_CPU:-qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+aes,+pclmulqdq,+rdrand}"
-          -smp 2 -m 2048 -nographic -no-reboot -nic none
+          -smp "$VM_SMP" -m 2048 -nographic -no-reboot -nic none
           -kernel "$kernel" -initrd "$VM_INITRD"
           -append "console=ttyS0 panic=-1 quiet cryptomgr.notests=1 pvtest=$test $VM_APPEND")
   local n=0

@@ -14,8 +14,21 @@ wait_until() {
 # prop UNIT PROPERTY   one property of a unit, as systemctl show has it.
 prop() { systemctl show -P "$2" "$1"; }
 
-# follow UNIT   the messages of the unit's processes on the console, as "pvencrypt: ..." lines.
-follow() { journalctl -b -f -n all -o cat "_SYSTEMD_UNIT=$1" | sed -u 's/^/pvencrypt: /' & }
+# follow UNIT   the messages of the unit's processes on the console, as "pvencrypt: [UPTIME s] ..."
+# lines.
+follow() {
+  journalctl -b -f -n all -o short-monotonic "_SYSTEMD_UNIT=$1" |
+    sed -u 's/^\[ *\([0-9]*\)\.[0-9]*\] [^ ]* [^:]*: /pvencrypt: [\1 s] /' &
+}
+
+# timer COMM TAG WHAT   in the background: when a process named COMM first runs, how long until
+# none does, as a "TAG: WHAT ran from ...s to ...s of uptime: N s" line.
+timer() {
+  # (minbase has no pgrep)
+  ( until grep -qsx "$1" /proc/[0-9]*/comm; do sleep 0.2; done; t0=$(now)
+    while grep -qsx "$1" /proc/[0-9]*/comm; do sleep 0.2; done; t1=$(now)
+    echo "$2: $3 ran from ${t0}s to ${t1}s of uptime: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }') s" ) &
+}
 
 # journal UNIT PRIORITY   the unit's processes' messages of exactly that priority (6 info, 3 err).
 journal() { journalctl -b -o cat -p "$2..$2" "_SYSTEMD_UNIT=$1"; }

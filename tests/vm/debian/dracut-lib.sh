@@ -3,13 +3,8 @@
 . /tests/debian-lib.sh
 
 # dracut_timer   in the background: prints how long the first dracut run (pvencrypt's
-# rebuild, dracut -f --regenerate-all) took in this TCG guest, as "dracut: ..." lines.
-dracut_timer() {
-  # (minbase has no pgrep)
-  ( until grep -qsx dracut /proc/[0-9]*/comm; do sleep 0.2; done; t0=$(now)
-    while grep -qsx dracut /proc/[0-9]*/comm; do sleep 0.2; done; t1=$(now)
-    echo "dracut: the rebuild ran from ${t0}s to ${t1}s of uptime: $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", b - a }') s" ) &
-}
+# rebuild, dracut -f --regenerate-all) took in this TCG guest, as a "dracut: ..." line.
+dracut_timer() { timer dracut dracut "the rebuild"; }
 
 # image_opens NAME LABEL   the initramfs in /boot, as lsinitrd shows it (its listing left in
 # /run/ird.list, its etc/crypttab in /run/ird.crypttab): etc/crypttab has NAME's line (with

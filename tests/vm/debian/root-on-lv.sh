@@ -9,9 +9,10 @@ export LVM_SUPPRESS_FD_WARNINGS=1
 err=$(mktemp)
 lo=$(losetup -f --show "$disk")
 trap 'losetup -d "$lo"; rm -f "$err"' EXIT
-# lvm CMD ARGS...: quiet; its messages only if it fails.
+# lvm CMD ARGS...: quiet; its messages only if it fails. It sees no other device: the other
+# root test, preparing at the same time, has a VG vg on a loop device too.
 lvm() {
-  command lvm "$1" --config 'global { activation = 0 } devices { use_devicesfile = 0 }' "${@:2}" 2> "$err" ||
+  command lvm "$1" --devices "$lo" --config 'global { activation = 0 } devices { use_devicesfile = 0 }' "${@:2}" 2> "$err" ||
     { cat "$err" >&2; return 1; }
 }
 lvm pvcreate -q -y --setphysicalvolumesize $(($(blockdev --getsize64 "$lo") / 1048576 - 32))M "$lo" > /dev/null
