@@ -540,12 +540,9 @@ pub fn udev_catch_up(devices: &[Device]) {
         let _ = std::fs::write(format!("/sys/dev/block/{d}/uevent"), "change");
     }
     if Path::new(UDEV_CONTROL).exists() {
-        let _ = crate::sys::command("udevadm")
-            .args(["settle", "--timeout=60"])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+        let mut settle = std::process::Command::new("udevadm");
+        settle.args(["settle", "--timeout=60"]);
+        let _ = crate::sys::output(&mut settle);
     }
 }
 

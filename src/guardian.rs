@@ -45,12 +45,13 @@ pub struct Guardian(Child);
 
 impl Guardian {
     pub fn spawn(watch: &Watch) -> Result<Guardian> {
-        let child = crate::sys::command("/proc/self/exe")
-            .env(GUARD_ENV, serde_json::to_string(watch).expect("serializes"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .or_fail(|| "Cannot start the guardian process".into())?;
+        let child = crate::sys::spawn(
+            std::process::Command::new("/proc/self/exe")
+                .env(GUARD_ENV, serde_json::to_string(watch).expect("serializes"))
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped()),
+        )
+        .or_fail(|| "Cannot start the guardian process".into())?;
         // Not before it is ready: until its memory is locked it may fault pages in from the
         // root filesystem, which the suspension it watches can hold.
         let mut ready = [0u8; 1];

@@ -941,7 +941,7 @@ mod image_tests {
         }
         let state = crate::testing::TempDir::new("swtpm");
         let port = 20000 + std::process::id() % 20000;
-        let mut swtpm = crate::sys::command("swtpm")
+        let mut swtpm = crate::testing::unshared("swtpm")
             .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear", "--tpmstate"])
             .arg(format!("dir={}", state.display()))
             .args(["--server", &format!("type=tcp,port={port}"), "--ctrl", &format!("type=tcp,port={}", port + 1)])

@@ -27,7 +27,7 @@ use std::{
         unix::net::{SocketAddr, UnixDatagram, UnixListener, UnixStream},
     },
     path::Path,
-    process::Stdio,
+    process::{Command, Stdio},
     sync::OnceLock,
 };
 
@@ -78,7 +78,7 @@ pub fn spawn(devs: &[String], key: &Passphrase) -> Result<String> {
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| Error::new(Kind::Failed, format!("Cannot open a socket to hand the passphrase to {unit}: {e}.")))?;
     let exe = std::env::current_exe().map_err(|e| Error::new(Kind::Failed, format!("Cannot find pvencrypt's binary: {e}.")))?;
-    let mut cmd = crate::sys::command("systemd-run");
+    let mut cmd = Command::new("systemd-run");
     cmd.args(["--quiet", "--collect", "--service-type=notify", "--unit", &unit])
         .arg(format!("--description=pvencrypt: encrypting /dev/{}", devs.join(" /dev/")))
         .arg(format!("--setenv={HANDOVER_ENV}={name}"))
@@ -96,7 +96,7 @@ pub fn spawn(devs: &[String], key: &Passphrase) -> Result<String> {
         }
     }
     cmd.arg("--").arg(exe).args(std::env::args_os().skip(1)).stdin(Stdio::null());
-    let mut child = cmd.spawn().map_err(|e| Error::new(Kind::Failed, format!("Cannot run systemd-run: {e}.")))?;
+    let mut child = crate::sys::spawn(&mut cmd).map_err(|e| Error::new(Kind::Failed, format!("Cannot run systemd-run: {e}.")))?;
     let served = serve(&listener, &unit, key.bytes(), || child.try_wait());
     drop(listener);
     let status = match served {
@@ -181,12 +181,13 @@ fn fetch(name: &str) -> io::Result<Zeroizing<Vec<u8>>> {
 /// At boot: the passphrase systemd-cryptsetup cached when it unlocked a device, else asked
 /// through systemd's password agents (the console, plymouth, `systemd-tty-ask-password-agent`).
 pub fn ask_password(prompt: &str) -> Result<Passphrase> {
-    let mut child = crate::sys::command("systemd-ask-password")
-        .args(["--accept-cached", "--keyname=cryptsetup", "--timeout=0", "--id=pvencrypt", prompt])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::new(Kind::Key, format!("Cannot run systemd-ask-password: {e}.")))?;
+    let mut child = crate::sys::spawn(
+        Command::new("systemd-ask-password")
+            .args(["--accept-cached", "--keyname=cryptsetup", "--timeout=0", "--id=pvencrypt", prompt])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped()),
+    )
+    .map_err(|e| Error::new(Kind::Key, format!("Cannot run systemd-ask-password: {e}.")))?;
     let key = key::read_line(&mut child.stdout.take().expect("piped").take(4096), "systemd-ask-password");
     let status = child.wait();
     match status {

@@ -282,13 +282,15 @@ pub fn spawn_scoped_unsignalled<'s, 'e, T: Send + 's>(
     thread
 }
 
-/// A program to run that inherits no descriptor but its stdio. libcryptsetup opens
-/// devices without O_CLOEXEC, O_EXCL ones too: a child started by any thread while a
-/// context is open would hold the device, exclusively, for as long as it lives. The marking
-/// is done here, in this process, so that std's Command still starts the child without a
-/// fork (posix_spawn): a fork of pvencrypt's locked memory is what t_swap_pressure saw
-/// swapped. A descriptor another thread opens between this and the spawn slips through.
-pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+/// Starts `cmd` holding no descriptor of ours but its stdio. libcryptsetup opens devices
+/// without O_CLOEXEC, O_EXCL ones too: a child started while a context is open would hold
+/// the device, exclusively, for as long as it lives. They are marked close-on-exec here, in
+/// this process, so that std still starts the child without a fork (posix_spawn: a fork of
+/// pvencrypt's locked memory is what t_swap_pressure saw swapped); under LVM's lock, which
+/// the only other thread that opens devices (the header formatted ahead) holds throughout,
+/// so that none is opened between the marking and the spawn.
+pub fn spawn(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
+    let _dm = crate::lvm::libdm();
     // SAFETY: close_range only sets descriptor flags.
     if unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as c_int) } != 0 {
         // Kernels before 5.11: one by one.
@@ -299,7 +301,13 @@ pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
             }
         }
     }
-    std::process::Command::new(program)
+    cmd.spawn()
+}
+
+/// `Command::output` through `spawn`: stdin null, stdout and stderr captured.
+pub fn output(cmd: &mut std::process::Command) -> io::Result<std::process::Output> {
+    use std::process::Stdio;
+    spawn(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()))?.wait_with_output()
 }
 
 /// Sets the umask, returns the former one.
@@ -423,13 +431,11 @@ mod tests {
         // SAFETY: a NUL-terminated path; the descriptor is closed below.
         let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY) };
         assert!(fd > 2);
-        let open_in_child = |mut c: std::process::Command| {
-            let out = c.args(["-c", &format!("test -e /proc/self/fd/{fd} && echo open")]).output().unwrap();
-            String::from_utf8(out.stdout).unwrap().trim() == "open"
-        };
-        let ours = open_in_child(command("sh"));
+        let mut sh = std::process::Command::new("sh");
+        let out = output(sh.args(["-c", &format!("test -e /proc/self/fd/{fd} && echo open")])).unwrap();
         // SAFETY: ours, opened above.
         unsafe { libc::close(fd) };
+        let ours = String::from_utf8(out.stdout).unwrap().trim() == "open";
         assert!(!ours, "the child holds the descriptor");
     }
 

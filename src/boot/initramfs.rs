@@ -26,6 +26,7 @@ use std::{
     collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    process::Command,
 };
 
 use super::{crypttab, which};
@@ -641,7 +642,7 @@ pub fn rebuild(root: &Path, tool: Tool) -> Result<(), String> {
 /// Runs a command of these tools, as installed under ROOT; its output, or why it failed.
 fn run(root: &Path, argv: &[String]) -> Result<String, String> {
     let tool = which(root, &argv[0]).ok_or_else(|| format!("{} is not installed", argv[0]))?;
-    let out = crate::sys::command(tool).args(&argv[1..]).output().map_err(|e| format!("{}: {e}", argv[0]))?;
+    let out = crate::sys::output(Command::new(tool).args(&argv[1..])).map_err(|e| format!("{}: {e}", argv[0]))?;
     if !out.status.success() {
         return Err(format!("{} failed: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
     }

@@ -20,7 +20,7 @@ use std::{
     mem::transmute,
     os::{fd::AsRawFd, unix::ffi::OsStrExt},
     path::Path,
-    process::Stdio,
+    process::Command,
     ptr,
 };
 
@@ -110,13 +110,13 @@ pub fn enroll(header: &Path, unlock: &Passphrase, device: &str, pcrs: &str) -> R
     key.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .and_then(|()| key.write_all(unlock.bytes()))
         .map_err(|e| format!("cannot write the key to memory: {e}"))?;
-    let out = crate::sys::command(tool)
-        .arg(format!("--unlock-key-file=/proc/{}/fd/{}", std::process::id(), key.as_raw_fd()))
-        .arg(format!("--tpm2-device={device}"))
-        .arg(format!("--tpm2-pcrs={pcrs}"))
-        .arg(header)
-        .stdin(Stdio::null())
-        .output();
+    let out = crate::sys::output(
+        Command::new(tool)
+            .arg(format!("--unlock-key-file=/proc/{}/fd/{}", std::process::id(), key.as_raw_fd()))
+            .arg(format!("--tpm2-device={device}"))
+            .arg(format!("--tpm2-pcrs={pcrs}"))
+            .arg(header),
+    );
     let _ = key.set_len(0);
     let out = out.map_err(|e| format!("cannot run systemd-cryptenroll: {e}"))?;
     if !out.status.success() {

@@ -94,12 +94,13 @@ impl Loop {
     }
 }
 
-/// losetup, holding none of the test process's descriptors (as `sys::command` runs programs):
-/// the unit tests' libcryptsetup contexts, in other threads, open devices O_EXCL without
-/// O_CLOEXEC, and a losetup that kept one would make their next exclusive open fail.
-fn losetup() -> Command {
+/// A program holding none of the test process's descriptors: the unit tests' libcryptsetup
+/// contexts, in other threads, open devices O_EXCL without O_CLOEXEC, and a losetup or swtpm
+/// that kept one would make their next exclusive open fail. Closed in the child (a fork),
+/// so that no thread opens one in between (the product's `sys::spawn` has a lock for that).
+pub fn unshared(program: &str) -> Command {
     use std::os::unix::process::CommandExt;
-    let mut c = Command::new("losetup");
+    let mut c = Command::new(program);
     // SAFETY: close_range is async-signal-safe.
     unsafe {
         c.pre_exec(|| {
@@ -108,6 +109,10 @@ fn losetup() -> Command {
         });
     }
     c
+}
+
+fn losetup() -> Command {
+    unshared("losetup")
 }
 
 impl Drop for Loop {
