@@ -147,6 +147,44 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     Ok(Target { path, dev, size, name, uuid, data_offset, span, tail, vg: vg_name, lvs, source, crypttab, boot })
 }
 
+/// DECRYPT.md's step 5, its first half: T0 at the tail (`header::copy_to_tail`), then the
+/// boot configuration that finds it there: NAME's line in the headers list, crypttab's entry
+/// naming the disk by `source` and the header by its UUID, the initramfs rebuilt and checked.
+/// Nothing has moved: a crash anywhere here boots from the head's header as before, and the
+/// tail holds the same header. `root`: the system's root (`boot::ROOT`; a test's directory).
+pub fn tail_and_boot(t: &Target, root: &Path) -> Result<crate::header::Header> {
+    let written = {
+        // No stock cryptsetup reads or writes the header meanwhile.
+        let _lock = crate::header::CryptsetupLock::metadata(t.dev)?;
+        let f = crate::direct::open(&t.path).or_fail(|| format!("Cannot open {}", t.path.display()))?;
+        crate::header::copy_to_tail(&f, t.tail, t.span)?
+    };
+    let Some(source) = &t.source else { return Ok(written) };
+    let tail = boot::headers::Tail { name: t.name.to_string(), source: source.clone(), offset: t.tail, uuid: t.uuid.clone() };
+    boot::headers::add(root, &tail)?;
+    if t.crypttab.is_some() {
+        let path = root.join(boot::CRYPTTAB.trim_start_matches('/'));
+        boot::crypttab::with_tail_header(&path, t.name.as_str(), source, &t.uuid)?;
+    }
+    if let Some((why, tool)) = &t.boot {
+        let cmd = tool.rebuild().join(" ");
+        boot::initramfs::rebuild(root, *tool).map_err(|e| Error::new(Kind::Failed, format!("{why}: {e}.")))?;
+        let problems = boot::initramfs::verify_headers(root, *tool);
+        if !problems.is_empty() {
+            // The head's header still opens the device: stop before it goes.
+            return Err(Error::new(
+                Kind::Failed,
+                format!(
+                    "{why}, but the initramfs {cmd} built could not find the header at the device's tail: {}. Nothing \
+                     was moved.",
+                    problems.join("; ")
+                ),
+            ));
+        }
+    }
+    Ok(written)
+}
+
 /// The dm name, uuid and (single) lower device of a dm-crypt LUKS2 mapping; None for any
 /// other device.
 fn crypt_mapping(dev: Device) -> Option<(String, String, Option<Device>)> {

@@ -731,6 +731,52 @@ mod image_tests {
         assert!(volume_key(&mut cd, Some(TEMP_SLOT), &f.temp_key).unwrap()[..] == f.volume_key.bytes()[..]);
     }
 
+    /// `--decrypt`'s first half of step 5: T0 at the tail, then NAME's line in the headers
+    /// list and crypttab's entry naming the disk by its stable name and the header by its
+    /// UUID; the head and the PV untouched.
+    #[test]
+    fn tail_and_boot_writes_t0_then_the_boot_configuration() {
+        use crate::{boot, decrypt::Target, dm::DmName, header::Header};
+        let Some((lo, _, _)) = patterned() else { return };
+        let f = format(cheap_format(32768), &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let (disk, img) = at_head(&f.header, &lo.dev);
+        let pv = std::fs::read(&lo.dev).unwrap()[16 << 20..48 << 20].to_vec();
+        let root = crate::testing::TempDir::new("decrypt-root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let uuid = f.fmt.uuid.to_string();
+        let entry = format!("lo_crypt UUID={uuid} none luks,discard");
+        std::fs::write(root.join("etc/crypttab"), format!("# kept\n{entry}\n")).unwrap();
+        let meta = std::fs::metadata(&lo.dev).unwrap();
+        let t = Target {
+            path: lo.dev.clone(),
+            dev: devicemapper::Device::from_kdev_t(std::os::unix::fs::MetadataExt::rdev(&meta) as u32),
+            size: Bytes(64 << 20),
+            name: DmName::new("lo_crypt").unwrap(),
+            uuid: uuid.clone(),
+            data_offset: Bytes(16 << 20),
+            span: Bytes(32 << 20),
+            tail: Bytes(48 << 20),
+            vg: crate::lvm::VgName("vg".into()),
+            lvs: vec![],
+            source: Some("/dev/disk/by-id/virtio-pv0".into()),
+            crypttab: Some(entry),
+            boot: None,
+        };
+
+        let written = crate::decrypt::tail_and_boot(&t, &root).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let after = std::fs::read(&lo.dev).unwrap();
+        assert!(after[..16 << 20] == img[..] && after[16 << 20..48 << 20] == pv[..], "the head and the PV as they were");
+        assert_eq!(Header::read_at(&disk, 48 << 20).unwrap().meta, written.meta, "T0 at the tail");
+        assert_eq!(
+            std::fs::read_to_string(root.join(boot::headers::HEADERS)).unwrap(),
+            format!("lo_crypt /dev/disk/by-id/virtio-pv0 {} {uuid}\n", 48u64 << 20)
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/crypttab")).unwrap(),
+            format!("# kept\nlo_crypt /dev/disk/by-id/virtio-pv0 none luks,discard,header=/dev/disk/by-uuid/{uuid}\n")
+        );
+    }
+
     /// Decryption's T1 made from T0 (`init_decryption`): libcryptsetup moved the first
     /// segment's ciphertext to the head and wrote the stock initialized state in memory.
     #[test]

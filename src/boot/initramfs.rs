@@ -529,6 +529,25 @@ pub fn lacks_headers(tool: Tool, listing: &str) -> Vec<&'static str> {
     needs.into_iter().filter(|(_, any)| !any.iter().any(|p| lists(listing, p))).map(|(what, _)| what).collect()
 }
 
+/// Looks into every image for what attaches the headers at the devices' tails
+/// (`lacks_headers`); empty when each one has it all, otherwise what is wrong.
+pub fn verify_headers(root: &Path, tool: Tool) -> Vec<String> {
+    let images = images(root, tool);
+    if images.is_empty() {
+        return vec![format!("found no initramfs image of {} to check", tool.name())];
+    }
+    images
+        .iter()
+        .filter_map(|img| match run(root, &img.list) {
+            Err(e) => Some(format!("cannot list {}: {e}", img.label)),
+            Ok(listing) => {
+                let lacking = lacks_headers(tool, &listing);
+                (!lacking.is_empty()).then(|| format!("{} lacks {}", img.label, lacking.join(" and ")))
+            }
+        })
+        .collect()
+}
+
 /// Looks into every image the rebuild wrote. Empty when each one opens the device of LINE
 /// (with the TPM2 when LINE says so) and, when `devices` (LVM's devices file, when it lists
 /// /dev/mapper/NAME) is in the image, LVM there finds the PV on it; otherwise what is wrong,
