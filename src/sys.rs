@@ -285,8 +285,8 @@ pub fn spawn_scoped_unsignalled<'s, 'e, T: Send + 's>(
 /// Starts `cmd` holding no descriptor of ours but its stdio. libcryptsetup opens devices
 /// without O_CLOEXEC, O_EXCL ones too: a child started while a context is open would hold
 /// the device, exclusively, for as long as it lives. They are marked close-on-exec here, in
-/// this process, so that std still starts the child without a fork (posix_spawn: a fork of
-/// pvencrypt's locked memory is what t_swap_pressure saw swapped); under LVM's lock, which
+/// this process, so that std still starts the child without a fork (posix_spawn: with a fork
+/// between, t_swap_pressure's check of pvencrypt's locked memory failed); under LVM's lock, which
 /// the only other thread that opens devices (the header formatted ahead) holds throughout,
 /// so that none is opened between the marking and the spawn.
 pub fn spawn(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {

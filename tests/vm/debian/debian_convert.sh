@@ -52,8 +52,10 @@ check_eq "killed in the switch: the marker intact" "$(sha /var/marker)" "$(cat /
 ( until grep -q '^vda_crypt ' /etc/crypttab; do echo 3 > /proc/sys/vm/drop_caches; sleep 0.1; done ) &
 echo "=== pvencrypt -b: a unit of its own; page cache dropped every 0.1 s, power cut at 75%"
 follow pvencrypt-vda.service
-timer mkinitramfs initramfs "the rebuild (mkinitramfs)"
-timer unmkinitramfs initramfs "the check (unmkinitramfs)"
+timer update-initramf initramfs "update-initramfs"
+timer mkinitramfs initramfs "its mkinitramfs"
+timer lsinitramfs initramfs "pvencrypt's listing of the image (lsinitramfs)"
+timer unmkinitramfs initramfs "the first unmkinitramfs (the listing's, or pvencrypt's unpacking)"
 # Whatever the hand-over puts in a keyring, root could list it here while the unit starts.
 ( while :; do awk '$8 == "user" && $9 ~ /^pvencrypt/' /proc/keys; grep -a '@pvencrypt-' /proc/net/unix; sleep 0.05; done ) \
   > /run/handover.seen 2>&1 &

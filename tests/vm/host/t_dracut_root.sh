@@ -29,7 +29,7 @@ VM_SMP=1
 
 log1=$logs/$name.boot1.log t=$SECONDS
 vm_swtpm "$run/tpm" || exit 1
-VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=1200 vm_boot "$log1" dracut_convert "$run"/vd{a,b}.img
+VM_INITRD=$deb/boot/initrd.img-$kv VM_APPEND="$debian" VM_TIMEOUT=2100 vm_boot "$log1" dracut_convert "$run"/vd{a,b}.img
 vm_report "boot 1" "$log1"
 tr -d '\r' < "$log1" | grep -aE '^(pvencrypt|status|dracut|luksDump):'
 check "boot 1: the power was cut in the data phase" "grep -aq '^status: .* encrypting ' '$log1' && ! grep -aq '^VM-EXIT' '$log1'"
