@@ -41,12 +41,12 @@ use crate::{
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 /// The part of step 2 that needs no passphrase, started before preflight (modes.rs): the
-/// header formatted in memory, with its temporary keyslot. It holds LVM's lock throughout:
+/// header formatted in memory, with its temporary keyslot. It holds `sys::libdm` throughout:
 /// libcryptsetup and LVM share libdevmapper's globals, unsafe from two threads, and with
 /// only its contexts' making and freeing locked (`luks::Ctx`) a refusal still ended in
 /// malloc's "invalid chunk size" (t_debian_root, with preflight's LVM commands beside it).
 pub fn format_ahead(opts: &Options, path: &Path) -> Result<luks::Formatted> {
-    let _dm = lvm::libdm();
+    let _dm = crate::sys::libdm();
     luks::format(preflight::format_for(opts, path)?, path)
 }
 

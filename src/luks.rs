@@ -179,7 +179,7 @@ fn temp_pbkdf() -> CryptPbkdfType {
     }
 }
 
-/// A libcryptsetup context, made and freed under LVM's lock (`lvm::libdm`): libcryptsetup's
+/// A libcryptsetup context, made and freed under `sys::libdm`: libcryptsetup's
 /// first context sets libdevmapper's log function and its last one releases libdevmapper
 /// (dm_backend_init and dm_backend_exit in its lib/libdevmapper.c), globals that LVM's
 /// commands use too; and the header formatted ahead (modes.rs) makes and frees contexts on
@@ -189,17 +189,17 @@ pub struct Ctx(ManuallyDrop<CryptDevice>);
 
 impl Ctx {
     pub fn init(dev: &Path) -> std::result::Result<Ctx, LibcryptErr> {
-        let _dm = crate::lvm::libdm();
+        let _dm = crate::sys::libdm();
         CryptInit::init(dev).map(Ctx::adopt)
     }
 
     /// A detached header `header` for `data`.
     pub fn with_header(header: &Path, data: &Path) -> std::result::Result<Ctx, LibcryptErr> {
-        let _dm = crate::lvm::libdm();
+        let _dm = crate::sys::libdm();
         CryptInit::init_with_data_device(Either::Right((header, data))).map(Ctx::adopt)
     }
 
-    /// A context made under `lvm::libdm`.
+    /// A context made under `sys::libdm`.
     pub fn adopt(cd: CryptDevice) -> Ctx {
         Ctx(ManuallyDrop::new(cd))
     }
@@ -220,7 +220,7 @@ impl DerefMut for Ctx {
 
 impl Drop for Ctx {
     fn drop(&mut self) {
-        let _dm = crate::lvm::libdm();
+        let _dm = crate::sys::libdm();
         // SAFETY: dropped here only, once.
         unsafe { ManuallyDrop::drop(&mut self.0) }
     }

@@ -282,15 +282,46 @@ pub fn spawn_scoped_unsignalled<'s, 'e, T: Send + 's>(
     thread
 }
 
+static LIBDM: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+thread_local! {
+    /// Whether this thread holds LIBDM (a `Libdm` that locked it lives).
+    static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The lock on libdevmapper's globals, which LVM's commands (lvm::run) and libcryptsetup
+/// (its first context sets libdevmapper's log function, its last one releases it) share,
+/// unsafe from two threads: taken by every LVM command, by the making and freeing of every
+/// libcryptsetup context (`luks::Ctx`), by the header formatted ahead for its whole run, and
+/// by `spawn`. A thread that holds it already gets it again.
+pub struct Libdm(Option<std::sync::MutexGuard<'static, ()>>);
+
+pub fn libdm() -> Libdm {
+    if HOLDING.get() {
+        return Libdm(None);
+    }
+    let held = LIBDM.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    HOLDING.set(true);
+    Libdm(Some(held))
+}
+
+impl Drop for Libdm {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            HOLDING.set(false);
+        }
+    }
+}
+
 /// Starts `cmd` holding no descriptor of ours but its stdio. libcryptsetup opens devices
 /// without O_CLOEXEC, O_EXCL ones too: a child started while a context is open would hold
 /// the device, exclusively, for as long as it lives. They are marked close-on-exec here, in
 /// this process, so that std still starts the child without a fork (posix_spawn: with a fork
-/// between, t_swap_pressure's check of pvencrypt's locked memory failed); under LVM's lock, which
+/// between, t_swap_pressure's check of pvencrypt's locked memory failed); under `libdm`, which
 /// the only other thread that opens devices (the header formatted ahead) holds throughout,
 /// so that none is opened between the marking and the spawn.
 pub fn spawn(cmd: &mut std::process::Command) -> io::Result<std::process::Child> {
-    let _dm = crate::lvm::libdm();
+    let _dm = libdm();
     // SAFETY: close_range only sets descriptor flags.
     if unsafe { libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as c_int) } != 0 {
         // Kernels before 5.11: one by one.
@@ -425,6 +456,21 @@ mod tests {
 
     /// A descriptor opened as libcryptsetup opens devices (no O_CLOEXEC) does not reach a
     /// program run with `command`; it does reach one run by std's Command alone.
+    /// The header formatted ahead holds the lock while its libcryptsetup contexts take it
+    /// again; another thread waits for it meanwhile.
+    #[test]
+    fn libdm_is_taken_again_by_its_holder_only() {
+        let outer = libdm();
+        let inner = libdm();
+        assert!(outer.0.is_some() && inner.0.is_none());
+        let other = std::thread::spawn(|| LIBDM.try_lock().is_err());
+        assert!(other.join().unwrap(), "another thread took the lock while it was held");
+        drop(inner);
+        assert!(HOLDING.get(), "the inner guard let go of the outer one's lock");
+        drop(outer);
+        assert!(!HOLDING.get());
+    }
+
     #[test]
     fn a_program_run_inherits_no_descriptor_but_its_stdio() {
         let path = CString::new("/dev/null").unwrap();

@@ -156,15 +156,23 @@ pub fn unseal(dev: &Path) -> Option<Passphrase> {
     let plugin = CString::new(plugin.as_os_str().as_bytes()).ok()?;
     let dev = CString::new(dev.as_os_str().as_bytes()).ok()?;
     let mut cd = ptr::null_mut();
-    // Under LVM's lock, as every context (luks::Ctx).
-    let dm = crate::lvm::libdm();
-    // SAFETY: `cd` receives a handle that the wrapper below frees; `dev` outlives the call.
+    // Made and freed under sys::libdm, as every context (luks::Ctx).
+    let dm = crate::sys::libdm();
+    // SAFETY: `cd` receives a handle that the guard below frees; `dev` outlives the call.
     let rc = unsafe { cs::crypt_init(&mut cd, dev.as_ptr()) };
     drop(dm);
     if rc < 0 {
         return None;
     }
-    let _free = crate::luks::Ctx::adopt(libcryptsetup_rs::CryptDevice::from_ptr(cd));
+    struct Free(*mut cs::crypt_device);
+    impl Drop for Free {
+        fn drop(&mut self) {
+            let _dm = crate::sys::libdm();
+            // SAFETY: the handle crypt_init made, freed once.
+            unsafe { cs::crypt_free(self.0) }
+        }
+    }
+    let _free = Free(cd);
     // SAFETY: a live handle; the type is a static C string.
     if unsafe { cs::crypt_load(cd, cs::CRYPT_LUKS2.as_ptr().cast(), ptr::null_mut()) } < 0 {
         return None;

@@ -3,51 +3,8 @@
 
 use super::*;
 
-/// Serializes every use of liblvm2cmd, and of CAPTURE through it.
-///
-/// Each call gets a fresh LVM context (lvm2_init ... lvm2_exit) instead of
-/// one handle kept for the life of the process: a kept handle keeps device
-/// state between commands and then acts on stale devices. Seen on 2.03.16
-/// with a kept handle: after a loop device shrank from 256 to 64 MiB,
-/// `pvcreate` wrote a label recording 256 MiB (tests/lvm_loop.rs
-/// `loop_sees_device_changes`); after a loop device was reattached with
-/// another size, commands read past its end ("Error reading device
-/// /dev/loop1 at 268369920"); and a VG restored with lock type dlm was
-/// reported instead of refused for want of lvmlockd. The CLI gets a fresh
-/// context per command too, so this is what LVM is tested for. It costs
-/// about 15 ms per command (47 instead of 33 ms for a `vgs`) and leaks
-/// nothing (RSS and open fds flat over 200 cycles).
-static LVM: Mutex<()> = Mutex::new(());
-
-thread_local! {
-    /// Whether this thread holds LVM (a `Libdm` that locked it lives).
-    static HOLDING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// LVM's lock, also for what else uses libdevmapper's globals in this process:
-/// libcryptsetup (`luks::Ctx`, the header formatted ahead). A thread that holds it already
-/// gets it again.
-pub struct Libdm(Option<std::sync::MutexGuard<'static, ()>>);
-
-pub fn libdm() -> Libdm {
-    if HOLDING.get() {
-        return Libdm(None);
-    }
-    let held = LVM.lock().unwrap_or_else(PoisonError::into_inner);
-    HOLDING.set(true);
-    Libdm(Some(held))
-}
-
-impl Drop for Libdm {
-    fn drop(&mut self) {
-        if self.0.is_some() {
-            HOLDING.set(false);
-        }
-    }
-}
-
 /// Lines the log callback collected during the current call. Only written
-/// while LVM is held, so this inner lock is never contended.
+/// while sys::libdm is held, so this inner lock is never contended.
 static CAPTURE: Mutex<Output> = Mutex::new(Output::new());
 
 /// What one command printed.
@@ -214,9 +171,23 @@ pub fn run(args: &[&str]) -> Result<Output, Error> {
     let full: Vec<&str> = full.iter().map(String::as_str).collect();
     let args = &full[..];
     let line = command_line(args)?;
-    let _lvm = libdm();
+    // Every use of liblvm2cmd, and of CAPTURE through it, is serialized (sys::libdm).
+    //
+    // Each call gets a fresh LVM context (lvm2_init ... lvm2_exit) instead of
+    // one handle kept for the life of the process: a kept handle keeps device
+    // state between commands and then acts on stale devices. Seen on 2.03.16
+    // with a kept handle: after a loop device shrank from 256 to 64 MiB,
+    // `pvcreate` wrote a label recording 256 MiB (tests/lvm_loop.rs
+    // `loop_sees_device_changes`); after a loop device was reattached with
+    // another size, commands read past its end ("Error reading device
+    // /dev/loop1 at 268369920"); and a VG restored with lock type dlm was
+    // reported instead of refused for want of lvmlockd. The CLI gets a fresh
+    // context per command too, so this is what LVM is tested for. It costs
+    // about 15 ms per command (47 instead of 33 ms for a `vgs`) and leaks
+    // nothing (RSS and open fds flat over 200 cycles).
+    let _lvm = crate::sys::libdm();
     take_capture();
-    // SAFETY: liblvm2cmd is used by this thread only (LVM is held), the
+    // SAFETY: liblvm2cmd is used by this thread only (sys::libdm is held), the
     // context lives only inside this block, and `line` outlives the call.
     let rc = keeping_umask(|| unsafe {
         // Before init, so that init's own complaints are captured too.
@@ -263,21 +234,6 @@ fn private_dir() -> io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The header formatted ahead holds LVM's lock while its libcryptsetup contexts take it
-    /// again; another thread waits for it meanwhile.
-    #[test]
-    fn libdm_is_taken_again_by_its_holder_only() {
-        let outer = libdm();
-        let inner = libdm();
-        assert!(outer.0.is_some() && inner.0.is_none());
-        let other = std::thread::spawn(|| LVM.try_lock().is_err());
-        assert!(other.join().unwrap(), "another thread took the lock while it was held");
-        drop(inner);
-        assert!(HOLDING.get(), "the inner guard let go of the outer one's lock");
-        drop(outer);
-        assert!(!HOLDING.get());
-    }
 
     /// The admin's --config, --devices and --devicesfile go to every command, after its
     /// name; nothing is added without them.
