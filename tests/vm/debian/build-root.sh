@@ -51,8 +51,8 @@ for d in arch lib fs/ext4 fs/jbd2 fs/mbcache.ko fs/autofs block drivers/block dr
   cp -a "$kroot/$m/kernel/$d" "$r/$m/kernel/$d"
 done
 # Of the crypto modules only what dm-crypt's aes-xts, ext4 and the kernel's crypto API
-# (libcryptsetup's cipher check) load, with what they need: the 140 there are made 40 % of
-# the rebuild's 6400 processes (measured on the host with strace), every one slow under TCG.
+# (libcryptsetup's cipher check) load, with what they need: the 140 there made 40 % of the
+# rebuild's 6400 processes (counted on the host with strace), every one slow under TCG.
 rm -rf "$r/$m/kernel/arch/x86/crypto"
 for k in aesni_intel xts aes_generic sha256_generic crc32c_generic crc32c_intel af_alg algif_skcipher algif_hash; do
   modprobe -d "$kroot" -S "$kv" --show-depends $k | awk '$1 == "insmod" {print $2}'

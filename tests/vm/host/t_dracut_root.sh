@@ -20,10 +20,10 @@
 #            finishes; the image checked; dracut made host-only and the images rebuilt.
 #   boot 4   (the host-only image, TPM2): the root comes up with nobody typing anything.
 . "$(dirname "$0")/../lib.sh"
-# One vCPU: with two, dracut's generic image stalled for minutes under TCG on a loaded host
-# (soft lockups in udev workers; in CI 1 of 4 boots, here 2 of 3 runs) and its boots took
-# 160-200 s against 65-90 s with one. This test is about the boot; the kernel mover's
-# concurrency is the small VMs' subject.
+# One vCPU: with two, dracut's generic image stalled for minutes under TCG beside another VM
+# (soft lockups in udev workers, in 2 of 3 runs in session 17 and in session 18's first) and
+# its boots came up after 160-200 s against 65-90 s with one. This test is about the boot;
+# the kernel mover's concurrency is the small VMs' subject.
 VM_SMP=1
 . "$(dirname "$0")/../debian/dracut-host.sh"
 
