@@ -1,4 +1,4 @@
-# seconds: 1500   (measured, TCG: run.sh starts the longest first)
+# seconds: 1100   (measured, TCG: run.sh starts the longest first)
 # Boot integration and the systemd side on a real Debian 12 root (built once by
 # debian/build-root.sh; systemd is PID 1): the root filesystem is an LV of the PV being
 # converted, /boot is a plain disk, LVM's devices file on, pvencrypt installed from the .deb
