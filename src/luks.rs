@@ -701,6 +701,16 @@ mod image_tests {
         (disk, img)
     }
 
+    /// A device as luksFormat leaves it (`at_head`): the loop device, its format, the device
+    /// opened read-write, the head's 16 MiB and the PV's 32 MiB after them, as written.
+    fn luks_formatted() -> Option<(Loop, Formatted, File, Vec<u8>, Vec<u8>)> {
+        let (lo, _, _) = patterned()?;
+        let f = format(cheap_format(32768), &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
+        let (disk, img) = at_head(&f.header, &lo.dev);
+        let pv = std::fs::read(&lo.dev).unwrap()[16 << 20..48 << 20].to_vec();
+        Some((lo, f, disk, img, pv))
+    }
+
     /// Decryption's T0 (DECRYPT.md) on a device formatted as luksFormat leaves it: the header
     /// copied to the last 16 MiB (`header::copy_to_tail`) is one libcryptsetup loads as a
     /// detached header of the same device: the same volume key behind the same keyslot, the
@@ -708,10 +718,7 @@ mod image_tests {
     #[test]
     fn the_header_copied_to_the_tail_is_a_detached_header_of_the_device() {
         use crate::header;
-        let Some((lo, _, _)) = patterned() else { return };
-        let f = format(cheap_format(32768), &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
-        let (disk, img) = at_head(&f.header, &lo.dev);
-        let pv = std::fs::read(&lo.dev).unwrap()[16 << 20..48 << 20].to_vec();
+        let Some((lo, f, disk, img, pv)) = luks_formatted() else { return };
 
         let t = header::copy_to_tail(&disk, Bytes(48 << 20), Bytes(32 << 20)).unwrap();
         let after = std::fs::read(&lo.dev).unwrap();
@@ -737,10 +744,7 @@ mod image_tests {
     #[test]
     fn tail_and_boot_writes_t0_then_the_boot_configuration() {
         use crate::{boot, decrypt::Target, dm::DmName, header::Header};
-        let Some((lo, _, _)) = patterned() else { return };
-        let f = format(cheap_format(32768), &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
-        let (disk, img) = at_head(&f.header, &lo.dev);
-        let pv = std::fs::read(&lo.dev).unwrap()[16 << 20..48 << 20].to_vec();
+        let Some((lo, f, disk, img, pv)) = luks_formatted() else { return };
         let root = crate::testing::TempDir::new("decrypt-root");
         std::fs::create_dir_all(root.join("etc")).unwrap();
         let uuid = f.fmt.uuid.to_string();
