@@ -701,9 +701,11 @@ mod image_tests {
         (disk, img)
     }
 
+    type LuksFormatted = (Loop, Formatted, File, Vec<u8>, Vec<u8>);
+
     /// A device as luksFormat leaves it (`at_head`): the loop device, its format, the device
     /// opened read-write, the head's 16 MiB and the PV's 32 MiB after them, as written.
-    fn luks_formatted() -> Option<(Loop, Formatted, File, Vec<u8>, Vec<u8>)> {
+    fn luks_formatted() -> Option<LuksFormatted> {
         let (lo, _, _) = patterned()?;
         let f = format(cheap_format(32768), &lo.dev).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
         let (disk, img) = at_head(&f.header, &lo.dev);
