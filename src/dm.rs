@@ -505,7 +505,17 @@ impl Dm {
     /// udev, nobody else removes the node libcryptsetup made for it (libdevmapper's
     /// fallback creates /dev/mapper nodes itself then).
     pub fn remove(&self, name: &DmName) {
-        if self.unsynced(devicemapper_sys::DM_DEV_REMOVE_CMD, name, 0).is_ok() && !Path::new(UDEV_CONTROL).exists() {
+        self.remove_with(name, 0);
+    }
+
+    /// Has the kernel remove `name` once its last opener closes it (udev's probe, for
+    /// one): what is left when `remove` kept failing.
+    pub fn remove_deferred(&self, name: &DmName) {
+        self.remove_with(name, DmFlags::DM_DEFERRED_REMOVE.bits());
+    }
+
+    fn remove_with(&self, name: &DmName, flags: u32) {
+        if self.unsynced(devicemapper_sys::DM_DEV_REMOVE_CMD, name, flags).is_ok() && !Path::new(UDEV_CONTROL).exists() {
             let _ = std::fs::remove_file(Path::new("/dev/mapper").join(name.as_str()));
         }
     }

@@ -103,7 +103,6 @@ pub const POINTS: &[&str] = &[
     "activated",
     "loaded",
     "lv-resumed",
-    "resumed",
     "run-25",
     "run-50",
     "run-75",
@@ -114,6 +113,11 @@ pub const POINTS: &[&str] = &[
     "committed",
     "name-resumed",
     "mirrors-resumed",
+    "decrypt-tail",
+    "decrypt-head",
+    "decrypt-suspended",
+    "decrypt-loaded",
+    "decrypt-committed",
 ];
 
 /// How often each entry of PVENCRYPT_FAULT was passed (for `STEP@N`).

@@ -29,6 +29,10 @@ pub enum Watch {
     /// alias the header is written through, and where the first segment's copy lies.
     /// `moved`: (offset, length) in bytes.
     Switch { holders: Vec<DmName>, name: DmName, alias: DmName, alias_path: PathBuf, moved: (u64, u64) },
+    /// Decryption's first move: NAME, suspended while the first segment moves to the head
+    /// and T1 is committed at `tail` bytes into `disk` (decrypt/first_move.rs), and the alias
+    /// libcryptsetup's init used.
+    FirstMove { name: DmName, disk: PathBuf, tail: u64, alias: DmName },
 }
 
 /// What the switch tells its guardian: the first segment's copy in the tail is exact
@@ -98,10 +102,16 @@ pub fn guard(watch: &str) -> ! {
     }
     sys::protect_from_oom_killer();
     // What the switch's rollback needs, taken while nothing is suspended.
-    let (alias_file, mut buf) = match &watch {
+    let (disk_file, mut buf) = match &watch {
         Watch::Switch { alias_path, .. } => (direct::open(alias_path).ok(), Aligned::new(direct::CHUNK)),
+        Watch::FirstMove { disk, .. } => (direct::open(disk).ok(), Aligned::new(4096)),
         Watch::Mover { .. } => (None, Aligned::new(4096)),
     };
+    // Without the disk it could not tell which table NAME must run: pvencrypt then does not
+    // start the move (no READY).
+    if matches!(watch, Watch::FirstMove { .. }) && disk_file.is_none() {
+        sys::exit_now(1);
+    }
     let _ = sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
     let dm = Dm::open();
     let _ = std::io::stdout().write_all(&[READY]).and_then(|_| std::io::stdout().flush());
@@ -133,7 +143,7 @@ pub fn guard(watch: &str) -> ! {
     let Ok(dm) = dm else { sys::exit_now(1) };
     let settled = match &watch {
         Watch::Mover { name } => Some(settle(&dm, name)),
-        Watch::Switch { .. } => None,
+        Watch::Switch { .. } | Watch::FirstMove { .. } => None,
     };
     // Found running, NAME maps through mirrors only chunks the header leaves in plaintext.
     let lingers = matches!(settled, Some(Ok(Settled { resumed: false, .. })));
@@ -147,9 +157,9 @@ pub fn guard(watch: &str) -> ! {
             Err(e) => Some(format!("pvencrypt died inside a commit of {name}; {e}")),
         },
         Watch::Switch { holders, name, alias, moved, .. } => {
-            let copy = alias_file.as_ref().filter(|_| copied).map(|f| (f, &mut buf, *moved));
+            let copy = disk_file.as_ref().filter(|_| copied).map(|f| (f, &mut buf, *moved));
             let r = settle_switch(&dm, holders, name, copy);
-            drop(alias_file);
+            drop(disk_file);
             if !matches!(r, Ok(None)) {
                 // The dead process's, in the way of the next run.
                 dm.remove(alias);
@@ -158,6 +168,22 @@ pub fn guard(watch: &str) -> ! {
                 Ok(None) => None,
                 Ok(Some(m)) => Some(format!("pvencrypt died in the switch's freeze; {m}")),
                 Err(e) => Some(format!("pvencrypt died in the switch's freeze; {e}")),
+            }
+        }
+        Watch::FirstMove { name, tail, alias, .. } => {
+            let r = disk_file.as_ref().map(|f| settle_first_move(&dm, name, f, *tail));
+            drop(disk_file);
+            if !matches!(r, Some(Ok(None))) {
+                // The dead process's: it holds the disk, and stock cryptsetup would refuse to
+                // open the device beside it.
+                dm.remove(alias);
+            }
+            let died = format!("pvencrypt died while {name} was suspended for decryption's first move");
+            match r {
+                Some(Ok(None)) => None,
+                Some(Ok(Some(m))) => Some(format!("{died}; {m}")),
+                Some(Err(e)) => Some(format!("{died}; {e}")),
+                None => Some(format!("{died}, and the disk could not be opened to read its header; {name} stays SUSPENDED")),
             }
         }
     };
@@ -244,6 +270,34 @@ fn settle_switch(
         ));
     }
     Ok(Some("the LVs run on the plain PV again".into()))
+}
+
+/// After a death or an error while NAME is suspended for decryption's first move: NAME runs
+/// the table the header at the tail describes. T1 there (the decryption begun): the table
+/// loaded for it, which maps the first segment at the head, where the copy made inside the
+/// suspension lies, goes live; pvencrypt loads it before it writes T1. Else (T0, or a tail
+/// that cannot be read, where T0 was last seen): the table NAME ran, whose bytes at the data
+/// offset the copy only read.
+pub fn settle_first_move(dm: &Dm, name: &DmName, disk: &std::fs::File, tail: u64) -> Result<Option<String>> {
+    if !dm.is_suspended(name) {
+        return Ok(None);
+    }
+    let moved = crate::header::Header::read_at(disk, tail).is_ok_and(|h| h.meta.in_reencryption());
+    if moved {
+        if !dm.has_inactive(name)? {
+            return fail(format!(
+                "{name} stays SUSPENDED: the header at the tail says the first segment moved, but no table for that is \
+                 loaded; load one that maps it at offset 0 of the disk (pvencrypt --decrypt does), then `dmsetup resume {name}`"
+            ));
+        }
+        resume_patiently(dm, name)?;
+        return Ok(Some(format!("{name} maps the first segment at the head, as the header at the tail says")));
+    }
+    if dm.has_inactive(name)? {
+        dm.clear_inactive(name)?;
+    }
+    resume_patiently(dm, name)?;
+    Ok(Some(format!("{name} runs as before; the header at the tail says nothing moved")))
 }
 
 /// What `settle` did.

@@ -783,6 +783,29 @@ mod image_tests {
         );
     }
 
+    /// The tail attached as the boot attaches it (`boot::headers::attach`): a loop device that
+    /// libcryptsetup reads as LUKS2 with the device's UUID, found again rather than doubled.
+    #[test]
+    fn the_tail_attached_is_a_luks2_device_with_the_uuid() {
+        use crate::boot::headers;
+        let Some((lo, f, disk, _, _)) = luks_formatted() else { return };
+        crate::header::copy_to_tail(&disk, Bytes(48 << 20), Bytes(32 << 20)).unwrap();
+        assert_eq!(headers::attached(&lo.dev, Bytes(48 << 20)), None);
+
+        let tail = headers::attach(&lo.dev, Bytes(48 << 20)).unwrap();
+        let detach = crate::testing::Detach(tail.clone());
+        assert_eq!(headers::attached(&lo.dev, Bytes(48 << 20)).as_ref(), Some(&tail));
+        assert_eq!(headers::attach(&lo.dev, Bytes(48 << 20)).unwrap(), tail, "attached once");
+        let sys = std::path::Path::new("/sys/block").join(tail.file_name().unwrap()).join("loop");
+        assert_eq!(std::fs::read_to_string(sys.join("dio")).unwrap().trim(), "1", "direct I/O");
+        assert_eq!(headers::attached(&lo.dev, Bytes(32 << 20)), None, "another offset");
+        let mut cd = open(&tail).unwrap();
+        assert_eq!(cd.status_handle().get_uuid().unwrap(), f.fmt.uuid);
+        drop(cd);
+        drop(detach);
+        assert_eq!(headers::attached(&lo.dev, Bytes(48 << 20)), None);
+    }
+
     /// Decryption's T1 made from T0 (`init_decryption`): libcryptsetup moved the first
     /// segment's ciphertext to the head and wrote the stock initialized state in memory.
     #[test]

@@ -130,7 +130,7 @@ fn run(cli: &Cli) -> Result<()> {
         Mode::Abort => abort::stop(&cli.pvs, cli.quiet),
         Mode::ResumeAll => modes::resume_all(&front, &opts),
         Mode::Convert { test } => modes::convert_pvs(&front, &opts, &cli.pvs, test),
-        Mode::Decrypt { test } => modes::decrypt_pvs(&opts, &cli.pvs, test),
+        Mode::Decrypt { test } => modes::decrypt_pvs(&front, &opts, &cli.pvs, test),
     }
 }
 

@@ -57,8 +57,10 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
 }
 
 /// `pvencrypt --decrypt PV...`: every PV checked (`decrypt::preflight`), the plan printed.
-/// The run is not written yet (DECRYPT.md's steps 5 to 7): without --test it refuses.
-pub fn decrypt_pvs(opts: &Options, pvs: &[PathBuf], test: bool) -> Result<()> {
+/// The run is written up to its first move (DECRYPT.md's step 5): without --test it
+/// refuses, but in a test build with PVENCRYPT_DECRYPT_FIRST_MOVE=1 (the VM tests of that
+/// step), which stops after the first move.
+pub fn decrypt_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: bool) -> Result<()> {
     let targets = pvs.iter().map(|p| crate::decrypt::preflight(opts, p)).collect::<Result<Vec<_>>>()?;
     for t in &targets {
         if !opts.quiet || test {
@@ -69,10 +71,30 @@ pub fn decrypt_pvs(opts: &Options, pvs: &[PathBuf], test: bool) -> Result<()> {
         output::out("Test mode: nothing was changed.");
         return Ok(());
     }
-    Err(Error::new(
-        Kind::Refused,
-        "--decrypt only checks and plans so far (--test): decrypting is not written yet. Nothing was changed.",
-    ))
+    let first_move = cfg!(feature = "fault-injection") && std::env::var_os("PVENCRYPT_DECRYPT_FIRST_MOVE").is_some();
+    if !first_move {
+        return Err(Error::new(
+            Kind::Refused,
+            "--decrypt only checks and plans so far (--test): decrypting is not written yet. Nothing was changed.",
+        ));
+    }
+    for t in &targets {
+        let key = front.passphrase(&format!("Enter passphrase for {}: ", t.path.display()), false)?;
+        let took = crate::decrypt::first_steps(t, &key);
+        for m in crate::luks::take_log(opts.verbose > 1) {
+            output::error(&format!("  {m}"));
+        }
+        let took = took?;
+        output::info(&format!(
+            "{}: the first {} MiB moved to the head under a suspension of {} of {:.1} ms; the header is at the tail. \
+             Stopped there: the rest of --decrypt is not written yet.",
+            t.path.display(),
+            t.data_offset.mib(),
+            t.name,
+            took.as_secs_f64() * 1000.0
+        ));
+    }
+    Ok(())
 }
 
 /// The rest of `convert_pvs`, once every PV passed preflight.

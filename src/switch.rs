@@ -216,7 +216,7 @@ impl Switch<'_> {
         dm::udev_catch_up(&touched);
         let retargeted = done?;
         resumed?;
-        fault::point("resumed");
+        fault::trace("resumed");
 
         // Nothing may map raw offsets once data starts moving.
         for (h, _) in &direct {
@@ -347,24 +347,24 @@ pub struct Frozen<'a> {
 }
 
 impl<'a> Frozen<'a> {
-    fn new(dm: &'a Dm, n: usize) -> Frozen<'a> {
+    pub(crate) fn new(dm: &'a Dm, n: usize) -> Frozen<'a> {
         let signals = sys::SignalsHeld::hold();
         output::hold(true);
         Frozen { dm, names: Vec::with_capacity(n), _signals: signals }
     }
 
-    fn suspend(&mut self, name: &'a DmName) -> Result<()> {
+    pub(crate) fn suspend(&mut self, name: &'a DmName) -> Result<()> {
         self.dm.suspend(name)?;
         self.names.push(name);
         Ok(())
     }
 
     /// Leaves `name` suspended on purpose: its next table must not go live.
-    fn keep_suspended(&mut self, name: &DmName) {
+    pub(crate) fn keep_suspended(&mut self, name: &DmName) {
         self.names.retain(|n| *n != name);
     }
 
-    fn resume_all(&mut self) -> Result<()> {
+    pub(crate) fn resume_all(&mut self) -> Result<()> {
         let mut failed = Vec::new();
         let mut retried = Vec::new();
         let mut first = true;

@@ -444,6 +444,111 @@ pub fn setsid() {
     unsafe { libc::setsid() };
 }
 
+/// <linux/loop.h>'s `struct loop_info64`.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// `struct loop_config` (LOOP_CONFIGURE, Linux 5.8).
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_SET_DIRECT_IO: libc::c_ulong = 0x4C08;
+const LOOP_SET_BLOCK_SIZE: libc::c_ulong = 0x4C09;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LO_FLAGS_DIRECT_IO: u32 = 16;
+
+/// A new loop device over `backing` from byte `offset` on, in `block_size` blocks with
+/// direct I/O (as `losetup --direct-io=on --sector-size`): its path. A device another
+/// process takes between the kernel's offer and ours is skipped.
+pub fn loop_attach(backing: &File, offset: u64, block_size: u32, name: &str) -> io::Result<PathBuf> {
+    let ctl = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control")?;
+    let mut info = LoopInfo64 {
+        device: 0,
+        inode: 0,
+        rdevice: 0,
+        offset,
+        sizelimit: 0,
+        number: 0,
+        encrypt_type: 0,
+        encrypt_key_size: 0,
+        flags: LO_FLAGS_DIRECT_IO,
+        file_name: [0; 64],
+        crypt_name: [0; 64],
+        encrypt_key: [0; 32],
+        init: [0; 2],
+    };
+    for (d, s) in info.file_name.iter_mut().take(63).zip(name.bytes()) {
+        *d = s;
+    }
+    let mut last = io::Error::from_raw_os_error(libc::EBUSY);
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = PathBuf::from(format!("/dev/loop{n}"));
+        let lo = std::fs::OpenOptions::new().read(true).write(true).open(&path)?;
+        let config = LoopConfig { fd: backing.as_raw_fd() as u32, block_size, info, reserved: [0; 8] };
+        // SAFETY: LOOP_CONFIGURE reads one loop_config, which outlives the call.
+        let r = unsafe { libc::ioctl(lo.as_raw_fd(), LOOP_CONFIGURE, &config as *const LoopConfig) };
+        info = config.info;
+        let e = io::Error::last_os_error();
+        match (r, e.raw_os_error()) {
+            (0, _) => return Ok(path),
+            (_, Some(libc::EBUSY)) => last = e,
+            // Before 5.8: the same in three steps.
+            (_, Some(libc::EINVAL | libc::ENOTTY)) => {
+                // SAFETY: LOOP_SET_FD takes a descriptor that outlives the call.
+                if unsafe { libc::ioctl(lo.as_raw_fd(), LOOP_SET_FD, backing.as_raw_fd()) } != 0 {
+                    last = io::Error::last_os_error();
+                    continue;
+                }
+                // SAFETY: LOOP_SET_STATUS64 reads one loop_info64, which outlives the call;
+                // the others take integers.
+                let ok = unsafe {
+                    libc::ioctl(lo.as_raw_fd(), LOOP_SET_STATUS64, &info as *const LoopInfo64) == 0
+                        && libc::ioctl(lo.as_raw_fd(), LOOP_SET_BLOCK_SIZE, block_size as libc::c_ulong) == 0
+                };
+                if !ok {
+                    let e = io::Error::last_os_error();
+                    // SAFETY: LOOP_CLR_FD takes no argument.
+                    unsafe { libc::ioctl(lo.as_raw_fd(), LOOP_CLR_FD) };
+                    return Err(e);
+                }
+                // SAFETY: as above. Best effort: buffered is what older kernels did anyway.
+                unsafe { libc::ioctl(lo.as_raw_fd(), LOOP_SET_DIRECT_IO, 1 as libc::c_ulong) };
+                return Ok(path);
+            }
+            _ => return Err(e),
+        }
+    }
+    Err(last)
+}
+
 /// SIGSTOP to this process: it waits for a SIGCONT.
 pub fn stop_self() {
     // SAFETY: raise(3) with a valid signal number.

@@ -37,7 +37,7 @@ fn steps_in(text: &str) -> Vec<String> {
             // `${CRASH_STEPS:-a b c}`: the default list.
             let list = list.split(';').next().unwrap();
             let list = list.strip_prefix("${").and_then(|l| l.split_once(":-")).map_or(list, |(_, l)| l.trim_end_matches('}'));
-            out.extend(list.split_whitespace().map(String::from));
+            out.extend(list.split_whitespace().map(|s| s.split('@').next().unwrap_or(s).to_string()));
         }
     }
     out
@@ -67,6 +67,6 @@ fn every_fault_step_the_tests_name_exists() {
 #[test]
 fn step_names_are_read_from_every_form() {
     let t = "PVENCRYPT_FAULT='commit-primary|committed@2:stop' pvencrypt\n  VM_APPEND=\"pvfault=run-50\"\n\
-             for step in a b c; do\nfor step in ${CRASH_STEPS:-d e}; do\n# PVENCRYPT_FAULT=ignored\nPVENCRYPT_FAULT=\"$at:stop\"";
+             for step in a b@2 c; do\nfor step in ${CRASH_STEPS:-d e}; do\n# PVENCRYPT_FAULT=ignored\nPVENCRYPT_FAULT=\"$at:stop\"";
     assert_eq!(steps_in(t), ["commit-primary", "committed", "run-50", "a", "b", "c", "d", "e"]);
 }

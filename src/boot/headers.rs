@@ -73,6 +73,34 @@ fn lines_without(text: &str, name: &str) -> String {
     text.lines().filter(|l| l.split_whitespace().next() != Some(name)).map(|l| format!("{l}\n")).collect()
 }
 
+/// The header at byte `offset` of `disk` as a loop device, as pvencrypt-headers attaches it
+/// at boot: udev gives it the /dev/disk/by-uuid link that crypttab's `header=` names, which
+/// stays when the head no longer holds the header (systemd would stop NAME's unit when that
+/// link went). One already over that tail is taken again. Its block size is the disk's,
+/// with direct I/O: it caches nothing that pvencrypt's direct writes to the disk would
+/// leave stale.
+pub fn attach(disk: &Path, offset: Bytes) -> Result<PathBuf> {
+    if let Some(p) = attached(disk, offset) {
+        return Ok(p);
+    }
+    let block = crate::sys::logical_block_size(disk).or_fail(|| format!("Cannot read the block size of {}", disk.display()))?;
+    let f =
+        std::fs::OpenOptions::new().read(true).write(true).open(disk).or_fail(|| format!("Cannot open {}", disk.display()))?;
+    crate::sys::loop_attach(&f, offset.0, block, &disk.to_string_lossy())
+        .or_fail(|| format!("Cannot attach the header at the tail of {} as a loop device", disk.display()))
+}
+
+/// The loop device over `disk` from `offset` on, if there is one.
+pub fn attached(disk: &Path, offset: Bytes) -> Option<PathBuf> {
+    let rdev = std::fs::metadata(disk).ok()?.rdev();
+    std::fs::read_dir("/sys/block").ok()?.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok().filter(|n| n.starts_with("loop"))?;
+        let at = |f: &str| std::fs::read_to_string(e.path().join("loop").join(f)).ok().map(|s| s.trim().to_string());
+        let same = at("offset")?.parse::<u64>().ok()? == offset.0 && std::fs::metadata(at("backing_file")?).ok()?.rdev() == rdev;
+        same.then(|| PathBuf::from("/dev").join(name))
+    })
+}
+
 /// A name of the device that stays when its LUKS header leaves the head (the UUID goes with
 /// it): its by-id link (the disk's serial or WWN), else its PARTUUID, else its by-path link;
 /// None when udev gave it none of them.

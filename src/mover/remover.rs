@@ -45,7 +45,8 @@ impl Drop for Remover {
 }
 
 /// udev may hold a device open for a moment after its events; the remove is retried
-/// (outside any suspension).
+/// (outside any suspension), then left to the kernel for when the last opener closes it: a
+/// device left behind holds the PV, and stock cryptsetup would refuse to open it.
 pub(super) fn remove_patiently(dm: &Dm, name: &DmName) {
     for _ in 0..100 {
         dm.remove(name);
@@ -54,5 +55,8 @@ pub(super) fn remove_patiently(dm: &Dm, name: &DmName) {
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    output::error(&format!("WARNING: cannot remove {name}; pvencrypt removes it when run again."));
+    dm.remove_deferred(name);
+    if dm.exists(name) {
+        output::error(&format!("WARNING: {name} is still open; the kernel removes it once it is closed."));
+    }
 }

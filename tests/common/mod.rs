@@ -111,6 +111,15 @@ pub fn unshared(program: &str) -> Command {
     c
 }
 
+/// Detaches a loop device the code under test attached, when dropped.
+pub struct Detach(pub PathBuf);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        let _ = losetup().arg("-d").arg(&self.0).status();
+    }
+}
+
 fn losetup() -> Command {
     unshared("losetup")
 }

@@ -72,6 +72,9 @@ stopped() {
     "grep -o 'Disk fault on .*' /tmp/pve.out | grep -oE '[0-9]+-[0-9]+' |
        awk -F- -v s=$2 '\$1 <= s && s <= \$2 { ok = 1 } END { exit !ok }'"
   check "$1: no device left suspended" '[ -z "$(suspended_lvs)" ]'
+  # A mover device left behind holds pvdisk: stock cryptsetup would refuse to open it.
+  check "$1: no mover device left" "wait_for '! dmsetup ls | grep -q ^pvencrypt-' 10"
+  dmsetup ls | grep '^pvencrypt-' || true
 }
 serving() {
   local before; before=$(writer_acked)

@@ -32,10 +32,11 @@ result() {
 # die MSG   a setup step failed: later checks would be meaningless.
 die() { echo "CHECK-FAIL: $*"; CHECKS=$((CHECKS + 1)) FAILS=$((FAILS + 1)); result; }
 
-# run CMD...   runs a setup step, dies with its output if it fails.
+# run CMD...   runs a setup step, dies with its output if it fails (its last lines in the
+# CHECK-FAIL line too: CI's recap shows only those).
 run() {
   local out
-  out=$("$@" 2>&1) || { echo "$out"; die "setup: $*"; }
+  out=$("$@" 2>&1) || { echo "$out"; die "setup: $*: $(printf '%s\n' "$out" | tail -n 2 | tr '\n' ' ')"; }
 }
 
 now() { cut -d' ' -f1 /proc/uptime; }

@@ -10,10 +10,13 @@ use std::{
 
 use devicemapper::Device;
 
+mod first_move;
+
 use crate::{
     boot,
     dm::{block_device, Dm, DmName},
-    error::{refuse, Context, Error, Kind, Result},
+    error::{refuse, Context, Error, Kind, Result, Written},
+    key::Passphrase,
     lvm,
     options::Options,
     units::Bytes,
@@ -159,6 +162,7 @@ pub fn tail_and_boot(t: &Target, root: &Path) -> Result<crate::header::Header> {
         let f = crate::direct::open(&t.path).or_fail(|| format!("Cannot open {}", t.path.display()))?;
         crate::header::copy_to_tail(&f, t.tail, t.span)?
     };
+    crate::fault::point("decrypt-tail");
     let Some(source) = &t.source else { return Ok(written) };
     let tail = boot::headers::Tail { name: t.name.to_string(), source: source.clone(), offset: t.tail, uuid: t.uuid.clone() };
     boot::headers::add(root, &tail)?;
@@ -183,6 +187,58 @@ pub fn tail_and_boot(t: &Target, root: &Path) -> Result<crate::header::Header> {
         }
     }
     Ok(written)
+}
+
+/// DECRYPT.md's step 5: T0 and the boot configuration (`tail_and_boot`), the tail attached
+/// as the boot attaches it, libcryptsetup's decryption init (the first segment copied to the
+/// head, over the head's header), then the first move under one suspension of NAME
+/// (first_move.rs). Returns how long NAME was suspended. The data phase and the switch back
+/// (steps 6 and 7) are not written yet.
+pub fn first_steps(t: &Target, key: &Passphrase) -> Result<std::time::Duration, Written> {
+    // The passphrase must open the device before anything is written.
+    let volume_key = crate::luks::volume_key(&mut *crate::luks::open(&t.path)?, None, key)?;
+    let t0 = tail_and_boot(t, Path::new(boot::ROOT))?;
+    boot::headers::attach(&t.path, t.tail)?;
+    // udev's by-uuid link on the tail before the head's header goes.
+    crate::dm::udev_catch_up(&[]);
+    let dm = Dm::open()?;
+    // libcryptsetup opens its data device exclusively, which NAME's claim on the disk refuses.
+    let alias = DmName::new(format!("{}-pvencrypt-alias", t.name))?;
+    let alias_uuid = format!("CRYPT-SUBDEV-pvencrypt-{}", t.uuid.replace('-', ""));
+    let alias_dev = dm.create_alias(&alias, &alias_uuid, t.dev, t.size.sectors())?;
+    let moved = (|| -> Result<std::time::Duration, Written> {
+        // Its declared size: libcryptsetup refuses a header file smaller, and the reencrypt
+        // keyslot it adds may take an area up to its end.
+        let extent = t0.meta.header_size().ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no keyslots size"))?;
+        // From the disk itself: the loop device's cache may predate T0.
+        let mut bytes = crate::direct::Aligned::new(extent.0 as usize);
+        let f = crate::direct::open(&t.path).or_fail(|| format!("Cannot open {}", t.path.display()))?;
+        f.read_exact_at(&mut bytes[..extent.0 as usize], t.tail.0).or_fail(|| format!("Cannot read {}", t.path.display()))?;
+        let alias_path = PathBuf::from(format!("/dev/dm-{}", alias_dev.minor));
+        let t1 = crate::luks::init_decryption(&bytes[..extent.0 as usize], &alias_path, key, t.data_offset.sectors(), t.span)?;
+        crate::fault::point("decrypt-head");
+        // From here on a stock `cryptsetup reencrypt` would take this decryption for its own.
+        let _reencryption = crate::header::CryptsetupLock::reencryption(&t.uuid)?;
+        let t1 = crate::luks::metadata(&mut *crate::luks::open(&t1.path())?)?;
+        let commit = crate::header::decrypted_to(&t1, t.data_offset)?;
+        let desc = format!("pvencrypt:{}", t.uuid);
+        let serial =
+            crate::sys::add_logon_key(&desc, &volume_key).or_fail(|| "Cannot put the volume key in the kernel keyring".into())?;
+        let fm =
+            first_move::FirstMove { dm: &dm, name: &t.name, alias: &alias, disk: &t.path, tail: t.tail, shift: t.data_offset };
+        let moved = fm.stage(t0, &commit, &format!(":{}:logon:{desc}", volume_key.len())).map_err(Written::from).and_then(
+            |mut staged| {
+                let _locked = crate::switch::MemoryLock::take()?;
+                let _metadata = crate::header::CryptsetupLock::metadata(t.dev)?;
+                fm.run(&mut staged)
+            },
+        );
+        // The table holds its own copy; no later table may name the key.
+        crate::sys::revoke_key(serial);
+        moved
+    })();
+    dm.remove(&alias);
+    moved
 }
 
 /// The dm name, uuid and (single) lower device of a dm-crypt LUKS2 mapping; None for any
