@@ -242,8 +242,8 @@ pub struct Cli {
 
     /// Turn each PV (a LUKS2 device, or its /dev/mapper/NAME) back into the plain PV, in place,
     /// while its LVs stay in use (DECRYPT.md). Hidden until it is whole: so far it checks and
-    /// plans (--test), and refuses to run (a test build with PVENCRYPT_DECRYPT_FIRST_MOVE=1
-    /// runs it up to its first move).
+    /// plans (--test), and refuses to run (a test build with PVENCRYPT_DECRYPT_UNFINISHED=1
+    /// runs it up to the switch back).
     #[arg(long, hide = true, conflicts_with_all = ["abort", "status"], requires = "pvs")]
     pub decrypt: bool,
 

@@ -305,12 +305,7 @@ pub(crate) fn encrypt(opts: &Options, path: &Path, name: &DmName, unlock: Unlock
         last = (done, total);
         shown.update(done, total);
         run.progress(done, total);
-        // Crash tests cut the power part-way through the data, once per mark crossed.
-        for p in [25, 50, 75] {
-            if total > 0 && done * 100 >= total * p && before * 100 < total * p {
-                crate::fault::point(["run-25", "run-50", "run-75"][p as usize / 25 - 1]);
-            }
-        }
+        crate::fault::data_marks(before, done, total);
         !STOP.load(Ordering::Relaxed)
     };
     let dm = Dm::open()?;
@@ -381,7 +376,7 @@ pub(crate) fn open_mover<'a>(dm: &'a Dm, path: &Path, name: &'a DmName, unlock: 
     crate::fault::trace("volume key");
     let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).or_fail(|| "The LUKS2 header has no UUID".into())?;
     drop(cd);
-    Mover::new(dm, name, path, raw, &uuid, vk)
+    Mover::new(dm, name, path, raw, &uuid, vk, 0)
 }
 
 /// Step 5. Idempotent: a resumed run may find part of it done.

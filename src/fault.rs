@@ -148,6 +148,16 @@ pub fn point(step: &str) {
     }
 }
 
+/// Crash tests cut the power part-way through the data phase (`run-25`, `run-50`,
+/// `run-75`), once per mark the progress from `before` to `done` of `total` crosses.
+pub fn data_marks(before: u64, done: u64, total: u64) {
+    for p in [25, 50, 75] {
+        if total > 0 && done * 100 >= total * p && before * 100 < total * p {
+            point(["run-25", "run-50", "run-75"][p as usize / 25 - 1]);
+        }
+    }
+}
+
 /// Under PVENCRYPT_TRACE: the process's peak and current resident memory, for the
 /// benchmark's memory figure to be explained; with =memory, the mappings that hold it
 /// (reading them costs megabytes of heap, which the peak then counts).

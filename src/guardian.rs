@@ -366,15 +366,15 @@ pub fn settle(dm: &Dm, name: &DmName) -> Result<Settled> {
 }
 
 /// Takes every chunk NAME maps through a mirror that reports a failed leg off that mirror,
-/// onto the copy that has every acknowledged write: the plaintext, or, for a chunk at or
-/// past `boundary` (the header's, when the caller read it: such a chunk is committed), its
-/// encrypted copy. With `handle_errors`, dm-raid1 acknowledges no write that missed a leg
+/// onto the copy that has every acknowledged write: the one the mirror copies from (leg 0:
+/// the plaintext when encrypting, the ciphertext when decrypting), or, for a chunk the
+/// header's `layout` (when the caller read it) says is committed, its new place (leg 1). With `handle_errors`, dm-raid1 acknowledges no write that missed a leg
 /// of a region it mirrors, nor, once a leg failed, any write to a region not yet copied:
 /// it holds them until the mirror is suspended, and a suspension without flush sends them
 /// again through the new map (ARCHITECTURE.md, "Disk faults"). One that fails there fails
 /// to its writer. The mover's guardian runs this every second with no boundary, when NAME
 /// maps only chunks the header leaves in plaintext; the mover with the header's.
-pub fn release_failed(dm: &Dm, name: &DmName, boundary: Option<Bytes>) -> Result<Vec<DmName>> {
+pub fn release_failed(dm: &Dm, name: &DmName, layout: Option<&crate::header::Layout>) -> Result<Vec<DmName>> {
     let live = dm::referenced(&dm.table(name)?);
     let mut released = Vec::new();
     for (m, u) in dm.named_with_uuid("CRYPT-TEMP-pvencrypt-")? {
@@ -391,9 +391,9 @@ pub fn release_failed(dm: &Dm, name: &DmName, boundary: Option<Bytes>) -> Result
         }
         // Mirror uuids end in `-m<start in sectors>` (Mover::prepare).
         let start = u.rsplit_once("-m").and_then(|(_, t)| t.parse().ok()).map(|s| Sectors(s).bytes());
-        let committed = matches!((start, boundary), (Some(s), Some(b)) if s >= b);
+        let committed = matches!((start, layout), (Some(s), Some(l)) if l.committed(s));
         onto_leg(dm, &m, usize::from(committed))?;
-        let copy = if committed { "encrypted copy" } else { "plaintext" };
+        let copy = if committed { "new place" } else { "copy it was copied from" };
         kmsg(&format!("{m}: a leg failed; its chunk runs on its {copy} again"));
         released.push(m);
     }

@@ -181,23 +181,38 @@ pub fn read_uuid(path: &std::path::Path) -> Option<String> {
     (!uuid.is_empty() && uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| uuid.to_string())
 }
 
+/// Which way the data moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Backward, each byte up by the shift into its dm-crypt place; the moved first segment last.
+    Encrypt,
+    /// Forward, each byte down by the shift into its plain place; the moved first segment
+    /// (encrypted at the head) is left to the switch back (DECRYPT.md).
+    Decrypt,
+}
+
 /// Where everything lies in a LUKS2 encryption with a data shift and a moved first
-/// segment, backward, read from the header.
+/// segment, backward, or in a decryption with a data shift, forward (DECRYPT.md), read
+/// from the header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
+    pub direction: Direction,
     /// The size of the data: the sum of the active segments.
     pub total: Bytes,
     /// The data shift: also the length of the moved first segment.
     pub shift: Bytes,
-    /// Where the plaintext of logical [0, shift) lies during the conversion.
+    /// Where the plaintext of logical [0, shift) lies during an encryption; its ciphertext
+    /// during a decryption (0: the head).
     pub moved_offset: Bytes,
-    /// Where logical 0 lies once encrypted (the final segment's offset).
+    /// Where the ciphertext of logical 0 would lie (the final segment's offset when
+    /// encrypting, the old one's when decrypting): logical x is encrypted at `data_offset + x`.
     pub data_offset: Bytes,
-    /// The final segment's IV offset.
+    /// The encrypted segment's IV offset.
     pub iv_tweak: Sectors,
     pub encryption: String,
     pub sector_size: u32,
-    /// Logical [boundary, total) is encrypted; below it is plaintext.
+    /// Encrypting: logical [boundary, total) is encrypted, below it is plaintext.
+    /// Decrypting: [shift, boundary) is plaintext, [boundary, total) still encrypted.
     pub boundary: Bytes,
 }
 
@@ -206,6 +221,9 @@ impl Layout {
     /// starts: plaintext of [0, shift) at the moved segment, of [shift, b) in place,
     /// [b, total) encrypted at `data_offset + b`. Anything else is refused.
     pub fn of(m: &Metadata) -> Result<Layout> {
+        if m.flagged("backup-final").is_some_and(|(_, f)| !f.is_crypt()) {
+            return Self::of_decryption(m);
+        }
         let bad = |why: &str| Error::new(Kind::Failed, format!("Unexpected LUKS2 reencryption state: {why}"));
         let crypt_of = |s: &Segment, what: &str| {
             let cipher = s.encryption.clone().ok_or_else(|| bad(&format!("{what} segment encryption")))?;
@@ -221,6 +239,7 @@ impl Layout {
                 [s] if s.is_crypt() && s.size == Size::Dynamic => {
                     let (encryption, sector_size, iv_tweak) = crypt_of(s, "the")?;
                     Ok(Layout {
+                        direction: Direction::Encrypt,
                         total: Bytes(0),
                         shift: Bytes(0),
                         moved_offset: Bytes(0),
@@ -237,6 +256,7 @@ impl Layout {
         let (_, moved) = m.flagged("backup-moved-segment").ok_or_else(|| bad("no moved segment"))?;
         let (encryption, sector_size, iv_tweak) = crypt_of(fin, "final")?;
         let mut l = Layout {
+            direction: Direction::Encrypt,
             total: Bytes(0),
             shift: moved.size.fixed().ok_or_else(|| bad("moved segment size"))?,
             moved_offset: moved.offset,
@@ -276,6 +296,69 @@ impl Layout {
             return Err(bad("no data"));
         }
         Ok(l)
+    }
+}
+
+impl Layout {
+    /// A clean state of a decryption with a data shift as pvencrypt writes them
+    /// (`decrypted_to`): the moved segment encrypted at the head, [shift, b) plaintext in
+    /// place, [b, total) encrypted one shift up. Anything else is refused.
+    fn of_decryption(m: &Metadata) -> Result<Layout> {
+        let bad = |why: &str| Error::new(Kind::Failed, format!("Unexpected LUKS2 decryption state: {why}"));
+        let (_, prev) = m.flagged("backup-previous").ok_or_else(|| bad("no backup-previous segment"))?;
+        let (_, moved) = m.flagged("backup-moved-segment").ok_or_else(|| bad("no moved segment"))?;
+        let (Some(encryption), Some(sector_size), Some(shift), Some(total)) =
+            (prev.encryption.clone(), prev.sector_size, moved.size.fixed(), prev.size.fixed())
+        else {
+            return Err(bad("the old segment's cipher, sector size or size, or the moved segment's size"));
+        };
+        let iv_tweak = prev.iv_tweak.unwrap_or_default();
+        let mut l = Layout {
+            direction: Direction::Decrypt,
+            total,
+            shift,
+            moved_offset: Bytes(0),
+            data_offset: prev.offset,
+            iv_tweak,
+            encryption,
+            sector_size,
+            boundary: shift,
+        };
+        let mut at = Bytes(0);
+        for (i, s) in m.active().enumerate() {
+            let size = s.size.fixed().ok_or_else(|| bad("an active segment has no fixed size"))?;
+            if s.flags.as_ref().is_some_and(|f| !f.is_empty()) {
+                return Err(bad("a step in flight (segment flags)"));
+            }
+            let ok = match (i, s.kind.as_str()) {
+                (0, "crypt") => s.offset == l.moved_offset && size == shift && s.iv_tweak == Some(iv_tweak),
+                (_, "linear") if at == l.boundary && i == 1 => s.offset == at,
+                (_, "crypt") if at == l.boundary && i > 0 => {
+                    s.offset == l.data_offset + at && s.iv_tweak == Some(iv_tweak + at.sectors())
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(bad("segments not where the shift puts them"));
+            }
+            at = at + size;
+            if s.kind == "linear" {
+                l.boundary = at;
+            }
+        }
+        if at != total {
+            return Err(bad("the segments do not end where the old one ends"));
+        }
+        Ok(l)
+    }
+
+    /// Whether the chunk starting at logical `start` lies on the side of the boundary the
+    /// header makes final (its new place authoritative).
+    pub fn committed(&self, start: Bytes) -> bool {
+        match self.direction {
+            Direction::Encrypt => start >= self.boundary,
+            Direction::Decrypt => start < self.boundary,
+        }
     }
 }
 
@@ -484,7 +567,8 @@ pub fn finished(m: &Metadata) -> Result<Metadata> {
     Ok(new)
 }
 
-/// The metadata of the next commit, the boundary at `b` (0: the last commit, `finished`),
+/// The metadata of the next commit, the boundary at `b` (encrypting, 0: the last commit,
+/// `finished`; decrypting, `decrypted_to`),
 /// made from the header on the disk now (`disk`, read under the metadata lock) rather than
 /// from our last commit (`ours`): libcryptsetup lets `cryptsetup luksKillSlot` and
 /// `luksRemoveKey` write the header during a reencryption (keyslot and token additions,
@@ -515,10 +599,10 @@ pub fn next_commit(disk: &Metadata, ours: &Metadata, l: &Layout, b: Bytes) -> Re
              (another program rewrote the reencryption). Stopped at the last commit, nothing written."
         ));
     }
-    if b == Bytes(0) {
-        finished(disk)
-    } else {
-        at_boundary(disk, l, b)
+    match l.direction {
+        Direction::Decrypt => decrypted_to(disk, b),
+        Direction::Encrypt if b == Bytes(0) => finished(disk),
+        Direction::Encrypt => at_boundary(disk, l, b),
     }
 }
 

@@ -847,6 +847,14 @@ mod image_tests {
         assert_eq!(segs(24), vec![seg("crypt", 0, 16), seg("linear", 16, 8), seg("crypt", 40, 8)]);
         assert_eq!(segs(32), vec![seg("crypt", 0, 16), seg("linear", 16, 16)], "only the moved segment left");
         assert!(header::decrypted_to(&m, Bytes(40 << 20)).is_err(), "past the PV's end");
+        // The mover reads each of them back: the boundary where it was put.
+        for b in [16, 24, 32] {
+            let l = header::Layout::of(&header::decrypted_to(&m, Bytes(b << 20)).unwrap()).unwrap();
+            assert_eq!((l.direction, l.boundary, l.total), (header::Direction::Decrypt, Bytes(b << 20), Bytes(32 << 20)));
+            assert_eq!((l.shift, l.moved_offset, l.data_offset), (Bytes(16 << 20), Bytes(0), Bytes(16 << 20)));
+            assert!(l.committed(Bytes(16 << 20)) == (b > 16) && !l.committed(Bytes(b << 20)));
+        }
+        assert!(header::Layout::of(&m).is_err(), "libcryptsetup's own T1: its rest is not sized");
         let hot = header::decrypt_moved_hot(&header::decrypted_to(&m, Bytes(32 << 20)).unwrap()).unwrap();
         let hot: Vec<_> = hot.active().map(|s| (s.kind.clone(), s.offset, s.size)).collect();
         assert_eq!(hot, vec![seg("linear", 0, 16), seg("linear", 16, 16)]);

@@ -57,9 +57,9 @@ pub fn convert_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
 }
 
 /// `pvencrypt --decrypt PV...`: every PV checked (`decrypt::preflight`), the plan printed.
-/// The run is written up to its first move (DECRYPT.md's step 5): without --test it
-/// refuses, but in a test build with PVENCRYPT_DECRYPT_FIRST_MOVE=1 (the VM tests of that
-/// step), which stops after the first move.
+/// The run is written up to its data phase (DECRYPT.md's steps 5 and 6): without --test it
+/// refuses, but in a test build with PVENCRYPT_DECRYPT_UNFINISHED=1 (the VM tests of those
+/// steps), which stops before the switch back.
 pub fn decrypt_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: bool) -> Result<()> {
     let targets = pvs.iter().map(|p| crate::decrypt::preflight(opts, p)).collect::<Result<Vec<_>>>()?;
     for t in &targets {
@@ -71,8 +71,8 @@ pub fn decrypt_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
         output::out("Test mode: nothing was changed.");
         return Ok(());
     }
-    let first_move = cfg!(feature = "fault-injection") && std::env::var_os("PVENCRYPT_DECRYPT_FIRST_MOVE").is_some();
-    if !first_move {
+    let unfinished = cfg!(feature = "fault-injection") && std::env::var_os("PVENCRYPT_DECRYPT_UNFINISHED").is_some();
+    if !unfinished {
         return Err(Error::new(
             Kind::Refused,
             "--decrypt only checks and plans so far (--test): decrypting is not written yet. Nothing was changed.",
@@ -80,18 +80,26 @@ pub fn decrypt_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
     }
     for t in &targets {
         let key = front.passphrase(&format!("Enter passphrase for {}: ", t.path.display()), false)?;
-        let took = crate::decrypt::first_steps(t, &key);
+        let done = crate::decrypt::run(t, &key);
         for m in crate::luks::take_log(opts.verbose > 1) {
             output::error(&format!("  {m}"));
         }
-        let took = took?;
+        let done = done?;
         output::info(&format!(
-            "{}: the first {} MiB moved to the head under a suspension of {} of {:.1} ms; the header is at the tail. \
-             Stopped there: the rest of --decrypt is not written yet.",
+            "{}: the first {} MiB moved to the head under a suspension of {} of {:.1} ms; the header is at the tail.",
             t.path.display(),
             t.data_offset.mib(),
             t.name,
-            took.as_secs_f64() * 1000.0
+            done.first_move.as_secs_f64() * 1000.0
+        ));
+        if !done.finished {
+            return Err(Error::new(Kind::Interrupted, format!("{}: the decryption was stopped.", t.path.display())));
+        }
+        output::info(&format!(
+            "{}: decrypted all but the first {} MiB in {:.1} s. Stopped there: the switch back is not written yet.",
+            t.path.display(),
+            t.data_offset.mib(),
+            done.data.as_secs_f64()
         ));
     }
     Ok(())

@@ -189,14 +189,42 @@ pub fn tail_and_boot(t: &Target, root: &Path) -> Result<crate::header::Header> {
     Ok(written)
 }
 
+/// What `run` did.
+pub struct Decrypted {
+    /// How long NAME was suspended for the first move.
+    pub first_move: std::time::Duration,
+    /// How long the data phase took, and whether it ran to its end (else it was stopped).
+    pub data: std::time::Duration,
+    pub finished: bool,
+}
+
+/// DECRYPT.md's steps 5 and 6: the first move (`first_steps`), then the data phase, the
+/// kernel mover with its legs the other way (mover/), up to the moved segment. The switch
+/// back (step 7) is not written yet: stock `cryptsetup reencrypt --resume-only --header`
+/// with the tail's loop device finishes from there.
+pub fn run(t: &Target, key: &Passphrase) -> Result<Decrypted, Written> {
+    // The passphrase must open the device before anything is written.
+    let volume_key = crate::luks::volume_key(&mut *crate::luks::open(&t.path)?, None, key)?;
+    let first_move = first_steps(t, key, &volume_key)?;
+    let dm = Dm::open()?;
+    let mut mover = crate::mover::Mover::new(&dm, &t.name, &t.path, t.dev, &t.uuid, &volume_key, t.tail.0)?;
+    crate::sys::protect_from_oom_killer();
+    let _locked = crate::switch::MemoryLock::take()?;
+    let t0 = std::time::Instant::now();
+    let mut before = 0;
+    let finished = mover.run(&mut |done, total| {
+        crate::fault::data_marks(before, done, total);
+        before = done;
+        !crate::convert::STOP.load(std::sync::atomic::Ordering::Relaxed)
+    })?;
+    Ok(Decrypted { first_move, data: t0.elapsed(), finished })
+}
+
 /// DECRYPT.md's step 5: T0 and the boot configuration (`tail_and_boot`), the tail attached
 /// as the boot attaches it, libcryptsetup's decryption init (the first segment copied to the
 /// head, over the head's header), then the first move under one suspension of NAME
-/// (first_move.rs). Returns how long NAME was suspended. The data phase and the switch back
-/// (steps 6 and 7) are not written yet.
-pub fn first_steps(t: &Target, key: &Passphrase) -> Result<std::time::Duration, Written> {
-    // The passphrase must open the device before anything is written.
-    let volume_key = crate::luks::volume_key(&mut *crate::luks::open(&t.path)?, None, key)?;
+/// (first_move.rs). Returns how long NAME was suspended.
+fn first_steps(t: &Target, key: &Passphrase, volume_key: &[u8]) -> Result<std::time::Duration, Written> {
     let t0 = tail_and_boot(t, Path::new(boot::ROOT))?;
     boot::headers::attach(&t.path, t.tail)?;
     // udev's by-uuid link on the tail before the head's header goes.
@@ -223,7 +251,7 @@ pub fn first_steps(t: &Target, key: &Passphrase) -> Result<std::time::Duration, 
         let commit = crate::header::decrypted_to(&t1, t.data_offset)?;
         let desc = format!("pvencrypt:{}", t.uuid);
         let serial =
-            crate::sys::add_logon_key(&desc, &volume_key).or_fail(|| "Cannot put the volume key in the kernel keyring".into())?;
+            crate::sys::add_logon_key(&desc, volume_key).or_fail(|| "Cannot put the volume key in the kernel keyring".into())?;
         let fm =
             first_move::FirstMove { dm: &dm, name: &t.name, alias: &alias, disk: &t.path, tail: t.tail, shift: t.data_offset };
         let moved = fm.stage(t0, &commit, &format!(":{}:logon:{desc}", volume_key.len())).map_err(Written::from).and_then(

@@ -17,6 +17,11 @@
 //! mirrors that keep working; a guardian process resumes NAME should the kill land
 //! while it is suspended; `take_over` unwinds what a dead run left.
 //!
+//! A decryption (DECRYPT.md) runs the same way forward, its header at the device's tail:
+//! each chunk's mirror copies from a dm-crypt view of its ciphertext (one shift up) to its
+//! plain place, and the commit moves the boundary past it; the moved first segment stays
+//! encrypted at the head for the switch back.
+//!
 //! Disk faults (ARCHITECTURE.md, "Disk faults"). The mirrors run with `handle_errors`:
 //! without it dm-raid1 acknowledges a write that reached one leg only, and forgets a
 //! copy that failed (the region counts as in sync, `dmsetup status` says `AA`). With it a
@@ -39,7 +44,7 @@ use crate::{
     error::{fail, Context, Error, Kind, Result},
     fault,
     guardian::{self, Guardian, Watch},
-    header::{self, CryptsetupLock, Header, Layout},
+    header::{self, CryptsetupLock, Direction, Header, Layout},
     metadata::Metadata,
     output, sys,
     units::{Bytes, Sectors},
@@ -133,6 +138,8 @@ enum Waited {
 pub struct Mover<'a> {
     dm: &'a Dm,
     name: &'a DmName,
+    /// Where the header starts on the disk: 0, or a decryption's tail (DECRYPT.md).
+    base: u64,
     raw: Device,
     /// The PV, for messages.
     path: PathBuf,
@@ -159,16 +166,24 @@ pub struct Mover<'a> {
 }
 
 impl<'a> Mover<'a> {
-    /// `volume_key`: the key of the new segment; it goes to the kernel keyring and is
-    /// named, never spelt, in the tables.
-    pub fn new(dm: &'a Dm, name: &'a DmName, path: &Path, raw: Device, uuid: &str, volume_key: &[u8]) -> Result<Mover<'a>> {
+    /// `volume_key`: the key of the encrypted segment; it goes to the kernel keyring and is
+    /// named, never spelt, in the tables. `base`: where the header starts on `path`.
+    pub fn new(
+        dm: &'a Dm,
+        name: &'a DmName,
+        path: &Path,
+        raw: Device,
+        uuid: &str,
+        volume_key: &[u8],
+        base: u64,
+    ) -> Result<Mover<'a>> {
         let lock = CryptsetupLock::reencryption(uuid)?;
         let disk = direct::open(path).or_fail(|| format!("Cannot open {}", path.display()))?;
         // Under the metadata lock: not a copy another writer is halfway through. The
         // take-over decides from this header which copy of each chunk is authoritative.
         let header = {
             let _metadata = CryptsetupLock::metadata(raw)?;
-            Header::read(&disk).or_fail(|| format!("Cannot read the LUKS2 header of {}", path.display()))?
+            Header::read_at(&disk, base).or_fail(|| format!("Cannot read the LUKS2 header of {}", path.display()))?
         };
         let mut layout = Layout::of(&header.meta)?;
         if layout.total == Bytes(0) {
@@ -180,6 +195,7 @@ impl<'a> Mover<'a> {
         Ok(Mover {
             dm,
             name,
+            base,
             raw,
             path: path.to_path_buf(),
             disk,
@@ -199,50 +215,113 @@ impl<'a> Mover<'a> {
         })
     }
 
-    /// dm-crypt of logical [start, start + len) at its final place.
+    /// dm-crypt of logical [start, start + len) at its encrypted place, mapped at `at`.
     fn crypt_target(&self, at: Bytes, start: Bytes, len: Bytes) -> Target {
+        Target::of(at.sectors(), len.sectors(), &self.crypt(start))
+    }
+
+    /// dm-crypt of logical `start` onward, at its encrypted place.
+    fn crypt(&self, start: Bytes) -> Crypt<'_> {
         let l = &self.layout;
-        let crypt = Crypt {
+        Crypt {
             cipher: &l.encryption,
             key: &self.key_ref,
             iv_offset: l.iv_tweak + start.sectors(),
             dev: self.raw,
             offset: (l.data_offset + start).sectors(),
             sector_size: l.sector_size,
-        };
-        Target::of(at.sectors(), len.sectors(), &crypt)
+        }
     }
 
-    /// Where the plaintext of logical `start` lies.
+    /// Where the plaintext of logical `start` lies, before its commit when encrypting, after
+    /// it when decrypting.
     fn plain_at(&self, start: Bytes) -> Linear {
-        let at = if start < self.layout.shift { self.layout.moved_offset + start } else { start };
+        let at = match self.layout.direction {
+            Direction::Encrypt if start < self.layout.shift => self.layout.moved_offset + start,
+            _ => start,
+        };
         Linear { dev: self.raw, offset: at.sectors() }
     }
 
-    /// NAME's table for `boundary` with `flight` (highest first) mapped through mirrors.
-    fn name_table<'c>(&self, boundary: Bytes, flight: impl DoubleEndedIterator<Item = &'c Chunk>) -> Vec<Target> {
+    /// The copy a chunk is read from (its plaintext, or its ciphertext) and its new place,
+    /// as raw offsets: a disk fault's message names them.
+    fn places(&self, start: Bytes) -> (Sectors, Sectors) {
+        let crypt = (self.layout.data_offset + start).sectors();
+        match self.layout.direction {
+            Direction::Encrypt => (self.plain_at(start).offset, crypt),
+            Direction::Decrypt => (crypt, self.plain_at(start).offset),
+        }
+    }
+
+    /// What the copies are called, the one read from first.
+    fn copies(&self) -> (&'static str, &'static str) {
+        match self.layout.direction {
+            Direction::Encrypt => ("plaintext", "encrypted copy"),
+            Direction::Decrypt => ("ciphertext", "decrypted copy"),
+        }
+    }
+
+    /// NAME's table for `boundary` with `flight` mapped through mirrors.
+    fn name_table<'c>(&self, boundary: Bytes, flight: impl Iterator<Item = &'c Chunk>) -> Vec<Target> {
         let l = &self.layout;
         let mut t: Vec<Target> = Vec::new();
-        let chunks: Vec<&Chunk> = flight.rev().collect();
-        let lo = chunks.first().map_or(boundary, |c| c.start);
+        let mut chunks: Vec<&Chunk> = flight.collect();
+        chunks.sort_by_key(|c| c.start);
         let plain = |from: Bytes, to: Bytes, t: &mut Vec<Target>| {
             if to > from {
                 t.push(Target::of(from.sectors(), (to - from).sectors(), &self.plain_at(from)));
             }
         };
-        plain(Bytes(0), lo.min(l.shift), &mut t);
-        plain(l.shift.min(lo), lo, &mut t);
-        for c in chunks {
-            t.push(Target::of(c.start.sectors(), c.len.sectors(), &Linear { dev: c.mirror_dev, offset: Sectors(0) }));
-        }
-        if boundary < l.total {
-            t.push(self.crypt_target(boundary, boundary, l.total - boundary));
+        let through = |chunks: &[&Chunk], t: &mut Vec<Target>| {
+            for c in chunks {
+                t.push(Target::of(c.start.sectors(), c.len.sectors(), &Linear { dev: c.mirror_dev, offset: Sectors(0) }));
+            }
+        };
+        match l.direction {
+            Direction::Encrypt => {
+                let lo = chunks.first().map_or(boundary, |c| c.start);
+                plain(Bytes(0), lo.min(l.shift), &mut t);
+                plain(l.shift.min(lo), lo, &mut t);
+                through(&chunks, &mut t);
+                if boundary < l.total {
+                    t.push(self.crypt_target(boundary, boundary, l.total - boundary));
+                }
+            }
+            Direction::Decrypt => {
+                // The moved segment stays encrypted at the head until the switch back.
+                let moved = Crypt { offset: l.moved_offset.sectors(), ..self.crypt(Bytes(0)) };
+                t.push(Target::of(Sectors(0), l.shift.sectors(), &moved));
+                plain(l.shift, boundary, &mut t);
+                through(&chunks, &mut t);
+                let hi = chunks.last().map_or(boundary, |c| c.start + c.len);
+                if hi < l.total {
+                    t.push(self.crypt_target(hi, hi, l.total - hi));
+                }
+            }
         }
         t
     }
 
-    fn next_chunk(&self, lowest: Bytes, boundary: Bytes) -> Option<(Bytes, Bytes)> {
-        chunk_below(lowest, boundary, self.layout.shift, self.tuning.chunk)
+    /// Where the chunks in flight end, away from the boundary: where the next one starts
+    /// (encrypting, its end).
+    fn far_edge(&self, start: Bytes, len: Bytes) -> Bytes {
+        match self.layout.direction {
+            Direction::Encrypt => start,
+            Direction::Decrypt => start + len,
+        }
+    }
+
+    /// The boundary once `c` is committed.
+    fn boundary_after(&self, c: &Chunk) -> Bytes {
+        self.far_edge(c.start, c.len)
+    }
+
+    fn next_chunk(&self, edge: Bytes, boundary: Bytes) -> Option<(Bytes, Bytes)> {
+        let l = &self.layout;
+        match l.direction {
+            Direction::Encrypt => chunk_below(edge, boundary, l.shift, self.tuning.chunk),
+            Direction::Decrypt => chunk_above(edge, boundary, l.shift, self.tuning.chunk, l.total),
+        }
     }
 
     /// The dm-crypt device of a new chunk, and the device NAME will map the chunk through:
@@ -257,11 +336,16 @@ impl<'a> Mover<'a> {
         let crypt_dev =
             self.dm.create(&crypt, &format!("{}c{tag}", self.uuid_prefix), &[self.crypt_target(Bytes(0), start, len)])?;
         let sectors = len.sectors();
-        let plain = self.plain_at(start);
+        let (plain, crypt_leg) = (self.plain_at(start), Linear { dev: crypt_dev, offset: Sectors(0) });
         let region = Sectors(self.tuning.region.sectors().0.min(1 << sectors.0.ilog2()).max(2));
-        // handle_errors: ARCHITECTURE.md, "Disk faults".
-        let mirrored = Mirror { region, legs: vec![plain, Linear { dev: crypt_dev, offset: Sectors(0) }], handle_errors: true };
-        let linear = Target::of(Sectors(0), sectors, &plain);
+        // Leg 0 is the copy the header makes authoritative until the commit, which kcopyd
+        // copies from. handle_errors: ARCHITECTURE.md, "Disk faults".
+        let legs = match self.layout.direction {
+            Direction::Encrypt => vec![plain, crypt_leg],
+            Direction::Decrypt => vec![crypt_leg, plain],
+        };
+        let linear = Target::of(Sectors(0), sectors, &legs[0]);
+        let mirrored = Mirror { region, legs, handle_errors: true };
         let made = self.dm.resume(&crypt).and_then(|_| {
             let dev = self.dm.create(&mirror, &format!("{}m{tag}", self.uuid_prefix), &[linear])?;
             let loaded = self
@@ -299,10 +383,11 @@ impl<'a> Mover<'a> {
         let m =
             dm::mirror_status(s).ok_or_else(|| Error::new(Kind::Failed, format!("Unexpected status of {}: {s}", c.mirror)))?;
         if let Some(i) = m.health.find(|h| h != 'A') {
+            let (old, new) = self.copies();
             let what = match (i, m.health.as_bytes()[i]) {
-                (0, b'D' | b'F') => "a write to the plaintext failed",
-                (0, _) => "a read of the plaintext failed",
-                _ => "a write to the encrypted copy failed",
+                (0, b'D' | b'F') => format!("a write to the {old} failed"),
+                (0, _) => format!("a read of the {old} failed"),
+                _ => format!("a write to the {new} failed"),
             };
             return Err(self.fault(c, &format!("{what} ({} health {})", c.mirror, m.health)));
         }
@@ -311,22 +396,22 @@ impl<'a> Mover<'a> {
 
     /// The error that stops the run on a disk fault in chunk `c`: the device and the ranges.
     fn fault(&self, c: &Chunk, what: &str) -> Error {
-        let (plain, crypt) = (self.plain_at(c.start).offset.0, (self.layout.data_offset + c.start).sectors().0);
+        let ((from, to), (old, new)) = (self.places(c.start), self.copies());
         let n = c.len.sectors().0;
         Error::new(
             Kind::Failed,
             format!(
-                "Disk fault on {}: {what}, in the chunk at bytes {}-{} of {} (sectors {}-{} of {}: plaintext; \
-                 {}-{}: its encrypted copy). Stopped; the chunk was not committed. Check the disk (dmesg).",
+                "Disk fault on {}: {what}, in the chunk at bytes {}-{} of {} (sectors {}-{} of {}: {old}; \
+                 {}-{}: its {new}). Stopped; the chunk was not committed. Check the disk (dmesg).",
                 self.path.display(),
                 c.start.0,
                 (c.start + c.len).0 - 1,
                 self.name,
-                plain,
-                plain + n - 1,
+                from.0,
+                from.0 + n - 1,
                 self.path.display(),
-                crypt,
-                crypt + n - 1
+                to.0,
+                to.0 + n - 1
             ),
         )
     }
@@ -334,7 +419,7 @@ impl<'a> Mover<'a> {
     /// One suspension of NAME: commit the `n` chunks next to the boundary (none: `n` is 0),
     /// start `new` chunks, NAME onto its next table.
     fn swap(&mut self, n: usize, new: Vec<Chunk>) -> Result<()> {
-        let boundary = if n > 0 { self.flight[n - 1].start } else { self.layout.boundary };
+        let boundary = if n > 0 { self.boundary_after(&self.flight[n - 1]) } else { self.layout.boundary };
         // The slow parts first: NAME carries a table for the next state only for the moment
         // of the suspension.
         let commit = self.watched().and_then(|_| if n > 0 { self.prepare_commit(boundary).map(Some) } else { Ok(None) });
@@ -366,7 +451,7 @@ impl<'a> Mover<'a> {
             Ok(false) => {
                 new.iter().for_each(|c| self.discard(c));
                 if let Some(c) = commit {
-                    match Header::read(&self.disk).map(|h| h.seqid) {
+                    match Header::read_at(&self.disk, self.base).map(|h| h.seqid) {
                         Ok(s) if s == c.disk.seqid => self.header = c.disk,
                         Ok(s) if s == c.disk.seqid + 1 => {
                             self.header = c.disk;
@@ -417,7 +502,7 @@ impl<'a> Mover<'a> {
     /// after it. Before NAME's suspension: reading the disk and building the copies allocate.
     fn prepare_commit(&self, boundary: Bytes) -> Result<Commit> {
         let lock = CryptsetupLock::metadata(self.raw)?;
-        let disk = Header::read(&self.disk).map_err(|e| {
+        let disk = Header::read_at(&self.disk, self.base).map_err(|e| {
             Error::new(
                 Kind::Failed,
                 format!("{}: cannot read the LUKS2 header back before a commit ({e}); stopped at the last commit.", self.name),
@@ -469,7 +554,7 @@ impl<'a> Mover<'a> {
 
     /// Waits until the chunk next to the boundary is in sync, reporting progress.
     fn wait(&mut self, progress: &mut dyn FnMut(u64, u64) -> bool) -> Result<Waited> {
-        let total = self.layout.total;
+        let (base, total) = self.progress_base();
         loop {
             self.dm.arm_events()?;
             let mut moving = Bytes(0);
@@ -479,7 +564,7 @@ impl<'a> Mover<'a> {
                 moving = moving + bytes;
                 head_synced |= i == 0 && all;
             }
-            if !progress((total - self.layout.boundary + moving).0, total.0) {
+            if !progress((base + moving).0, total.0) {
                 return Ok(Waited::Stopped);
             }
             if head_synced {
@@ -492,15 +577,25 @@ impl<'a> Mover<'a> {
         }
     }
 
+    /// (bytes moved as committed, bytes to move in all).
+    fn progress_base(&self) -> (Bytes, Bytes) {
+        let l = &self.layout;
+        match l.direction {
+            Direction::Encrypt => (l.total - l.boundary, l.total),
+            // The moved segment is the switch back's.
+            Direction::Decrypt => (l.boundary - l.shift, l.total - l.shift),
+        }
+    }
+
     /// Prepares the next chunk that will fit once the head is committed, if none is
     /// ready; false when there is none to prepare.
     fn prepare_ahead(&mut self) -> Result<bool> {
         let Some(head) = self.flight.front() else { return Ok(false) };
-        let lowest = self.ready.last().or(self.flight.back()).map_or(head.start, |c| c.start);
         if !self.ready.is_empty() {
             return Ok(false);
         }
-        let Some((start, len)) = self.next_chunk(lowest, head.start) else { return Ok(false) };
+        let edge = self.flight.back().map_or(self.boundary_after(head), |c| self.far_edge(c.start, c.len));
+        let Some((start, len)) = self.next_chunk(edge, self.boundary_after(head)) else { return Ok(false) };
         let c = self.prepare(start, len)?;
         self.ready.push(c);
         Ok(true)
@@ -509,8 +604,8 @@ impl<'a> Mover<'a> {
     /// Chunks to start once the boundary is at `boundary`: those prepared ahead first.
     fn fill(&mut self, boundary: Bytes) -> Result<Vec<Chunk>> {
         let mut new: Vec<Chunk> = std::mem::take(&mut self.ready);
-        let mut lowest = new.last().or(self.flight.back()).map_or(boundary, |c| c.start);
-        while let Some((start, len)) = self.next_chunk(lowest, boundary) {
+        let mut edge = new.last().or(self.flight.back()).map_or(boundary, |c| self.far_edge(c.start, c.len));
+        while let Some((start, len)) = self.next_chunk(edge, boundary) {
             match self.prepare(start, len) {
                 Ok(c) => new.push(c),
                 Err(e) => {
@@ -518,7 +613,7 @@ impl<'a> Mover<'a> {
                     return Err(e);
                 }
             }
-            lowest = start;
+            edge = self.far_edge(start, len);
         }
         Ok(new)
     }
@@ -566,12 +661,13 @@ impl<'a> Mover<'a> {
             // it also makes the previous commit's secondary copy durable.
             Header::flush(&self.disk).or_fail(|| "Cannot flush the disk".into())?;
             fault::trace("mover: flushed");
-            let new = self.fill(self.flight[n - 1].start)?;
+            let new = self.fill(self.boundary_after(&self.flight[n - 1]))?;
             fault::trace(format_args!("mover: {} new", new.len()));
             self.swap(n, new)?;
         }
         Header::flush(&self.disk).or_fail(|| "Cannot flush the disk".into())?;
-        progress(self.layout.total.0, self.layout.total.0);
+        let (_, total) = self.progress_base();
+        progress(total.0, total.0);
         Ok(true)
     }
 
@@ -592,7 +688,7 @@ impl<'a> Mover<'a> {
             ));
         }
         // A mirror that holds writes after a leg failed lets them go to the right copy first.
-        guardian::release_failed(self.dm, self.name, Some(self.layout.boundary))?;
+        guardian::release_failed(self.dm, self.name, Some(&self.layout))?;
         self.swap_to_committed()?;
         while let Some(c) = self.flight.pop_front() {
             self.discard(&c);
@@ -631,7 +727,7 @@ impl<'a> Mover<'a> {
         guardian::settle(self.dm, self.name)?;
         // The dead run's guardian releases no chunk after a death inside a commit: the header
         // says which copy each must go back to.
-        guardian::release_failed(self.dm, self.name, Some(self.layout.boundary))?;
+        guardian::release_failed(self.dm, self.name, Some(&self.layout))?;
         let ours = self.dm.named_with_uuid(&self.uuid_prefix)?;
         if ours.is_empty() {
             return Ok(());
@@ -671,6 +767,22 @@ fn chunk_below(lowest: Bytes, boundary: Bytes, shift: Bytes, step: Bytes) -> Opt
     (boundary - start <= shift).then_some((Bytes(start), Bytes(lowest - start)))
 }
 
+/// Decrypting: the next chunk from `highest` on (start, length), if its new place (its own
+/// logical range: decrypted in place) is free once the boundary is at `boundary`: inside
+/// [boundary, boundary + shift), which no segment of that header maps. Chunks end at
+/// multiples of `step`; a sliver at the end joins the chunk before it.
+fn chunk_above(highest: Bytes, boundary: Bytes, shift: Bytes, step: Bytes, total: Bytes) -> Option<(Bytes, Bytes)> {
+    let (start, boundary, shift, step, total) = (highest.0, boundary.0, shift.0, step.0, total.0);
+    if start >= total {
+        return None;
+    }
+    let mut end = ((start / step + 1) * step).min(total);
+    if total - end < 64 << 10 {
+        end = total;
+    }
+    (end - boundary <= shift).then_some((Bytes(start), Bytes(end - start)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,6 +802,38 @@ mod tests {
             assert_eq!(head.0 + head.1, b, "commits go in order");
             b = head.0;
         }
+    }
+
+    /// Every chunk a decryption starts, from the end of the moved segment, committing each
+    /// as soon as it may.
+    fn walk_forward(total: u64, shift: u64, step: u64) -> Vec<(u64, u64)> {
+        let (mut b, mut flight, mut all) = (shift, std::collections::VecDeque::new(), vec![]);
+        loop {
+            let mut edge = flight.back().map_or(b, |c: &(u64, u64)| c.0 + c.1);
+            while let Some(c) =
+                chunk_above(Bytes(edge), Bytes(b), Bytes(shift), Bytes(step), Bytes(total)).map(|(s, l)| (s.0, l.0))
+            {
+                assert!(c.0 + c.1 <= b + shift, "{c:?}'s new place must lie within the shift past the boundary {b}");
+                flight.push_back(c);
+                all.push(c);
+                edge = c.0 + c.1;
+            }
+            let Some(head) = flight.pop_front() else { return all };
+            assert_eq!(head.0, b, "commits go in order");
+            b = head.0 + head.1;
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_data_forward_within_the_shift() {
+        const M: u64 = 1 << 20;
+        let c = walk_forward(24 * M, 4 * M, M);
+        assert_eq!((c.len(), c[0], c[19]), (20, (4 * M, M), (23 * M, M)));
+        // A sliver at the end joins the last chunk.
+        let c = walk_forward(24 * M + 8192, 16 * M, 4 * M);
+        assert_eq!((c[0], c.last()), ((16 * M, 4 * M), Some(&(20 * M, 4 * M + 8192))));
+        assert_eq!(walk_forward(64 * M, 16 * M, 16 * M), vec![(16 * M, 16 * M), (32 * M, 16 * M), (48 * M, 16 * M)]);
+        assert_eq!(walk_forward(16 * M, 16 * M, 8 * M), vec![], "only the moved segment: nothing to move");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 # Guest half of host/t_decrypt_cut.sh (not run on its own).
 # pvphase=1: a LUKS2 device made by hand, its VG in use; `pvencrypt --decrypt` (a test build,
-#            stopping after the first move) cuts the power at pvfault=STEP.
+#            stopping before the switch back) cuts the power at pvfault=STEP.
 # pvphase=2 (pvstep=STEP): the tail attached by hand; stock cryptsetup opens the device with
 #            it, the LVs' bytes as they were; T1 there: stock finishes the decryption.
 # vdb holds the expected checksums between the boots.
@@ -21,7 +21,7 @@ case $(arg pvphase) in
   dd if=/dev/urandom of=/dev/mapper/vg-b bs=1M count=60 oflag=direct 2>/dev/null
   shas | dd of=/dev/vdb conv=fsync 2>/dev/null
   echo "=== --decrypt, power cut at $(arg pvfault)"
-  PVENCRYPT_DECRYPT_FIRST_MOVE=1 PVENCRYPT_FAULT=$(arg pvfault) pvencrypt --decrypt -y --key-file /tmp/key /dev/vda
+  PVENCRYPT_DECRYPT_UNFINISHED=1 PVENCRYPT_FAULT=$(arg pvfault) pvencrypt --decrypt -y --key-file /tmp/key /dev/vda
   die "pvencrypt returned ($?) instead of cutting the power at $(arg pvfault)"
   ;;
 2)
@@ -44,7 +44,7 @@ case $(arg pvphase) in
   t1=no; cryptsetup luksDump "$loop" | grep -q online-reencrypt && t1=yes
   case $(arg pvstep) in
     decrypt-tail|decrypt-head) check_eq "the tail holds T0" $t1 no;;
-    *) check_eq "the tail holds T1" $t1 yes;;
+    *) check_eq "the tail holds a decryption" $t1 yes;;
   esac
   check "stock cryptsetup opens vda with the tail's header" \
     cryptsetup open --key-file /tmp/key --header "$loop" /dev/vda vda_crypt

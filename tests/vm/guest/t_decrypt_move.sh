@@ -1,23 +1,26 @@
 # seconds: 150   (measured, TCG: run.sh starts the longest first)
-# --decrypt's first move (DECRYPT.md, step 5), the rest of --decrypt not written yet (a test
-# build stops after it: PVENCRYPT_DECRYPT_FIRST_MOVE=1). A LUKS2 device made by hand
-# (luksFormat, a PV on the mapping ending 16 MiB short of the tail), open, a writer on an LV
-# whose extents lie in the first 16 MiB (the moved segment):
+# --decrypt's first move and data phase (DECRYPT.md, steps 5 and 6); the switch back is not
+# written yet (a test build stops before it: PVENCRYPT_DECRYPT_UNFINISHED=1). A LUKS2 device
+# made by hand (luksFormat, a PV on the mapping ending 16 MiB short of the tail), open, a
+# writer on an LV whose extents lie in the first 16 MiB (the moved segment):
 #   1. the run: T0 at the tail, the tail attached as a loop device, the first 16 MiB's
-#      ciphertext moved to the head under one suspension of NAME, T1 at the tail; every
-#      acknowledged record and every LV's bytes kept; stock cryptsetup opens the device with
-#      the tail's header, and stock `reencrypt --resume-only` finishes the decryption online:
-#      LVM then finds the plain PV on the raw disk, the bytes unchanged;
-#   2. killed inside the suspension before the copy, and before T1 is written: the guardian
-#      resumes NAME as it was (T0 at the tail); 3. killed once T1 is written: it resumes NAME
-#      on the moved table. Each time the writer goes on, every acknowledged record is there, and stock
-#      cryptsetup opens the device with the tail's header, the bytes unchanged.
+#      ciphertext moved to the head under one suspension of NAME, T1 at the tail, then the
+#      kernel mover decrypts the rest in place, committing at the tail, up to the moved
+#      segment; every acknowledged record and every LV's bytes kept; stock cryptsetup opens
+#      the device with the tail's header, and stock `reencrypt --resume-only` finishes the
+#      decryption online: LVM then finds the plain PV on the raw disk, the bytes unchanged;
+#   2. killed inside the first move's suspension before the copy, and before T1 is written:
+#      the guardian resumes NAME as it was (T0 at the tail); 3. killed once T1 is written: it
+#      resumes NAME on the moved table; 4. killed inside the data phase's first commit, its
+#      header written: NAME runs on, through the mirrors of the dead run.
+#   Each time the writer goes on, every acknowledged record is there, and stock cryptsetup
+#   opens the device with the tail's header, the bytes unchanged.
 # disks: 128M
 # timeout: 900
 . /tests/lib.sh
 printf secret-passphrase > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
-export PVENCRYPT_DECRYPT_FIRST_MOVE=1
+export PVENCRYPT_DECRYPT_UNFINISHED=1
 M=$((16 << 20)) TAIL=$((112 << 20))
 
 fresh() {
@@ -54,6 +57,10 @@ kept() {
   check_eq "$1: vg-b unchanged" "$(sha /dev/mapper/vg-b)" "$b_sha"
   run vgchange -q -an vg
   run cryptsetup close vda_crypt
+  # A killed run's mover devices (pvencrypt takes them over when run again): they hold vda.
+  for d in $(dmsetup ls | awk '$1 ~ /^pvencrypt-.*-m/ {print $1}') $(dmsetup ls | awk '$1 ~ /^pvencrypt-/ {print $1}'); do
+    dmsetup remove $d 2>/dev/null
+  done
   check "$1: stock cryptsetup opens vda with the tail's header" \
     cryptsetup open --key-file /tmp/key --header "$(tail_loop)" /dev/vda vda_crypt
   run vgchange -q -ay vg; dmsetup mknodes
@@ -67,8 +74,11 @@ out=$(pvencrypt --decrypt -y -vv --key-file /tmp/key /dev/vda 2>&1); rc=$?
 echo "$out"
 check_eq "the run: exit 0" "$rc" 0
 check "the run: says what moved" 'echo "$out" | grep -q "the first 16 MiB moved to the head"'
+check "the run: says what it decrypted" 'echo "$out" | grep -q "decrypted all but the first 16 MiB"'
+check_eq "NAME maps the rest as plaintext in place" "$(dmsetup table vda_crypt | sed -n 2p | awk '{print $3, $5}')" "linear 32768"
+check "no mover device left" '! dmsetup ls | grep -q "^pvencrypt-"'
 check "the tail is attached as a loop device" '[ -b "$(tail_loop)" ]'
-check "the tail holds T1 (stock luksDump: a reencryption)" reencrypting
+check "the tail holds a decryption (stock luksDump: a reencryption)" reencrypting
 check "the head holds no LUKS header" '! cryptsetup isLuks /dev/vda'
 check_eq "NAME maps its first 16 MiB at the head" "$(first_offset)" 0
 check "nothing left suspended" '[ -z "$(suspended_lvs)" ]'
@@ -108,4 +118,13 @@ for step in decrypt-suspended decrypt-loaded decrypt-committed; do
   fi
   kept "$step"
 done
+
+echo "=== killed inside the data phase's first commit"
+fresh
+out=$(PVENCRYPT_FAULT=committed:exit pvencrypt --decrypt -y --key-file /tmp/key /dev/vda 2>&1); rc=$?
+check_eq "commit: killed inside the suspension" "$rc" 99
+check "commit: the guardian resumed NAME" "wait_for '[ -z \"\$(suspended_lvs)\" ]' 10"
+dmesg | grep -a 'pvencrypt: pvencrypt died' | tail -1
+check "commit: the tail holds the first commit" 'cryptsetup luksDump "$(tail_loop)" | grep -q "linear"'
+kept "commit"
 result
