@@ -174,11 +174,16 @@ pub fn read_metadata(path: &std::path::Path) -> Option<Metadata> {
 pub fn read_uuid(path: &std::path::Path) -> Option<String> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok()?;
-    let bin = Header::read(&f).ok()?.bin;
-    // The binary header's uuid field: 40 bytes at 168, NUL-padded.
-    let uuid = bin.get(168..208)?.split(|&b| b == 0).next()?;
-    let uuid = std::str::from_utf8(uuid).ok()?;
-    (!uuid.is_empty() && uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| uuid.to_string())
+    Header::read(&f).ok()?.uuid()
+}
+
+impl Header {
+    /// The LUKS2 UUID from the binary header: 40 bytes at 168, NUL-padded.
+    pub fn uuid(&self) -> Option<String> {
+        let uuid = self.bin.get(168..208)?.split(|&b| b == 0).next()?;
+        let uuid = std::str::from_utf8(uuid).ok()?;
+        (!uuid.is_empty() && uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')).then(|| uuid.to_string())
+    }
 }
 
 /// Which way the data moves.
@@ -547,7 +552,19 @@ fn rebuild(m: &Metadata, live: Vec<Segment>, crypt_ids: &[Id], key_of: Id) -> Me
 /// The metadata once everything is encrypted: one crypt segment, as a fresh LUKS2
 /// device has it; no reencrypt keyslot, its digest, backup segments, or requirement.
 pub fn finished(m: &Metadata) -> Result<Metadata> {
-    let (fin_id, fin) = m.flagged("backup-final").ok_or_else(|| Error::new(Kind::Failed, "no backup-final segment"))?;
+    only(m, "backup-final")
+}
+
+/// A decryption's metadata as it was before it (its old segment alone): libcryptsetup
+/// unlocks a volume key only for the default segment, which a decryption's is not (its
+/// final segment is plain), so a resumed decryption takes the key from this, in memory.
+pub fn before_decryption(m: &Metadata) -> Result<Metadata> {
+    only(m, "backup-previous")
+}
+
+/// The metadata with the segment flagged `flag` alone, as a fresh LUKS2 device has it.
+fn only(m: &Metadata, flag: &str) -> Result<Metadata> {
+    let (fin_id, fin) = m.flagged(flag).ok_or_else(|| Error::new(Kind::Failed, format!("no {flag} segment")))?;
     let mut new = m.clone();
     new.segments = BTreeMap::from([(Id(0), Segment { flags: None, ..fin.clone() })]);
     let reenc: Vec<Id> = m.keyslots.iter().filter(|(_, k)| k.kind == "reencrypt").map(|(id, _)| *id).collect();

@@ -388,6 +388,28 @@ pub fn init_decryption(t0: &[u8], data: &Path, key: &Passphrase, shift: Sectors,
     Ok(header)
 }
 
+/// The volume key of a decryption under way (or of T0), from its header's bytes (`tail`,
+/// read from the device's tail): libcryptsetup unlocks keys for a reencryption's default
+/// segment only, which a decryption's plain final segment is not, so it unlocks them from an
+/// in-memory copy of the header as it was before the decryption (`before_decryption`).
+pub fn decryption_volume_key(tail: &[u8], key: &Passphrase) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::os::unix::fs::FileExt;
+    let header = MemHeader::new(Bytes(tail.len() as u64))?;
+    header.file.write_all_at(tail, 0).or_fail(|| "Cannot copy the LUKS2 header".into())?;
+    let h = crate::header::Header::read(&header.file)?;
+    // T0 (the decryption not begun) is a plain LUKS2 header already.
+    if h.meta.in_reencryption() {
+        let images = h.images(&crate::header::before_decryption(&h.meta)?)?;
+        let len = h.hdr_size as usize;
+        header
+            .file
+            .write_all_at(&images[0][..len], 0)
+            .and_then(|()| header.file.write_all_at(&images[1][..len], h.hdr_size))
+            .or_fail(|| "Cannot write the LUKS2 header in memory".into())?;
+    }
+    volume_key(&mut *open(&header.path())?, None, key)
+}
+
 /// The prepared header as bytes for the start of the device, cut after the last
 /// keyslot area: the rest of the header area is unused (wiped when the conversion
 /// finishes, in one go with the tail).
@@ -767,6 +789,7 @@ mod image_tests {
             source: Some("/dev/disk/by-id/virtio-pv0".into()),
             crypttab: Some(entry),
             boot: None,
+            under_way: None,
         };
 
         let written = crate::decrypt::tail_and_boot(&t, &root).unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
@@ -816,6 +839,7 @@ mod image_tests {
         let (disk, _) = at_head(&p.header, &lo.dev);
         header::copy_to_tail(&disk, Bytes(48 << 20), Bytes(32 << 20)).unwrap();
         let before = std::fs::read(&lo.dev).unwrap();
+        let vk = volume_key(&mut open(&p.header.path()).unwrap(), Some(p.user_slot), &key).unwrap();
 
         let t1 = init_decryption(&before[48 << 20..], &lo.dev, &key, Sectors(32768), Bytes(32 << 20))
             .unwrap_or_else(|e| panic!("{e}: {:?}", take_log(true)));
@@ -865,6 +889,10 @@ mod image_tests {
         let mut cd = Ctx::with_header(&t1.path(), &lo.dev).unwrap();
         cd.context_handle().load::<()>(Some(EncryptionFormat::Luks2), None).unwrap();
         assert_eq!(reencrypt_state(&mut cd).unwrap(), CryptReencryptInfo::Clean);
+        // A resumed decryption's volume key: libcryptsetup's own unlock fails on this state.
+        assert!(volume_key(&mut cd, None, &key).is_err());
+        let bytes = std::fs::read(t1.path()).unwrap();
+        assert_eq!(*decryption_volume_key(&bytes, &key).unwrap(), *vk, "the volume key the device had");
         assert_eq!(metadata(&mut cd).unwrap().active().last().map(|s| s.size), Some(Fixed(Bytes(16 << 20))));
     }
 

@@ -85,13 +85,15 @@ pub fn decrypt_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
             output::error(&format!("  {m}"));
         }
         let done = done?;
-        output::info(&format!(
-            "{}: the first {} MiB moved to the head under a suspension of {} of {:.1} ms; the header is at the tail.",
-            t.path.display(),
-            t.data_offset.mib(),
-            t.name,
-            done.first_move.as_secs_f64() * 1000.0
-        ));
+        if let Some(took) = done.first_move {
+            output::info(&format!(
+                "{}: the first {} MiB moved to the head under a suspension of {} of {:.1} ms; the header is at the tail.",
+                t.path.display(),
+                t.data_offset.mib(),
+                t.name,
+                took.as_secs_f64() * 1000.0
+            ));
+        }
         if !done.finished {
             return Err(Error::new(Kind::Interrupted, format!("{}: the decryption was stopped.", t.path.display())));
         }

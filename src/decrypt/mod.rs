@@ -45,6 +45,9 @@ pub struct Target {
     pub crypttab: Option<String>,
     /// Why the initramfs must open the device, and its tool.
     pub boot: Option<(String, boot::Tool)>,
+    /// A decryption of ours under way: the header at the tail (T0, or a state of the
+    /// decryption), the head's being gone.
+    pub under_way: Option<crate::header::Header>,
 }
 
 /// Step 1 of `--decrypt`. Read-only. `path`: the LUKS2 device or its mapping.
@@ -65,11 +68,17 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
             path.display()
         ));
     }
-    let mut cd = crate::luks::open(&path)?;
-    let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).unwrap_or_default();
-    let meta = crate::luks::metadata(&mut cd)?;
-    drop(cd);
-    if meta.in_reencryption() {
+    let (uuid, meta, under_way) = match crate::luks::open(&path) {
+        Ok(mut cd) => {
+            let uuid = cd.status_handle().get_uuid().map(|u| u.to_string()).unwrap_or_default();
+            (uuid, crate::luks::metadata(&mut cd)?, None)
+        }
+        Err(e) => match find_tail(&path, size) {
+            Some((at, h)) => (h.uuid().unwrap_or_default(), h.meta.clone(), Some((at, h))),
+            None => return Err(e),
+        },
+    };
+    if under_way.is_none() && meta.in_reencryption() {
         return refuse(format!(
             "{} is in a reencryption; let it finish first (pvencrypt, or cryptsetup reencrypt --resume-only).",
             path.display()
@@ -78,6 +87,15 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     let prefix = format!("CRYPT-LUKS2-{}-", uuid.replace('-', ""));
     let name = match &dm.named_with_uuid(&prefix)?[..] {
         [(name, _)] => name.clone(),
+        [] if under_way.is_some() => {
+            let at = under_way.as_ref().map_or(0, |(at, _)| at.0);
+            return refuse(format!(
+                "{p}: its decryption is under way, its LUKS2 header at the device's tail, and it is not open. Open it \
+                 with that header (LOOP=$(losetup --offset {at} --find --show {p}); cryptsetup open --header $LOOP {p} \
+                 NAME), then run pvencrypt --decrypt again.",
+                p = path.display()
+            ));
+        }
         [] => {
             return refuse(format!(
                 "{} is not open: --decrypt decrypts a device in use. Open it (cryptsetup open), or decrypt it offline \
@@ -104,11 +122,20 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     let Some(header) = meta.header_size() else {
         return refuse(format!("{}: the LUKS2 header has no keyslots size.", path.display()));
     };
-    let tail = Bytes(size.0.saturating_sub(header.0.next_multiple_of(1 << 20)));
+    let tail = match &under_way {
+        Some((at, _)) => *at,
+        None => Bytes(size.0.saturating_sub(header.0.next_multiple_of(1 << 20))),
+    };
     let span = pv.data_end().bytes();
-    let relocated = crate::header::relocated(&meta, span)
-        .map_err(|e| Error::new(Kind::Refused, format!("{}: {}.", path.display(), e.msg)))?;
-    let data_offset = relocated.segments.values().next().map(|s| s.offset).unwrap_or_default();
+    let data_offset = if meta.in_reencryption() {
+        crate::header::Layout::of(&meta)
+            .map_err(|e| Error::new(Kind::Refused, format!("{}: {}.", path.display(), e.msg)))?
+            .data_offset
+    } else {
+        let relocated = crate::header::relocated(&meta, span)
+            .map_err(|e| Error::new(Kind::Refused, format!("{}: {}.", path.display(), e.msg)))?;
+        relocated.segments.values().next().map(|s| s.offset).unwrap_or_default()
+    };
     if data_offset + span > tail {
         let short = data_offset + span - tail;
         return refuse(format!(
@@ -130,7 +157,13 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     if let Some(h) = holders.iter().find(|h| h.direct && !h.uuid.as_deref().unwrap_or("").starts_with(&vg_prefix)) {
         return refuse(format!("{} is in use by {}, which is not a logical volume of {vg_name}.", mapping.display(), h.name));
     }
-    if let Some(n) = crate::dm::holders_of(dev).into_iter().find(|n| *n != format!("dm-{}", crypt.minor)) {
+    // A run of ours that died leaves its mover devices on the disk, which the next run takes over.
+    let ours = |n: &str| {
+        fs::read_to_string(format!("/sys/class/block/{n}/dm/uuid"))
+            .is_ok_and(|u| u.starts_with(&format!("CRYPT-TEMP-pvencrypt-{uuid}-")))
+    };
+    let lower = crate::dm::holders_of(dev);
+    if let Some(n) = lower.into_iter().find(|n| *n != format!("dm-{}", crypt.minor) && !ours(n)) {
         return refuse(format!("{} is held by {n} besides {name}.", path.display()));
     }
 
@@ -147,7 +180,28 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         ));
     }
     let lvs = holders.iter().map(|h| h.name.to_string()).collect();
-    Ok(Target { path, dev, size, name, uuid, data_offset, span, tail, vg: vg_name, lvs, source, crypttab, boot })
+    let under_way = under_way.map(|(_, h)| h);
+    Ok(Target { path, dev, size, name, uuid, data_offset, span, tail, vg: vg_name, lvs, source, crypttab, boot, under_way })
+}
+
+/// The header of a decryption of ours at the tail of `path`, whose head no longer holds it:
+/// where /etc/pvencrypt/headers says, else where a 16 MiB header (luksFormat's and
+/// pvencrypt's) puts it.
+fn find_tail(path: &Path, size: Bytes) -> Option<(Bytes, crate::header::Header)> {
+    use std::os::unix::fs::MetadataExt;
+    let rdev = fs::metadata(path).ok()?.rdev();
+    let listed = boot::headers::read(Path::new(boot::ROOT)).into_iter().filter_map(|t| {
+        let source = match t.source.strip_prefix("PARTUUID=") {
+            Some(u) => PathBuf::from("/dev/disk/by-partuuid").join(u),
+            None => PathBuf::from(&t.source),
+        };
+        (fs::metadata(source).ok()?.rdev() == rdev).then_some((t.offset, Some(t.uuid)))
+    });
+    let f = crate::direct::open(path).ok()?;
+    listed.chain([(Bytes(size.0.saturating_sub(16 << 20)), None)]).find_map(|(at, uuid)| {
+        let h = crate::header::Header::read_at(&f, at.0).ok()?;
+        (uuid.is_none() || h.uuid() == uuid).then_some((at, h))
+    })
 }
 
 /// DECRYPT.md's step 5, its first half: T0 at the tail (`header::copy_to_tail`), then the
@@ -191,8 +245,8 @@ pub fn tail_and_boot(t: &Target, root: &Path) -> Result<crate::header::Header> {
 
 /// What `run` did.
 pub struct Decrypted {
-    /// How long NAME was suspended for the first move.
-    pub first_move: std::time::Duration,
+    /// How long NAME was suspended for the first move (None: a run before made it).
+    pub first_move: Option<std::time::Duration>,
     /// How long the data phase took, and whether it ran to its end (else it was stopped).
     pub data: std::time::Duration,
     pub finished: bool,
@@ -203,9 +257,23 @@ pub struct Decrypted {
 /// back (step 7) is not written yet: stock `cryptsetup reencrypt --resume-only --header`
 /// with the tail's loop device finishes from there.
 pub fn run(t: &Target, key: &Passphrase) -> Result<Decrypted, Written> {
-    // The passphrase must open the device before anything is written.
-    let volume_key = crate::luks::volume_key(&mut *crate::luks::open(&t.path)?, None, key)?;
-    let first_move = first_steps(t, key, &volume_key)?;
+    let (volume_key, first_move) = match &t.under_way {
+        None => {
+            // The passphrase must open the device before anything is written.
+            let volume_key = crate::luks::volume_key(&mut *crate::luks::open(&t.path)?, None, key)?;
+            let took = first_steps(t, key, &volume_key, None)?;
+            (volume_key, Some(took))
+        }
+        Some(h) => {
+            boot::headers::attach(&t.path, t.tail)?;
+            let size = h.meta.header_size().ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no keyslots size"))?;
+            let volume_key = crate::luks::decryption_volume_key(&read_tail(t, size)?[..size.0 as usize], key)?;
+            // T0 at the tail, the head overwritten by a run that died before T1: the first
+            // move again, from T0.
+            let took = (!h.meta.in_reencryption()).then(|| first_steps(t, key, &volume_key, Some(h.clone()))).transpose()?;
+            (volume_key, took)
+        }
+    };
     let dm = Dm::open()?;
     let mut mover = crate::mover::Mover::new(&dm, &t.name, &t.path, t.dev, &t.uuid, &volume_key, t.tail.0)?;
     crate::sys::protect_from_oom_killer();
@@ -224,8 +292,16 @@ pub fn run(t: &Target, key: &Passphrase) -> Result<Decrypted, Written> {
 /// as the boot attaches it, libcryptsetup's decryption init (the first segment copied to the
 /// head, over the head's header), then the first move under one suspension of NAME
 /// (first_move.rs). Returns how long NAME was suspended.
-fn first_steps(t: &Target, key: &Passphrase, volume_key: &[u8]) -> Result<std::time::Duration, Written> {
-    let t0 = tail_and_boot(t, Path::new(boot::ROOT))?;
+fn first_steps(
+    t: &Target,
+    key: &Passphrase,
+    volume_key: &[u8],
+    t0: Option<crate::header::Header>,
+) -> Result<std::time::Duration, Written> {
+    let t0 = match t0 {
+        Some(h) => h,
+        None => tail_and_boot(t, Path::new(boot::ROOT))?,
+    };
     boot::headers::attach(&t.path, t.tail)?;
     // udev's by-uuid link on the tail before the head's header goes.
     crate::dm::udev_catch_up(&[]);
@@ -238,10 +314,7 @@ fn first_steps(t: &Target, key: &Passphrase, volume_key: &[u8]) -> Result<std::t
         // Its declared size: libcryptsetup refuses a header file smaller, and the reencrypt
         // keyslot it adds may take an area up to its end.
         let extent = t0.meta.header_size().ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no keyslots size"))?;
-        // From the disk itself: the loop device's cache may predate T0.
-        let mut bytes = crate::direct::Aligned::new(extent.0 as usize);
-        let f = crate::direct::open(&t.path).or_fail(|| format!("Cannot open {}", t.path.display()))?;
-        f.read_exact_at(&mut bytes[..extent.0 as usize], t.tail.0).or_fail(|| format!("Cannot read {}", t.path.display()))?;
+        let bytes = read_tail(t, extent)?;
         let alias_path = PathBuf::from(format!("/dev/dm-{}", alias_dev.minor));
         let t1 = crate::luks::init_decryption(&bytes[..extent.0 as usize], &alias_path, key, t.data_offset.sectors(), t.span)?;
         crate::fault::point("decrypt-head");
@@ -267,6 +340,15 @@ fn first_steps(t: &Target, key: &Passphrase, volume_key: &[u8]) -> Result<std::t
     })();
     dm.remove(&alias);
     moved
+}
+
+/// The header's `len` bytes at the tail, from the disk itself: the loop device's cache may
+/// predate the last write.
+fn read_tail(t: &Target, len: Bytes) -> Result<crate::direct::Aligned> {
+    let mut bytes = crate::direct::Aligned::new(len.0 as usize);
+    let f = crate::direct::open(&t.path).or_fail(|| format!("Cannot open {}", t.path.display()))?;
+    f.read_exact_at(&mut bytes[..len.0 as usize], t.tail.0).or_fail(|| format!("Cannot read {}", t.path.display()))?;
+    Ok(bytes)
 }
 
 /// The dm name, uuid and (single) lower device of a dm-crypt LUKS2 mapping; None for any
@@ -340,7 +422,15 @@ fn boot_stack(opts: &Options, path: &Path, name: &DmName, vg_uuid: &str) -> Resu
 /// The plan `--test` prints.
 pub fn describe(t: &Target) -> String {
     let mib = |b: Bytes| b.0 >> 20;
-    let mut out = format!(
+    let mut out = String::new();
+    if let Some(h) = &t.under_way {
+        let from = if h.meta.in_reencryption() { "from where it stopped" } else { "from its first move" };
+        out += &format!(
+            "{}: a decryption by pvencrypt is under way (its LUKS2 header at the device's tail); it goes on {from}.\n",
+            t.path.display()
+        );
+    }
+    out += &format!(
         "{path}: LUKS2 device opened as /dev/mapper/{name}, PV of volume group {vg}, {size} MiB. It becomes the plain PV \
          again, in place.\n  \
          the LUKS2 header moves to the device's last {h} MiB (from {tail} MiB) for the run; the data moves down \
@@ -409,6 +499,7 @@ mod tests {
             source: Some("/dev/disk/by-path/pci-0000:00:05.0".into()),
             crypttab: Some("vda_crypt UUID=u-1 none luks,discard".into()),
             boot: None,
+            under_way: None,
         };
         let plan = describe(&t);
         assert!(plan.contains("last 16 MiB (from 1008 MiB)"), "{plan}");

@@ -1,4 +1,4 @@
-# seconds: 150   (measured, TCG: run.sh starts the longest first)
+# seconds: 200   (measured, TCG: run.sh starts the longest first)
 # --decrypt's first move and data phase (DECRYPT.md, steps 5 and 6); the switch back is not
 # written yet (a test build stops before it: PVENCRYPT_DECRYPT_UNFINISHED=1). A LUKS2 device
 # made by hand (luksFormat, a PV on the mapping ending 16 MiB short of the tail), open, a
@@ -13,8 +13,11 @@
 #      the guardian resumes NAME as it was (T0 at the tail); 3. killed once T1 is written: it
 #      resumes NAME on the moved table; 4. killed inside the data phase's first commit, its
 #      header written: NAME runs on, through the mirrors of the dead run.
-#   Each time the writer goes on, every acknowledged record is there, and stock cryptsetup
-#   opens the device with the tail's header, the bytes unchanged.
+#   Each time the writer goes on, `pvencrypt --decrypt` run again finds the decryption through
+#   the header at the tail (the head holds ciphertext) and takes it up to the moved segment
+#   (from T0: the first move again; past it: the data phase, taking over the dead run's
+#   devices), every acknowledged record is there, and stock cryptsetup opens the device with
+#   the tail's header, the bytes unchanged.
 # disks: 128M
 # timeout: 900
 . /tests/lib.sh
@@ -47,6 +50,18 @@ tail_loop() {
 detach_all() { local l; for l in /sys/block/loop*; do [ -d $l/loop ] && losetup -d /dev/${l##*/}; done; true; }
 first_offset() { dmsetup table vda_crypt | head -1 | awk '{print $8}'; }
 reencrypting() { cryptsetup luksDump "$(tail_loop)" | grep -q 'online-reencrypt'; }
+# again LABEL: pvencrypt --decrypt run again takes the decryption up to the moved segment.
+again() {
+  local out rc
+  out=$(pvencrypt --decrypt -y --key-file /tmp/key /dev/vda 2>&1); rc=$?
+  echo "$out"
+  check_eq "$1, run again: exit 0" "$rc" 0
+  check "$1, run again: it goes on from the tail's header" 'echo "$out" | grep -q "a decryption by pvencrypt is under way"'
+  check "$1, run again: decrypted up to the moved segment" 'echo "$out" | grep -q "decrypted all but the first 16 MiB"'
+  check_eq "$1, run again: NAME maps the rest as plaintext in place" \
+    "$(dmsetup table vda_crypt | sed -n 2p | awk '{print $3, $5}')" "linear 32768"
+  check "$1, run again: no mover device left" '! dmsetup ls | grep -q "^pvencrypt-"'
+}
 # kept LABEL: the writer goes on, then every acknowledged record and vg-b are there, through
 # NAME as it runs and through stock cryptsetup with the tail's header.
 kept() {
@@ -116,6 +131,7 @@ for step in decrypt-suspended decrypt-loaded decrypt-committed; do
     check "$step: the tail holds T1" reencrypting
     check_eq "$step: NAME maps its first 16 MiB at the head" "$(first_offset)" 0
   fi
+  again "$step"
   kept "$step"
 done
 
@@ -126,5 +142,6 @@ check_eq "commit: killed inside the suspension" "$rc" 99
 check "commit: the guardian resumed NAME" "wait_for '[ -z \"\$(suspended_lvs)\" ]' 10"
 dmesg | grep -a 'pvencrypt: pvencrypt died' | tail -1
 check "commit: the tail holds the first commit" 'cryptsetup luksDump "$(tail_loop)" | grep -q "linear"'
+again "commit"
 kept "commit"
 result
