@@ -200,7 +200,10 @@ fn find_tail(path: &Path, size: Bytes) -> Option<(Bytes, crate::header::Header)>
     let f = crate::direct::open(path).ok()?;
     listed.chain([(Bytes(size.0.saturating_sub(16 << 20)), None)]).find_map(|(at, uuid)| {
         let h = crate::header::Header::read_at(&f, at.0).ok()?;
-        (uuid.is_none() || h.uuid() == uuid).then_some((at, h))
+        // T0, or a state of a decryption: nothing else of ours lives at a tail.
+        let ours = !h.meta.in_reencryption()
+            || crate::header::Layout::of(&h.meta).is_ok_and(|l| l.direction == crate::header::Direction::Decrypt);
+        (ours && (uuid.is_none() || h.uuid() == uuid)).then_some((at, h))
     })
 }
 
