@@ -407,10 +407,30 @@ fn plain_instead(dm: &Dm, m: &DmName) -> Result<()> {
     onto_leg(dm, m, 0)
 }
 
-/// A mover device onto a linear map of its mirror's leg `leg` (0: the plaintext, 1: the
-/// encrypted copy), or, with no mirror live, on the map it runs. A running mirror is
+/// A mover device onto a linear map of its mirror's leg `leg` (0: the copy it copies from,
+/// 1: the chunk's new place), or, with no mirror live, on the map it runs. A running mirror is
 /// suspended without flush: it may hold writes (`release_failed`).
+///
+/// The mover's unwind and its guardian's release (every second) may act on the same mirror at
+/// once, each taking it onto the same leg: a step the other did first (a suspension, the
+/// loaded table cleared) fails this one's (EINVAL; seen in t_disk_faults, which then found the
+/// chunk's devices left on the disk), so the whole is tried again until the mirror runs its leg.
 fn onto_leg(dm: &Dm, m: &DmName, leg: usize) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let r = onto_leg_once(dm, m, leg);
+        let done = || dm.table(m).is_ok_and(|t| t.iter().all(|t| t.kind != "mirror")) && !dm.is_suspended(m);
+        match r {
+            Ok(()) => return Ok(()),
+            Err(_) if done() => return Ok(()),
+            Err(e) if tries >= TRIES => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(10 << tries)),
+        }
+    }
+}
+
+fn onto_leg_once(dm: &Dm, m: &DmName, leg: usize) -> Result<()> {
     if dm.has_inactive(m)? {
         dm.clear_inactive(m)?;
     }
@@ -419,8 +439,10 @@ fn onto_leg(dm: &Dm, m: &DmName, leg: usize) -> Result<()> {
             return fail(format!("{m}: unexpected mirror table {params}"));
         };
         dm.load_verified(m, &[Target::of(start, len, &leg)])?;
-        if !dm.is_suspended(m) {
-            dm.suspend_noflush(m)?;
+        if let Err(e) = dm.suspend_noflush(m) {
+            if !dm.is_suspended(m) {
+                return Err(e);
+            }
         }
     }
     resume_patiently(dm, m).or_fail(|| format!("{m} will not resume, and I/O to its chunk waits: run `dmsetup resume {m}`"))

@@ -6,9 +6,8 @@
 # copy written (its secondary not), T1 written, half through the data phase. A fresh boot on
 # the same disks attaches the tail as the man page says (a loop device at the device's last
 # 16 MiB), and stock cryptsetup opens the device with that header, the LVs' bytes as they
-# were (pvencrypt --decrypt, before that, says how); pvencrypt --decrypt run again takes the
-# decryption up to the moved segment, stock `reencrypt --resume-only` finishes it online,
-# and LVM finds the plain PV on the raw disk.
+# were (pvencrypt --decrypt, before that, says how); where the decryption has begun, stock
+# `reencrypt --resume-only` finishes it online and LVM finds the plain PV on the raw disk.
 # timeout: 1500
 . "$(dirname "$0")/../lib.sh"
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
