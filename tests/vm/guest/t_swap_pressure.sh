@@ -80,7 +80,11 @@ while [ ! -s /tmp/pve.rc ]; do
   usleep 500000
 done
 if [ ! -s /tmp/pve.rc ]; then
-  echo "pvencrypt hangs: a device suspended and its output still for $((s - since)) s, $((s - start)) s after its start"
+  if [ $((s - since)) -ge 240 ]; then
+    echo "pvencrypt hangs: a device suspended and its output still for $((s - since)) s, $((s - start)) s after its start"
+  else
+    echo "pvencrypt has not finished $((s - start)) s after its start; its output: $(moved | tr '\n' ' ')"
+  fi
   for p in $(cat $cg/pve/cgroup.procs); do echo "== $p $(cat /proc/$p/comm)"; grep -E 'VmSwap|VmLck|VmRSS' /proc/$p/status; cat /proc/$p/stack; done
   dmsetup info -c -o name,attr
   cat /proc/swaps
