@@ -13,13 +13,8 @@ shas() { echo "$(sha /dev/mapper/vg-w) $(sha /dev/mapper/vg-b)"; }
 
 case $(arg pvphase) in
 1)
-  run cryptsetup luksFormat -q --type luks2 $cheap --key-file /tmp/key /dev/vda
-  run cryptsetup open --key-file /tmp/key /dev/vda vda_crypt
-  PVOPTS="--setphysicalvolumesize 96m" mkvg vg /dev/mapper/vda_crypt
-  mklv w -L 8M vg      # the PV's first extents: inside the moved segment
-  mklv b -L 60M vg
+  luks_by_hand
   dd if=/dev/urandom of=/dev/mapper/vg-w bs=1M count=8 oflag=direct 2>/dev/null
-  dd if=/dev/urandom of=/dev/mapper/vg-b bs=1M count=60 oflag=direct 2>/dev/null
   shas | dd of=/dev/vdb conv=fsync 2>/dev/null
   echo "=== --decrypt, power cut at $(arg pvfault)"
   PVENCRYPT_DECRYPT_UNFINISHED=1 PVENCRYPT_FAULT=$(arg pvfault) pvencrypt --decrypt -y --key-file /tmp/key /dev/vda

@@ -191,3 +191,16 @@ finished() {
 }
 # suspended_lvs   the dm devices left suspended (none expected).
 suspended_lvs() { dmsetup info -c --noheadings -o name,attr | awk -F: '$2 ~ /s/ {print $1}'; }
+
+# luks_by_hand   vda as a user makes a device for --decrypt (the decrypt tests): luksFormat
+# (128M: the header's 16 MiB at the tail leave room for the PV), vda_crypt open, VG vg on it
+# ending 16 MiB short of the tail, LV w (8M: the PV's first extents, inside the moved segment)
+# and LV b (60M of random bytes). Needs /tmp/key and $cheap.
+luks_by_hand() {
+  run cryptsetup luksFormat -q --type luks2 $cheap --key-file /tmp/key /dev/vda
+  run cryptsetup open --key-file /tmp/key /dev/vda vda_crypt
+  PVOPTS="--setphysicalvolumesize 96m" mkvg vg /dev/mapper/vda_crypt
+  mklv w -L 8M vg
+  mklv b -L 60M vg
+  dd if=/dev/urandom of=/dev/mapper/vg-b bs=1M count=60 oflag=direct 2>/dev/null
+}

@@ -30,12 +30,7 @@ fresh() {
   vgchange -q -an vg >/dev/null 2>&1; cryptsetup close vda_crypt 2>/dev/null; detach_all
   run dd if=/dev/zero of=/dev/vda bs=1M count=20 oflag=direct
   run dd if=/dev/zero of=/dev/vda bs=1M seek=112 count=16 oflag=direct
-  run cryptsetup luksFormat -q --type luks2 $cheap --key-file /tmp/key /dev/vda
-  run cryptsetup open --key-file /tmp/key /dev/vda vda_crypt
-  PVOPTS="--setphysicalvolumesize 96m" mkvg vg /dev/mapper/vda_crypt
-  mklv w -L 8M vg      # the PV's first extents: inside the moved segment
-  mklv b -L 60M vg
-  dd if=/dev/urandom of=/dev/mapper/vg-b bs=1M count=60 oflag=direct 2>/dev/null
+  luks_by_hand
   b_sha=$(sha /dev/mapper/vg-b)
   writer_start /dev/mapper/vg-w
 }
