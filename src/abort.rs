@@ -19,6 +19,9 @@ use crate::{
 const ABORTED_DIR: &str = "/var/lib/pvencrypt/aborted";
 
 /// Asks every running conversion in `which` (all if empty) to stop at its next
+/// Set by SIGINT/SIGTERM (and --abort): stop, keeping the last checkpoint.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// checkpoint, and waits until each has. Returns the ones that were stopped.
 pub fn abort(which: &[PathBuf], timeout: Duration) -> Result<Vec<Status>> {
     let running: Vec<Status> = select(statuses(vec![]), which).into_iter().filter(|s| s.state != Phase::Finished).collect();

@@ -13,7 +13,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::Ordering,
     time::Instant,
 };
 
@@ -36,9 +36,6 @@ use crate::{
     switch::{self, Switch},
     units::Sectors,
 };
-
-/// Set by SIGINT/SIGTERM (and --abort): stop, keeping the last checkpoint.
-pub static STOP: AtomicBool = AtomicBool::new(false);
 
 /// The part of step 2 that needs no passphrase, started before preflight (modes.rs): the
 /// header formatted in memory, with its temporary keyslot. It holds `sys::libdm` throughout:
@@ -78,7 +75,7 @@ pub fn convert(opts: &Options, t: &Target, early: Option<luks::Formatted>, key: 
         let prepared = luks::prepare(formatted, &alias_path, key, &marker)?;
         crate::fault::trace("prepared");
         crate::fault::memory("prepared");
-        if STOP.load(Ordering::Relaxed) {
+        if crate::abort::STOP.load(Ordering::Relaxed) {
             return Err(Error::new(
                 Kind::Interrupted,
                 format!("{}: stopped before the switch; nothing was changed.", t.path.display()),
@@ -299,14 +296,14 @@ pub(crate) fn encrypt(opts: &Options, path: &Path, name: &DmName, unlock: Unlock
     let mut report = |done: u64, total: u64| {
         // libcryptsetup may report (0, 0) once it has torn the reencryption down.
         if total == 0 {
-            return !STOP.load(Ordering::Relaxed);
+            return !crate::abort::STOP.load(Ordering::Relaxed);
         }
         let before = last.0;
         last = (done, total);
         shown.update(done, total);
         run.progress(done, total);
         crate::fault::data_marks(before, done, total);
-        !STOP.load(Ordering::Relaxed)
+        !crate::abort::STOP.load(Ordering::Relaxed)
     };
     let dm = Dm::open()?;
     let finished = match mover::usable(&dm) {

@@ -115,9 +115,12 @@ pub const POINTS: &[&str] = &[
     "mirrors-resumed",
     "decrypt-tail",
     "decrypt-head",
-    "decrypt-suspended",
     "decrypt-loaded",
     "decrypt-committed",
+    "back-loaded",
+    "back-hot",
+    "back-half",
+    "back-wiped",
 ];
 
 /// How often each entry of PVENCRYPT_FAULT was passed (for `STEP@N`).

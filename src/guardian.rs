@@ -33,6 +33,10 @@ pub enum Watch {
     /// and T1 is committed at `tail` bytes into `disk` (decrypt/first_move.rs), and the alias
     /// libcryptsetup's init used.
     FirstMove { name: DmName, disk: PathBuf, tail: u64, alias: DmName },
+    /// Decryption's switch back: the devices on NAME in suspend order (top-down), suspended
+    /// while the head is decrypted in place and their tables move to `disk`, whose header
+    /// is at `tail` (decrypt/switch_back.rs).
+    SwitchBack { holders: Vec<DmName>, name: DmName, disk: PathBuf, tail: u64 },
 }
 
 /// What the switch tells its guardian: the first segment's copy in the tail is exact
@@ -104,14 +108,27 @@ pub fn guard(watch: &str) -> ! {
     // What the switch's rollback needs, taken while nothing is suspended.
     let (disk_file, mut buf) = match &watch {
         Watch::Switch { alias_path, .. } => (direct::open(alias_path).ok(), Aligned::new(direct::CHUNK)),
-        Watch::FirstMove { disk, .. } => (direct::open(disk).ok(), Aligned::new(4096)),
+        Watch::FirstMove { disk, .. } | Watch::SwitchBack { disk, .. } => (direct::open(disk).ok(), Aligned::new(4096)),
         Watch::Mover { .. } => (None, Aligned::new(4096)),
     };
-    // Without the disk it could not tell which table NAME must run: pvencrypt then does not
-    // start the move (no READY).
-    if matches!(watch, Watch::FirstMove { .. }) && disk_file.is_none() {
+    // The switch back's: NAME to read the plaintext through, and the buffers its recovery
+    // decrypts in, sized by the header at the tail as it is before the suspension.
+    let back = match (&watch, &disk_file) {
+        (Watch::SwitchBack { name, tail, .. }, Some(f)) => {
+            let through = direct::open(&std::path::Path::new("/dev/mapper").join(name.as_str())).ok();
+            let header = crate::header::Header::read_at(f, *tail).ok();
+            let scratch = header.and_then(|h| crate::in_place::Scratch::new(&h.meta, Bytes(*tail)).ok());
+            through.zip(scratch)
+        }
+        _ => None,
+    };
+    // Without the disk it could not tell which tables the LVs must run: pvencrypt then does
+    // not suspend anything (no READY).
+    let needs_disk = matches!(watch, Watch::FirstMove { .. } | Watch::SwitchBack { .. });
+    if needs_disk && disk_file.is_none() || matches!(watch, Watch::SwitchBack { .. }) && back.is_none() {
         sys::exit_now(1);
     }
+    let mut back = back;
     let _ = sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
     let dm = Dm::open();
     let _ = std::io::stdout().write_all(&[READY]).and_then(|_| std::io::stdout().flush());
@@ -143,7 +160,7 @@ pub fn guard(watch: &str) -> ! {
     let Ok(dm) = dm else { sys::exit_now(1) };
     let settled = match &watch {
         Watch::Mover { name } => Some(settle(&dm, name)),
-        Watch::Switch { .. } | Watch::FirstMove { .. } => None,
+        Watch::Switch { .. } | Watch::FirstMove { .. } | Watch::SwitchBack { .. } => None,
     };
     // Found running, NAME maps through mirrors only chunks the header leaves in plaintext.
     let lingers = matches!(settled, Some(Ok(Settled { resumed: false, .. })));
@@ -184,6 +201,15 @@ pub fn guard(watch: &str) -> ! {
                 Some(Ok(Some(m))) => Some(format!("{died}; {m}")),
                 Some(Err(e)) => Some(format!("{died}; {e}")),
                 None => Some(format!("{died}, and the disk could not be opened to read its header; {name} stays SUSPENDED")),
+            }
+        }
+        Watch::SwitchBack { holders, name, tail, .. } => {
+            let (Some(f), Some((through, scratch))) = (disk_file.as_ref(), back.as_mut()) else { sys::exit_now(1) };
+            let died = format!("pvencrypt died while the LVs on {name} were suspended for decryption's switch back");
+            match settle_switch_back(&dm, name, holders, f, through, scratch, *tail) {
+                Ok(None) => None,
+                Ok(Some(m)) => Some(format!("{died}; {m}")),
+                Err(e) => Some(format!("{died}; {e}")),
             }
         }
     };
@@ -298,6 +324,53 @@ pub fn settle_first_move(dm: &Dm, name: &DmName, disk: &std::fs::File, tail: u64
     }
     resume_patiently(dm, name)?;
     Ok(Some(format!("{name} runs as before; the header at the tail says nothing moved")))
+}
+
+/// After a death or an error while the LVs are suspended for decryption's switch back: they
+/// run what the header at the tail says. The switch back's hot state there: the head is made
+/// plaintext throughout by the checksums (`in_place::decrypt_by_checksums`), and the LVs
+/// resume on the tables for the raw device, which pvencrypt loads before it writes that
+/// header. Else (the head untouched): those tables are dropped and the LVs resume on NAME.
+pub fn settle_switch_back(
+    dm: &Dm,
+    name: &DmName,
+    holders: &[DmName],
+    disk: &std::fs::File,
+    through: &std::fs::File,
+    scratch: &mut crate::in_place::Scratch,
+    tail: u64,
+) -> Result<Option<String>> {
+    let suspended: Vec<&DmName> = holders.iter().filter(|h| dm.is_suspended(h)).collect();
+    if suspended.is_empty() {
+        return Ok(None);
+    }
+    let stay =
+        |why: String| crate::error::Error::new(crate::error::Kind::Unrecovered, format!("{suspended:?} stay SUSPENDED: {why}"));
+    let header = crate::header::Header::read_at(disk, tail).map_err(|e| stay(format!("the header at the tail: {}", e.msg)))?;
+    if !crate::in_place::is_hot(&header.meta) {
+        for h in holders {
+            if dm.has_inactive(h)? {
+                dm.clear_inactive(h)?;
+            }
+        }
+        for h in holders.iter().rev().filter(|h| suspended.contains(h)) {
+            resume_patiently(dm, h)?;
+        }
+        return Ok(Some("they run on it as before; the header at the tail says its head was not decrypted".into()));
+    }
+    crate::in_place::decrypt_by_checksums(disk, through, &header.meta, scratch).map_err(|e| stay(e.msg))?;
+    // One whose live table maps NAME, with no table for the raw device loaded, must not run:
+    // NAME's head now decrypts plaintext.
+    let crypt = dm.device_of(name)?;
+    for h in &suspended {
+        if !dm.has_inactive(h)? && dm.table(h).is_ok_and(|t| dm::referenced(&t).contains(&crypt)) {
+            return Err(stay(format!("{h} has no table for the raw device loaded")));
+        }
+    }
+    for h in holders.iter().rev().filter(|h| suspended.contains(h)) {
+        resume_patiently(dm, h)?;
+    }
+    Ok(Some("the head is decrypted; they run on the raw device".into()))
 }
 
 /// What `settle` did.

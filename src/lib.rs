@@ -14,6 +14,7 @@ pub mod fault;
 pub mod front;
 pub mod guardian;
 pub mod header;
+pub mod in_place;
 pub mod inspect;
 pub mod key;
 pub mod luks;

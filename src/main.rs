@@ -12,7 +12,6 @@ use clap::Parser;
 use pvencrypt::{
     abort,
     cli::{Cli, ReportFormat},
-    convert,
     error::{Error, Kind, Result},
     fault,
     front::Front,
@@ -58,7 +57,7 @@ fn main() -> ExitCode {
 }
 
 extern "C" fn on_signal(_: libc::c_int) {
-    convert::STOP.store(true, Ordering::Relaxed);
+    abort::STOP.store(true, Ordering::Relaxed);
 }
 
 /// A dropped ssh session must not stop a conversion mid-step: on SIGHUP the run goes

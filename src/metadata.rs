@@ -286,6 +286,21 @@ impl Metadata {
         self.flagged("backup-final")?.1.encryption.as_deref()
     }
 
+    /// The name libcryptsetup gives the volume key of the encrypted data in the kernel
+    /// keyring (`get_key_description_by_digest`: `cryptsetup:UUID-dN`, N the digest of that
+    /// segment). Tables that name the key so are the ones stock `cryptsetup reencrypt
+    /// --active-name` accepts: it compares key descriptions, not keys.
+    pub fn key_description(&self, uuid: &str) -> Option<String> {
+        let crypt = ["backup-final", "backup-previous"]
+            .iter()
+            .filter_map(|f| self.flagged(f))
+            .chain(self.segments.iter().map(|(id, s)| (*id, s)))
+            .find(|(_, s)| s.is_crypt())?
+            .0;
+        let (digest, _) = self.digests.iter().find(|(_, d)| d.segments.contains(&crypt))?;
+        Some(format!("cryptsetup:{uuid}-d{}", digest.0))
+    }
+
     /// The copy of the first data segment during a datashift encryption: (offset, length).
     pub fn moved_segment(&self) -> Option<(Bytes, Bytes)> {
         let (_, s) = self.flagged("backup-moved-segment")?;
@@ -390,6 +405,19 @@ mod tests {
         assert_eq!(m.keyslots[&Id(0)].area.as_ref().unwrap().size, Some(Bytes(258048)));
         assert_eq!(m.header_size(), Some(Bytes(2 * (12288 + 4096) + 16744448)), "luksFormat's 16 MiB");
         assert!(Metadata::from_value(json!({"segments": {"0": {"type": "linear", "offset": "x", "size": "1"}}})).is_err());
+    }
+
+    #[test]
+    fn the_key_is_named_as_libcryptsetup_names_it() {
+        let mut v = interrupted();
+        let digest = |segments: &[&str]| json!({"type": "pbkdf2", "keyslots": [], "segments": segments});
+        v["digests"] = json!({"0": digest(&[]), "3": digest(&["2", "4"])});
+        assert_eq!(meta(v.clone()).key_description("u").as_deref(), Some("cryptsetup:u-d3"), "backup-final's");
+        v["digests"] = json!({"0": digest(&["2"])});
+        assert_eq!(meta(v).key_description("u"), None, "no digest of the final segment");
+        let clean = json!({"segments": {"0": {"type": "crypt", "offset": "16777216", "size": "dynamic"}},
+                           "digests": {"1": digest(&["0"])}});
+        assert_eq!(meta(clean).key_description("u").as_deref(), Some("cryptsetup:u-d1"));
     }
 
     #[test]

@@ -97,11 +97,22 @@ pub fn decrypt_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
         if !done.finished {
             return Err(Error::new(Kind::Interrupted, format!("{}: the decryption was stopped.", t.path.display())));
         }
+        if let Some(took) = done.switch_back {
+            output::info(&format!(
+                "{}: the LVs moved back onto it under a suspension of {:.1} ms; /dev/mapper/{} is gone.",
+                t.path.display(),
+                took.as_secs_f64() * 1000.0,
+                t.name
+            ));
+        }
+        for w in &done.warnings {
+            output::error(&format!("WARNING: {}: {w}", t.path.display()));
+        }
         output::info(&format!(
-            "{}: decrypted all but the first {} MiB in {:.1} s. Stopped there: the switch back is not written yet.",
+            "{}: decrypted ({:.1} s of data phase); it holds the plain PV. It may grow by {} MiB: pvresize {0}.",
             t.path.display(),
-            t.data_offset.mib(),
-            done.data.as_secs_f64()
+            done.data.as_secs_f64(),
+            (t.size - t.span).mib()
         ));
     }
     Ok(())
@@ -238,7 +249,7 @@ fn convert_all(
 
 /// Between devices, a stop request ends the run before the next one starts.
 fn stop_point() -> Result<()> {
-    if convert::STOP.load(Ordering::Relaxed) {
+    if abort::STOP.load(Ordering::Relaxed) {
         return Err(Error::new(Kind::Interrupted, "Stopped on request before the next device; run pvencrypt again to go on."));
     }
     Ok(())

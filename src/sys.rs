@@ -549,6 +549,17 @@ pub fn loop_attach(backing: &File, offset: u64, block_size: u32, name: &str) -> 
     Err(last)
 }
 
+/// Detaches a loop device; one still open (udev's probe) goes when its last opener closes it
+/// (the kernel sets autoclear then).
+pub fn loop_detach(path: &Path) -> io::Result<()> {
+    let lo = std::fs::OpenOptions::new().read(true).open(path)?;
+    // SAFETY: LOOP_CLR_FD takes no argument.
+    if unsafe { libc::ioctl(lo.as_raw_fd(), LOOP_CLR_FD) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// SIGSTOP to this process: it waits for a SIGCONT.
 pub fn stop_self() {
     // SAFETY: raise(3) with a valid signal number.

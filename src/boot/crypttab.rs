@@ -93,6 +93,19 @@ pub fn with_tail_header(path: &Path, name: &str, source: &str, uuid: &str) -> Re
     Ok(changed)
 }
 
+/// Removes NAME's entry (a decryption's end). Returns it, or None when there was none.
+pub fn remove_entry(path: &Path, name: &str) -> Result<Option<String>> {
+    let mut removed = None;
+    rewrite(path, |old| {
+        let line = find_entry(old, name, None)?;
+        let at = line.as_ptr() as usize - old.as_ptr() as usize;
+        let end = (at + line.len() + 1).min(old.len());
+        removed = Some(line.to_string());
+        Some(format!("{}{}", &old[..at], &old[end..]))
+    })?;
+    Ok(removed)
+}
+
 /// Rewrites the file with what `edit` makes of its text (None: leaves it as it is). Written
 /// to a temporary file beside it and renamed: a crash leaves the old file or the new one.
 /// Under a lock, so that two pvencrypt runs (or threads) cannot lose each other's change.

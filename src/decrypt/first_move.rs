@@ -73,7 +73,7 @@ impl FirstMove<'_> {
         let t0 = Instant::now();
         let mut frozen = Frozen::new(self.dm, 1);
         frozen.suspend(self.name)?;
-        fault::point("decrypt-suspended");
+        fault::trace("decrypt-suspended");
         let moved = self.move_suspended(&f, s);
         if let Err(failed) = moved {
             // NAME runs what the header at the tail says, whatever the error left there.

@@ -11,9 +11,12 @@ use std::{
 use devicemapper::Device;
 
 mod first_move;
+mod switch_back;
+
+use crate::in_place::is_hot;
 
 use crate::{
-    boot,
+    boot, direct,
     dm::{block_device, Dm, DmName},
     error::{refuse, Context, Error, Kind, Result, Written},
     key::Passphrase,
@@ -106,9 +109,15 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         more => return refuse(format!("{} is open {} times; close all but one.", path.display(), more.len())),
     };
     let mapping = PathBuf::from("/dev/mapper").join(name.as_str());
-    let pv = lvm::pv(&mapping)
-        .context(Kind::Refused, || format!("Cannot read {} as an LVM physical volume", mapping.display()))?
-        .ok_or_else(|| Error::new(Kind::Refused, format!("{} holds no LVM physical volume.", mapping.display())))?;
+    let crypt = dm.device_of(&name)?;
+    // The switch back's hot state with the LVs moved (its guardian finished it): the PV is
+    // on the raw device now, and NAME's head decrypts plaintext.
+    let hot = under_way.as_ref().is_some_and(|(_, h)| is_hot(&h.meta));
+    let moved_back = hot && dm.holders(crypt)?.is_empty();
+    let pv_on = if moved_back { &path } else { &mapping };
+    let pv = lvm::pv(pv_on)
+        .context(Kind::Refused, || format!("Cannot read {} as an LVM physical volume", pv_on.display()))?
+        .ok_or_else(|| Error::new(Kind::Refused, format!("{} holds no LVM physical volume.", pv_on.display())))?;
     let Some(vg_name) = pv.vg_name.clone() else {
         return refuse(format!(
             "The PV on {} is in no volume group; pvremove it and close the device instead.",
@@ -127,7 +136,9 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         None => Bytes(size.0.saturating_sub(header.0.next_multiple_of(1 << 20))),
     };
     let span = pv.data_end().bytes();
-    let data_offset = if meta.in_reencryption() {
+    let data_offset = if hot {
+        meta.reencrypt_shift().ok_or_else(|| Error::new(Kind::Refused, format!("{}: no data shift.", path.display())))?
+    } else if meta.in_reencryption() {
         crate::header::Layout::of(&meta)
             .map_err(|e| Error::new(Kind::Refused, format!("{}: {}.", path.display(), e.msg)))?
             .data_offset
@@ -151,7 +162,6 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         ));
     }
 
-    let crypt = dm.device_of(&name)?;
     let vg_prefix = lvm::lv_uuid_prefix(&vg.vg_uuid);
     let holders = dm.holders(crypt)?;
     if let Some(h) = holders.iter().find(|h| h.direct && !h.uuid.as_deref().unwrap_or("").starts_with(&vg_prefix)) {
@@ -160,7 +170,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     // A run of ours that died leaves its mover devices on the disk, which the next run takes over.
     let ours = |n: &str| {
         fs::read_to_string(format!("/sys/class/block/{n}/dm/uuid"))
-            .is_ok_and(|u| u.starts_with(&format!("CRYPT-TEMP-pvencrypt-{uuid}-")))
+            .is_ok_and(|u| u.starts_with(&format!("CRYPT-TEMP-pvencrypt-{uuid}-")) || moved_back && u.starts_with(&vg_prefix))
     };
     let lower = crate::dm::holders_of(dev);
     if let Some(n) = lower.into_iter().find(|n| *n != format!("dm-{}", crypt.minor) && !ours(n)) {
@@ -200,9 +210,13 @@ fn find_tail(path: &Path, size: Bytes) -> Option<(Bytes, crate::header::Header)>
     let f = crate::direct::open(path).ok()?;
     listed.chain([(Bytes(size.0.saturating_sub(16 << 20)), None)]).find_map(|(at, uuid)| {
         let h = crate::header::Header::read_at(&f, at.0).ok()?;
-        // T0, or a state of a decryption: nothing else of ours lives at a tail.
-        let ours = !h.meta.in_reencryption()
-            || crate::header::Layout::of(&h.meta).is_ok_and(|l| l.direction == crate::header::Direction::Decrypt);
+        // T0 (its one segment encrypted), a state of the decryption or its switch back's hot
+        // state: nothing else of ours lives at a tail.
+        let ours = if h.meta.in_reencryption() {
+            is_hot(&h.meta) || crate::header::Layout::of(&h.meta).is_ok_and(|l| l.direction == crate::header::Direction::Decrypt)
+        } else {
+            h.meta.active().next().is_some_and(|s| s.is_crypt())
+        };
         (ours && (uuid.is_none() || h.uuid() == uuid)).then_some((at, h))
     })
 }
@@ -253,42 +267,130 @@ pub struct Decrypted {
     /// How long the data phase took, and whether it ran to its end (else it was stopped).
     pub data: std::time::Duration,
     pub finished: bool,
+    /// How long the LVs were suspended for the switch back (None: a run before made it).
+    pub switch_back: Option<std::time::Duration>,
+    /// What the end left for the admin to do (the boot configuration).
+    pub warnings: Vec<String>,
 }
 
-/// DECRYPT.md's steps 5 and 6: the first move (`first_steps`), then the data phase, the
-/// kernel mover with its legs the other way (mover/), up to the moved segment. The switch
-/// back (step 7) is not written yet: stock `cryptsetup reencrypt --resume-only --header`
-/// with the tail's loop device finishes from there.
+/// DECRYPT.md's steps 5 to 7: the first move (`first_steps`), the data phase (the kernel
+/// mover with its legs the other way, mover/) up to the moved segment, the switch back
+/// (switch_back.rs), then the end (`finish`). A run again goes on from the header at the
+/// tail, at any of them.
 pub fn run(t: &Target, key: &Passphrase) -> Result<Decrypted, Written> {
-    let (volume_key, first_move) = match &t.under_way {
-        None => {
-            // The passphrase must open the device before anything is written.
-            let volume_key = crate::luks::volume_key(&mut *crate::luks::open(&t.path)?, None, key)?;
-            let took = first_steps(t, key, &volume_key, None)?;
-            (volume_key, Some(took))
+    let hot = t.under_way.as_ref().is_some_and(|h| is_hot(&h.meta));
+    let (mut first_move, mut data, mut finished) = (None, std::time::Duration::ZERO, true);
+    if !hot {
+        let volume_key = match &t.under_way {
+            None => {
+                // The passphrase must open the device before anything is written.
+                let volume_key = crate::luks::volume_key(&mut *crate::luks::open(&t.path)?, None, key)?;
+                first_move = Some(first_steps(t, key, &volume_key, None)?);
+                volume_key
+            }
+            Some(h) => {
+                boot::headers::attach(&t.path, t.tail)?;
+                let size =
+                    h.meta.header_size().ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no keyslots size"))?;
+                let volume_key = crate::luks::decryption_volume_key(&read_tail(t, size)?[..size.0 as usize], key)?;
+                // T0 at the tail, the head overwritten by a run that died before T1: the
+                // first move again, from T0.
+                if !h.meta.in_reencryption() {
+                    first_move = Some(first_steps(t, key, &volume_key, Some(h.clone()))?);
+                }
+                volume_key
+            }
+        };
+        let dm = Dm::open()?;
+        let mut mover = crate::mover::Mover::new(&dm, &t.name, &t.path, t.dev, &t.uuid, &volume_key, t.tail.0)?;
+        crate::sys::protect_from_oom_killer();
+        let _locked = crate::switch::MemoryLock::take()?;
+        let t0 = std::time::Instant::now();
+        let mut before = 0;
+        finished = mover.run(&mut |done, total| {
+            crate::fault::data_marks(before, done, total);
+            before = done;
+            !crate::abort::STOP.load(std::sync::atomic::Ordering::Relaxed)
+        })?;
+        data = t0.elapsed();
+    }
+    if !finished {
+        return Ok(Decrypted { first_move, data, finished, switch_back: None, warnings: Vec::new() });
+    }
+    let switch_back = if on_name(t)? { Some(switch_back(t)?) } else { None };
+    let warnings = finish(t, Path::new(boot::ROOT))?;
+    Ok(Decrypted { first_move, data, finished, switch_back, warnings })
+}
+
+/// Whether any device still maps NAME (the LVs, before the switch back).
+fn on_name(t: &Target) -> Result<bool> {
+    let dm = Dm::open()?;
+    Ok(dm.exists(&t.name) && !dm.holders(dm.device_of(&t.name)?)?.is_empty())
+}
+
+/// DECRYPT.md's step 7: the LVs move from NAME to the raw device under one suspension
+/// (switch_back.rs), with the VG locked: no LV can appear or change meanwhile.
+fn switch_back(t: &Target) -> Result<std::time::Duration, Written> {
+    let dm = Dm::open()?;
+    let sb = switch_back::SwitchBack { dm: &dm, name: &t.name, disk: &t.path, raw: t.dev, tail: t.tail };
+    let _vg = lvm::VgLock::take(&lvm::locking_dir(), &t.vg)?;
+    let mut staged = sb.stage()?;
+    crate::sys::malloc_trim();
+    let _locked = crate::switch::MemoryLock::take()?;
+    let _metadata = crate::header::CryptsetupLock::metadata(t.dev)?;
+    sb.run(&mut staged)
+}
+
+/// The end, once the LVs run on the raw device: LVM's devices file lists it again, the
+/// header at the tail is wiped (keyslots and all), NAME and the tail's loop device go, and
+/// the boot configuration is put back (the headers list's line, crypttab's entry, the
+/// initramfs rebuilt). Each step is skipped when done, so a run again repeats it safely.
+/// The disk is plain from the wipe on: what fails after it is said, for the admin to do.
+fn finish(t: &Target, root: &Path) -> Result<Vec<String>, Written> {
+    let mut warnings = Vec::new();
+    let raw = t.path.to_string_lossy();
+    let mapping = format!("/dev/mapper/{}", t.name);
+    if let Err(e) = lvm::devices_file_replace(&raw, &mapping) {
+        warnings.push(format!(
+            "updating {}: {e}; run lvmdevices --adddev {raw}, then lvmdevices --deldev {mapping}.",
+            lvm::devices_file().display()
+        ));
+    }
+    {
+        let _lock = crate::header::CryptsetupLock::metadata(t.dev)?;
+        direct::zero(&t.path, &[(t.tail, t.size - t.tail)]).or_fail(|| format!("Cannot wipe the header at the tail of {raw}"))?;
+    }
+    crate::fault::point("back-wiped");
+    let dm = Dm::open()?;
+    if dm.exists(&t.name) {
+        crate::mover::remove_patiently(&dm, &t.name);
+    }
+    if let Some(lo) = boot::headers::attached(&t.path, t.tail) {
+        if let Err(e) = crate::sys::loop_detach(&lo) {
+            warnings.push(format!("Cannot detach {} (the header's place): {e}; losetup -d {0}.", lo.display()));
         }
-        Some(h) => {
-            boot::headers::attach(&t.path, t.tail)?;
-            let size = h.meta.header_size().ok_or_else(|| Error::new(Kind::Failed, "The LUKS2 header has no keyslots size"))?;
-            let volume_key = crate::luks::decryption_volume_key(&read_tail(t, size)?[..size.0 as usize], key)?;
-            // T0 at the tail, the head overwritten by a run that died before T1: the first
-            // move again, from T0.
-            let took = (!h.meta.in_reencryption()).then(|| first_steps(t, key, &volume_key, Some(h.clone()))).transpose()?;
-            (volume_key, took)
+    }
+    let mut warn = |r: Result<()>| {
+        if let Err(e) = r {
+            warnings.push(e.msg);
         }
     };
-    let dm = Dm::open()?;
-    let mut mover = crate::mover::Mover::new(&dm, &t.name, &t.path, t.dev, &t.uuid, &volume_key, t.tail.0)?;
-    crate::sys::protect_from_oom_killer();
-    let _locked = crate::switch::MemoryLock::take()?;
-    let t0 = std::time::Instant::now();
-    let mut before = 0;
-    let finished = mover.run(&mut |done, total| {
-        crate::fault::data_marks(before, done, total);
-        before = done;
-        !crate::convert::STOP.load(std::sync::atomic::Ordering::Relaxed)
-    })?;
-    Ok(Decrypted { first_move, data: t0.elapsed(), finished })
+    // LVM learns that the PV lives on the raw device again; its metadata is backed up.
+    lvm::see_device(&raw);
+    warn(lvm::pvscan_cache().or_fail(|| "pvscan --cache".into()));
+    warn(lvm::vgcfgbackup(&t.vg, None).or_fail(|| format!("vgcfgbackup {}", t.vg)));
+    warn(boot::headers::remove(root, t.name.as_str()));
+    warn(boot::crypttab::remove_entry(&root.join(boot::CRYPTTAB.trim_start_matches('/')), t.name.as_str()).map(|_| ()));
+    if let Some((why, tool)) = &t.boot {
+        warn(boot::initramfs::rebuild(root, *tool).map_err(|e| {
+            Error::new(
+                Kind::Failed,
+                format!("{why}, but rebuilding the initramfs failed: {e}; run {} before rebooting.", tool.rebuild().join(" ")),
+            )
+        }));
+    }
+    crate::sys::sync();
+    Ok(warnings)
 }
 
 /// DECRYPT.md's step 5: T0 and the boot configuration (`tail_and_boot`), the tail attached
@@ -325,7 +427,9 @@ fn first_steps(
         let _reencryption = crate::header::CryptsetupLock::reencryption(&t.uuid)?;
         let t1 = crate::luks::metadata(&mut *crate::luks::open(&t1.path())?)?;
         let commit = crate::header::decrypted_to(&t1, t.data_offset)?;
-        let desc = format!("pvencrypt:{}", t.uuid);
+        let desc = commit
+            .key_description(&t.uuid)
+            .ok_or_else(|| Error::new(Kind::Failed, "The decryption's LUKS2 header names no key for its encrypted data"))?;
         let serial =
             crate::sys::add_logon_key(&desc, volume_key).or_fail(|| "Cannot put the volume key in the kernel keyring".into())?;
         let fm =

@@ -52,7 +52,8 @@ use crate::{
 
 mod remover;
 
-use remover::{remove_patiently, Remover};
+pub(crate) use remover::remove_patiently;
+use remover::Remover;
 
 /// Chunk and region sizes (PVENCRYPT_MOVER=chunk=4M,region=1M overrides them, for the
 /// benchmark); as many chunks are in flight as fit in the data shift.
@@ -189,7 +190,9 @@ impl<'a> Mover<'a> {
         if layout.total == Bytes(0) {
             layout.total = dm.table(name)?.iter().map(|t| t.len.bytes()).sum();
         }
-        let desc = format!("pvencrypt:{uuid}");
+        let desc = header.meta.key_description(uuid).ok_or_else(|| {
+            Error::new(Kind::Failed, format!("The LUKS2 header of {} names no key for its encrypted data", path.display()))
+        })?;
         let key_serial =
             sys::add_logon_key(&desc, volume_key).or_fail(|| "Cannot put the volume key in the kernel keyring".into())?;
         Ok(Mover {

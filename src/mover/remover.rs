@@ -47,7 +47,7 @@ impl Drop for Remover {
 /// udev may hold a device open for a moment after its events; the remove is retried
 /// (outside any suspension), then left to the kernel for when the last opener closes it: a
 /// device left behind holds the PV, and stock cryptsetup would refuse to open it.
-pub(super) fn remove_patiently(dm: &Dm, name: &DmName) {
+pub(crate) fn remove_patiently(dm: &Dm, name: &DmName) {
     for _ in 0..100 {
         dm.remove(name);
         if !dm.exists(name) {

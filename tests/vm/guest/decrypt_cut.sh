@@ -1,9 +1,14 @@
 # Guest half of host/t_decrypt_cut.sh (not run on its own).
-# pvphase=1: a LUKS2 device made by hand, its VG in use; `pvencrypt --decrypt` (a test build,
-#            stopping before the switch back) cuts the power at pvfault=STEP.
+# pvphase=1: a LUKS2 device made by hand, its VG in use; `pvencrypt --decrypt` (a test
+#            build) cuts the power at pvfault=STEP.
 # pvphase=2 (pvstep=STEP): pvencrypt --decrypt refuses, saying how to open the device with
 #            the header at its tail; the tail attached by hand, stock cryptsetup opens the
-#            device with it, the LVs' bytes as they were; past T0, stock finishes it.
+#            device with it, the LVs' bytes as they were. Then, from T0, pvencrypt
+#            --decrypt finishes it; from a state of the data phase, stock `reencrypt
+#            --resume-only` does. Cut in the switch back's in-place decryption: LVM sees no
+#            PV on the raw disk, and stock's open finishes the head by its checksums (and
+#            the decryption: the plain PV on the raw disk). Cut
+#            once the header is wiped: the plain PV, nothing to open.
 # vdb holds the expected checksums between the boots.
 . /tests/lib.sh
 printf secret-passphrase > /tmp/key
@@ -22,7 +27,23 @@ case $(arg pvphase) in
   ;;
 2)
   want=$(head -c 35 /dev/vdb | head -1)
-  if [ "$(arg pvstep)" = decrypt-tail ]; then
+  step=$(arg pvstep)
+  case $step in
+    decrypt-tail|decrypt-head) state=t0;;
+    back-half) state=hot;;
+    back-wiped) state=plain;;
+    *) state=t1;;
+  esac
+  if [ $state = plain ]; then
+    # The header wiped: the PV on the raw disk is all there is.
+    check "no LUKS header at the head" '! cryptsetup isLuks /dev/vda'
+    vgscan -q >/dev/null 2>&1
+    run vgchange -q -ay vg; dmsetup mknodes
+    check "LVM finds the plain PV on vda" 'pvs --noheadings -o pv_name | tr -d " " | grep -qx /dev/vda'
+    check_eq "the plain PV: the LVs' bytes as they were" "$(shas)" "$want"
+    result
+  fi
+  if [ $step = decrypt-tail ]; then
     # Nothing moved: the head's header opens it as before (and the tail's, checked below).
     check "stock cryptsetup opens vda with its own header" cryptsetup open --key-file /tmp/key /dev/vda vda_crypt
     vgscan -q >/dev/null 2>&1
@@ -38,31 +59,53 @@ case $(arg pvphase) in
     check "it says how to open it with the header at the tail" \
       'echo "$out" | grep -q "its decryption is under way, its LUKS2 header at the device.s tail, and it is not open"'
   fi
+  if [ $state = hot ]; then
+    # The head's PV label is decrypted last: until then LVM sees no PV on the raw disk.
+    vgscan -q >/dev/null 2>&1
+    check "half decrypted in place: LVM finds no PV on vda" '! pvs --noheadings -o pv_name 2>/dev/null | grep -q /dev/vda'
+  fi
   # As the man page says: the header as a device (busybox's losetup).
   run losetup -o $TAIL -f /dev/vda
   loop=$(for l in /sys/block/loop*; do
     [ "$(cat $l/loop/backing_file 2>/dev/null)" = /dev/vda ] && echo /dev/${l##*/}; done | head -1)
   t1=no; cryptsetup luksDump "$loop" | grep -q online-reencrypt && t1=yes
-  case $(arg pvstep) in
-    decrypt-tail|decrypt-head) check_eq "the tail holds T0" $t1 no;;
+  case $state in
+    t0) check_eq "the tail holds T0" $t1 no;;
     *) check_eq "the tail holds a decryption" $t1 yes;;
   esac
-  check "stock cryptsetup opens vda with the tail's header" \
+  if [ $state = hot ]; then
+    # Stock's open recovers the switch back's hot state: it decrypts the rest of the head by
+    # its checksums and ends the decryption (the keyslots go with it: nothing is left to
+    # open, and it says so). The plain PV is on the raw disk then.
     cryptsetup open --key-file /tmp/key --header "$loop" /dev/vda vda_crypt
+    check "stock cryptsetup's open ended the decryption" '! cryptsetup luksDump "$loop" | grep -q online-reencrypt'
+  else
+    check "stock cryptsetup opens vda with the tail's header" \
+      cryptsetup open --key-file /tmp/key --header "$loop" /dev/vda vda_crypt
+  fi
   vgscan -q >/dev/null 2>&1
   run vgchange -q -ay vg; dmsetup mknodes
   check_eq "the LVs' bytes as they were" "$(shas)" "$want"
-  if [ $t1 = yes ]; then
+  if [ $state = t0 ]; then
+    out=$(PVENCRYPT_DECRYPT_UNFINISHED=1 pvencrypt --decrypt -y --key-file /tmp/key /dev/vda 2>&1); rc=$?
+    echo "$out"
+    check_eq "pvencrypt --decrypt, run again from T0, finishes" "$rc" 0
+    check "it says it is decrypted" 'echo "$out" | grep -q "it holds the plain PV"'
+    check_eq "pvencrypt's decryption: the LVs' bytes as they were" "$(shas)" "$want"
+    check "its loop device over the tail is gone" '! losetup "$loop" >/dev/null 2>&1'
+  elif [ $state = t1 ]; then
     out=$(cryptsetup reencrypt --resume-only --key-file /tmp/key --header "$loop" --active-name vda_crypt 2>&1)
-    check_eq "stock reencrypt --resume-only finishes the decryption" "$?" 0
+    rc=$?; [ $rc -eq 0 ] || echo "$out" | sed 's/^/stock: /'
+    check_eq "stock reencrypt --resume-only finishes the decryption" "$rc" 0
     check_eq "decrypted: the LVs' bytes as they were" "$(shas)" "$want"
-    run vgchange -q -an vg
-    ! dmsetup info vda_crypt >/dev/null 2>&1 || run cryptsetup close vda_crypt
-    run losetup -d "$loop"
-    run vgchange -q -ay vg; dmsetup mknodes
-    check "LVM finds the plain PV on vda" 'pvs --noheadings -o pv_name | tr -d " " | grep -qx /dev/vda'
-    check_eq "the plain PV: the LVs' bytes as they were" "$(shas)" "$want"
   fi
+  run vgchange -q -an vg
+  ! dmsetup info vda_crypt >/dev/null 2>&1 || run cryptsetup close vda_crypt
+  ! losetup "$loop" >/dev/null 2>&1 || run losetup -d "$loop"
+  vgscan -q >/dev/null 2>&1
+  run vgchange -q -ay vg; dmsetup mknodes
+  check "LVM finds the plain PV on vda" 'pvs --noheadings -o pv_name | tr -d " " | grep -qx /dev/vda'
+  check_eq "the plain PV: the LVs' bytes as they were" "$(shas)" "$want"
   result
   ;;
 esac

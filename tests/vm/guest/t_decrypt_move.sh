@@ -1,33 +1,31 @@
-# seconds: 200   (measured, TCG: run.sh starts the longest first)
-# --decrypt's first move and data phase (DECRYPT.md, steps 5 and 6); the switch back is not
-# written yet (a test build stops before it: PVENCRYPT_DECRYPT_UNFINISHED=1). A LUKS2 device
-# made by hand (luksFormat, a PV on the mapping ending 16 MiB short of the tail), open, a
-# writer on an LV whose extents lie in the first 16 MiB (the moved segment):
-#   1. the run: T0 at the tail, the tail attached as a loop device, the first 16 MiB's
-#      ciphertext moved to the head under one suspension of NAME, T1 at the tail, then the
-#      kernel mover decrypts the rest in place, committing at the tail, up to the moved
-#      segment; every acknowledged record and every LV's bytes kept; stock cryptsetup opens
-#      the device with the tail's header, and stock `reencrypt --resume-only` finishes the
-#      decryption online: LVM then finds the plain PV on the raw disk, the bytes unchanged;
-#   2. killed inside the first move's suspension before the copy, and before T1 is written:
-#      the guardian resumes NAME as it was (T0 at the tail); 3. killed once T1 is written: it
-#      resumes NAME on the moved table; 4. killed inside the data phase's first commit, its
-#      header written: NAME runs on, through the mirrors of the dead run.
-#   Each time the writer goes on, `pvencrypt --decrypt` run again finds the decryption through
-#   the header at the tail (the head holds ciphertext) and takes it up to the moved segment
-#   (from T0: the first move again; past it: the data phase, taking over the dead run's
-#   devices), every acknowledged record is there, and stock cryptsetup opens the device with
-#   the tail's header, the bytes unchanged.
+# seconds: 400   (measured, TCG: run.sh starts the longest first)
+# --decrypt live, end to end (DECRYPT.md, steps 5 to 7; a test build: PVENCRYPT_DECRYPT_UNFINISHED=1).
+# A LUKS2 device made by hand (luksFormat, a PV on the mapping ending 16 MiB short of the
+# tail), open, a writer on an LV whose extents lie in the first 16 MiB (the moved segment):
+#   1. the run: T0 at the tail, the first 16 MiB's ciphertext moved to the head under one
+#      suspension of NAME, T1, the kernel mover decrypts the rest in place, then under one
+#      suspension of the LVs the head is decrypted in place and the LVs move onto the raw
+#      device; the header at the tail wiped, NAME and the tail's loop device gone. Every
+#      acknowledged record and every LV's bytes kept; LVM finds the plain PV on the raw disk.
+#   2. killed inside the first move before T1 (the guardian resumes NAME as it was: T0 at the
+#      tail) and after it (on the moved table); inside the data phase's first commit; inside
+#      the switch back before its header (back-loaded: the LVs back on NAME), with it written
+#      (back-hot) and halfway through the head (back-half): the guardian finishes the head by
+#      the checksums and resumes the LVs on the raw device.
+#   Each time the writer goes on, and `pvencrypt --decrypt` run again finds the decryption
+#   through the header at the tail and finishes it; every acknowledged record kept.
 # disks: 128M
-# timeout: 900
+# timeout: 1200
 . /tests/lib.sh
 printf secret-passphrase > /tmp/key
 cheap="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
 export PVENCRYPT_DECRYPT_UNFINISHED=1
 M=$((16 << 20)) TAIL=$((112 << 20))
+VDA=$(majmin /dev/vda)
 
 fresh() {
   vgchange -q -an vg >/dev/null 2>&1; cryptsetup close vda_crypt 2>/dev/null; detach_all
+  for d in $(dmsetup ls | awk '$1 ~ /^pvencrypt-/ {print $1}'); do dmsetup remove $d 2>/dev/null; done
   run dd if=/dev/zero of=/dev/vda bs=1M count=20 oflag=direct
   run dd if=/dev/zero of=/dev/vda bs=1M seek=112 count=16 oflag=direct
   luks_by_hand
@@ -44,21 +42,35 @@ tail_loop() {
 }
 detach_all() { local l; for l in /sys/block/loop*; do [ -d $l/loop ] && losetup -d /dev/${l##*/}; done; true; }
 first_offset() { dmsetup table vda_crypt | head -1 | awk '{print $8}'; }
+tail_state() { dd if=/dev/vda of=/tmp/tail bs=1M skip=112 count=16 2>/dev/null; sha /tmp/tail; }
 reencrypting() { cryptsetup luksDump "$(tail_loop)" | grep -q 'online-reencrypt'; }
-# again LABEL: pvencrypt --decrypt run again takes the decryption up to the moved segment.
+hot() { cryptsetup luksDump "$(tail_loop)" | grep -q 'in-reencryption'; }
+on_raw() { [ "$(dmsetup table vg-w | awk '{print $4}')" = "$VDA" ]; }
+ZERO_TAIL=$(dd if=/dev/zero of=/tmp/tail bs=1M count=16 2>/dev/null; sha /tmp/tail)
+
+# decrypted LABEL OUT: the end of a run that finished.
+decrypted() {
+  said=$2
+  check "$1: says it is decrypted" 'echo "$said" | grep -q "decrypted (.*it holds the plain PV"'
+  check "$1: the LVs map the raw device" on_raw
+  check "$1: NAME is gone" '! dmsetup info vda_crypt >/dev/null 2>&1'
+  check "$1: no mover device left" '! dmsetup ls | grep -q "^pvencrypt-"'
+  check "$1: the tail's loop device is gone" '[ -z "$(tail_loop)" ]'
+  check_eq "$1: the header at the tail is wiped (zeros)" "$(tail_state)" "$ZERO_TAIL"
+  check "$1: the head holds no LUKS header" '! cryptsetup isLuks /dev/vda'
+  check "$1: nothing left suspended" '[ -z "$(suspended_lvs)" ]'
+}
+# again LABEL: pvencrypt --decrypt run again finishes the decryption.
 again() {
   local out rc
   out=$(pvencrypt --decrypt -y --key-file /tmp/key /dev/vda 2>&1); rc=$?
   echo "$out"
   check_eq "$1, run again: exit 0" "$rc" 0
   check "$1, run again: it goes on from the tail's header" 'echo "$out" | grep -q "a decryption by pvencrypt is under way"'
-  check "$1, run again: decrypted up to the moved segment" 'echo "$out" | grep -q "decrypted all but the first 16 MiB"'
-  check_eq "$1, run again: NAME maps the rest as plaintext in place" \
-    "$(dmsetup table vda_crypt | sed -n 2p | awk '{print $3, $5}')" "linear 32768"
-  check "$1, run again: no mover device left" '! dmsetup ls | grep -q "^pvencrypt-"'
+  decrypted "$1, run again" "$out"
 }
-# kept LABEL: the writer goes on, then every acknowledged record and vg-b are there, through
-# NAME as it runs and through stock cryptsetup with the tail's header.
+# kept LABEL: the writer goes on, then every acknowledged record and vg-b are there, and
+# again once LVM activates the VG from the raw disk alone.
 kept() {
   local before; before=$(writer_acked)
   check "$1: the writer goes on" "wait_for '[ \$(writer_acked) -gt $before ]' 20"
@@ -66,77 +78,48 @@ kept() {
   check "$1: every acknowledged record ($acked)" pvwriter verifydev /dev/mapper/vg-w "$acked"
   check_eq "$1: vg-b unchanged" "$(sha /dev/mapper/vg-b)" "$b_sha"
   run vgchange -q -an vg
-  run cryptsetup close vda_crypt
-  # A killed run's mover devices (pvencrypt takes them over when run again): they hold vda.
-  for d in $(dmsetup ls | awk '$1 ~ /^pvencrypt-.*-m/ {print $1}') $(dmsetup ls | awk '$1 ~ /^pvencrypt-/ {print $1}'); do
-    dmsetup remove $d 2>/dev/null
-  done
-  check "$1: stock cryptsetup opens vda with the tail's header" \
-    cryptsetup open --key-file /tmp/key --header "$(tail_loop)" /dev/vda vda_crypt
   run vgchange -q -ay vg; dmsetup mknodes
-  check "$1: stock cryptsetup: every acknowledged record" pvwriter verifydev /dev/mapper/vg-w "$acked"
-  check_eq "$1: stock cryptsetup: vg-b unchanged" "$(sha /dev/mapper/vg-b)" "$b_sha"
+  check "$1: LVM finds the plain PV on vda" 'pvs --noheadings -o pv_name,vg_name | grep -q "/dev/vda *vg"'
+  check "$1: the plain PV: every acknowledged record" pvwriter verifydev /dev/mapper/vg-w "$acked"
+  check_eq "$1: the plain PV: vg-b unchanged" "$(sha /dev/mapper/vg-b)" "$b_sha"
 }
 
-echo "=== 1. the first move"
+echo "=== 1. the whole run"
 fresh
-out=$(pvencrypt --decrypt -y -vv --key-file /tmp/key /dev/vda 2>&1); rc=$?
-echo "$out"
+out=$(PVENCRYPT_TRACE=1 pvencrypt --decrypt -y -vv --key-file /tmp/key /dev/vda 2>&1); rc=$?
+echo "$out" | grep -v "trace: \(chunk\|commit\|mirror\)"
 check_eq "the run: exit 0" "$rc" 0
 check "the run: says what moved" 'echo "$out" | grep -q "the first 16 MiB moved to the head"'
-check "the run: says what it decrypted" 'echo "$out" | grep -q "decrypted all but the first 16 MiB"'
-check_eq "NAME maps the rest as plaintext in place" "$(dmsetup table vda_crypt | sed -n 2p | awk '{print $3, $5}')" "linear 32768"
-check "no mover device left" '! dmsetup ls | grep -q "^pvencrypt-"'
-check "the tail is attached as a loop device" '[ -b "$(tail_loop)" ]'
-check "the tail holds a decryption (stock luksDump: a reencryption)" reencrypting
-check "the head holds no LUKS header" '! cryptsetup isLuks /dev/vda'
-check_eq "NAME maps its first 16 MiB at the head" "$(first_offset)" 0
-check "nothing left suspended" '[ -z "$(suspended_lvs)" ]'
-check "no alias left" '! dmsetup info vda_crypt-pvencrypt-alias >/dev/null 2>&1'
-kept "the first move"
-loop=$(tail_loop)
-out=$(cryptsetup reencrypt --resume-only --key-file /tmp/key --header "$loop" --active-name vda_crypt 2>&1); rc=$?
-echo "$out" | tail -3
-check_eq "stock reencrypt --resume-only finishes the decryption online" "$rc" 0
-check_eq "after stock's decryption: every acknowledged record" \
-  "$(pvwriter verifydev /dev/mapper/vg-w "$acked" >/dev/null 2>&1 && echo ok)" ok
-check_eq "after stock's decryption: vg-b unchanged" "$(sha /dev/mapper/vg-b)" "$b_sha"
-dmsetup table | sed 's/^/after stock: /'
-run vgchange -q -an vg
-# (stock's finish may have taken vda_crypt away itself)
-! dmsetup info vda_crypt >/dev/null 2>&1 || run cryptsetup close vda_crypt
-detach_all
-run vgchange -q -ay vg; dmsetup mknodes
-pvs
-check "LVM finds the plain PV on vda" 'pvs --noheadings -o pv_name | tr -d " " | grep -qx /dev/vda'
-check_eq "the plain PV: vg-b unchanged" "$(sha /dev/mapper/vg-b)" "$b_sha"
+check "the run: says it switched back" 'echo "$out" | grep -q "the LVs moved back onto it under a suspension of"'
+decrypted "the run" "$out"
+kept "the run"
 
-for step in decrypt-suspended decrypt-loaded decrypt-committed; do
+for step in decrypt-loaded decrypt-committed committed back-loaded back-hot back-half; do
   echo "=== killed at $step"
   fresh
   out=$(PVENCRYPT_FAULT=$step:exit pvencrypt --decrypt -y --key-file /tmp/key /dev/vda 2>&1); rc=$?
   check_eq "$step: killed inside the suspension" "$rc" 99
-  check "$step: the guardian resumed NAME" "wait_for '[ -z \"\$(suspended_lvs)\" ]' 10"
-  check "$step: the guardian removed the alias" "wait_for '! dmsetup info vda_crypt-pvencrypt-alias >/dev/null 2>&1' 10"
+  check "$step: the guardian resumed the devices" "wait_for '[ -z \"\$(suspended_lvs)\" ]' 20"
+  check "$step: no alias left" "wait_for '! dmsetup info vda_crypt-pvencrypt-alias >/dev/null 2>&1' 10"
   dmesg | grep -a 'pvencrypt: pvencrypt died' | tail -1
-  if [ $step != decrypt-committed ]; then
-    check "$step: the tail holds T0" '! reencrypting'
-    check_eq "$step: NAME runs as it was" "$(first_offset)" $((M >> 9))
-  else
-    check "$step: the tail holds T1" reencrypting
-    check_eq "$step: NAME maps its first 16 MiB at the head" "$(first_offset)" 0
-  fi
+  case $step in
+    decrypt-loaded)
+      check "$step: the tail holds T0" '! reencrypting'
+      check_eq "$step: NAME runs as it was" "$(first_offset)" $((M >> 9));;
+    decrypt-committed)
+      check "$step: the tail holds T1" reencrypting
+      check_eq "$step: NAME maps its first 16 MiB at the head" "$(first_offset)" 0;;
+    committed)
+      check "$step: the tail holds the first commit" 'cryptsetup luksDump "$(tail_loop)" | grep -q "linear"';;
+    back-loaded)
+      check "$step: the tail's header is not hot" '! hot'
+      check "$step: the LVs run on NAME" '! on_raw';;
+    *)
+      check "$step: the tail's header is hot" hot
+      check "$step: the guardian moved the LVs onto the raw device" on_raw
+      check "$step: the guardian said it decrypted the head" 'dmesg | grep -a "pvencrypt died" | tail -1 | grep -q "the head is decrypted"';;
+  esac
   again "$step"
   kept "$step"
 done
-
-echo "=== killed inside the data phase's first commit"
-fresh
-out=$(PVENCRYPT_FAULT=committed:exit pvencrypt --decrypt -y --key-file /tmp/key /dev/vda 2>&1); rc=$?
-check_eq "commit: killed inside the suspension" "$rc" 99
-check "commit: the guardian resumed NAME" "wait_for '[ -z \"\$(suspended_lvs)\" ]' 10"
-dmesg | grep -a 'pvencrypt: pvencrypt died' | tail -1
-check "commit: the tail holds the first commit" 'cryptsetup luksDump "$(tail_loop)" | grep -q "linear"'
-again "commit"
-kept "commit"
 result

@@ -80,6 +80,9 @@ check_eq "only vda_crypt uses vda" "$(dm_users "$vda_mm" | tr '\n' ' ')" "vda_cr
 for d in $users; do
   check "$d maps vda_crypt ($crypt_mm)" dm_refs "$d" "$crypt_mm"
 done
+# Stock `cryptsetup reencrypt --active-name` compares the key's name in the table with its own.
+check "vda_crypt names its key as libcryptsetup does" \
+  "dmsetup table vda_crypt | grep -q ' :64:logon:cryptsetup:$(cryptsetup luksUUID /dev/vda)-d[0-9] '"
 pvs 2>/tmp/pvs.err
 cat /tmp/pvs.err
 check "pvs shows the PV on vda_crypt (live)" 'pvs --noheadings -o pv_name 2>/dev/null | grep -q /dev/mapper/vda_crypt'

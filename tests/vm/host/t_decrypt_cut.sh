@@ -1,17 +1,21 @@
-# seconds: 320   (measured, TCG: run.sh starts the longest first)
-# --decrypt's first move and data phase (DECRYPT.md, steps 5 and 6), the power cut (no
-# sync) at each state of the disk: T0 written at the tail (the head as it was), the head
-# overwritten by libcryptsetup's init (T0 at the tail alone; the suspension's copy before T1
-# leaves the disk so too, the LVs being idle: t_decrypt_move kills it there), T1's primary
-# copy written (its secondary not), T1 written, half through the data phase. A fresh boot on
-# the same disks attaches the tail as the man page says (a loop device at the device's last
-# 16 MiB), and stock cryptsetup opens the device with that header, the LVs' bytes as they
-# were (pvencrypt --decrypt, before that, says how); where the decryption has begun, stock
-# `reencrypt --resume-only` finishes it online and LVM finds the plain PV on the raw disk.
+# seconds: 420   (measured, TCG: run.sh starts the longest first)
+# --decrypt (DECRYPT.md, steps 5 to 7), the power cut (no sync) at each state of the disk:
+# T0 written at the tail (the head as it was), the head overwritten by libcryptsetup's init
+# (T0 at the tail alone; the suspension's copy before T1 leaves the disk so too, the LVs
+# being idle: t_decrypt_move kills it there), T1's primary copy written (its secondary not),
+# half through the data phase, half through the switch back's in-place decryption of the
+# head, and once the header at the tail is wiped. A fresh boot on the same disks: pvencrypt
+# --decrypt says how to open it; the tail attached as the man page says (a loop device at
+# the device's last 16 MiB), stock cryptsetup opens the device with that header, the LVs'
+# bytes as they were (half through the head: stock's open finishes it by the checksums, and
+# until then LVM sees no PV on the raw disk). From T0 pvencrypt --decrypt run again
+# finishes; past it stock `reencrypt --resume-only` does, online (it compares NAME's tables
+# with the header's, the volume key by its keyring name). LVM then finds the plain PV on the
+# raw disk with those bytes. CUT_STEPS=... runs some of the steps.
 # timeout: 1500
 . "$(dirname "$0")/../lib.sh"
 run=${VM_RUN:-$(mktemp -d)} logs=${VM_LOGS:-$run}
-for step in decrypt-tail decrypt-head commit-primary@2 decrypt-committed run-50; do
+for step in ${CUT_STEPS:-decrypt-tail decrypt-head commit-primary@2 run-50 back-half back-wiped}; do
   tag=${step%@*}
   disks=$(vm_disks "$run/$tag" 128M 16M)
   VM_APPEND="pvphase=1 pvfault=$step" vm_boot "$logs/t_decrypt_cut.$tag.1.log" decrypt_cut $disks
