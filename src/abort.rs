@@ -18,10 +18,10 @@ use crate::{
 /// the reboot.
 const ABORTED_DIR: &str = "/var/lib/pvencrypt/aborted";
 
-/// Asks every running conversion in `which` (all if empty) to stop at its next
 /// Set by SIGINT/SIGTERM (and --abort): stop, keeping the last checkpoint.
 pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Asks every running conversion in `which` (all if empty) to stop at its next
 /// checkpoint, and waits until each has. Returns the ones that were stopped.
 pub fn abort(which: &[PathBuf], timeout: Duration) -> Result<Vec<Status>> {
     let running: Vec<Status> = select(statuses(vec![]), which).into_iter().filter(|s| s.state != Phase::Finished).collect();
@@ -101,7 +101,11 @@ pub fn stop(pvs: &[PathBuf], quiet: bool) -> Result<()> {
     // A PV of `pvencrypt A B` not started yet was claimed too: said as dropped above.
     for s in stopped.into_iter().filter(|s| !dropped.iter().any(|d| running::same_device(d, std::path::Path::new(&s.pv)))) {
         if !quiet {
-            output::out(&format!("{}: stopped; the data stays in use on /dev/mapper/{}. Run pvencrypt to resume.", s.pv, s.name));
+            output::out(&if s.state == Phase::Decrypting {
+                format!("{}: stopped; run pvencrypt --decrypt {0} to go on.", s.pv)
+            } else {
+                format!("{}: stopped; the data stays in use on /dev/mapper/{}. Run pvencrypt to resume.", s.pv, s.name)
+            });
         }
     }
     Ok(())

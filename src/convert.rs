@@ -290,7 +290,7 @@ pub(crate) struct Unlock<'a> {
 /// Steps 4 and 5, for a fresh conversion or a resumed one: after the first write.
 pub(crate) fn encrypt(opts: &Options, path: &Path, name: &DmName, unlock: Unlock, run: &mut Run) -> Result<(), Written> {
     let label = path.display().to_string();
-    let mut shown = Progress::new(&label, opts.interval, opts.quiet);
+    let mut shown = Progress::new(&label, "Encrypted", opts.interval, opts.quiet);
     let t0 = Instant::now();
     let mut last = (0, 0);
     let mut report = |done: u64, total: u64| {

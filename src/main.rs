@@ -122,6 +122,7 @@ fn run(cli: &Cli) -> Result<()> {
     match mode {
         Mode::Status(format) => {
             let mut known = resume::unfinished_status();
+            known.extend(pvencrypt::decrypt::stopped_statuses());
             known.extend(Queue::system().statuses());
             output::out(&report::report(&running::select(running::statuses(known), &cli.pvs), format));
             Ok(())

@@ -14,6 +14,8 @@ const DEFAULT_INTERVAL: u32 = 15;
 
 pub struct Progress {
     pv: String,
+    /// "Encrypted", or "Decrypted" for `--decrypt`.
+    verb: &'static str,
     bar: Option<ProgressBar>,
     every: Duration,
     next: Instant,
@@ -22,22 +24,22 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(pv: &str, interval: Option<u32>, quiet: bool) -> Progress {
+    pub fn new(pv: &str, verb: &'static str, interval: Option<u32>, quiet: bool) -> Progress {
         // `-i 0` asks for no progress at all, as pvmove's.
         let quiet = quiet || interval == Some(0);
         let bar = (!quiet && interval.is_none() && !crate::output::detached() && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template(
-                    "{prefix}: Encrypted {bar:40} {percent:>3}% {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{{prefix}}: {verb} {{bar:40}} {{percent:>3}}% {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} ETA {{eta}}"
+                ))
                 .expect("valid template"),
             );
             b.set_prefix(pv.to_string());
             b
         });
         let every = Duration::from_secs(interval.unwrap_or(DEFAULT_INTERVAL) as u64);
-        Progress { pv: pv.into(), bar, every, next: Instant::now(), quiet, started: Instant::now() }
+        Progress { pv: pv.into(), verb, bar, every, next: Instant::now(), quiet, started: Instant::now() }
     }
 
     pub fn update(&mut self, done: u64, total: u64) {
@@ -55,7 +57,7 @@ impl Progress {
             return None;
         }
         self.next = Instant::now() + self.every;
-        Some(format!("{}: Encrypted: {}", self.pv, percent(done, total)))
+        Some(format!("{}: {}: {}", self.pv, self.verb, percent(done, total)))
     }
 
     pub fn finish(&self) -> Duration {
@@ -80,7 +82,7 @@ mod tests {
 
     #[test]
     fn interval_zero_prints_nothing() {
-        let mut p = Progress::new("/dev/sda5", Some(0), false);
+        let mut p = Progress::new("/dev/sda5", "Encrypted", Some(0), false);
         assert!(p.bar.is_none());
         assert_eq!(p.line(1, 8), None);
         assert_eq!(p.line(8, 8), None);
@@ -88,7 +90,7 @@ mod tests {
 
     #[test]
     fn interval_lines_like_pvmove() {
-        let mut p = Progress::new("/dev/sda5", Some(3600), false);
+        let mut p = Progress::new("/dev/sda5", "Encrypted", Some(3600), false);
         assert!(p.bar.is_none());
         assert_eq!(p.line(1, 8).as_deref(), Some("/dev/sda5: Encrypted: 12.50%"));
         // Not due again for an hour, except the last line.

@@ -53,7 +53,7 @@ pub fn report(all: &[Status], format: Format) -> String {
         return "No conversion in progress.".into();
     }
     let mib = |b: u64| if b == 0 { String::new() } else { format!("{:.1}MiB", b as f64 / (1u64 << 20) as f64) };
-    let mut rows = vec![["PV", "Name", "State", "Encrypted", "Done", "Total", "Rate", "ETA"].map(String::from)];
+    let mut rows = vec![["PV", "Name", "State", "Percent", "Done", "Total", "Rate", "ETA"].map(String::from)];
     for s in all {
         rows.push([
             s.pv.clone(),

@@ -111,7 +111,7 @@ pub fn unfinished() -> Vec<(PathBuf, State)> {
 /// suspended one (the hotzone of a reencryption whose process was killed) blocks every
 /// read, and so can the LVs and crypt devices stacked above it. None of those is a PV
 /// pvencrypt converts.
-fn could_be_ours(name: &str) -> bool {
+pub(crate) fn could_be_ours(name: &str) -> bool {
     let dm = Path::new("/sys/class/block").join(name).join("dm");
     let read = |f: &str| fs::read_to_string(dm.join(f)).unwrap_or_default();
     !dm.exists() || (read("suspended").trim() == "0" && !["LVM-", "CRYPT-"].iter().any(|p| read("uuid").starts_with(p)))

@@ -32,6 +32,8 @@ pub enum Phase {
     Switching,
     /// Running: the data phase.
     Encrypting,
+    /// Running: `--decrypt`, from its first move to its end.
+    Decrypting,
     /// Nobody works on it; `pvencrypt` resumes it, at boot too.
     Stopped,
     /// Stopped by `--abort`: the boot leaves it stopped; `pvencrypt` resumes it.
@@ -145,6 +147,8 @@ pub struct Run {
     key: String,
     lock: Option<File>,
     status: Status,
+    /// What `progress` reports: Encrypting, or Decrypting.
+    moving: Phase,
     started: Option<(Instant, u64)>,
     written: Option<Instant>,
 }
@@ -166,8 +170,15 @@ impl Run {
         }
         let status =
             Status { pv: pv.display().to_string(), name: name.into(), pid: Some(std::process::id()), ..Default::default() };
-        let mut run = Run { key, lock: Some(lock), status, started: None, written: None };
+        let mut run = Run { key, lock: Some(lock), status, moving: Phase::Encrypting, started: None, written: None };
         run.state(Phase::Preparing);
+        Ok(run)
+    }
+
+    /// The same claim for `--decrypt`: its progress says Decrypting.
+    pub fn claim_decryption(pv: &Path, name: &str) -> Result<Run> {
+        let mut run = Self::claim(pv, name)?;
+        run.moving = Phase::Decrypting;
         Ok(run)
     }
 
@@ -181,7 +192,7 @@ impl Run {
         let now = Instant::now();
         let (t0, done0) = *self.started.get_or_insert((now, done));
         let s = &mut self.status;
-        s.state = Phase::Encrypting;
+        s.state = self.moving;
         s.bytes_done = done;
         s.bytes_total = total;
         let secs = now.duration_since(t0).as_secs_f64();

@@ -221,6 +221,50 @@ fn find_tail(path: &Path, size: Bytes) -> Option<(Bytes, crate::header::Header)>
     })
 }
 
+/// The decryptions of ours no process runs, for `--status`: each device whose head holds
+/// no LUKS2 header and whose tail holds a header of ours (`find_tail`), with how much of
+/// it is plaintext in place. Running ones are listed from their status files.
+pub fn stopped_statuses() -> Vec<crate::running::Status> {
+    let Ok(rd) = fs::read_dir("/sys/class/block") else { return Vec::new() };
+    let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+    names.sort();
+    let dm = Dm::open().ok();
+    names
+        .into_iter()
+        .filter(|n| crate::resume::could_be_ours(n))
+        .filter_map(|n| {
+            let path = PathBuf::from("/dev").join(&n);
+            let (_, size) = block_device(&path).ok()?;
+            if crate::header::read_metadata(&path).is_some() {
+                return None;
+            }
+            let (_, h) = find_tail(&path, size.bytes())?;
+            let uuid = h.uuid().unwrap_or_default();
+            let prefix = format!("CRYPT-LUKS2-{}-", uuid.replace('-', ""));
+            let name =
+                dm.as_ref().and_then(|dm| dm.named_with_uuid(&prefix).ok()).and_then(|v| v.first().map(|(n, _)| n.to_string()));
+            let (mut done, mut total) = (0, 0);
+            for s in h.meta.active() {
+                let size = s.size.fixed().map_or(0, |b| b.0);
+                total += size;
+                if !s.is_crypt() {
+                    done += size;
+                }
+            }
+            let state =
+                if crate::abort::is_aborted(&path) { crate::running::Phase::Aborted } else { crate::running::Phase::Stopped };
+            Some(crate::running::Status {
+                pv: path.display().to_string(),
+                name: name.unwrap_or_default(),
+                state,
+                bytes_done: done,
+                bytes_total: total,
+                ..Default::default()
+            })
+        })
+        .collect()
+}
+
 /// DECRYPT.md's step 5, its first half: T0 at the tail (`header::copy_to_tail`), then the
 /// boot configuration that finds it there: NAME's line in the headers list, crypttab's entry
 /// naming the disk by `source` and the header by its UUID, the initramfs rebuilt and checked.
@@ -277,7 +321,7 @@ pub struct Decrypted {
 /// mover with its legs the other way, mover/) up to the moved segment, the switch back
 /// (switch_back.rs), then the end (`finish`). A run again goes on from the header at the
 /// tail, at any of them.
-pub fn run(t: &Target, key: &Passphrase) -> Result<Decrypted, Written> {
+pub fn run(t: &Target, key: &Passphrase, opts: &Options, run: &mut crate::running::Run) -> Result<Decrypted, Written> {
     let hot = t.under_way.as_ref().is_some_and(|h| is_hot(&h.meta));
     let (mut first_move, mut data, mut finished) = (None, std::time::Duration::ZERO, true);
     if !hot {
@@ -305,14 +349,16 @@ pub fn run(t: &Target, key: &Passphrase) -> Result<Decrypted, Written> {
         let mut mover = crate::mover::Mover::new(&dm, &t.name, &t.path, t.dev, &t.uuid, &volume_key, t.tail.0)?;
         crate::sys::protect_from_oom_killer();
         let _locked = crate::switch::MemoryLock::take()?;
-        let t0 = std::time::Instant::now();
+        let mut shown = crate::progress::Progress::new(&t.path.display().to_string(), "Decrypted", opts.interval, opts.quiet);
         let mut before = 0;
         finished = mover.run(&mut |done, total| {
+            shown.update(done, total);
+            run.progress(done, total);
             crate::fault::data_marks(before, done, total);
             before = done;
             !crate::abort::STOP.load(std::sync::atomic::Ordering::Relaxed)
         })?;
-        data = t0.elapsed();
+        data = shown.finish();
     }
     if !finished {
         return Ok(Decrypted { first_move, data, finished, switch_back: None, warnings: Vec::new() });

@@ -7,11 +7,14 @@
 #      suspension of the LVs the head is decrypted in place and the LVs move onto the raw
 #      device; the header at the tail wiped, NAME and the tail's loop device gone. Every
 #      acknowledged record and every LV's bytes kept; LVM finds the plain PV on the raw disk.
+#      Held once T0 is at the tail, a second pvencrypt --decrypt is refused meanwhile.
 #   2. killed inside the first move before T1 (the guardian resumes NAME as it was: T0 at the
 #      tail) and after it (on the moved table); inside the data phase's first commit; inside
 #      the switch back before its header (back-loaded: the LVs back on NAME), with it written
 #      (back-hot) and halfway through the head (back-half): the guardian finishes the head by
 #      the checksums and resumes the LVs on the raw device.
+#   3. --abort in the data phase: the run stops at its next checkpoint; --status shows it
+#      running (decrypting), then stopped with its progress (the header at the tail).
 #   Each time the writer goes on, and `pvencrypt --decrypt` run again finds the decryption
 #   through the header at the tail and finishes it; every acknowledged record kept.
 # disks: 128M
@@ -86,9 +89,25 @@ kept() {
 
 echo "=== 1. the whole run"
 fresh
-out=$(PVENCRYPT_TRACE=1 pvencrypt --decrypt -y -vv --key-file /tmp/key /dev/vda 2>&1); rc=$?
+# Held once T0 is at the tail (nothing suspended), while a second run tries.
+PVENCRYPT_FAULT=decrypt-tail:stop PVENCRYPT_TRACE=1 pvencrypt --decrypt -y -vv -i 1 --key-file /tmp/key /dev/vda \
+  > /tmp/run1.out 2>&1 &
+pid=$!
+check "the run: held at decrypt-tail" "wait_for '[ \"\$(pstate $pid)\" = T ]' 60"
+# (One conversion listed: each field is looked for on its own.)
+status_has() { local st f; st=$(pvencrypt --status --reportformat json_std | tr -d ' \n'); echo "$st"
+  for f in "$@"; do echo "$st" | grep -q "$f" || return 1; done; }
+check "--status: the run, preparing, with its pid" \
+  "status_has '\"pv\":\"/dev/vda\"' '\"state\":\"preparing\"' '\"pid\":$pid'"
+out=$(pvencrypt --decrypt -y --key-file /tmp/key /dev/vda 2>&1); rc=$?
+echo "$out"
+check_eq "a second run meanwhile: refused" "$rc" 3
+check "it names the first" 'echo "$out" | grep -q "already being converted by another pvencrypt (pid $pid)"'
+kill -CONT $pid; wait $pid; rc=$?
+out=$(cat /tmp/run1.out)
 echo "$out" | grep -v "trace: \(chunk\|commit\|mirror\)"
 check_eq "the run: exit 0" "$rc" 0
+check "the run: its progress, as pvmove's" 'echo "$out" | grep -q "^/dev/vda: Decrypted: 100.00%"'
 check "the run: says what moved" 'echo "$out" | grep -q "the first 16 MiB moved to the head"'
 check "the run: says it switched back" 'echo "$out" | grep -q "the LVs moved back onto it under a suspension of"'
 decrypted "the run" "$out"
@@ -122,4 +141,27 @@ for step in decrypt-loaded decrypt-committed committed back-loaded back-hot back
   again "$step"
   kept "$step"
 done
+echo "=== --abort in the data phase"
+fresh
+PVENCRYPT_FAULT=run-25:stop pvencrypt --decrypt -y --key-file /tmp/key /dev/vda > /tmp/run2.out 2>&1 &
+pid=$!
+check "abort: the run held at a quarter" "wait_for '[ \"\$(pstate $pid)\" = T ]' 120"
+check "--status: decrypting" "status_has '\"pv\":\"/dev/vda\"' '\"state\":\"decrypting\"'"
+pvencrypt --abort /dev/vda > /tmp/abort.out 2>&1 &
+apid=$!
+# Its SIGTERM waits on the held run, which then stops at its next checkpoint.
+check "abort: SIGTERM sent" "wait_for 'grep -q \"^ShdPnd:.*4000\$\" /proc/$pid/status' 30"
+kill -CONT $pid
+wait $pid; rc=$?
+wait $apid; arc=$?
+cat /tmp/run2.out /tmp/abort.out
+check_eq "abort: --abort exit 0" "$arc" 0
+check "abort: it says how to go on" 'grep -q "run pvencrypt --decrypt /dev/vda to go on" /tmp/abort.out'
+check_eq "abort: the run stopped (exit 1)" "$rc" 1
+check "abort: the writer goes on" "wait_for '[ \$(writer_acked) -gt $(writer_acked) ]' 20"
+check "--status: stopped, with its name" "status_has '\"pv\":\"/dev/vda\"' '\"state\":\"stopped\"' '\"name\":\"vda_crypt\"'"
+check "--status: part decrypted" \
+  '[ "$(pvencrypt --status --reportformat json_std | tr -d " \n" | sed -n "s/.*\"bytes_done\":\([0-9]*\).*/\1/p")" -gt 0 ]'
+again "abort"
+kept "abort"
 result
