@@ -113,7 +113,7 @@ pub fn guard(watch: &str) -> ! {
     };
     // The switch back's: NAME to read the plaintext through, and the buffers its recovery
     // decrypts in, sized by the header at the tail as it is before the suspension.
-    let back = match (&watch, &disk_file) {
+    let mut back = match (&watch, &disk_file) {
         (Watch::SwitchBack { name, tail, .. }, Some(f)) => {
             let through = direct::open(&std::path::Path::new("/dev/mapper").join(name.as_str())).ok();
             let header = crate::header::Header::read_at(f, *tail).ok();
@@ -128,7 +128,6 @@ pub fn guard(watch: &str) -> ! {
     if needs_disk && disk_file.is_none() || matches!(watch, Watch::SwitchBack { .. }) && back.is_none() {
         sys::exit_now(1);
     }
-    let mut back = back;
     let _ = sys::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE);
     let dm = Dm::open();
     let _ = std::io::stdout().write_all(&[READY]).and_then(|_| std::io::stdout().flush());

@@ -1,7 +1,8 @@
 //! The switch back's in-place decryption of the moved segment (DECRYPT.md, "The switch
 //! back"): the order its pieces are written in, and its recovery by the checksums the hot
 //! header's keyslot area holds, as libcryptsetup's recovery of that state does. Used by the
-//! switch back (decrypt/switch_back.rs) and by its guardian, which must not depend on it.
+//! switch back (decrypt/switch_back.rs) and by its guardian (guardian.rs), which decrypt/
+//! depends on.
 
 use std::{fs::File, os::unix::fs::FileExt};
 
@@ -17,6 +18,9 @@ use crate::{
 /// The first bytes of the PV, where its label is.
 const LABEL: u64 = 4096;
 
+/// The buffers the switch back's in-place decryption and its recovery use, made and touched
+/// before the LVs are suspended: a page first touched inside could need reclaim, and reclaim
+/// a swap LV on the PV.
 pub struct Scratch {
     pub(crate) sums_at: u64,
     pub(crate) block: usize,

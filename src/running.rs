@@ -32,7 +32,7 @@ pub enum Phase {
     Switching,
     /// Running: the data phase.
     Encrypting,
-    /// Running: `--decrypt`, from its first move to its end.
+    /// Running: `--decrypt`'s data phase.
     Decrypting,
     /// Nobody works on it; `pvencrypt` resumes it, at boot too.
     Stopped,

@@ -25,8 +25,7 @@ use crate::{
     fault,
     guardian::{self, Guardian, Watch},
     header::{self, Header},
-    in_place,
-    in_place::{decrypt_by_checksums, Scratch},
+    in_place::{self, decrypt_by_checksums, Scratch},
     switch::Frozen,
     sys,
     units::Bytes,
@@ -61,8 +60,6 @@ pub struct Staged {
     holders: Vec<(DmName, Option<Vec<Target>>)>,
 }
 
-/// The buffers the switch back and its guardian use, made and touched before the LVs are
-/// suspended: a page first touched inside could need reclaim, and reclaim a swap LV.
 impl SwitchBack<'_> {
     /// Outside the suspension: the header at the tail must be a decryption with only the
     /// moved segment left (or the hot state a dead run wrote).

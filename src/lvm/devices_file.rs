@@ -35,16 +35,17 @@ pub fn lists(text: &str, dev: &str) -> bool {
         .any(|l| l.split_whitespace().any(|f| f == by_name || f == by_id || (name.is_some() && crypt_name(f) == name)))
 }
 
-/// The devices file lists `crypt` instead of `raw`, if it listed `raw`; each half is
-/// skipped when done, so a resumed conversion repeats it safely. Ok(false): nothing to do.
-pub fn devices_file_replace(crypt: &str, raw: &str) -> Result<bool, Error> {
-    if !devices_file_lists(raw) {
+/// The devices file lists `new` instead of `old`, if it listed `old` (the crypt device
+/// instead of the raw one after the switch, the other way after `--decrypt`); each half is
+/// skipped when done, so a resumed run repeats it safely. Ok(false): nothing to do.
+pub fn devices_file_replace(new: &str, old: &str) -> Result<bool, Error> {
+    if !devices_file_lists(old) {
         return Ok(false);
     }
-    if !devices_file_lists(crypt) {
-        run(&["lvmdevices", "-y", "--adddev", crypt])?;
+    if !devices_file_lists(new) {
+        run(&["lvmdevices", "-y", "--adddev", new])?;
     }
-    run(&["lvmdevices", "-y", "--deldev", raw])?;
+    run(&["lvmdevices", "-y", "--deldev", old])?;
     Ok(true)
 }
 
