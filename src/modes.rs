@@ -81,8 +81,11 @@ pub fn decrypt_pvs(front: &dyn Front, opts: &Options, pvs: &[PathBuf], test: boo
     for t in &targets {
         // Before anything is written: one pvencrypt per device.
         let mut run = crate::running::Run::claim_decryption(&t.path, t.name.as_str())?;
-        let key = front.passphrase(&format!("Enter passphrase for {}: ", t.path.display()), false)?;
-        let done = crate::decrypt::run(t, &key, opts, &mut run);
+        let key = match t.needs_passphrase() {
+            true => Some(front.passphrase(&format!("Enter passphrase for {}: ", t.path.display()), false)?),
+            false => None,
+        };
+        let done = crate::decrypt::run(t, key.as_ref(), opts, &mut run);
         for m in crate::luks::take_log(opts.verbose > 1) {
             output::error(&format!("  {m}"));
         }

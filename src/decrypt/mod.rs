@@ -53,6 +53,14 @@ pub struct Target {
     pub under_way: Option<crate::header::Header>,
 }
 
+impl Target {
+    /// Whether the run needs the passphrase: not once the data is all plaintext (the
+    /// switch back's hot state, or stock's end of the decryption).
+    pub fn needs_passphrase(&self) -> bool {
+        self.under_way.as_ref().is_none_or(|h| !is_hot(&h.meta) && !finished_by_stock(&h.meta))
+    }
+}
+
 /// Step 1 of `--decrypt`. Read-only. `path`: the LUKS2 device or its mapping.
 pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     let (given, _) = block_device(path)?;
@@ -88,8 +96,24 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         ));
     }
     let prefix = format!("CRYPT-LUKS2-{}-", uuid.replace('-', ""));
+    let by_stock = under_way.as_ref().is_some_and(|(_, h)| finished_by_stock(&h.meta));
     let name = match &dm.named_with_uuid(&prefix)?[..] {
+        [(name, _)] if by_stock => {
+            return refuse(format!(
+                "{}: cryptsetup finished its decryption, and /dev/mapper/{name} maps it in plaintext; pvencrypt does not \
+                 move LVs off such a mapping yet. Deactivate the volume group, close {name} (cryptsetup close), \
+                 activate the volume group again (from the raw device), then run pvencrypt --decrypt again.",
+                path.display()
+            ))
+        }
         [(name, _)] => name.clone(),
+        // Its name: the headers list's, if it has one (crypttab's entry is found by it).
+        [] if by_stock => DmName::new(
+            boot::headers::read(Path::new(boot::ROOT))
+                .into_iter()
+                .find(|t| t.uuid == uuid)
+                .map_or_else(|| format!("luks-{uuid}"), |t| t.name),
+        )?,
         [] if under_way.is_some() => {
             let at = under_way.as_ref().map_or(0, |(at, _)| at.0);
             return refuse(format!(
@@ -109,11 +133,12 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         more => return refuse(format!("{} is open {} times; close all but one.", path.display(), more.len())),
     };
     let mapping = PathBuf::from("/dev/mapper").join(name.as_str());
-    let crypt = dm.device_of(&name)?;
-    // The switch back's hot state with the LVs moved (its guardian finished it): the PV is
-    // on the raw device now, and NAME's head decrypts plaintext.
+    let crypt = if by_stock { None } else { Some(dm.device_of(&name)?) };
+    // The switch back's hot state with the LVs moved (its guardian finished it), or stock's
+    // end of the decryption: the PV is on the raw device now (NAME's head, if NAME is there,
+    // decrypts plaintext).
     let hot = under_way.as_ref().is_some_and(|(_, h)| is_hot(&h.meta));
-    let moved_back = hot && dm.holders(crypt)?.is_empty();
+    let moved_back = by_stock || hot && crypt.map_or(Ok(true), |c| dm.holders(c).map(|h| h.is_empty()))?;
     let pv_on = if moved_back { &path } else { &mapping };
     let pv = lvm::pv(pv_on)
         .context(Kind::Refused, || format!("Cannot read {} as an LVM physical volume", pv_on.display()))?
@@ -136,7 +161,9 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
         None => Bytes(size.0.saturating_sub(header.0.next_multiple_of(1 << 20))),
     };
     let span = pv.data_end().bytes();
-    let data_offset = if hot {
+    let data_offset = if by_stock {
+        Bytes(0)
+    } else if hot {
         meta.reencrypt_shift().ok_or_else(|| Error::new(Kind::Refused, format!("{}: no data shift.", path.display())))?
     } else if meta.in_reencryption() {
         crate::header::Layout::of(&meta)
@@ -147,7 +174,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
             .map_err(|e| Error::new(Kind::Refused, format!("{}: {}.", path.display(), e.msg)))?;
         relocated.segments.values().next().map(|s| s.offset).unwrap_or_default()
     };
-    if data_offset + span > tail {
+    if !by_stock && data_offset + span > tail {
         let short = data_offset + span - tail;
         return refuse(format!(
             "{path}: the PV on {mapping} ends at {end} MiB; while it is decrypted the LUKS2 header lives in the \
@@ -163,7 +190,10 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
     }
 
     let vg_prefix = lvm::lv_uuid_prefix(&vg.vg_uuid);
-    let holders = dm.holders(crypt)?;
+    let holders = match crypt {
+        Some(c) => dm.holders(c)?,
+        None => Vec::new(),
+    };
     if let Some(h) = holders.iter().find(|h| h.direct && !h.uuid.as_deref().unwrap_or("").starts_with(&vg_prefix)) {
         return refuse(format!("{} is in use by {}, which is not a logical volume of {vg_name}.", mapping.display(), h.name));
     }
@@ -173,7 +203,7 @@ pub fn preflight(opts: &Options, path: &Path) -> Result<Target> {
             .is_ok_and(|u| u.starts_with(&format!("CRYPT-TEMP-pvencrypt-{uuid}-")) || moved_back && u.starts_with(&vg_prefix))
     };
     let lower = crate::dm::holders_of(dev);
-    if let Some(n) = lower.into_iter().find(|n| *n != format!("dm-{}", crypt.minor) && !ours(n)) {
+    if let Some(n) = lower.into_iter().find(|n| crypt.is_none_or(|c| *n != format!("dm-{}", c.minor)) && !ours(n)) {
         return refuse(format!("{} is held by {n} besides {name}.", path.display()));
     }
 
@@ -215,7 +245,7 @@ fn find_tail(path: &Path, size: Bytes) -> Option<(Bytes, crate::header::Header)>
         let ours = if h.meta.in_reencryption() {
             is_hot(&h.meta) || crate::header::Layout::of(&h.meta).is_ok_and(|l| l.direction == crate::header::Direction::Decrypt)
         } else {
-            h.meta.active().next().is_some_and(|s| s.is_crypt())
+            h.meta.active().next().is_some_and(|s| s.is_crypt()) || finished_by_stock(&h.meta)
         };
         (ours && (uuid.is_none() || h.uuid() == uuid)).then_some((at, h))
     })
@@ -263,6 +293,14 @@ pub fn stopped_statuses() -> Vec<crate::running::Status> {
             })
         })
         .collect()
+}
+
+/// A header that stock cryptsetup left at the end of a decryption (its `reencrypt
+/// --resume-only`, or its open's recovery of the switch back's hot state): no reencryption,
+/// its segments all linear, its keyslots destroyed with the key.
+fn finished_by_stock(m: &crate::metadata::Metadata) -> bool {
+    let mut active = m.active().peekable();
+    !m.in_reencryption() && active.peek().is_some() && active.all(|s| !s.is_crypt())
 }
 
 /// DECRYPT.md's step 5, its first half: T0 at the tail (`header::copy_to_tail`), then the
@@ -321,10 +359,15 @@ pub struct Decrypted {
 /// mover with its legs the other way, mover/) up to the moved segment, the switch back
 /// (switch_back.rs), then the end (`finish`). A run again goes on from the header at the
 /// tail, at any of them.
-pub fn run(t: &Target, key: &Passphrase, opts: &Options, run: &mut crate::running::Run) -> Result<Decrypted, Written> {
+pub fn run(t: &Target, key: Option<&Passphrase>, opts: &Options, run: &mut crate::running::Run) -> Result<Decrypted, Written> {
+    if t.under_way.as_ref().is_some_and(|h| finished_by_stock(&h.meta)) {
+        let warnings = finish(t, Path::new(boot::ROOT))?;
+        return Ok(Decrypted { first_move: None, data: Default::default(), finished: true, switch_back: None, warnings });
+    }
     let hot = t.under_way.as_ref().is_some_and(|h| is_hot(&h.meta));
     let (mut first_move, mut data, mut finished) = (None, std::time::Duration::ZERO, true);
     if !hot {
+        let key = key.ok_or_else(|| Error::new(Kind::Failed, "No passphrase to unlock the device with"))?;
         let volume_key = match &t.under_way {
             None => {
                 // The passphrase must open the device before anything is written.
@@ -575,6 +618,15 @@ fn boot_stack(opts: &Options, path: &Path, name: &DmName, vg_uuid: &str) -> Resu
 /// The plan `--test` prints.
 pub fn describe(t: &Target) -> String {
     let mib = |b: Bytes| b.0 >> 20;
+    if t.under_way.as_ref().is_some_and(|h| finished_by_stock(&h.meta)) {
+        return format!(
+            "{}: cryptsetup finished its decryption; it holds the plain PV of volume group {}. The header it left at the \
+             device's tail is wiped, and the boot configuration put back (/etc/crypttab, /etc/pvencrypt/headers{}).",
+            t.path.display(),
+            t.vg,
+            if t.boot.is_some() { ", the initramfs" } else { "" }
+        );
+    }
     let mut out = String::new();
     if let Some(h) = &t.under_way {
         let from = if h.meta.in_reencryption() { "from where it stopped" } else { "from its first move" };
@@ -626,6 +678,19 @@ pub fn describe(t: &Target) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_stock_leaves_at_the_end_is_told_from_our_states() {
+        let m = |v: serde_json::Value| crate::metadata::Metadata::from_value(v).unwrap();
+        let seg = |kind: &str| serde_json::json!({"type": kind, "offset": "0", "size": "1048576"});
+        let left = m(serde_json::json!({"segments": {"0": seg("linear")}}));
+        assert!(finished_by_stock(&left));
+        assert!(!finished_by_stock(&m(serde_json::json!({"segments": {"0": seg("crypt")}}))), "T0");
+        assert!(!finished_by_stock(&m(serde_json::json!({"segments": {}}))));
+        let running = serde_json::json!({"segments": {"0": seg("linear")},
+            "config": {"requirements": {"mandatory": ["online-reencrypt-v3"]}}});
+        assert!(!finished_by_stock(&m(running)), "a reencryption");
+    }
 
     #[test]
     fn only_a_luks1_header_is_luks1() {

@@ -102,6 +102,11 @@ impl SwitchBack<'_> {
         let through = direct::open(&crypt_path).or_fail(|| format!("Cannot open {}", crypt_path.display()))?;
         sys::protect_from_oom_killer();
         let names: Vec<DmName> = s.holders.iter().map(|(n, _)| n.clone()).collect();
+        // What udev is told about afterwards: the LVs' tables and the raw device's head change.
+        let mut touched = vec![self.raw];
+        for n in &names {
+            touched.push(self.dm.device_of(n)?);
+        }
         let guardian = Guardian::spawn(&Watch::SwitchBack {
             holders: names.clone(),
             name: self.name.clone(),
@@ -133,7 +138,7 @@ impl SwitchBack<'_> {
         let took = t0.elapsed();
         drop(frozen);
         drop(guardian);
-        dm::udev_catch_up(&[]);
+        dm::udev_catch_up(&touched);
         resumed?;
         Ok(took)
     }

@@ -7,7 +7,8 @@
 #            --decrypt finishes it; from a state of the data phase, stock `reencrypt
 #            --resume-only` does. Cut in the switch back's in-place decryption: LVM sees no
 #            PV on the raw disk, and stock's open finishes the head by its checksums (and
-#            the decryption: the plain PV on the raw disk). Cut
+#            the decryption: the plain PV on the raw disk); pvencrypt --decrypt then wipes the
+#            header stock left at the tail. Cut
 #            once the header is wiped: the plain PV, nothing to open.
 # vdb holds the expected checksums between the boots.
 . /tests/lib.sh
@@ -86,7 +87,17 @@ case $(arg pvphase) in
   vgscan -q >/dev/null 2>&1
   run vgchange -q -ay vg; dmsetup mknodes
   check_eq "the LVs' bytes as they were" "$(shas)" "$want"
-  if [ $state = t0 ]; then
+  if [ $state = hot ]; then
+    # What stock left: the plain PV, a keyless header at the tail. pvencrypt ends it (no
+    # passphrase: nothing is encrypted any more).
+    out=$(PVENCRYPT_DECRYPT_UNFINISHED=1 pvencrypt --decrypt -y /dev/vda 2>&1); rc=$?
+    echo "$out"
+    check_eq "pvencrypt --decrypt after stock's end: exit 0" "$rc" 0
+    check "it says cryptsetup finished it" 'echo "$out" | grep -q "cryptsetup finished its decryption"'
+    check "the header at the tail is wiped" \
+      '[ "$(dd if=/dev/vda bs=4096 skip=$((TAIL / 4096)) count=8 2>/dev/null | tr -d "\000" | wc -c)" -eq 0 ]'
+    check_eq "after pvencrypt: the LVs' bytes as they were" "$(shas)" "$want"
+  elif [ $state = t0 ]; then
     out=$(PVENCRYPT_DECRYPT_UNFINISHED=1 pvencrypt --decrypt -y --key-file /tmp/key /dev/vda 2>&1); rc=$?
     echo "$out"
     check_eq "pvencrypt --decrypt, run again from T0, finishes" "$rc" 0
