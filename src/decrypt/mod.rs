@@ -423,10 +423,12 @@ fn switch_back(t: &Target) -> Result<std::time::Duration, Written> {
     let dm = Dm::open()?;
     let sb = switch_back::SwitchBack { dm: &dm, name: &t.name, disk: &t.path, raw: t.dev, tail: t.tail };
     let _vg = lvm::VgLock::take(&lvm::locking_dir(), &t.vg)?;
+    // From the read of the header the hot one is made from to its write: no stock
+    // cryptsetup writes it meanwhile.
+    let _metadata = crate::header::CryptsetupLock::metadata(t.dev)?;
     let mut staged = sb.stage()?;
     crate::sys::malloc_trim();
     let _locked = crate::switch::MemoryLock::take()?;
-    let _metadata = crate::header::CryptsetupLock::metadata(t.dev)?;
     sb.run(&mut staged)
 }
 
